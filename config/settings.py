@@ -1,0 +1,71 @@
+"""The only module that reads the environment (and `.env`, when present)."""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _jwt_secret(data_dir: Path) -> str:
+    """The HS256 key: JWT_SECRET_KEY, else one generated once into data/jwt-secret (0600)."""
+    path = data_dir / "jwt-secret"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    return key
+
+
+def load() -> dict:
+    """Read every setting once, with safe defaults (SPEC §3)."""
+    try:
+        from dotenv import load_dotenv
+
+        load_dotenv(ROOT / ".env", override=False)
+    except ImportError:  # python-dotenv is a dependency; tolerate its absence
+        pass
+    env = os.environ.get
+    data_dir = Path(env("DATA_DIR", str(ROOT / "data")))
+    algorithm = env("JWT_ALGORITHM", "HS256")
+    public_key = env("JWT_PUBLIC_KEY") or None
+    conf = {
+        "HOST": env("HOST", "127.0.0.1"),
+        "PORT": int(env("PORT", "4321")),
+        "DATA_DIR": str(data_dir),
+        "DATABASE_URL": env("DATABASE_URL") or f"sqlite:///{data_dir / 'tollgate.db'}",
+        "REDIS_URL": env("REDIS_URL") or None,
+        "JWT_ALGORITHM": algorithm,
+        "JWT_PUBLIC_KEY": public_key,
+        "AUTH_REQUIRED": _bool(env("AUTH_REQUIRED"), True),
+        "DEFAULT_MODEL": env("DEFAULT_MODEL", "llama2"),
+        "NEW_ACCOUNT_CREDITS": env("NEW_ACCOUNT_CREDITS", "0"),
+        "RATE_LIMIT_DEFAULT": env("RATE_LIMIT_DEFAULT", "60/minute"),
+        "CORS_ORIGINS": [o.strip() for o in env("CORS_ORIGINS", "*").split(",") if o.strip()],
+        "MAX_CONTENT_LENGTH": int(env("MAX_CONTENT_LENGTH", "4194304")),
+        "UPSTREAM_CONNECT_TIMEOUT": float(env("UPSTREAM_CONNECT_TIMEOUT", "5")),
+        "UPSTREAM_READ_TIMEOUT": float(env("UPSTREAM_READ_TIMEOUT", "120")),
+        "OLLAMA_HOST": env("OLLAMA_HOST", "http://localhost:11434"),
+        "MODELS_FILE": env("MODELS_FILE", str(ROOT / "config" / "models.toml")),
+        "WAITRESS_THREADS": int(env("WAITRESS_THREADS", "16")),
+        "TRUSTED_PROXIES": int(env("TRUSTED_PROXIES", "0")),
+        "HOLD_TTL_SECONDS": int(env("HOLD_TTL_SECONDS", "900")),
+        "LOG_PROMPTS": _bool(env("LOG_PROMPTS"), False),
+        # provider keys are read through this mapping only, by the variable name a row names
+        "PROVIDER_KEYS": {k: v for k, v in os.environ.items() if k.endswith("_API_KEY")},
+    }
+    if algorithm.startswith("HS"):
+        conf["JWT_SECRET_KEY"] = env("JWT_SECRET_KEY") or _jwt_secret(data_dir)
+    else:
+        conf["JWT_SECRET_KEY"] = env("JWT_SECRET_KEY") or None
+    return conf

@@ -1,0 +1,140 @@
+"""The adapter interface: translate OpenAI-shaped requests to a provider and back, no I/O."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+from service.errors import (
+    GatewayError, NotImplementedByProvider, ProviderError, UpstreamRateLimited, UpstreamRejected,
+)
+
+
+@dataclass
+class Completion:
+    """A provider's answer in OpenAI terms: choices plus token counts."""
+
+    choices: list[dict]
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False
+
+
+@dataclass
+class Delta:
+    """One piece of a streamed answer for one choice."""
+
+    index: int = 0
+    content: str | None = None
+    tool_calls: list | None = None
+    finish_reason: str | None = None
+
+
+@dataclass
+class StreamState:
+    """What a stream gathers across events: usage, finish, whether it ended properly."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    done: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def choice(index: int, content: str | None, finish_reason: str | None,
+           tool_calls: list | None = None) -> dict:
+    """An OpenAI `chat.completion` choice (refusal and logprobs present, null)."""
+    message = {"role": "assistant", "content": content, "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {"index": index, "message": message, "logprobs": None, "finish_reason": finish_reason}
+
+
+def text_of(content) -> str:
+    """A message's content as plain text (list of text parts joined)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+
+
+def parse_json(text: str | bytes):
+    """Parse a provider body; garbage is a 502."""
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError):
+        raise ProviderError("The provider answered with a body that is not valid JSON") from None
+
+
+class Adapter:
+    """Base for one wire protocol; subclasses override what differs."""
+
+    name = "base"
+    native_n = True
+    unsupported: tuple[str, ...] = ()
+    stream_format = "sse"  # or "ndjson"
+
+    def check(self, chat) -> None:
+        """Refuse (501) parameters this provider cannot honour, never drop them."""
+        for param in self.unsupported:
+            if param in chat.params:
+                raise NotImplementedByProvider(
+                    f"Parameter '{param}' is not supported by the {self.name} provider", param=param)
+
+    default_base = ""
+
+    def url(self, base: str, model, stream: bool) -> str:
+        raise NotImplementedError
+
+    def headers(self, api_key: str | None) -> dict:
+        return {"Content-Type": "application/json"}
+
+    def request(self, chat) -> dict:
+        raise NotImplementedError
+
+    def response(self, payload: dict, chat) -> Completion:
+        raise NotImplementedError
+
+    def stream_events(self, lines: Iterable[bytes], state: StreamState) -> Iterator[Delta]:
+        raise NotImplementedError
+
+    def error_message(self, payload) -> str | None:
+        """The provider's own message from its error body."""
+        if isinstance(payload, dict):
+            err = payload.get("error")
+            if isinstance(err, dict):
+                return err.get("message")
+            if isinstance(err, str):
+                return err
+        return None
+
+    def error(self, status: int, text: str, provider: str) -> GatewayError:
+        """Map a provider's non-2xx answer to the contract's error (SPEC §8)."""
+        try:
+            message = self.error_message(json.loads(text))
+        except ValueError:
+            message = None
+        if status == 429:
+            return UpstreamRateLimited(f"{provider} rate limit reached: {message or 'retry later'}")
+        if status in (401, 403):
+            return ProviderError(f"{provider} refused the gateway's credentials")
+        if 400 <= status < 500:
+            return UpstreamRejected(message or f"{provider} rejected the request (HTTP {status})")
+        return ProviderError(f"{provider} failed (HTTP {status}): {message or 'Failed to generate response'}")
+
+
+def sse_data(lines: Iterable[bytes]) -> Iterator[str]:
+    """The `data:` payloads of an SSE stream, one per event (multi-line data joined)."""
+    buf: list[str] = []
+    for raw in lines:
+        line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        line = line.rstrip("\r")
+        if not line:
+            if buf:
+                yield "\n".join(buf)
+                buf = []
+            continue
+        if line.startswith("data:"):
+            buf.append(line[5:].lstrip(" "))
+    if buf:
+        yield "\n".join(buf)

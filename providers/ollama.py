@@ -1,0 +1,137 @@
+"""Ollama's native chat protocol, `POST {base}/api/chat`.
+
+Follows https://github.com/ollama/ollama/blob/main/docs/api.md: sampling
+parameters go under `options` (max_tokens -> num_predict), streams are NDJSON
+lines whose last (`done: true`) carries `done_reason`, `prompt_eval_count`
+and `eval_count`. Ollama has no `n`: the gateway repeats the call.
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterable, Iterator
+
+from providers.base import (
+    Adapter, Completion, Delta, StreamState, choice, parse_json, text_of,
+)
+from service.errors import NotImplementedByProvider, ProviderError
+
+OPTIONS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed",
+           "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+           "max_tokens": "num_predict", "max_completion_tokens": "num_predict"}
+
+
+class OllamaAdapter(Adapter):
+    name = "ollama"
+    native_n = False
+    stream_format = "ndjson"
+    unsupported = ("logprobs", "top_logprobs", "logit_bias")
+
+    def check(self, chat) -> None:
+        super().check(chat)
+        choice_ = chat.params.get("tool_choice")
+        if choice_ not in (None, "auto", "none"):
+            raise NotImplementedByProvider(
+                "Parameter 'tool_choice' other than auto/none is not supported by the ollama provider",
+                param="tool_choice")
+
+    def url(self, base: str, model, stream: bool) -> str:
+        return f"{base}/api/chat"
+
+    def request(self, chat) -> dict:
+        params = chat.params
+        body = {"model": chat.model.upstream_model, "stream": chat.stream,
+                "messages": [_message(m) for m in chat.messages]}
+        options = {OPTIONS[k]: v for k, v in params.items() if k in OPTIONS}
+        if "stop" in params:
+            options["stop"] = params["stop"] if isinstance(params["stop"], list) else [params["stop"]]
+        if options:
+            body["options"] = options
+        fmt = params.get("response_format") or {}
+        if fmt.get("type") == "json_object":
+            body["format"] = "json"
+        elif fmt.get("type") == "json_schema":
+            body["format"] = (fmt.get("json_schema") or {}).get("schema") or "json"
+        if params.get("tools") and params.get("tool_choice") != "none":
+            body["tools"] = params["tools"]
+        return body
+
+    def response(self, payload, chat) -> Completion:
+        if not isinstance(payload, dict) or not isinstance(payload.get("message"), dict):
+            raise ProviderError("The provider answered without a message")
+        msg = payload["message"]
+        calls = _tool_calls(msg.get("tool_calls"))
+        finish = "tool_calls" if calls else _finish(payload.get("done_reason"))
+        out = [choice(0, msg.get("content", ""), finish, calls)]
+        prompt, completion = payload.get("prompt_eval_count"), payload.get("eval_count")
+        if not isinstance(prompt, int) or not isinstance(completion, int):
+            # Ollama omits prompt_eval_count when the prompt was cached
+            return Completion(out, prompt if isinstance(prompt, int) else chat.prompt_guess,
+                              completion if isinstance(completion, int) else 0, estimated=True)
+        return Completion(out, prompt, completion)
+
+    def stream_events(self, lines: Iterable[bytes], state: StreamState) -> Iterator[Delta]:
+        for raw in lines:
+            if not raw.strip():
+                continue
+            event = parse_json(raw)
+            if not isinstance(event, dict):
+                raise ProviderError("The provider sent a stream line that is not an object")
+            if "error" in event:
+                raise ProviderError(f"The provider failed mid-stream: {self.error_message(event)}")
+            msg = event.get("message") or {}
+            calls = _tool_calls(msg.get("tool_calls"))
+            if msg.get("content") or calls:
+                yield Delta(0, msg.get("content") or None, _indexed(calls))
+            if event.get("done"):
+                state.prompt_tokens = event.get("prompt_eval_count")
+                state.completion_tokens = event.get("eval_count")
+                state.done = True
+                finish = "tool_calls" if state.extra.get("tools") else _finish(event.get("done_reason"))
+                yield Delta(0, finish_reason=finish)
+                return
+            if calls:
+                state.extra["tools"] = True
+
+
+def _finish(reason) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def _message(m: dict) -> dict:
+    """An OpenAI message as Ollama takes it (text content, tool calls with object arguments)."""
+    out = {"role": m["role"], "content": text_of(m.get("content"))}
+    if m.get("tool_calls"):
+        out["tool_calls"] = [{"function": {"name": c["function"]["name"],
+                                           "arguments": _loads(c["function"].get("arguments"))}}
+                             for c in m["tool_calls"]]
+    if m["role"] == "tool" and m.get("name"):
+        out["tool_name"] = m["name"]
+    return out
+
+
+def _loads(arguments):
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments or "{}")
+        except ValueError:
+            return {}
+    return arguments or {}
+
+
+def _tool_calls(calls) -> list | None:
+    """Ollama tool calls as OpenAI's (arguments as a JSON string, a call id)."""
+    if not calls:
+        return None
+    out = []
+    for i, c in enumerate(calls):
+        fn = c.get("function") or {}
+        out.append({"id": c.get("id") or f"call_{i}", "type": "function",
+                    "function": {"name": fn.get("name", ""),
+                                 "arguments": json.dumps(fn.get("arguments") or {})}})
+    return out
+
+
+def _indexed(calls):
+    if not calls:
+        return None
+    return [{"index": i, **c} for i, c in enumerate(calls)]

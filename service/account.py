@@ -1,0 +1,54 @@
+"""The caller's own account: balance and ledger."""
+from __future__ import annotations
+
+from flask import Blueprint, g, request
+
+from service.auth import authenticate
+from service.billing import to_credits
+from service.db import Account, LedgerEntry, epoch
+from service.errors import InvalidRequest
+
+bp = Blueprint("account", __name__)
+bp.before_request(authenticate)
+
+
+def account_body(acct: Account) -> dict:
+    return {"account": acct.name, "balance": to_credits(acct.balance),
+            "held": to_credits(acct.held), "currency": "credits"}
+
+
+def ledger_row(e: LedgerEntry) -> dict:
+    return {"request_id": e.request_id, "model": e.model, "prompt_tokens": e.prompt_tokens,
+            "completion_tokens": e.completion_tokens, "cost": to_credits(-e.delta), "kind": e.kind,
+            "estimated": e.estimated, "created": epoch(e.created)}
+
+
+def ledger_page(account_id: int, limit: int, before: int | None) -> dict:
+    """Newest first; `before` is a ledger row's position cursor (the `id` of the last seen row)."""
+    query = LedgerEntry.select().where(LedgerEntry.account == account_id)
+    if before is not None:
+        query = query.where(LedgerEntry.id < before)
+    rows = list(query.order_by(LedgerEntry.id.desc()).limit(limit + 1))
+    data = [ledger_row(e) | {"cursor": e.id} for e in rows[:limit]]
+    return {"data": data, "has_more": len(rows) > limit}
+
+
+def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise InvalidRequest(f"'{name}' must be an integer between {low} and {high}", param=name)
+    return int(raw)
+
+
+@bp.get("/api/v1/account")
+def account():
+    return account_body(Account.get_by_id(g.account.id))
+
+
+@bp.get("/api/v1/usage")
+def usage():
+    limit = _int_arg("limit", 20, 1, 100)
+    before = _int_arg("before", None, 1, 2 ** 62)
+    return ledger_page(g.account.id, limit, before)

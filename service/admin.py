@@ -1,0 +1,156 @@
+"""Admin API: catalogue rows, credits, account view, API keys (admin role only)."""
+from __future__ import annotations
+
+import datetime as dt
+
+from flask import Blueprint, current_app, request
+from peewee import fn
+
+from service import billing, seed
+from service.account import account_body, ledger_page
+from service.auth import create_key, require_admin
+from service.db import AIModel, Account, ApiKey, Hold, epoch, utcnow
+from service.errors import InvalidRequest, NotFound
+
+bp = Blueprint("admin", __name__, url_prefix="/api/admin")
+bp.before_request(require_admin)
+
+
+def _json() -> dict:
+    body = request.get_json(silent=True, force=True)
+    if not isinstance(body, dict):
+        raise InvalidRequest("Request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def model_body(row: AIModel) -> dict:
+    out = {f: getattr(row, f) for f in seed.FIELDS if f not in seed.PRICES}
+    for f in seed.PRICES:
+        value = getattr(row, f)
+        out[f] = None if value is None else billing.to_credits(value)
+    return out
+
+
+def _model(model_id: int) -> AIModel:
+    row = AIModel.get_or_none(AIModel.id == model_id)
+    if row is None:
+        raise NotFound(f"No model with id {model_id}", code="model_not_found")
+    return row
+
+
+def _changed() -> None:
+    current_app.extensions["tollgate"].registry.invalidate()
+
+
+@bp.get("/models")
+def list_models():
+    return {"data": [model_body(r) for r in AIModel.select().order_by(AIModel.id)]}
+
+
+@bp.get("/models/<int:model_id>")
+def get_model(model_id: int):
+    return model_body(_model(model_id))
+
+
+@bp.post("/models")
+def create_model():
+    row = seed.validate(_json(), "model")
+    if row["id"] is None:
+        row["id"] = (AIModel.select(fn.MAX(AIModel.id)).scalar() or 0) + 1
+    if AIModel.get_or_none(AIModel.id == row["id"]):
+        raise InvalidRequest(f"model id {row['id']} already exists", param="id")
+    seed.upsert([row])
+    _changed()
+    return model_body(_model(row["id"])), 201
+
+
+@bp.patch("/models/<int:model_id>")
+def update_model(model_id: int):
+    current = model_body(_model(model_id))
+    changes = seed.validate(_json(), f"model {model_id}", partial=True)
+    if changes.get("id", model_id) != model_id:
+        raise InvalidRequest("a model's id cannot change", param="id")
+    merged = {**current, **{k: v for k, v in _json().items()}}
+    row = seed.validate(merged, f"model {model_id}")
+    seed.upsert([row])
+    _changed()
+    return model_body(_model(model_id))
+
+
+@bp.delete("/models/<int:model_id>")
+def delete_model(model_id: int):
+    _model(model_id).delete_instance()
+    _changed()
+    return {"id": model_id, "deleted": True}
+
+
+def _account(name: str) -> Account:
+    found = Account.get_or_none(Account.name == name)
+    if found is None:
+        raise NotFound(f"No account named {name}", code="account_not_found")
+    return found
+
+
+@bp.post("/accounts/<name>/credits")
+def credits(name: str):
+    body = _json()
+    if "amount" not in body:
+        raise InvalidRequest("'amount' is required", param="amount")
+    note = body.get("note")
+    if note is not None and not isinstance(note, str):
+        raise InvalidRequest("'note' must be a string", param="note")
+    acct = billing.account(name, current_app.config["NEW_ACCOUNT_CREDITS_MICRO"])
+    return account_body(billing.credit(acct.id, billing.to_micro(body["amount"]), note))
+
+
+@bp.get("/accounts/<name>")
+def account(name: str):
+    acct = _account(name)
+    holds = [{"request_id": h.request_id, "amount": billing.to_credits(h.amount),
+              "expires_at": h.expires_at.isoformat() + "Z"}
+             for h in Hold.select().where(Hold.account == acct.id)]
+    return account_body(acct) | {"holds": holds, "ledger": ledger_page(acct.id, 50, None)["data"]}
+
+
+def _expiry(value) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InvalidRequest("'expires_at' must be a unix time or an ISO 8601 time", param="expires_at")
+    try:
+        if isinstance(value, int):
+            return dt.datetime.fromtimestamp(value, dt.timezone.utc).replace(tzinfo=None)
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (ValueError, OverflowError, OSError):
+        raise InvalidRequest("'expires_at' must be a unix time or an ISO 8601 time",
+                             param="expires_at") from None
+    return parsed.astimezone(dt.timezone.utc).replace(tzinfo=None) if parsed.tzinfo else parsed
+
+
+@bp.post("/keys")
+def create_api_key():
+    body = _json()
+    name = body.get("account")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest("'account' is required", param="account")
+    rpm, models, label = body.get("rpm"), body.get("models"), body.get("name")
+    if rpm is not None and (isinstance(rpm, bool) or not isinstance(rpm, int) or rpm < 1):
+        raise InvalidRequest("'rpm' must be a positive integer", param="rpm")
+    if models is not None and (not isinstance(models, list)
+                               or not all(isinstance(m, str) for m in models)):
+        raise InvalidRequest("'models' must be a list of model names", param="models")
+    if label is not None and not isinstance(label, str):
+        raise InvalidRequest("'name' must be a string", param="name")
+    acct = billing.account(name, current_app.config["NEW_ACCOUNT_CREDITS_MICRO"])
+    row, plain = create_key(acct, label, rpm, models, _expiry(body.get("expires_at")))
+    return {"id": row.id, "key": plain, "account": acct.name, "name": row.name,
+            "created": epoch(row.created)}, 201
+
+
+@bp.delete("/keys/<int:key_id>")
+def revoke_key(key_id: int):
+    taken = (ApiKey.update(revoked_at=utcnow())
+             .where((ApiKey.id == key_id) & ApiKey.revoked_at.is_null()).execute())
+    if not taken and not ApiKey.get_or_none(ApiKey.id == key_id):
+        raise NotFound(f"No API key with id {key_id}", code="key_not_found")
+    return {"id": key_id, "revoked": True}

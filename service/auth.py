@@ -1,0 +1,96 @@
+"""Who is calling (SPEC §5): a JWT (HS256 shared secret or RS256/ES256 public key) or an `sk-` API key."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+
+import jwt as pyjwt
+from flask import current_app, g, request
+from flask_jwt_extended import create_access_token, decode_token
+from flask_jwt_extended.exceptions import JWTExtendedException
+
+from service import billing
+from service.db import Account, ApiKey, utcnow
+from service.errors import AuthenticationFailed, Forbidden
+
+LOCAL_ACCOUNT = "local"
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return "sk-" + secrets.token_urlsafe(32)
+
+
+def _bearer() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        return None
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed("Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+def _from_jwt(token: str) -> tuple[Account, bool]:
+    try:
+        claims = decode_token(token)
+    except pyjwt.ExpiredSignatureError:
+        raise AuthenticationFailed("Token has expired", code="token_expired") from None
+    except (pyjwt.InvalidTokenError, JWTExtendedException, ValueError):
+        raise AuthenticationFailed("Invalid token") from None
+    name = claims.get("sub")
+    if not isinstance(name, str) or not name or len(name) > 255:
+        raise AuthenticationFailed("Token has no valid subject")
+    credits = current_app.config["NEW_ACCOUNT_CREDITS_MICRO"]
+    return billing.account(name, credits), claims.get("role") == "admin"
+
+
+def _from_key(token: str) -> tuple[Account, ApiKey]:
+    key = (ApiKey.select(ApiKey, Account).join(Account)
+           .where(ApiKey.key_hash == key_hash(token)).first())
+    if key is None or key.revoked_at is not None:
+        raise AuthenticationFailed("Invalid API key")
+    if key.expires_at is not None and key.expires_at <= utcnow():
+        raise AuthenticationFailed("API key has expired", code="token_expired")
+    return key.account, key
+
+
+def authenticate() -> None:
+    """Set g.account, g.admin and g.api_key for this request, or answer 401."""
+    token = _bearer()
+    g.api_key, g.admin = None, False
+    if token is None:
+        if current_app.config["AUTH_REQUIRED"]:
+            raise AuthenticationFailed("Missing bearer token", code="missing_token")
+        g.account = billing.account(LOCAL_ACCOUNT, current_app.config["NEW_ACCOUNT_CREDITS_MICRO"])
+        return
+    if token.startswith("sk-"):
+        g.account, g.api_key = _from_key(token)
+    else:
+        g.account, g.admin = _from_jwt(token)
+
+
+def require_admin() -> None:
+    authenticate()
+    if not g.admin:
+        raise Forbidden("Admin role required")
+
+
+def issue_token(name: str, admin: bool = False, expires_in: int | None = 86400) -> str:
+    """Mint an HS256 token for an account (needs an app context with JWT_SECRET_KEY)."""
+    claims = {"role": "admin"} if admin else {}
+    delta = dt.timedelta(seconds=expires_in) if expires_in else False
+    return create_access_token(identity=name, additional_claims=claims, expires_delta=delta)
+
+
+def create_key(account: Account, name: str | None = None, rpm: int | None = None,
+               models: list | None = None, expires_at: dt.datetime | None = None) -> tuple[ApiKey, str]:
+    """A new API key; the plain key is returned here only."""
+    plain = new_key()
+    row = ApiKey.create(account=account, name=name, key_hash=key_hash(plain), prefix=plain[:7],
+                        rpm=rpm, models=models, expires_at=expires_at)
+    return row, plain

@@ -1,0 +1,145 @@
+"""Credits (SPEC §9): hold before a call, settle after, release on failure, reap what crashed.
+
+Every balance change is one guarded UPDATE inside a transaction; nothing is
+read, changed in Python and written back.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import uuid
+from decimal import Decimal, InvalidOperation
+
+from peewee import IntegrityError
+
+from service.db import Account, Hold, LedgerEntry, utcnow
+from service.errors import InsufficientCredits, InvalidRequest
+from service.extensions import db
+
+MICRO = 1_000_000
+
+
+def to_micro(value, param: str = "amount") -> int:
+    """Credits (number or string, at most 6 decimals) as integer micro-credits."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+        raise InvalidRequest(f"'{param}' must be a number", param=param)
+    try:
+        amount = Decimal(str(value)) * MICRO
+    except InvalidOperation:
+        raise InvalidRequest(f"'{param}' must be a number", param=param) from None
+    if not amount.is_finite() or amount != amount.to_integral_value():
+        raise InvalidRequest(f"'{param}' must be a finite number with at most 6 decimals", param=param)
+    return int(amount)
+
+
+def to_credits(micro: int) -> float:
+    """Micro-credits as the API shows them (a number, up to 6 decimals)."""
+    return round(micro / MICRO, 6)
+
+
+def write_tx():
+    """A transaction that takes the write lock at once (SQLite) so writers queue, not fail."""
+    if db.obj.__class__.__name__.startswith("Sqlite"):
+        return db.atomic("IMMEDIATE")
+    return db.atomic()
+
+
+def cost(model, prompt_tokens: int, completion_tokens: int) -> int:
+    """ceil(tokens x price per 1k / 1000), with input/output prices when the row has them."""
+    p_in = model.cost_per_1k_input_tokens
+    p_out = model.cost_per_1k_output_tokens
+    p_in = model.cost_per_1k_tokens if p_in is None else p_in
+    p_out = model.cost_per_1k_tokens if p_out is None else p_out
+    return math.ceil((prompt_tokens * p_in + completion_tokens * p_out) / 1000)
+
+
+def account(name: str, new_credits: int = 0) -> Account:
+    """The account for a name, created on first sight with `new_credits`."""
+    found = Account.get_or_none(Account.name == name)
+    if found is not None:
+        return found
+    try:
+        with write_tx():
+            created = Account.create(name=name)
+            if new_credits:
+                _credit(created.id, new_credits, "topup", "new account credits")
+        return Account.get_by_id(created.id)
+    except IntegrityError:  # another request created it first
+        return Account.get(Account.name == name)
+
+
+def hold(account_id: int, request_id: str, amount: int, ttl: int) -> None:
+    """Reserve `amount` if balance - held covers it, else 402; a zero amount needs no hold."""
+    if amount <= 0:
+        return
+    with write_tx():
+        taken = (Account.update(held=Account.held + amount)
+                 .where((Account.id == account_id) & (Account.balance - Account.held >= amount))
+                 .execute())
+        if not taken:
+            raise InsufficientCredits()
+        Hold.create(request_id=request_id, account=account_id, amount=amount,
+                    expires_at=utcnow() + dt.timedelta(seconds=ttl))
+
+
+def _take_hold(request_id: str) -> int:
+    """Delete a request's hold (inside a transaction); the amount it held, 0 if none."""
+    found = Hold.get_or_none(Hold.request_id == request_id)
+    if found is None:
+        return 0
+    if not Hold.delete().where(Hold.id == found.id).execute():
+        return 0
+    return found.amount
+
+
+def settle(account_id: int, request_id: str, model: str, prompt_tokens: int,
+           completion_tokens: int, charge: int, estimated: bool = False) -> bool:
+    """Charge, release the hold and write the ledger row, at once; False if already settled."""
+    try:
+        with write_tx():
+            LedgerEntry.create(account=account_id, request_id=request_id, model=model,
+                               prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                               delta=-charge, kind="charge", estimated=estimated)
+            released = _take_hold(request_id)
+            (Account.update(balance=Account.balance - charge, held=Account.held - released)
+             .where(Account.id == account_id).execute())
+    except IntegrityError:
+        release(request_id)
+        return False
+    return True
+
+
+def release(request_id: str) -> int:
+    """Give back a request's hold with no charge; the amount released."""
+    with write_tx():
+        found = Hold.get_or_none(Hold.request_id == request_id)
+        amount = _take_hold(request_id)
+        if amount:
+            Account.update(held=Account.held - amount).where(Account.id == found.account_id).execute()
+    return amount
+
+
+def reap(now: dt.datetime | None = None) -> int:
+    """Release every hold past its expiry (left by a crashed process); how many."""
+    now = now or utcnow()
+    ids = [h.request_id for h in Hold.select(Hold.request_id).where(Hold.expires_at < now)]
+    return sum(1 for rid in ids if release(rid))
+
+
+def _credit(account_id: int, amount: int, kind: str, note: str | None) -> None:
+    taken = (Account.update(balance=Account.balance + amount)
+             .where((Account.id == account_id) & (Account.balance - Account.held + amount >= 0))
+             .execute())
+    if not taken:
+        raise InvalidRequest("A correction cannot take the balance below zero", param="amount")
+    LedgerEntry.create(account=account_id, request_id=f"{kind}-{uuid.uuid4().hex}", delta=amount,
+                       kind=kind, note=note)
+
+
+def credit(account_id: int, amount: int, note: str | None = None) -> Account:
+    """Top up (positive) or correct (negative, never below zero) a balance, with its ledger row."""
+    if amount == 0:
+        raise InvalidRequest("'amount' must not be zero", param="amount")
+    with write_tx():
+        _credit(account_id, amount, "topup" if amount > 0 else "adjust", note)
+    return Account.get_by_id(account_id)

@@ -1,0 +1,70 @@
+"""Redis for shared caches, used only while it answers; callers fall back when it does not."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+log = logging.getLogger("tollgate")
+RETRY_AFTER = 2.0  # seconds between attempts while Redis is down
+
+
+class Cache:
+    """A thin guard around redis-py: short timeouts, one warning per outage, quick recovery."""
+
+    def __init__(self, url: str | None):
+        self.url = url
+        self.client = (redis.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25)
+                       if url else None)
+        self.down_since: float | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.client is not None
+
+    @property
+    def up(self) -> bool:
+        return self.client is not None and self.down_since is None
+
+    def status(self) -> str:
+        """`off` (not configured), `ok`, or `down`."""
+        if self.client is None:
+            return "off"
+        self.call(lambda r: r.ping())
+        return "ok" if self.down_since is None else "down"
+
+    def call(self, fn, default=None):
+        """Run fn(redis) unless Redis is known down; mark it down on failure."""
+        if self.client is None:
+            return default
+        if self.down_since is not None and time.monotonic() - self.down_since < RETRY_AFTER:
+            return default
+        try:
+            result = fn(self.client)
+        except redis.RedisError as exc:
+            with self._lock:
+                if self.down_since is None:
+                    log.warning("redis unavailable (%s); serving without it", type(exc).__name__)
+                self.down_since = time.monotonic()
+            return default
+        if self.down_since is not None:
+            with self._lock:
+                if self.down_since is not None:
+                    log.warning("redis is back")
+                self.down_since = None
+        return result
+
+    def get(self, key: str):
+        return self.call(lambda r: r.get(key))
+
+    def set(self, key: str, value, ttl: int) -> None:
+        self.call(lambda r: r.set(key, value, ex=ttl))
+
+    def delete(self, *keys: str) -> None:
+        self.call(lambda r: r.delete(*keys))
+
+    def incr(self, key: str):
+        return self.call(lambda r: r.incr(key))

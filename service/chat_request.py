@@ -1,0 +1,175 @@
+"""Validate an OpenAI chat request (SPEC §7) into a `ChatRequest`; bad input is a 400 naming the param."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from service.errors import InvalidRequest
+
+ROLES = {"system", "developer", "user", "assistant", "tool"}
+RANGES = {"temperature": (0, 2), "top_p": (0, 1),
+          "presence_penalty": (-2, 2), "frequency_penalty": (-2, 2)}
+INTS = {"max_tokens": (1, None), "max_completion_tokens": (1, None), "n": (1, 8),
+        "top_logprobs": (0, 20), "seed": (-(2 ** 63), 2 ** 63 - 1)}
+PASSED = (*RANGES, *INTS, "stop", "user", "response_format", "tools", "tool_choice",
+          "logprobs", "logit_bias", "parallel_tool_calls")
+
+
+@dataclass
+class ChatRequest:
+    """A validated call: the model row, messages, and only the parameters the client sent."""
+
+    model: object
+    messages: list[dict]
+    params: dict = field(default_factory=dict)
+    stream: bool = False
+    include_usage: bool = False
+    request_id: str = ""
+
+    @property
+    def n(self) -> int:
+        return self.params.get("n", 1)
+
+    @property
+    def max_output(self) -> int:
+        return (self.params.get("max_completion_tokens") or self.params.get("max_tokens")
+                or self.model.max_output_tokens)
+
+    def _prompt_bytes(self) -> int:
+        size = sum(len(json.dumps(m.get("content"), ensure_ascii=False).encode()) for m in self.messages)
+        if "tools" in self.params:
+            size += len(json.dumps(self.params["tools"]).encode())
+        return size
+
+    @property
+    def prompt_bound(self) -> int:
+        """An upper bound on prompt tokens (a token is at least a byte), for holds."""
+        return self._prompt_bytes() + 4 * len(self.messages) + 8
+
+    @property
+    def prompt_guess(self) -> int:
+        """A fair guess of prompt tokens (4 bytes a token), billed only when a provider gives no count."""
+        return -(-self._prompt_bytes() // 4) + 3 * len(self.messages)
+
+
+def bad(param: str, message: str) -> InvalidRequest:
+    return InvalidRequest(message, param=param)
+
+
+def _number(body: dict, name: str, low: float, high: float) -> None:
+    value = body[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise bad(name, f"'{name}' must be a number")
+    if not low <= value <= high:
+        raise bad(name, f"'{name}' must be between {low} and {high}, got {value}")
+
+
+def _integer(body: dict, name: str, low: int, high: int | None) -> None:
+    value = body[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad(name, f"'{name}' must be an integer")
+    if value < low or (high is not None and value > high):
+        limit = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise bad(name, f"'{name}' must be {limit}, got {value}")
+
+
+def _stop(value) -> None:
+    if isinstance(value, str):
+        return
+    if (not isinstance(value, list) or not 1 <= len(value) <= 4
+            or not all(isinstance(s, str) for s in value)):
+        raise bad("stop", "'stop' must be a string or a list of 1 to 4 strings")
+
+
+def _shapes(body: dict) -> None:
+    checks = {
+        "user": lambda v: isinstance(v, str),
+        "logprobs": lambda v: isinstance(v, bool),
+        "parallel_tool_calls": lambda v: isinstance(v, bool),
+        "response_format": lambda v: isinstance(v, dict)
+        and v.get("type") in ("text", "json_object", "json_schema"),
+        "tools": lambda v: isinstance(v, list) and all(
+            isinstance(t, dict) and isinstance(t.get("type"), str) for t in v),
+        "tool_choice": lambda v: v in ("none", "auto", "required") or isinstance(v, dict),
+        "logit_bias": lambda v: isinstance(v, dict),
+    }
+    for name, ok in checks.items():
+        if name in body and not ok(body[name]):
+            raise bad(name, f"'{name}' has an invalid value")
+
+
+def _content_ok(content, role: str) -> bool:
+    if isinstance(content, str):
+        return True
+    if content is None:
+        return role == "assistant"
+    if isinstance(content, list) and content:
+        return all(isinstance(p, dict) and isinstance(p.get("type"), str)
+                   and (p["type"] != "text" or isinstance(p.get("text"), str)) for p in content)
+    return False
+
+
+def messages_of(body: dict) -> list[dict]:
+    """The messages, or a 400 `invalid_messages`."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("Messages must be a non-empty array", param="messages", code="invalid_messages")
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise InvalidRequest(f"{where} must be an object with a role of {', '.join(sorted(ROLES))}",
+                                 param=where, code="invalid_messages")
+        if "content" not in m and not (m["role"] == "assistant" and m.get("tool_calls")):
+            raise InvalidRequest(f"{where} has no content", param=where, code="invalid_messages")
+        if not _content_ok(m.get("content"), m["role"]) and not (
+                m["role"] == "assistant" and m.get("tool_calls") and m.get("content") is None):
+            raise InvalidRequest(f"{where}.content must be a string or a non-empty list of parts",
+                                 param=f"{where}.content", code="invalid_messages")
+        if m["role"] == "tool" and not isinstance(m.get("tool_call_id"), str):
+            raise InvalidRequest(f"{where} (role tool) needs a tool_call_id", param=where,
+                                 code="invalid_messages")
+    return messages
+
+
+def params_of(body: dict) -> dict:
+    """The passed-through parameters the client actually sent (null means not sent)."""
+    sent = {k: body[k] for k in PASSED if body.get(k) is not None}
+    for name, (low, high) in RANGES.items():
+        if name in sent:
+            _number(sent, name, low, high)
+    for name, (low, high) in INTS.items():
+        if name in sent:
+            _integer(sent, name, low, high)
+    if "stop" in sent:
+        _stop(sent["stop"])
+    _shapes(sent)
+    return sent
+
+
+def stream_flags(body: dict, force_stream: bool) -> tuple[bool, bool]:
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise bad("stream", "'stream' must be a boolean")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad("stream_options", "'stream_options' must be an object")
+    include = (options or {}).get("include_usage", False)
+    if not isinstance(include, bool):
+        raise bad("stream_options.include_usage", "'stream_options.include_usage' must be a boolean")
+    return bool(stream) or force_stream, include
+
+
+def model_ref(body: dict, default: str):
+    """What names the model: `id`, then `model`, then the default (SPEC §7)."""
+    ref = body.get("id")
+    if ref is not None:
+        if isinstance(ref, bool) or not isinstance(ref, (int, str)):
+            raise bad("id", "'id' must be an integer model id")
+        return ref
+    ref = body.get("model")
+    if ref is None or ref == "":
+        return default
+    if not isinstance(ref, (str, int)) or isinstance(ref, bool):
+        raise bad("model", "'model' must be a string")
+    return ref

@@ -1,0 +1,135 @@
+"""Peewee models: the catalogue, accounts, holds, the ledger and API keys.
+
+Money columns are integer micro-credits (1 credit = 1 000 000).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from peewee import (
+    BigIntegerField, BooleanField, CharField, DateTimeField, ForeignKeyField,
+    IntegerField, Model, TextField,
+)
+from playhouse.db_url import connect
+
+from service.extensions import db
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC now (stored the same way on SQLite and PostgreSQL)."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class JSONField(TextField):
+    """A list or dict stored as JSON text (portable across SQLite and PostgreSQL)."""
+
+    def db_value(self, value):
+        return None if value is None else json.dumps(value)
+
+    def python_value(self, value):
+        return None if value is None else json.loads(value)
+
+
+class Base(Model):
+    class Meta:
+        database = db
+
+
+class AIModel(Base):
+    """One catalogue row (SPEC §4)."""
+
+    id = IntegerField(primary_key=True)
+    name = CharField(unique=True)
+    provider = CharField()
+    api = CharField()
+    upstream_model = CharField()
+    base_url = CharField(null=True)
+    api_key_env = CharField(null=True)
+    cost_per_1k_tokens = BigIntegerField(default=0)
+    cost_per_1k_input_tokens = BigIntegerField(null=True)
+    cost_per_1k_output_tokens = BigIntegerField(null=True)
+    max_output_tokens = IntegerField(default=4096)
+    rpm = IntegerField(null=True)
+    aliases = JSONField(default=list)
+    fallbacks = JSONField(default=list)
+    enabled = BooleanField(default=True)
+    connect_timeout = IntegerField(null=True)
+    read_timeout = IntegerField(null=True)
+    updated = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "ai_model"
+
+
+class Account(Base):
+    name = CharField(unique=True)
+    balance = BigIntegerField(default=0)
+    held = BigIntegerField(default=0)
+    created = DateTimeField(default=utcnow)
+
+
+class Hold(Base):
+    request_id = CharField(unique=True)
+    account = ForeignKeyField(Account, backref="holds", on_delete="CASCADE")
+    amount = BigIntegerField()
+    expires_at = DateTimeField(index=True)
+
+
+class LedgerEntry(Base):
+    """One row per balance change; `delta` is signed (charges negative)."""
+
+    account = ForeignKeyField(Account, backref="ledger", on_delete="CASCADE")
+    request_id = CharField(unique=True)
+    model = CharField(null=True)
+    prompt_tokens = IntegerField(default=0)
+    completion_tokens = IntegerField(default=0)
+    delta = BigIntegerField()
+    kind = CharField()  # charge | topup | adjust
+    estimated = BooleanField(default=False)
+    note = CharField(null=True)
+    created = DateTimeField(default=utcnow, index=True)
+
+
+class ApiKey(Base):
+    account = ForeignKeyField(Account, backref="keys", on_delete="CASCADE")
+    name = CharField(null=True)
+    key_hash = CharField(unique=True)
+    prefix = CharField()
+    rpm = IntegerField(null=True)
+    models = JSONField(null=True)
+    expires_at = DateTimeField(null=True)
+    revoked_at = DateTimeField(null=True)
+    created = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "api_key"
+
+
+class SchemaVersion(Base):
+    version = IntegerField(primary_key=True)
+    applied = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "schema_version"
+
+
+TABLES = [AIModel, Account, Hold, LedgerEntry, ApiKey]
+
+
+def open_database(url: str):
+    """A Peewee database for a `db_url` (SQLite tuned for concurrent writers)."""
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        if path and path != ":memory:":
+            import pathlib
+
+            pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return connect(url, pragmas={"journal_mode": "wal", "busy_timeout": 10000,
+                                     "foreign_keys": 1, "synchronous": "normal"})
+    return connect(url, autorollback=True)
+
+
+def epoch(value: dt.datetime | None) -> int:
+    """Unix seconds of a stored (naive UTC) time."""
+    return int(value.replace(tzinfo=dt.timezone.utc).timestamp()) if value else 0

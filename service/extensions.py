@@ -1,0 +1,14 @@
+"""Extension objects, created with no app; `create_app` binds them."""
+from __future__ import annotations
+
+from flask_cors import CORS
+from flask_jwt_extended import JWTManager
+from flask_limiter import Limiter
+from peewee import DatabaseProxy
+
+from service.limits import limit_key
+
+db = DatabaseProxy()
+jwt = JWTManager()
+cors = CORS()
+limiter = Limiter(key_func=limit_key, headers_enabled=True)

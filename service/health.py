@@ -1,0 +1,36 @@
+"""Liveness and readiness."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app
+
+from service.extensions import db
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    return {"status": "ok"}
+
+
+@bp.get("/readyz")
+def readyz():
+    """`ok`, `degraded` (Redis down: serving without it) or `down` (no database), with reasons."""
+    ext = current_app.extensions["tollgate"]
+    checks, reasons = {}, []
+    try:
+        db.execute_sql("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as exc:  # any driver error means not ready
+        checks["database"] = "down"
+        reasons.append(f"database: {type(exc).__name__}")
+    checks["redis"] = ext.cache.status()
+    if checks["redis"] == "down":
+        reasons.append("redis: unreachable, using in-process limits and caches")
+    try:
+        checks["catalogue"] = f"{len(ext.registry.enabled())} enabled models"
+    except Exception as exc:  # the catalogue needs the database
+        checks["catalogue"] = "down"
+        reasons.append(f"catalogue: {type(exc).__name__}")
+    status = "down" if checks["database"] == "down" else ("degraded" if reasons else "ok")
+    return {"status": status, "checks": checks, "reasons": reasons}, 200 if status != "down" else 503

@@ -1,0 +1,72 @@
+"""The catalogue in memory: model lookup by id, name or alias, shared invalidation via Redis."""
+from __future__ import annotations
+
+import threading
+import time
+
+from service.db import AIModel
+from service.errors import ModelNotFound
+
+VERSION_KEY = "tollgate:catalogue:version"
+LOCAL_TTL = 5.0  # seconds a process trusts its copy when no Redis tells it of changes
+
+
+class Registry:
+    """Catalogue rows cached per process; a version counter in Redis tells when to reload."""
+
+    def __init__(self, cache):
+        self.cache = cache
+        self._lock = threading.Lock()
+        self._rows: list[AIModel] | None = None
+        self._index: dict = {}
+        self._version = None
+        self._loaded = 0.0
+
+    def _fresh(self) -> bool:
+        if self._rows is None:
+            return False
+        if self.cache.up:
+            remote = self.cache.get(VERSION_KEY)
+            if self.cache.up:
+                return remote == self._version
+        return time.monotonic() - self._loaded < LOCAL_TTL
+
+    def rows(self) -> list[AIModel]:
+        """Every catalogue row, enabled or not, ordered by id."""
+        if not self._fresh():
+            with self._lock:
+                version = self.cache.get(VERSION_KEY)
+                rows = list(AIModel.select().order_by(AIModel.id))
+                index = {}
+                for row in rows:
+                    index[row.name] = row
+                    for alias in row.aliases or []:
+                        index.setdefault(alias, row)
+                self._rows, self._index, self._version = rows, index, version
+                self._loaded = time.monotonic()
+        return self._rows
+
+    @property
+    def version(self):
+        self.rows()
+        return self._version
+
+    def enabled(self) -> list[AIModel]:
+        return [r for r in self.rows() if r.enabled]
+
+    def find(self, ref) -> AIModel:
+        """The enabled row for an id, a numeric string, a name or an alias."""
+        rows = self.rows()
+        row = None
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            row = next((r for r in rows if r.id == int(ref)), None)
+        if row is None and isinstance(ref, str):
+            row = self._index.get(ref)
+        if row is None or not row.enabled:
+            raise ModelNotFound(ref)
+        return row
+
+    def invalidate(self) -> None:
+        """Drop this process's copy and tell every other process (and the list caches)."""
+        self._rows = None
+        self.cache.incr(VERSION_KEY)

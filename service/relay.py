@@ -1,0 +1,153 @@
+"""One chat call end to end: hold credits, call the provider, settle (SPEC §7, §9)."""
+from __future__ import annotations
+
+import time
+
+import requests
+
+from providers import ADAPTERS
+from providers.base import Completion, StreamState
+from service import billing, sse
+from service.errors import (
+    GatewayError, NotImplementedByProvider, ProviderError, ProviderUnavailable, UpstreamTimeout,
+)
+from service.upstream import Call
+
+
+def _call(chat, conf) -> Call:
+    model = chat.model
+    adapter = ADAPTERS.get(model.api)
+    if adapter is None:
+        raise NotImplementedByProvider(f"The '{model.api}' protocol is not available yet", param="model")
+    adapter.check(chat)
+    api_key = None
+    if model.api_key_env:
+        api_key = conf["PROVIDER_KEYS"].get(model.api_key_env)
+        if not api_key:
+            raise ProviderUnavailable(f"{model.provider} is not configured on this gateway "
+                                      f"({model.api_key_env} is not set)",
+                                      code=f"{model.provider.lower()}_unavailable")
+    base = model.base_url or (conf["OLLAMA_HOST"] if model.api == "ollama" else adapter.default_base)
+    return Call(adapter, chat, base.rstrip("/"), api_key, model.connect_timeout or conf["UPSTREAM_CONNECT_TIMEOUT"],
+                model.read_timeout or conf["UPSTREAM_READ_TIMEOUT"])
+
+
+def _hold(chat, account_id: int, conf) -> None:
+    amount = billing.cost(chat.model, chat.n * chat.prompt_bound, chat.n * chat.max_output)
+    billing.hold(account_id, chat.request_id, amount, conf["HOLD_TTL_SECONDS"])
+
+
+def _run(transport, call: Call) -> Completion:
+    """The provider's completion; `n` served by repeated calls where it has no native `n`."""
+    n = call.chat.n
+    if n == 1 or call.adapter.native_n:
+        return transport.complete(call)[0]
+    parts = [transport.complete(call)[0] for _ in range(n)]
+    choices = []
+    for i, part in enumerate(parts):
+        choices.append({**part.choices[0], "index": i})
+    return Completion(choices, sum(p.prompt_tokens for p in parts),
+                      sum(p.completion_tokens for p in parts), any(p.estimated for p in parts))
+
+
+def usage(prompt: int, completion: int, charge: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion, "cost": billing.to_credits(charge)}
+
+
+def complete(chat, account_id: int, conf, transport) -> dict:
+    """A non-streaming call: the `chat.completion` body, with `usage.cost` charged."""
+    call = _call(chat, conf)
+    _hold(chat, account_id, conf)
+    try:
+        result = _run(transport, call)
+    except BaseException:
+        billing.release(chat.request_id)
+        raise
+    charge = billing.cost(chat.model, result.prompt_tokens, result.completion_tokens)
+    billing.settle(account_id, chat.request_id, chat.model.name, result.prompt_tokens,
+                   result.completion_tokens, charge, result.estimated)
+    return {"id": chat.request_id, "object": "chat.completion", "created": int(time.time()),
+            "model": chat.model.name, "choices": result.choices,
+            "usage": usage(result.prompt_tokens, result.completion_tokens, charge)}
+
+
+def stream(chat, account_id: int, conf, transport):
+    """Open the upstream stream (errors here are ordinary JSON errors), then a generator of SSE bytes."""
+    call = _call(chat, conf)
+    if chat.n > 1 and not call.adapter.native_n:
+        raise NotImplementedByProvider(f"Streaming with n > 1 is not supported by the "
+                                       f"{call.adapter.name} provider", param="n")
+    _hold(chat, account_id, conf)
+    try:
+        resp = transport.open_stream(call)
+    except BaseException:
+        billing.release(chat.request_id)
+        raise
+    return _events(chat, call, resp, account_id)
+
+
+class _Tally:
+    """What reached the client: content pieces per stream, for billing when counts are missing."""
+
+    def __init__(self):
+        self.pieces = 0
+
+
+def _relay(chat, call, resp, state: StreamState, tally: _Tally, created: int):
+    rid, name = chat.request_id, chat.model.name
+    yield sse.chunk(rid, created, name, [sse.delta_choice(i, {"role": "assistant", "content": ""})
+                                         for i in range(chat.n)])
+    try:
+        lines = resp.iter_lines(chunk_size=None, delimiter=None)
+        for delta in call.adapter.stream_events(lines, state):
+            body = {}
+            if delta.content is not None:
+                body["content"] = delta.content
+            if delta.tool_calls:
+                body["tool_calls"] = delta.tool_calls
+            yield sse.chunk(rid, created, name, [sse.delta_choice(delta.index, body, delta.finish_reason)])
+            if body:
+                tally.pieces += 1
+    except requests.Timeout:
+        raise UpstreamTimeout(f"{chat.model.provider} stalled mid-stream") from None
+    except requests.RequestException:
+        raise ProviderError(f"{chat.model.provider} dropped the stream") from None
+    if not state.done:
+        raise ProviderError(f"{chat.model.provider} closed the stream before it finished")
+
+
+def _settle_stream(chat, account_id: int, state: StreamState, tally: _Tally, finished: bool) -> int:
+    """Charge what the provider counted for a finished stream, else the prompt plus what was
+    delivered (estimated where the provider gave no count); no content, no charge."""
+    exact = (finished and isinstance(state.prompt_tokens, int)
+             and isinstance(state.completion_tokens, int))
+    if not exact and tally.pieces == 0:
+        billing.release(chat.request_id)
+        return 0
+    prompt = state.prompt_tokens if isinstance(state.prompt_tokens, int) else chat.prompt_guess
+    completion = state.completion_tokens if exact else tally.pieces
+    charge = billing.cost(chat.model, prompt, completion)
+    billing.settle(account_id, chat.request_id, chat.model.name, prompt, completion, charge, not exact)
+    state.extra["usage"] = usage(prompt, completion, charge)
+    return charge
+
+
+def _events(chat, call, resp, account_id: int):
+    state, tally, created = StreamState(), _Tally(), int(time.time())
+    try:
+        yield from _relay(chat, call, resp, state, tally, created)
+    except GatewayError as err:
+        resp.close()
+        _settle_stream(chat, account_id, state, tally, finished=False)
+        yield sse.event(err.body())
+        return
+    except BaseException:  # client gone (GeneratorExit) or a bug: bill what was delivered
+        resp.close()
+        _settle_stream(chat, account_id, state, tally, finished=False)
+        raise
+    resp.close()
+    _settle_stream(chat, account_id, state, tally, finished=True)
+    if chat.include_usage:
+        yield sse.chunk(chat.request_id, created, chat.model.name, [], usage=state.extra.get("usage"))
+    yield sse.DONE
