@@ -61,6 +61,8 @@ def _from_key(token: str) -> tuple[Account, ApiKey]:
 
 def authenticate() -> None:
     """Set g.account, g.admin and g.api_key for this request, or answer 401."""
+    if request.method == "OPTIONS":  # CORS preflight carries no credentials
+        return
     token = _bearer()
     g.api_key, g.admin = None, False
     if token is None:
@@ -75,6 +77,8 @@ def authenticate() -> None:
 
 
 def require_admin() -> None:
+    if request.method == "OPTIONS":
+        return
     authenticate()
     if not g.admin:
         raise Forbidden("Admin role required")

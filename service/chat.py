@@ -27,6 +27,8 @@ def _body() -> dict:
 @bp.before_request
 def prepare() -> None:
     """Authenticate, then validate the body so limits can see the chosen model."""
+    if request.method == "OPTIONS":
+        return
     authenticate()
     body = _body()
     ext = current_app.extensions["tollgate"]

@@ -5,7 +5,7 @@ import sys
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from service import auth, billing, migrations, seed
 from service.account import account_body
@@ -25,6 +25,7 @@ def _fail(err: GatewayError):
 
 
 @click.command("seed-models")
+@with_appcontext
 @click.option("--file", "path", default=None, help="catalogue TOML (default MODELS_FILE)")
 def seed_models(path):
     """Upsert the catalogue file into the database (all rows or none)."""
@@ -110,6 +111,7 @@ def keys_create(name, label, rpm):
 
 
 @click.command("demo")
+@with_appcontext
 @click.option("--credits", default="100")
 def demo(credits):
     """Seed the catalogue when empty, create the demo account, print a token and a curl line."""

@@ -127,7 +127,7 @@ def open_database(url: str):
             pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
         return connect(url, pragmas={"journal_mode": "wal", "busy_timeout": 10000,
                                      "foreign_keys": 1, "synchronous": "normal"})
-    return connect(url, autorollback=True)
+    return connect(url)
 
 
 def epoch(value: dt.datetime | None) -> int:

@@ -1,0 +1,168 @@
+"""Fixtures: the app on SQLite and on PostgreSQL, real Redis, tokens, fake upstreams, a live server."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+
+import jwt as pyjwt
+import pytest
+import redis
+from pytest_httpserver import HTTPServer
+
+from service import create_app
+from service.db import SchemaVersion, TABLES
+from service.extensions import db
+
+SECRET = "test-secret-key-that-is-long-enough-for-hs256"
+PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("REDIS_URL_TEST") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/15"
+
+
+def pytest_collection_modifyitems(items):
+    """Fail loudly in CI when a service is missing: nothing here is ever skipped."""
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tollgate.db'}"
+        return
+    yield PG_URL
+
+
+def _drop_all():
+    db.drop_tables(TABLES + [SchemaVersion], safe=True, cascade=True) if not db.obj.__class__.__name__.startswith(
+        "Sqlite") else db.drop_tables(TABLES + [SchemaVersion], safe=True)
+
+
+def settings(tmp_path, db_url, **extra) -> dict:
+    conf = {
+        "DATA_DIR": str(tmp_path), "DATABASE_URL": db_url, "REDIS_URL": None,
+        "JWT_SECRET_KEY": SECRET, "JWT_ALGORITHM": "HS256", "JWT_PUBLIC_KEY": None,
+        "AUTH_REQUIRED": True, "RATE_LIMIT_DEFAULT": "10000/minute", "REAPER_INTERVAL": 0,
+        "NEW_ACCOUNT_CREDITS": "0", "DEFAULT_MODEL": "llama2", "PROVIDER_KEYS": {},
+        "OLLAMA_HOST": "http://127.0.0.1:9", "UPSTREAM_CONNECT_TIMEOUT": 2,
+        "UPSTREAM_READ_TIMEOUT": 10,
+    }
+    conf.update(extra)
+    return conf
+
+
+@pytest.fixture
+def make_app(tmp_path, db_url):
+    """Build an app with setting overrides; tables are dropped afterwards."""
+    made = []
+
+    def build(**extra):
+        if db_url.startswith("postgres") and not made:
+            from service.db import open_database
+
+            db.initialize(open_database(db_url))
+            _drop_all()
+        app = create_app(settings(tmp_path, db_url, **extra))
+        made.append(app)
+        return app
+
+    yield build
+    if made:
+        _drop_all()
+        db.close()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def token(name: str = "alice", admin: bool = False, secret: str = SECRET, expires_in: int = 3600,
+          algorithm: str = "HS256", **claims) -> str:
+    """A JWT as an outside login system would mint it (PyJWT)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    body = {"sub": name, "iat": now, "exp": now + dt.timedelta(seconds=expires_in), **claims}
+    if admin:
+        body["role"] = "admin"
+    return pyjwt.encode(body, secret, algorithm=algorithm)
+
+
+def auth(name: str = "alice", admin: bool = False) -> dict:
+    return {"Authorization": f"Bearer {token(name, admin)}"}
+
+
+@pytest.fixture
+def admin_headers():
+    return auth("root", admin=True)
+
+
+@pytest.fixture
+def topup(client, admin_headers):
+    """Give an account credits through the admin API."""
+
+    def give(name: str, amount) -> dict:
+        r = client.post(f"/api/admin/accounts/{name}/credits", json={"amount": amount},
+                        headers=admin_headers)
+        assert r.status_code == 200, r.json
+        return r.json
+
+    return give
+
+
+@pytest.fixture
+def add_model(client, admin_headers):
+    """Add a catalogue row through the admin API."""
+
+    def add(**row) -> dict:
+        row.setdefault("provider", row.get("api", "openai"))
+        r = client.post("/api/admin/models", json=row, headers=admin_headers)
+        assert r.status_code == 201, r.json
+        return r.json
+
+    return add
+
+
+@pytest.fixture
+def upstream():
+    """A fake provider: a real threaded HTTP server on loopback."""
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    server.stop()
+
+
+@pytest.fixture
+def redis_url():
+    """The real Redis, a dedicated db number, flushed before and after."""
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+
+
+class Live:
+    """The app served by waitress on a loopback port, in a thread."""
+
+    def __init__(self, app):
+        from waitress import create_server
+
+        self.server = create_server(app, host="127.0.0.1", port=0, threads=8,
+                                    channel_request_lookahead=1)
+        self.port = self.server.effective_port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.close()
+
+
+@pytest.fixture
+def live(app):
+    server = Live(app)
+    yield server
+    server.close()
