@@ -107,7 +107,7 @@ def _relay(chat, call, resp, state: StreamState, tally: _Tally, created: int):
             if delta.tool_calls:
                 body["tool_calls"] = delta.tool_calls
             yield sse.chunk(rid, created, name, [sse.delta_choice(delta.index, body, delta.finish_reason)])
-            if body:
+            if delta.content or delta.tool_calls:
                 tally.pieces += 1
     except requests.Timeout:
         raise UpstreamTimeout(f"{chat.model.provider} stalled mid-stream") from None
