@@ -102,10 +102,12 @@ def _relay(chat, call, resp, state: StreamState, tally: _Tally, created: int):
         lines = resp.iter_lines(chunk_size=None, delimiter=None)
         for delta in call.adapter.stream_events(lines, state):
             body = {}
-            if delta.content is not None:
+            if delta.content:
                 body["content"] = delta.content
             if delta.tool_calls:
                 body["tool_calls"] = delta.tool_calls
+            if not body and delta.finish_reason is None:
+                continue  # the upstream's own empty role chunk: ours was sent first
             yield sse.chunk(rid, created, name, [sse.delta_choice(delta.index, body, delta.finish_reason)])
             if delta.content or delta.tool_calls:
                 tally.pieces += 1

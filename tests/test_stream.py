@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 
@@ -108,7 +109,7 @@ def read_tokens_then_hang_up(live, body: dict, count: int) -> None:
         data = sock.recv(65536)
         assert data, "stream ended early"
         buf += data
-        seen = buf.count(b'"content":"') - 1  # the first chunk carries the role with empty content
+        seen = len(re.findall(rb'"content":"[^"]', buf))
     sock.close()
 
 
