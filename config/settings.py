@@ -51,6 +51,7 @@ def load() -> dict:
         "DEFAULT_MODEL": env("DEFAULT_MODEL", "llama2"),
         "NEW_ACCOUNT_CREDITS": env("NEW_ACCOUNT_CREDITS", "0"),
         "RATE_LIMIT_DEFAULT": env("RATE_LIMIT_DEFAULT", "60/minute"),
+        "TOKEN_LIMIT_PER_MINUTE": int(env("TOKEN_LIMIT_PER_MINUTE", "0")),
         "CORS_ORIGINS": [o.strip() for o in env("CORS_ORIGINS", "*").split(",") if o.strip()],
         "MAX_CONTENT_LENGTH": int(env("MAX_CONTENT_LENGTH", "4194304")),
         "UPSTREAM_CONNECT_TIMEOUT": float(env("UPSTREAM_CONNECT_TIMEOUT", "5")),

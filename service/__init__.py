@@ -14,6 +14,7 @@ from service.cache import Cache
 from service.db import open_database
 from service.errors import register_error_handlers
 from service.extensions import cors, db, jwt, limiter
+from service.limits import TokenBudget
 from service.registry import Registry
 from service.upstream import Transport
 
@@ -27,6 +28,7 @@ class Tollgate:
     cache: Cache
     registry: Registry
     transport: Transport
+    budget: TokenBudget
 
 
 def _extension_config(conf: dict) -> dict:
@@ -40,6 +42,7 @@ def _extension_config(conf: dict) -> dict:
         if conf["REDIS_URL"] else {},
         "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
         "RATELIMIT_HEADERS_ENABLED": True,
+        "RATELIMIT_STRATEGY": "moving-window",
         "RATELIMIT_KEY_PREFIX": "tollgate",
         "NEW_ACCOUNT_CREDITS_MICRO": billing.to_micro(conf["NEW_ACCOUNT_CREDITS"], "NEW_ACCOUNT_CREDITS"),
     }
@@ -85,7 +88,11 @@ def create_app(overrides: dict | None = None) -> Flask:
     if not conf["REDIS_URL"]:
         log.warning("REDIS_URL is not set: rate limits and caches are per process (in memory)")
     cache = Cache(conf["REDIS_URL"])
-    app.extensions["tollgate"] = Tollgate(cache, Registry(cache), Transport(conf["WAITRESS_THREADS"] * 2))
+    # flask-limiter retries a dead Redis on its own backoff (up to 32 s); our cache notices sooner
+    cache.on_recovery.append(lambda: setattr(limiter, "_storage_dead", False))
+    app.extensions["tollgate"] = Tollgate(
+        cache, Registry(cache), Transport(conf["WAITRESS_THREADS"] * 2),
+        TokenBudget(conf.get("TOKEN_LIMIT_PER_MINUTE", 0), conf["REDIS_URL"], cache))
 
     from service import account, admin, catalog, chat, cli, health
 

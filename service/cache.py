@@ -19,6 +19,7 @@ class Cache:
         self.client = (redis.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25)
                        if url else None)
         self.down_since: float | None = None
+        self.on_recovery: list = []
         self._lock = threading.Lock()
 
     @property
@@ -45,17 +46,23 @@ class Cache:
         try:
             result = fn(self.client)
         except redis.RedisError as exc:
-            with self._lock:
-                if self.down_since is None:
-                    log.warning("redis unavailable (%s); serving without it", type(exc).__name__)
-                self.down_since = time.monotonic()
+            self.failed(exc)
             return default
         if self.down_since is not None:
             with self._lock:
                 if self.down_since is not None:
                     log.warning("redis is back")
+                    for callback in self.on_recovery:
+                        callback()
                 self.down_since = None
         return result
+
+    def failed(self, exc: Exception) -> None:
+        """Mark Redis down (one warning per outage)."""
+        with self._lock:
+            if self.down_since is None:
+                log.warning("redis unavailable (%s); serving without it", type(exc).__name__)
+            self.down_since = time.monotonic()
 
     def get(self, key: str):
         return self.call(lambda r: r.get(key))

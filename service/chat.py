@@ -50,11 +50,13 @@ def prepare() -> None:
 @limiter.limit(model_limit, key_func=model_key, exempt_when=no_model_limit)
 @limiter.limit(default_limit)
 def completions():
-    chat, conf = g.chat, current_app.config
-    transport = current_app.extensions["tollgate"].transport
+    chat, conf, ext = g.chat, current_app.config, current_app.extensions["tollgate"]
+    name = g.account.name
+    ext.budget.check(name)
+    meter = lambda tokens: ext.budget.spend(name, tokens)  # noqa: E731
     headers = {"X-Request-ID": chat.request_id}
     if not chat.stream:
-        return relay.complete(chat, g.account.id, conf, transport), 200, headers
-    events = relay.stream(chat, g.account.id, conf, transport)
+        return relay.complete(chat, g.account.id, conf, ext.transport, meter), 200, headers
+    events = relay.stream(chat, g.account.id, conf, ext.transport, meter)
     headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     return Response(events, mimetype="text/event-stream", headers=headers)

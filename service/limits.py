@@ -1,7 +1,15 @@
 """Rate-limit keys and the dynamic limits of SPEC §10 (flask-limiter does the counting)."""
 from __future__ import annotations
 
+import math
+import time
+
 from flask import current_app, g, request
+from limits import RateLimitItemPerMinute
+from limits.storage import MemoryStorage, storage_from_string
+from limits.strategies import FixedWindowRateLimiter
+
+from service.errors import RateLimited
 
 
 def limit_key() -> str:
@@ -44,3 +52,39 @@ def key_limit() -> str:
 def no_key_limit() -> bool:
     key = g.get("api_key")
     return key is None or not key.rpm
+
+
+class TokenBudget:
+    """Tokens per minute per account (`TOKEN_LIMIT_PER_MINUTE`), counted with real usage after
+    each call in fixed one-minute windows: in Redis while it answers, else in process."""
+
+    def __init__(self, per_minute: int, redis_url: str | None, cache):
+        self.item = RateLimitItemPerMinute(per_minute) if per_minute else None
+        self.cache = cache
+        self.local = FixedWindowRateLimiter(MemoryStorage())
+        self.remote = (FixedWindowRateLimiter(storage_from_string(
+            redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)) if redis_url else None)
+
+    def _run(self, fn):
+        if self.remote is not None and self.cache.up:
+            try:
+                return fn(self.remote)
+            except Exception as exc:  # any storage failure: count locally instead
+                self.cache.failed(exc)
+        return fn(self.local)
+
+    def check(self, account: str) -> None:
+        """429 once this minute's tokens are spent."""
+        if self.item is None:
+            return
+        key = f"tpm:{account}"
+        if self._run(lambda lim: lim.test(self.item, key)):
+            return
+        reset = self._run(lambda lim: lim.get_window_stats(self.item, key)).reset_time
+        wait = max(1, math.ceil(reset - time.time()))
+        raise RateLimited(f"Token limit exceeded: {self.item.amount} tokens per minute",
+                          headers={"Retry-After": str(wait)})
+
+    def spend(self, account: str, tokens: int) -> None:
+        if self.item is not None and tokens > 0:
+            self._run(lambda lim: lim.hit(self.item, f"tpm:{account}", cost=tokens))

@@ -55,7 +55,7 @@ def usage(prompt: int, completion: int, charge: int) -> dict:
             "total_tokens": prompt + completion, "cost": billing.to_credits(charge)}
 
 
-def complete(chat, account_id: int, conf, transport) -> dict:
+def complete(chat, account_id: int, conf, transport, meter=None) -> dict:
     """A non-streaming call: the `chat.completion` body, with `usage.cost` charged."""
     call = _call(chat, conf)
     _hold(chat, account_id, conf)
@@ -67,12 +67,14 @@ def complete(chat, account_id: int, conf, transport) -> dict:
     charge = billing.cost(chat.model, result.prompt_tokens, result.completion_tokens)
     billing.settle(account_id, chat.request_id, chat.model.name, result.prompt_tokens,
                    result.completion_tokens, charge, result.estimated)
+    if meter:
+        meter(result.prompt_tokens + result.completion_tokens)
     return {"id": chat.request_id, "object": "chat.completion", "created": int(time.time()),
             "model": chat.model.name, "choices": result.choices,
             "usage": usage(result.prompt_tokens, result.completion_tokens, charge)}
 
 
-def stream(chat, account_id: int, conf, transport):
+def stream(chat, account_id: int, conf, transport, meter=None):
     """Open the upstream stream (errors here are ordinary JSON errors), then a generator of SSE bytes."""
     call = _call(chat, conf)
     if chat.n > 1 and not call.adapter.native_n:
@@ -84,7 +86,7 @@ def stream(chat, account_id: int, conf, transport):
     except BaseException:
         billing.release(chat.request_id)
         raise
-    return _events(chat, call, resp, account_id)
+    return _events(chat, call, resp, account_id, meter)
 
 
 class _Tally:
@@ -119,7 +121,8 @@ def _relay(chat, call, resp, state: StreamState, tally: _Tally, created: int):
         raise ProviderError(f"{chat.model.provider} closed the stream before it finished")
 
 
-def _settle_stream(chat, account_id: int, state: StreamState, tally: _Tally, finished: bool) -> int:
+def _settle_stream(chat, account_id: int, state: StreamState, tally: _Tally, finished: bool,
+                   meter=None) -> int:
     """Charge what the provider counted for a finished stream, else the prompt plus what was
     delivered (estimated where the provider gave no count); no content, no charge."""
     exact = (finished and isinstance(state.prompt_tokens, int)
@@ -131,25 +134,27 @@ def _settle_stream(chat, account_id: int, state: StreamState, tally: _Tally, fin
     completion = state.completion_tokens if exact else tally.pieces
     charge = billing.cost(chat.model, prompt, completion)
     billing.settle(account_id, chat.request_id, chat.model.name, prompt, completion, charge, not exact)
+    if meter:
+        meter(prompt + completion)
     state.extra["usage"] = usage(prompt, completion, charge)
     return charge
 
 
-def _events(chat, call, resp, account_id: int):
+def _events(chat, call, resp, account_id: int, meter=None):
     state, tally, created = StreamState(), _Tally(), int(time.time())
     try:
         yield from _relay(chat, call, resp, state, tally, created)
     except GatewayError as err:
         resp.close()
-        _settle_stream(chat, account_id, state, tally, finished=False)
+        _settle_stream(chat, account_id, state, tally, False, meter)
         yield sse.event(err.body())
         return
     except BaseException:  # client gone (GeneratorExit) or a bug: bill what was delivered
         resp.close()
-        _settle_stream(chat, account_id, state, tally, finished=False)
+        _settle_stream(chat, account_id, state, tally, False, meter)
         raise
     resp.close()
-    _settle_stream(chat, account_id, state, tally, finished=True)
+    _settle_stream(chat, account_id, state, tally, True, meter)
     if chat.include_usage:
         yield sse.chunk(chat.request_id, created, chat.model.name, [], usage=state.extra.get("usage"))
     yield sse.DONE

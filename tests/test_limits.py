@@ -1,0 +1,156 @@
+"""Rate limits and caches (SPEC §10) on the real Redis; shared across processes; Redis outages."""
+from __future__ import annotations
+
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+import requests
+
+from tests import schemas
+from tests.conftest import SECRET, auth, token
+from tests.fakes import openai as fake_openai
+from tests.fakes.tcp_proxy import TcpProxy
+from tests.process import Gateway
+from tests.test_stream import wait_for
+
+MSGS = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def limited(make_app, redis_url, upstream):
+    def build(**extra):
+        app = make_app(REDIS_URL=redis_url, **extra)
+        client = app.test_client()
+        for row in ({"id": 1, "name": "m1", "rpm": 2}, {"id": 2, "name": "m2"}):
+            r = client.post("/api/admin/models", headers=auth("root", True),
+                            json={**row, "api": "openai", "base_url": upstream.url_for("/v1")})
+            assert r.status_code == 201
+        upstream.expect_request("/v1/chat/completions").respond_with_json(fake_openai.completion("ok", 10, 15))
+        return app, client
+    return build
+
+
+def chat(client, model="m2", headers=None, **extra):
+    return client.post("/api/v1/chat/completions", json={"model": model, "messages": MSGS, **extra},
+                       headers=headers or auth())
+
+
+def assert_429(r):
+    assert r.status_code == 429, r.get_data(as_text=True)
+    schemas.check("ErrorResponse", r.json)
+    assert r.json["error"]["type"] == "rate_limit_error" and r.json["success"] is False
+    assert int(r.headers["Retry-After"]) >= 1
+
+
+def test_default_limit_with_headers_and_retry_after(limited):
+    app, client = limited(RATE_LIMIT_DEFAULT="3/minute")
+    first = chat(client)
+    assert first.headers["X-RateLimit-Limit"] == "3" and first.headers["X-RateLimit-Remaining"] == "2"
+    assert int(first.headers["X-RateLimit-Reset"]) > 0
+    chat(client)
+    streamed = chat(client, stream=True)
+    assert streamed.headers["X-RateLimit-Remaining"] == "0"
+    streamed.get_data()
+    r = chat(client)
+    assert_429(r)
+    assert r.json["error"]["code"] == "rate_limit_exceeded" and 50 <= int(r.headers["Retry-After"]) <= 60
+    assert chat(client, headers=auth("other")).status_code == 200  # per account
+    keys = redis.Redis.from_url(app.config["REDIS_URL"]).keys("*")
+    assert [k for k in keys if k.startswith(b"LIMITS:") and b"tollgate" in k], keys
+
+
+def test_model_rpm_is_per_account_per_model(limited):
+    _, client = limited()
+    assert chat(client, "m1").status_code == 200 and chat(client, "m1").status_code == 200
+    assert_429(chat(client, "m1"))
+    assert chat(client, "m2").status_code == 200
+    assert chat(client, "m1", headers=auth("bob")).status_code == 200
+
+
+def test_api_key_rpm(limited):
+    _, client = limited()
+    key = client.post("/api/admin/keys", json={"account": "kay", "rpm": 1}, headers=auth("root", True)).json
+    headers = {"Authorization": f"Bearer {key['key']}"}
+    assert chat(client, headers=headers).status_code == 200
+    assert_429(chat(client, headers=headers))
+
+
+def test_tokens_per_minute_limit(limited):
+    _, client = limited(TOKEN_LIMIT_PER_MINUTE=20)
+    assert chat(client).status_code == 200  # spends 25 tokens (10 + 15)
+    r = chat(client)
+    assert_429(r)
+    assert "Token limit" in r.json["error"]["message"]
+
+
+def test_model_lists_cached_in_redis_and_dropped_on_change(limited):
+    app, client = limited()
+    r = redis.Redis.from_url(app.config["REDIS_URL"])
+    assert [m["id"] for m in client.get("/api/v1/models", headers=auth()).json["data"]] == ["m1", "m2"]
+    assert r.keys("tollgate:models:openai:*")
+    client.patch("/api/admin/models/1", json={"enabled": False}, headers=auth("root", True))
+    assert [m["id"] for m in client.get("/api/v1/models", headers=auth()).json["data"]] == ["m2"]
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_two_processes_share_limits_and_catalogue(make_app, db_url, redis_url, upstream, tmp_path):
+    client = make_app().test_client()
+    client.post("/api/admin/models", headers=auth("root", True),
+                json={"id": 1, "name": "m1", "api": "openai", "base_url": upstream.url_for("/v1")})
+    upstream.expect_request("/v1/chat/completions").respond_with_json(fake_openai.completion())
+    env = {"DATABASE_URL": db_url, "REDIS_URL": redis_url, "JWT_SECRET_KEY": SECRET,
+           "DATA_DIR": str(tmp_path), "RATE_LIMIT_DEFAULT": "20/minute"}
+    gateways = [Gateway(env, tmp_path / f"gw{i}.log") for i in range(2)]
+    try:
+        headers = {"Authorization": f"Bearer {token('shared')}"}
+
+        def call(i):
+            return requests.post(f"{gateways[i % 2].url}/api/v1/chat/completions", headers=headers,
+                                 json={"model": "m1", "messages": MSGS}, timeout=10)
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(call, range(60)))
+        statuses = [a.status_code for a in answers]
+        assert statuses.count(200) == 20 and statuses.count(429) == 40
+        assert all(int(a.headers["Retry-After"]) >= 1 for a in answers if a.status_code == 429)
+        admin = {"Authorization": f"Bearer {token('root', True)}"}
+        before = requests.get(f"{gateways[1].url}/api/v1/models", headers=admin).json()["data"]
+        assert [m["id"] for m in before] == ["m1"]
+        requests.post(f"{gateways[0].url}/api/admin/models", headers=admin, timeout=10,
+                      json={"id": 2, "name": "m-new", "api": "openai"})
+        after = requests.get(f"{gateways[1].url}/api/v1/models", headers=admin).json()["data"]
+        assert [m["id"] for m in after] == ["m1", "m-new"]
+    finally:
+        for gw in gateways:
+            gw.stop()
+
+
+def test_redis_outage_keeps_serving_and_recovers(make_app, redis_url, upstream):
+    target = urllib.parse.urlparse(redis_url)
+    proxy = TcpProxy(target.hostname, target.port or 6379)
+    via_proxy = f"redis://127.0.0.1:{proxy.port}{target.path}"
+    try:
+        app = make_app(REDIS_URL=via_proxy, RATE_LIMIT_DEFAULT="1000/minute")
+        client = app.test_client()
+        client.post("/api/admin/models", headers=auth("root", True),
+                    json={"id": 1, "name": "m1", "api": "openai", "base_url": upstream.url_for("/v1")})
+        upstream.expect_request("/v1/chat/completions").respond_with_json(fake_openai.completion())
+        assert chat(client, "m1").status_code == 200
+        assert client.get("/readyz").json["status"] == "ok"
+        proxy.cut()
+        for _ in range(5):
+            r = chat(client, "m1")
+            assert r.status_code == 200 and "X-RateLimit-Limit" in r.headers
+        assert client.get("/api/v1/models", headers=auth()).status_code == 200
+        ready = client.get("/readyz").json
+        assert ready["status"] == "degraded" and ready["checks"]["redis"] == "down"
+        proxy.restore()
+        wait_for(lambda: client.get("/readyz").json["status"] == "ok", timeout=10)
+        real = redis.Redis.from_url(redis_url)
+        real.flushdb()
+        assert chat(client, "m1").status_code == 200
+        assert [k for k in real.keys("*") if b"tollgate" in k], "limits are not back in Redis"
+    finally:
+        proxy.close()
