@@ -1,10 +1,14 @@
 """Adapters by wire-protocol name (the catalogue's `api`)."""
 from __future__ import annotations
 
+from providers.anthropic import AnthropicAdapter
+from providers.gemini import GeminiAdapter
 from providers.ollama import OllamaAdapter
 from providers.openai import OpenAIAdapter
 
 ADAPTERS = {
     "openai": OpenAIAdapter(),
     "ollama": OllamaAdapter(),
+    "gemini": GeminiAdapter(),
+    "anthropic": AnthropicAdapter(),
 }

@@ -13,6 +13,7 @@ from typing import Iterable, Iterator
 from providers.base import (
     Adapter, Completion, Delta, StreamState, choice, parse_json, text_of,
 )
+from providers.parts import text_only
 from service.errors import NotImplementedByProvider, ProviderError
 
 OPTIONS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed",
@@ -28,6 +29,7 @@ class OllamaAdapter(Adapter):
 
     def check(self, chat) -> None:
         super().check(chat)
+        text_only(chat.messages, self.name)
         choice_ = chat.params.get("tool_choice")
         if choice_ not in (None, "auto", "none"):
             raise NotImplementedByProvider(
@@ -61,7 +63,7 @@ class OllamaAdapter(Adapter):
         msg = payload["message"]
         calls = _tool_calls(msg.get("tool_calls"))
         finish = "tool_calls" if calls else _finish(payload.get("done_reason"))
-        out = [choice(0, msg.get("content", ""), finish, calls)]
+        out = [choice(0, msg.get("content", ""), finish, calls or None)]
         prompt, completion = payload.get("prompt_eval_count"), payload.get("eval_count")
         if not isinstance(prompt, int) or not isinstance(completion, int):
             # Ollama omits prompt_eval_count when the prompt was cached
@@ -79,18 +81,20 @@ class OllamaAdapter(Adapter):
             if "error" in event:
                 raise ProviderError(f"The provider failed mid-stream: {self.error_message(event)}")
             msg = event.get("message") or {}
-            calls = _tool_calls(msg.get("tool_calls"))
+            offset = state.extra.get("calls", 0)
+            calls = _tool_calls(msg.get("tool_calls"), offset)
+            if calls:
+                state.extra["calls"] = offset + len(calls)
             if msg.get("content") or calls:
-                yield Delta(0, msg.get("content") or None, _indexed(calls))
+                yield Delta(0, msg.get("content") or None,
+                            [{"index": offset + n, **c} for n, c in enumerate(calls)] or None)
             if event.get("done"):
                 state.prompt_tokens = event.get("prompt_eval_count")
                 state.completion_tokens = event.get("eval_count")
                 state.done = True
-                finish = "tool_calls" if state.extra.get("tools") else _finish(event.get("done_reason"))
+                finish = "tool_calls" if state.extra.get("calls") else _finish(event.get("done_reason"))
                 yield Delta(0, finish_reason=finish)
                 return
-            if calls:
-                state.extra["tools"] = True
 
 
 def _finish(reason) -> str:
@@ -118,20 +122,12 @@ def _loads(arguments):
     return arguments or {}
 
 
-def _tool_calls(calls) -> list | None:
+def _tool_calls(calls, offset: int = 0) -> list:
     """Ollama tool calls as OpenAI's (arguments as a JSON string, a call id)."""
-    if not calls:
-        return None
     out = []
-    for i, c in enumerate(calls):
+    for i, c in enumerate(calls or []):
         fn = c.get("function") or {}
-        out.append({"id": c.get("id") or f"call_{i}", "type": "function",
+        out.append({"id": c.get("id") or f"call_{offset + i}", "type": "function",
                     "function": {"name": fn.get("name", ""),
                                  "arguments": json.dumps(fn.get("arguments") or {})}})
     return out
-
-
-def _indexed(calls):
-    if not calls:
-        return None
-    return [{"index": i, **c} for i, c in enumerate(calls)]

@@ -1,0 +1,191 @@
+"""Anthropic Messages API, `POST {base}/v1/messages`.
+
+Follows https://docs.anthropic.com/en/api/messages and .../messages-streaming:
+system and developer messages go to `system`; `max_tokens` is always sent (the
+row's `max_output_tokens` when the client sent none); temperature is clamped
+to Anthropic's 0-1 range; tools become `tools` with `input_schema`, tool
+results become `tool_result` blocks. Streams are SSE events (`message_start`,
+`content_block_start`/`_delta`/`_stop`, `message_delta`, `message_stop`,
+`ping`, `error`); usage comes from `message_start` plus `message_delta`.
+Anthropic has no `n`: the gateway repeats the call.
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterable, Iterator
+
+from providers.base import Adapter, Completion, Delta, StreamState, choice, parse_json, sse_data
+from providers.parts import text_only
+from service.errors import NotImplementedByProvider, ProviderError
+
+VERSION = "2023-06-01"
+FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
+          "tool_use": "tool_calls", "refusal": "content_filter", "pause_turn": "stop"}
+
+
+class AnthropicAdapter(Adapter):
+    name = "anthropic"
+    native_n = False
+    default_base = "https://api.anthropic.com"
+    unsupported = ("logprobs", "top_logprobs", "logit_bias", "presence_penalty",
+                   "frequency_penalty", "seed")
+
+    def check(self, chat) -> None:
+        super().check(chat)
+        text_only(chat.messages, self.name)
+        fmt = (chat.params.get("response_format") or {}).get("type", "text")
+        if fmt != "text":
+            raise NotImplementedByProvider(f"response_format '{fmt}' is not supported by the "
+                                           "anthropic provider", param="response_format")
+
+    def url(self, base: str, model, stream: bool) -> str:
+        return f"{base}/v1/messages"
+
+    def headers(self, api_key):
+        headers = {"Content-Type": "application/json", "anthropic-version": VERSION}
+        if api_key:
+            headers["x-api-key"] = api_key
+        return headers
+
+    def request(self, chat) -> dict:
+        p = chat.params
+        system, messages = _messages(chat.messages)
+        body: dict = {"model": chat.model.upstream_model, "messages": messages,
+                      "max_tokens": p.get("max_completion_tokens") or p.get("max_tokens")
+                      or chat.model.max_output_tokens}
+        if system:
+            body["system"] = "\n\n".join(system)
+        if "temperature" in p:
+            body["temperature"] = min(p["temperature"], 1.0)  # OpenAI allows 0-2, Anthropic 0-1
+        if "top_p" in p:
+            body["top_p"] = p["top_p"]
+        if "stop" in p:
+            body["stop_sequences"] = p["stop"] if isinstance(p["stop"], list) else [p["stop"]]
+        if "user" in p:
+            body["metadata"] = {"user_id": p["user"]}
+        body.update(_tools(p))
+        if chat.stream:
+            body["stream"] = True
+        return body
+
+    def response(self, payload, chat) -> Completion:
+        if not isinstance(payload, dict) or not isinstance(payload.get("content"), list):
+            raise ProviderError("The provider answered without content")
+        text, calls = [], []
+        for block in payload["content"]:
+            if block.get("type") == "text":
+                text.append(block.get("text", ""))
+            elif block.get("type") == "tool_use":
+                calls.append({"id": block.get("id"), "type": "function",
+                              "function": {"name": block.get("name"),
+                                           "arguments": json.dumps(block.get("input") or {})}})
+        finish = FINISH.get(payload.get("stop_reason"), "stop")
+        out = [choice(0, "".join(text) if text or not calls else None, finish, calls or None)]
+        usage = payload.get("usage") or {}
+        prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
+        if not isinstance(prompt, int) or not isinstance(completion, int):
+            return Completion(out, chat.prompt_guess, completion or 0, estimated=True)
+        return Completion(out, prompt + _cached(usage), completion)
+
+    def stream_events(self, lines: Iterable[bytes], state: StreamState) -> Iterator[Delta]:
+        tools: dict[int, int] = {}  # Anthropic block index -> OpenAI tool call index
+        for data in sse_data(lines):
+            event = parse_json(data)
+            kind = event.get("type") if isinstance(event, dict) else None
+            if kind == "message_start":
+                usage = (event.get("message") or {}).get("usage") or {}
+                state.prompt_tokens = (usage.get("input_tokens") or 0) + _cached(usage)
+                state.completion_tokens = usage.get("output_tokens")
+            elif kind == "content_block_start":
+                block = event.get("content_block") or {}
+                if block.get("type") == "tool_use":
+                    tools[event.get("index", 0)] = len(tools)
+                    yield Delta(0, tool_calls=[{"index": tools[event.get("index", 0)],
+                                                "id": block.get("id"), "type": "function",
+                                                "function": {"name": block.get("name"),
+                                                             "arguments": ""}}])
+                elif block.get("text"):
+                    yield Delta(0, block["text"])
+            elif kind == "content_block_delta":
+                yield from _block_delta(event, tools)
+            elif kind == "message_delta":
+                usage = event.get("usage") or {}
+                if isinstance(usage.get("output_tokens"), int):
+                    state.completion_tokens = usage["output_tokens"]
+                reason = (event.get("delta") or {}).get("stop_reason")
+                if reason:
+                    yield Delta(0, finish_reason=FINISH.get(reason, "stop"))
+            elif kind == "message_stop":
+                state.done = True
+                return
+            elif kind == "error":
+                raise ProviderError(f"The provider failed mid-stream: {self.error_message(event)}")
+            elif kind not in ("ping", "content_block_stop"):
+                continue
+
+
+def _block_delta(event: dict, tools: dict) -> Iterator[Delta]:
+    delta = event.get("delta") or {}
+    if delta.get("type") == "text_delta":
+        yield Delta(0, delta.get("text", ""))
+    elif delta.get("type") == "input_json_delta" and event.get("index", 0) in tools:
+        yield Delta(0, tool_calls=[{"index": tools[event.get("index", 0)],
+                                    "function": {"arguments": delta.get("partial_json", "")}}])
+
+
+def _cached(usage: dict) -> int:
+    """Cache reads and writes count as prompt tokens too."""
+    return (usage.get("cache_read_input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0)
+
+
+def _text(content) -> str:
+    if isinstance(content, str) or content is None:
+        return content or ""
+    return "".join(p.get("text", "") for p in content)
+
+
+def _blocks(m: dict) -> list[dict]:
+    if m["role"] == "tool":
+        return [{"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": _text(m.get("content"))}]
+    blocks = [{"type": "text", "text": _text(m.get("content"))}] if _text(m.get("content")) else []
+    for call in m.get("tool_calls") or []:
+        args = call["function"].get("arguments") or "{}"
+        blocks.append({"type": "tool_use", "id": call["id"], "name": call["function"]["name"],
+                       "input": json.loads(args) if isinstance(args, str) else args})
+    return blocks
+
+
+def _messages(messages: list[dict]) -> tuple[list[str], list[dict]]:
+    """System texts, and the turns with consecutive same-role messages merged."""
+    system, out = [], []
+    for m in messages:
+        if m["role"] in ("system", "developer"):
+            system.append(_text(m.get("content")))
+            continue
+        role = "assistant" if m["role"] == "assistant" else "user"
+        blocks = _blocks(m)
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+    for turn in out:  # a single text block is sent as a plain string, as the docs show
+        if len(turn["content"]) == 1 and turn["content"][0]["type"] == "text":
+            turn["content"] = turn["content"][0]["text"]
+    return system, out
+
+
+def _tools(p: dict) -> dict:
+    tools = [t["function"] for t in p.get("tools") or [] if t.get("type") == "function"]
+    if not tools or p.get("tool_choice") == "none":
+        return {}
+    out: dict = {"tools": [{"name": fn["name"], "description": fn.get("description", ""),
+                            "input_schema": fn.get("parameters") or {"type": "object"}}
+                           for fn in tools]}
+    choice_ = p.get("tool_choice")
+    if choice_ == "required":
+        out["tool_choice"] = {"type": "any"}
+    elif isinstance(choice_, dict):
+        out["tool_choice"] = {"type": "tool", "name": (choice_.get("function") or {}).get("name")}
+    if p.get("parallel_tool_calls") is False:
+        out.setdefault("tool_choice", {"type": "auto"})["disable_parallel_tool_use"] = True
+    return out

@@ -1,0 +1,181 @@
+"""Google Gemini, `POST {base}/v1beta/models/{model}:generateContent` and `:streamGenerateContent?alt=sse`.
+
+Follows https://ai.google.dev/api/generate-content: messages become `contents`
+(assistant -> `model`, consecutive same-role turns merged), system and developer
+messages become `systemInstruction`, sampling goes in `generationConfig`, tools
+become `functionDeclarations`, the key travels in the `x-goog-api-key` header
+(never the URL). A stream is SSE of whole GenerateContentResponse objects with
+no terminator: it is finished when a candidate carries a `finishReason`.
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterable, Iterator
+
+from providers.base import Adapter, Completion, Delta, StreamState, choice, parse_json, sse_data
+from providers.parts import text_only
+from service.errors import NotImplementedByProvider, ProviderError
+
+CONFIG = {"temperature": "temperature", "top_p": "topP", "max_tokens": "maxOutputTokens",
+          "max_completion_tokens": "maxOutputTokens", "n": "candidateCount", "seed": "seed",
+          "presence_penalty": "presencePenalty", "frequency_penalty": "frequencyPenalty"}
+FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
+          "RECITATION": "content_filter", "BLOCKLIST": "content_filter",
+          "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter"}
+MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
+
+
+class GeminiAdapter(Adapter):
+    name = "gemini"
+    unsupported = ("logprobs", "top_logprobs", "logit_bias")
+    default_base = "https://generativelanguage.googleapis.com"
+
+    def check(self, chat) -> None:
+        super().check(chat)
+        text_only(chat.messages, self.name)
+        if chat.params.get("parallel_tool_calls") is False:
+            raise NotImplementedByProvider("Parameter 'parallel_tool_calls' = false is not supported "
+                                           "by the gemini provider", param="parallel_tool_calls")
+
+    def url(self, base: str, model, stream: bool) -> str:
+        name = model.upstream_model.split(":")[0]
+        if stream:
+            return f"{base}/v1beta/models/{name}:streamGenerateContent?alt=sse"
+        return f"{base}/v1beta/models/{name}:generateContent"
+
+    def headers(self, api_key):
+        headers = {"Content-Type": "application/json"}
+        if api_key:
+            headers["x-goog-api-key"] = api_key
+        return headers
+
+    def request(self, chat) -> dict:
+        system, contents = _contents(chat.messages)
+        body: dict = {"contents": contents}
+        if system:
+            body["systemInstruction"] = {"parts": [{"text": t} for t in system]}
+        body.update(_generation(chat.params))
+        tools = [t["function"] for t in chat.params.get("tools") or [] if t.get("type") == "function"]
+        if tools:
+            body["tools"] = [{"functionDeclarations": [
+                {k: v for k, v in fn.items() if k in ("name", "description", "parameters")}
+                for fn in tools]}]
+            body.update(_tool_config(chat.params.get("tool_choice")))
+        return body
+
+    def response(self, payload, chat) -> Completion:
+        if not isinstance(payload, dict) or not isinstance(payload.get("candidates"), list):
+            raise ProviderError("The provider answered without candidates")
+        choices = []
+        for i, cand in enumerate(payload["candidates"]):
+            text, calls = _parts(cand, i)
+            finish = "tool_calls" if calls else FINISH.get(cand.get("finishReason"), "stop")
+            choices.append(choice(cand.get("index", i), text, finish, calls or None))
+        usage = payload.get("usageMetadata") or {}
+        prompt, completion = usage.get("promptTokenCount"), usage.get("candidatesTokenCount", 0)
+        if not isinstance(prompt, int):
+            return Completion(choices, chat.prompt_guess, completion or 0, estimated=True)
+        return Completion(choices, prompt, completion or 0)
+
+    def stream_events(self, lines: Iterable[bytes], state: StreamState) -> Iterator[Delta]:
+        for data in sse_data(lines):
+            event = parse_json(data)
+            if not isinstance(event, dict):
+                raise ProviderError("The provider sent a stream event that is not an object")
+            if "error" in event:
+                raise ProviderError(f"The provider failed mid-stream: {self.error_message(event)}")
+            usage = event.get("usageMetadata")
+            if isinstance(usage, dict):
+                state.prompt_tokens = usage.get("promptTokenCount")
+                state.completion_tokens = usage.get("candidatesTokenCount", 0)
+            for i, cand in enumerate(event.get("candidates") or []):
+                index = cand.get("index", i)
+                offset = state.extra.get("calls", 0)
+                text, calls = _parts(cand, index, offset)
+                if calls:
+                    state.extra["calls"] = offset + len(calls)
+                if text or calls:
+                    yield Delta(index, text or None,
+                                [{"index": offset + n, **c} for n, c in enumerate(calls)] or None)
+                if cand.get("finishReason"):
+                    state.done = True
+                    finish = "tool_calls" if state.extra.get("calls") else FINISH.get(
+                        cand["finishReason"], "stop")
+                    yield Delta(index, finish_reason=finish)
+
+
+def _contents(messages: list[dict]) -> tuple[list[str], list[dict]]:
+    """System texts and Gemini contents, same-role turns merged (Gemini wants alternation)."""
+    names = {c["id"]: c["function"]["name"] for m in messages for c in m.get("tool_calls") or []}
+    system, contents = [], []
+    for m in messages:
+        if m["role"] in ("system", "developer"):
+            system.append(_text(m.get("content")))
+            continue
+        role = "model" if m["role"] == "assistant" else "user"
+        parts = _message_parts(m, names)
+        if contents and contents[-1]["role"] == role:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": role, "parts": parts})
+    return system, contents
+
+
+def _message_parts(m: dict, names: dict) -> list[dict]:
+    if m["role"] == "tool":
+        try:
+            result = json.loads(_text(m.get("content")))
+        except ValueError:
+            result = _text(m.get("content"))
+        if not isinstance(result, dict):
+            result = {"result": result}
+        return [{"functionResponse": {"name": names.get(m["tool_call_id"], m.get("name", "")),
+                                      "response": result}}]
+    parts = [{"text": _text(m.get("content"))}] if m.get("content") else []
+    for call in m.get("tool_calls") or []:
+        args = call["function"].get("arguments") or "{}"
+        parts.append({"functionCall": {"name": call["function"]["name"],
+                                       "args": json.loads(args) if isinstance(args, str) else args}})
+    return parts or [{"text": ""}]
+
+
+def _text(content) -> str:
+    if isinstance(content, str) or content is None:
+        return content or ""
+    return "".join(p.get("text", "") for p in content)
+
+
+def _generation(params: dict) -> dict:
+    config = {CONFIG[k]: v for k, v in params.items() if k in CONFIG}
+    if "stop" in params:
+        config["stopSequences"] = params["stop"] if isinstance(params["stop"], list) else [params["stop"]]
+    fmt = params.get("response_format") or {}
+    if fmt.get("type") in ("json_object", "json_schema"):
+        config["responseMimeType"] = "application/json"
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if schema:
+            config["responseJsonSchema"] = schema
+    return {"generationConfig": config} if config else {}
+
+
+def _tool_config(tool_choice) -> dict:
+    if tool_choice is None:
+        return {}
+    if isinstance(tool_choice, str):
+        return {"toolConfig": {"functionCallingConfig": {"mode": MODES[tool_choice]}}}
+    name = (tool_choice.get("function") or {}).get("name")
+    return {"toolConfig": {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}}
+
+
+def _parts(cand: dict, index: int, offset: int = 0) -> tuple[str, list]:
+    """A candidate's text and its function calls as OpenAI tool calls (ids numbered from offset)."""
+    text, calls = [], []
+    for part in (cand.get("content") or {}).get("parts") or []:
+        if "text" in part and not part.get("thought"):
+            text.append(part["text"])
+        elif "functionCall" in part:
+            fn = part["functionCall"]
+            calls.append({"id": fn.get("id") or f"call_{index}_{offset + len(calls)}", "type": "function",
+                          "function": {"name": fn.get("name", ""),
+                                       "arguments": json.dumps(fn.get("args") or {})}})
+    return "".join(text), calls

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import json
+
+from providers.base import StreamState
+from providers.openai import OpenAIAdapter
+from service.errors import ProviderError, UpstreamRejected
+from tests.providers import chat, fixture, lines
+
+A = OpenAIAdapter()
+
+
+def test_request_passes_through_and_asks_for_stream_usage():
+    msgs = [{"role": "user", "content": "Hi"}]
+    assert A.request(chat(msgs, temperature=0.1)) == {"model": "up-model", "messages": msgs, "temperature": 0.1}
+    streamed = A.request(chat(msgs, stream=True))
+    assert streamed["stream"] is True and streamed["stream_options"] == {"include_usage": True}
+    assert A.headers("k")["Authorization"] == "Bearer k"
+
+
+def test_response_and_tool_call():
+    done = A.response(json.loads(fixture("openai", "completion.json")), chat([]))
+    assert done.choices[0]["message"] == {"role": "assistant", "content": "Hello! How can I assist you today?",
+                                          "refusal": None}
+    assert (done.prompt_tokens, done.completion_tokens) == (19, 10)
+    call = A.response(json.loads(fixture("openai", "tool_call.json")), chat([]))
+    assert call.choices[0]["message"]["tool_calls"][0]["id"] == "call_abc123"
+
+
+def test_stream():
+    state = StreamState()
+    deltas = list(A.stream_events(lines("openai", "stream.sse"), state))
+    assert "".join(d.content or "" for d in deltas) == "Hello!"
+    assert state.done and (state.prompt_tokens, state.completion_tokens) == (9, 2)
+
+
+def test_errors():
+    err = A.error(400, fixture("openai", "error_400.json").decode(), "openai")
+    assert isinstance(err, UpstreamRejected) and "maximum context length" in err.message
+    assert isinstance(A.error(503, "garbage", "openai"), ProviderError)
