@@ -117,7 +117,9 @@ class Adapter:
         if status == 429:
             return UpstreamRateLimited(f"{provider} rate limit reached: {message or 'retry later'}")
         if status in (401, 403):
-            return ProviderError(f"{provider} refused the gateway's credentials")
+            err = ProviderError(f"{provider} refused the gateway's credentials")
+            err.retry = False  # another try will not fix our key
+            return err
         if 400 <= status < 500:
             return UpstreamRejected(message or f"{provider} rejected the request (HTTP {status})")
         return ProviderError(f"{provider} failed (HTTP {status}): {message or 'Failed to generate response'}")

@@ -10,6 +10,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import settings
 from service import billing, migrations
+from service.breaker import Breakers
 from service.cache import Cache
 from service.db import open_database
 from service.errors import register_error_handlers
@@ -91,7 +92,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     # flask-limiter retries a dead Redis on its own backoff (up to 32 s); our cache notices sooner
     cache.on_recovery.append(lambda: setattr(limiter, "_storage_dead", False))
     app.extensions["tollgate"] = Tollgate(
-        cache, Registry(cache), Transport(conf["WAITRESS_THREADS"] * 2),
+        cache, Registry(cache),
+        Transport(conf["WAITRESS_THREADS"] * 2, conf["UPSTREAM_RETRIES"], conf["UPSTREAM_BACKOFF"],
+                  Breakers(conf["BREAKER_THRESHOLD"], conf["BREAKER_COOLDOWN"])),
         TokenBudget(conf.get("TOKEN_LIMIT_PER_MINUTE", 0), conf["REDIS_URL"], cache))
 
     from service import account, admin, catalog, chat, cli, health

@@ -56,7 +56,7 @@ def completions():
     meter = lambda tokens: ext.budget.spend(name, tokens)  # noqa: E731
     headers = {"X-Request-ID": chat.request_id}
     if not chat.stream:
-        return relay.complete(chat, g.account.id, conf, ext.transport, meter), 200, headers
-    events = relay.stream(chat, g.account.id, conf, ext.transport, meter)
+        return relay.complete(chat, g.account.id, ext, conf, meter), 200, headers
+    events = relay.stream(chat, g.account.id, ext, conf, meter)
     headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     return Response(events, mimetype="text/event-stream", headers=headers)

@@ -4,14 +4,16 @@ from __future__ import annotations
 import time
 
 import requests
+from urllib3.exceptions import ReadTimeoutError
 
 from providers import ADAPTERS
 from providers.base import Completion, StreamState
 from service import billing, sse
 from service.errors import (
-    GatewayError, NotImplementedByProvider, ProviderError, ProviderUnavailable, UpstreamTimeout,
+    GatewayError, ModelNotFound, NotImplementedByProvider, ProviderError, ProviderUnavailable,
+    UpstreamTimeout,
 )
-from service.upstream import Call
+from service.upstream import Call, retryable
 
 
 def _call(chat, conf) -> Call:
@@ -32,9 +34,38 @@ def _call(chat, conf) -> Call:
                 model.read_timeout or conf["UPSTREAM_READ_TIMEOUT"])
 
 
-def _hold(chat, account_id: int, conf) -> None:
-    amount = billing.cost(chat.model, chat.n * chat.prompt_bound, chat.n * chat.max_output)
+def candidates(chat, registry) -> list:
+    """The chosen model, then its enabled `fallbacks` in order."""
+    rows = [chat.model]
+    for name in chat.model.fallbacks or []:
+        try:
+            rows.append(registry.find(name))
+        except ModelNotFound:
+            continue
+    return rows
+
+
+def _hold(chat, rows: list, account_id: int, conf) -> None:
+    """Hold what the dearest candidate could cost (a fallback may answer)."""
+    amount = max(billing.cost(row, chat.n * chat.prompt_bound, chat.n * chat.max_output) for row in rows)
     billing.hold(account_id, chat.request_id, amount, conf["HOLD_TTL_SECONDS"])
+
+
+def _first_answer(chat, rows: list, conf, attempt):
+    """attempt(call) on each candidate until one answers; chat.model is left at the one that did."""
+    for i, row in enumerate(rows):
+        chat.model = row
+        last = i == len(rows) - 1
+        try:
+            call = _call(chat, conf)
+            return call, attempt(call)
+        except NotImplementedByProvider:
+            if i == 0 or last:
+                raise
+        except GatewayError as err:
+            if last or not retryable(err):
+                raise
+    raise AssertionError("unreachable")
 
 
 def _run(transport, call: Call) -> Completion:
@@ -55,12 +86,13 @@ def usage(prompt: int, completion: int, charge: int) -> dict:
             "total_tokens": prompt + completion, "cost": billing.to_credits(charge)}
 
 
-def complete(chat, account_id: int, conf, transport, meter=None) -> dict:
+def complete(chat, account_id: int, ext, conf, meter=None) -> dict:
     """A non-streaming call: the `chat.completion` body, with `usage.cost` charged."""
-    call = _call(chat, conf)
-    _hold(chat, account_id, conf)
+    rows = candidates(chat, ext.registry)
+    _call(chat, conf)  # refuse what the chosen model cannot do before holding anything
+    _hold(chat, rows, account_id, conf)
     try:
-        result = _run(transport, call)
+        _, result = _first_answer(chat, rows, conf, lambda call: _run(ext.transport, call))
     except BaseException:
         billing.release(chat.request_id)
         raise
@@ -74,15 +106,21 @@ def complete(chat, account_id: int, conf, transport, meter=None) -> dict:
             "usage": usage(result.prompt_tokens, result.completion_tokens, charge)}
 
 
-def stream(chat, account_id: int, conf, transport, meter=None):
-    """Open the upstream stream (errors here are ordinary JSON errors), then a generator of SSE bytes."""
-    call = _call(chat, conf)
-    if chat.n > 1 and not call.adapter.native_n:
+def _streamable(call: Call) -> Call:
+    if call.chat.n > 1 and not call.adapter.native_n:
         raise NotImplementedByProvider(f"Streaming with n > 1 is not supported by the "
                                        f"{call.adapter.name} provider", param="n")
-    _hold(chat, account_id, conf)
+    return call
+
+
+def stream(chat, account_id: int, ext, conf, meter=None):
+    """Open the upstream stream (errors here are ordinary JSON errors), then a generator of SSE bytes."""
+    rows = candidates(chat, ext.registry)
+    _streamable(_call(chat, conf))
+    _hold(chat, rows, account_id, conf)
     try:
-        resp = transport.open_stream(call)
+        call, resp = _first_answer(chat, rows, conf,
+                                   lambda c: ext.transport.open_stream(_streamable(c)))
     except BaseException:
         billing.release(chat.request_id)
         raise
@@ -115,7 +153,9 @@ def _relay(chat, call, resp, state: StreamState, tally: _Tally, created: int):
                 tally.pieces += 1
     except requests.Timeout:
         raise UpstreamTimeout(f"{chat.model.provider} stalled mid-stream") from None
-    except requests.RequestException:
+    except requests.RequestException as exc:
+        if isinstance(exc.args[0] if exc.args else None, ReadTimeoutError):
+            raise UpstreamTimeout(f"{chat.model.provider} stalled mid-stream") from None
         raise ProviderError(f"{chat.model.provider} dropped the stream") from None
     if not state.done:
         raise ProviderError(f"{chat.model.provider} closed the stream before it finished")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import dataclass
 
@@ -9,7 +10,12 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from providers.base import Completion, parse_json
-from service.errors import GatewayError, UpstreamTimeout, unavailable
+from service.breaker import Breakers
+from service.errors import (
+    GatewayError, ProviderError, ProviderUnavailable, UpstreamRateLimited, UpstreamTimeout, unavailable,
+)
+
+RETRY_CAP = 10.0  # seconds: a provider asking us to wait longer gets its 429 passed on instead
 
 
 @dataclass
@@ -24,10 +30,19 @@ class Call:
     read_timeout: float
 
 
-class Transport:
-    """Owns the connection pool; each process has one."""
+def retryable(err: GatewayError) -> bool:
+    """Connection errors, timeouts, 5xx and 429 may succeed on another try (or another model)."""
+    return (isinstance(err, (ProviderUnavailable, UpstreamTimeout, UpstreamRateLimited, ProviderError))
+            and getattr(err, "retry", True))
 
-    def __init__(self, pool_size: int = 32):
+
+class Transport:
+    """Owns the connection pool, retries and circuit breakers; each process has one."""
+
+    def __init__(self, pool_size: int = 32, retries: int = 2, backoff: float = 0.25,
+                 breakers: Breakers | None = None):
+        self.retries, self.backoff = retries, backoff
+        self.breakers = breakers or Breakers()
         self.session = requests.Session()
         self.session.trust_env = False  # never route provider calls through ambient proxies
         mount = HTTPAdapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
@@ -35,6 +50,39 @@ class Transport:
         self.session.mount("https://", mount)
 
     def _post(self, call: Call, stream: bool) -> requests.Response:
+        """POST with up to `retries` more tries on retryable failures (jittered backoff,
+        honouring Retry-After), behind the upstream's circuit breaker."""
+        key = f"{call.base}|{call.chat.model.upstream_model}"
+        self.breakers.before(key, call.chat.model.provider)
+        for attempt in range(self.retries + 1):
+            try:
+                resp = self._post_once(call, stream)
+            except GatewayError as err:
+                if not retryable(err):
+                    self.breakers.success(key)  # the upstream answered; the request was at fault
+                    raise
+                self.breakers.failure(key)
+                wait = self._wait(err, attempt)
+                if attempt == self.retries or wait is None:
+                    raise
+                time.sleep(wait)
+                continue
+            self.breakers.success(key)
+            return resp
+        raise AssertionError("unreachable")
+
+    def _wait(self, err: GatewayError, attempt: int) -> float | None:
+        """Seconds before the next try: the provider's Retry-After, else jittered exponential."""
+        after = err.headers.get("Retry-After")
+        if after is not None:
+            try:
+                seconds = float(after)
+            except ValueError:
+                return None
+            return seconds if seconds <= RETRY_CAP else None
+        return self.backoff * (2 ** attempt) * random.uniform(0.5, 1.5)
+
+    def _post_once(self, call: Call, stream: bool) -> requests.Response:
         adapter, model = call.adapter, call.chat.model
         url = adapter.url(call.base, model, stream)
         body = json.dumps(adapter.request(call.chat), ensure_ascii=False).encode()
@@ -51,7 +99,10 @@ class Transport:
             except requests.RequestException:
                 text = ""
             resp.close()
-            raise _scrub(adapter.error(resp.status_code, text, model.provider), call.api_key)
+            err = _scrub(adapter.error(resp.status_code, text, model.provider), call.api_key)
+            if resp.status_code == 429 and "Retry-After" in resp.headers:
+                err.headers["Retry-After"] = resp.headers["Retry-After"]
+            raise err
         return resp
 
     def complete(self, call: Call) -> tuple[Completion, float]:

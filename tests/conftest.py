@@ -43,7 +43,7 @@ def settings(tmp_path, db_url, **extra) -> dict:
         "AUTH_REQUIRED": True, "RATE_LIMIT_DEFAULT": "10000/minute", "REAPER_INTERVAL": 0,
         "NEW_ACCOUNT_CREDITS": "0", "DEFAULT_MODEL": "llama2", "PROVIDER_KEYS": {},
         "OLLAMA_HOST": "http://127.0.0.1:9", "UPSTREAM_CONNECT_TIMEOUT": 2,
-        "UPSTREAM_READ_TIMEOUT": 10,
+        "UPSTREAM_READ_TIMEOUT": 10, "UPSTREAM_BACKOFF": 0.01, "BREAKER_THRESHOLD": 0,
     }
     conf.update(extra)
     return conf
