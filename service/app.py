@@ -13,7 +13,7 @@ from service import billing, migrations
 from service.breaker import Breakers
 from service.cache import Cache
 from service.db import open_database
-from service.errors import register_error_handlers
+from service.errors import keep_error_headers, register_error_handlers
 from service.extensions import cors, db, jwt, limiter
 from service.limits import TokenBudget
 from service.registry import Registry
@@ -82,6 +82,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     db.initialize(open_database(conf["DATABASE_URL"]))
     migrations.upgrade()
 
+    app.after_request(keep_error_headers)  # before the limiter's, so it runs after it
     jwt.init_app(app)
     cors.init_app(app, origins=conf["CORS_ORIGINS"], expose_headers=[
         "X-Request-ID", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import jsonify, request
+from flask import g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("tollgate")
@@ -132,6 +132,15 @@ def render(err: GatewayError):
     response = jsonify(err.body(language()))
     response.status_code = err.status
     for key, value in err.headers.items():
+        response.headers[key] = value
+    g.error_headers = err.headers
+    return response
+
+
+def keep_error_headers(response):
+    """Re-apply an error's own headers (a provider's Retry-After) over flask-limiter's, which
+    sets Retry-After from our limit window on every 429; registered before the limiter so it runs after."""
+    for key, value in (g.get("error_headers") or {}).items():
         response.headers[key] = value
     return response
 

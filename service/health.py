@@ -32,5 +32,9 @@ def readyz():
     except Exception as exc:  # the catalogue needs the database
         checks["catalogue"] = "down"
         reasons.append(f"catalogue: {type(exc).__name__}")
+    tripped = {k: v for k, v in ext.transport.breakers.states().items() if v != "closed"}
+    checks["breakers"] = tripped
+    if tripped:
+        reasons.append(f"upstreams paused by their circuit breaker: {', '.join(sorted(tripped))}")
     status = "down" if checks["database"] == "down" else ("degraded" if reasons else "ok")
     return {"status": status, "checks": checks, "reasons": reasons}, 200 if status != "down" else 503

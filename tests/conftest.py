@@ -166,3 +166,17 @@ def live(app):
     server = Live(app)
     yield server
     server.close()
+
+
+@pytest.fixture
+def live_factory():
+    """Serve any app with waitress on a loopback port (closed afterwards)."""
+    servers = []
+
+    def start(app):
+        servers.append(Live(app))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
