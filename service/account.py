@@ -37,7 +37,7 @@ def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise InvalidRequest(f"'{name}' must be an integer between {low} and {high}", param=name)
     return int(raw)
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app
 from peewee import fn
 
 from service import billing, seed
 from service.account import account_body, ledger_page
 from service.auth import create_key, require_admin
+from service.body import json_object
 from service.db import AIModel, Account, ApiKey, Hold, epoch, utcnow
 from service.errors import InvalidRequest, NotFound
 
@@ -17,10 +18,7 @@ bp.before_request(require_admin)
 
 
 def _json() -> dict:
-    body = request.get_json(silent=True, force=True)
-    if not isinstance(body, dict):
-        raise InvalidRequest("Request body must be a JSON object", code="invalid_json")
-    return body
+    return json_object()
 
 
 def model_body(row: AIModel) -> dict:
@@ -134,7 +132,7 @@ def create_api_key():
     if not isinstance(name, str) or not name:
         raise InvalidRequest("'account' is required", param="account")
     rpm, models, label = body.get("rpm"), body.get("models"), body.get("name")
-    if rpm is not None and (isinstance(rpm, bool) or not isinstance(rpm, int) or rpm < 1):
+    if rpm is not None and (isinstance(rpm, bool) or not isinstance(rpm, int) or not 1 <= rpm <= 2 ** 31 - 1):
         raise InvalidRequest("'rpm' must be a positive integer", param="rpm")
     if models is not None and (not isinstance(models, list)
                                or not all(isinstance(m, str) for m in models)):

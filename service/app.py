@@ -98,9 +98,10 @@ def create_app(overrides: dict | None = None) -> Flask:
                   Breakers(conf["BREAKER_THRESHOLD"], conf["BREAKER_COOLDOWN"])),
         TokenBudget(conf.get("TOKEN_LIMIT_PER_MINUTE", 0), conf["REDIS_URL"], cache))
 
-    from service import account, admin, catalog, chat, cli, health
+    from service import account, admin, catalog, chat, cli, health, observe
 
-    for module in (chat, catalog, account, admin, health):
+    observe.init_app(app)
+    for module in (chat, catalog, account, admin, health, observe):
         app.register_blueprint(module.bp)
     register_error_handlers(app)
     cli.register(app)

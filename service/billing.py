@@ -17,6 +17,8 @@ from service.errors import InsufficientCredits, InvalidRequest
 from service.extensions import db
 
 MICRO = 1_000_000
+MAX_AMOUNT = 10 ** 12 * MICRO  # the most credits one operation may move (fits a signed 64-bit column)
+MAX_BALANCE = 2 ** 62  # micro-credits: far above any real balance, far below overflow
 
 
 def to_micro(value, param: str = "amount") -> int:
@@ -29,6 +31,8 @@ def to_micro(value, param: str = "amount") -> int:
         raise InvalidRequest(f"'{param}' must be a number", param=param) from None
     if not amount.is_finite() or amount != amount.to_integral_value():
         raise InvalidRequest(f"'{param}' must be a finite number with at most 6 decimals", param=param)
+    if abs(amount) > MAX_AMOUNT:
+        raise InvalidRequest(f"'{param}' must be at most {MAX_AMOUNT // MICRO} credits", param=param)
     return int(amount)
 
 
@@ -72,6 +76,8 @@ def hold(account_id: int, request_id: str, amount: int, ttl: int) -> None:
     """Reserve `amount` if balance - held covers it, else 402; a zero amount needs no hold."""
     if amount <= 0:
         return
+    if amount > MAX_BALANCE:
+        raise InsufficientCredits()  # no balance can cover it
     with write_tx():
         taken = (Account.update(held=Account.held + amount)
                  .where((Account.id == account_id) & (Account.balance - Account.held >= amount))
@@ -128,10 +134,12 @@ def reap(now: dt.datetime | None = None) -> int:
 
 def _credit(account_id: int, amount: int, kind: str, note: str | None) -> None:
     taken = (Account.update(balance=Account.balance + amount)
-             .where((Account.id == account_id) & (Account.balance - Account.held + amount >= 0))
+             .where((Account.id == account_id) & (Account.balance - Account.held + amount >= 0)
+                    & (Account.balance + amount <= MAX_BALANCE))
              .execute())
     if not taken:
-        raise InvalidRequest("A correction cannot take the balance below zero", param="amount")
+        raise InvalidRequest("A correction cannot take the balance below what is held or zero, "
+                             "nor a top-up above the largest balance", param="amount")
     LedgerEntry.create(account=account_id, request_id=f"{kind}-{uuid.uuid4().hex}", delta=amount,
                        kind=kind, note=note)
 

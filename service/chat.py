@@ -5,9 +5,10 @@ import uuid
 
 from flask import Blueprint, Response, current_app, g, request
 
-from service import chat_request, relay
+from service import chat_request, observe, relay
 from service.auth import authenticate
-from service.errors import Forbidden, InvalidRequest
+from service.body import json_object
+from service.errors import Forbidden
 from service.extensions import limiter
 from service.limits import (
     default_limit, key_key, key_limit, model_key, model_limit, no_key_limit, no_model_limit,
@@ -17,20 +18,13 @@ bp = Blueprint("chat", __name__)
 STREAM_PATH = "/api/chat/stream"
 
 
-def _body() -> dict:
-    body = request.get_json(silent=True, force=True)
-    if not isinstance(body, dict):
-        raise InvalidRequest("Request body must be a JSON object", code="invalid_json")
-    return body
-
-
 @bp.before_request
 def prepare() -> None:
     """Authenticate, then validate the body so limits can see the chosen model."""
     if request.method == "OPTIONS":
         return
     authenticate()
-    body = _body()
+    body = json_object()
     ext = current_app.extensions["tollgate"]
     messages = chat_request.messages_of(body)
     model = ext.registry.find(chat_request.model_ref(body, current_app.config["DEFAULT_MODEL"]))
@@ -50,13 +44,16 @@ def prepare() -> None:
 @limiter.limit(model_limit, key_func=model_key, exempt_when=no_model_limit)
 @limiter.limit(default_limit)
 def completions():
-    chat, conf, ext = g.chat, current_app.config, current_app.extensions["tollgate"]
+    chat, ext = g.chat, current_app.extensions["tollgate"]
     name = g.account.name
     ext.budget.check(name)
-    meter = lambda tokens: ext.budget.spend(name, tokens)  # noqa: E731
+    record = observe.outcome()
+    record.update(request_id=chat.request_id, model=chat.model.name)
+    ctx = relay.Context(g.account.id, ext, current_app.config,
+                        lambda tokens: ext.budget.spend(name, tokens), record)
     headers = {"X-Request-ID": chat.request_id}
     if not chat.stream:
-        return relay.complete(chat, g.account.id, ext, conf, meter), 200, headers
-    events = relay.stream(chat, g.account.id, ext, conf, meter)
+        return relay.complete(chat, ctx), 200, headers
+    events = relay.stream(chat, ctx)
     headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     return Response(events, mimetype="text/event-stream", headers=headers)

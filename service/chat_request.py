@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 from service.errors import InvalidRequest
 
+MAX_MESSAGES = 2048
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 RANGES = {"temperature": (0, 2), "top_p": (0, 1),
           "presence_penalty": (-2, 2), "frequency_penalty": (-2, 2)}
-INTS = {"max_tokens": (1, None), "max_completion_tokens": (1, None), "n": (1, 8),
+INTS = {"max_tokens": (1, 2 ** 31 - 1), "max_completion_tokens": (1, 2 ** 31 - 1), "n": (1, 8),
         "top_logprobs": (0, 20), "seed": (-(2 ** 63), 2 ** 63 - 1)}
 PASSED = (*RANGES, *INTS, "stop", "user", "response_format", "tools", "tool_choice",
           "logprobs", "logit_bias", "parallel_tool_calls")
@@ -115,6 +116,9 @@ def messages_of(body: dict) -> list[dict]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("Messages must be a non-empty array", param="messages", code="invalid_messages")
+    if len(messages) > MAX_MESSAGES:
+        raise InvalidRequest(f"At most {MAX_MESSAGES} messages are accepted, got {len(messages)}",
+                             param="messages", code="invalid_messages")
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(m, dict) or m.get("role") not in ROLES:

@@ -134,6 +134,7 @@ def render(err: GatewayError):
     for key, value in err.headers.items():
         response.headers[key] = value
     g.error_headers = err.headers
+    g.setdefault("outcome", {})["error"] = err.code
     return response
 
 

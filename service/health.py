@@ -1,7 +1,9 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and the OpenAPI document."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app
+from pathlib import Path
+
+from flask import Blueprint, Response, current_app
 
 from service.extensions import db
 
@@ -38,3 +40,11 @@ def readyz():
         reasons.append(f"upstreams paused by their circuit breaker: {', '.join(sorted(tripped))}")
     status = "down" if checks["database"] == "down" else ("degraded" if reasons else "ok")
     return {"status": status, "checks": checks, "reasons": reasons}, 200 if status != "down" else 503
+
+
+OPENAPI = Path(__file__).with_name("openapi.json")
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return Response(OPENAPI.read_bytes(), mimetype="application/json")

@@ -58,7 +58,7 @@ class Registry:
         """The enabled row for an id, a numeric string, a name or an alias."""
         rows = self.rows()
         row = None
-        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isascii() and ref.isdigit() and len(ref) < 12):
             row = next((r for r in rows if r.id == int(ref)), None)
         if row is None and isinstance(ref, str):
             row = self._index.get(ref)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import requests
 from urllib3.exceptions import ReadTimeoutError
@@ -14,6 +15,25 @@ from service.errors import (
     UpstreamTimeout,
 )
 from service.upstream import Call, retryable
+
+
+@dataclass
+class Context:
+    """What one call needs besides the request: who pays, shared state, settings, and the
+    outcome record that logs and metrics read."""
+
+    account_id: int
+    ext: object
+    conf: dict
+    meter: object = None
+    record: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def settled(self, chat, prompt: int, completion: int, charge: int, estimated: bool) -> None:
+        if self.meter:
+            self.meter(prompt + completion)
+        self.record.update(model=chat.model.name, prompt_tokens=prompt, completion_tokens=completion,
+                           cost=billing.to_credits(charge), cost_micro=charge, estimated=estimated)
 
 
 def _call(chat, conf) -> Call:
@@ -68,12 +88,18 @@ def _first_answer(chat, rows: list, conf, attempt):
     raise AssertionError("unreachable")
 
 
-def _run(transport, call: Call) -> Completion:
+def _run(transport, call: Call, record: dict) -> Completion:
     """The provider's completion; `n` served by repeated calls where it has no native `n`."""
     n = call.chat.n
+    started = time.perf_counter()
     if n == 1 or call.adapter.native_n:
-        return transport.complete(call)[0]
+        result = transport.complete(call)[0]
+        record["upstream_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        record["upstream_seconds"] = time.perf_counter() - started
+        return result
     parts = [transport.complete(call)[0] for _ in range(n)]
+    record["upstream_seconds"] = time.perf_counter() - started
+    record["upstream_ms"] = round(record["upstream_seconds"] * 1000, 2)
     choices = []
     for i, part in enumerate(parts):
         choices.append({**part.choices[0], "index": i})
@@ -86,21 +112,21 @@ def usage(prompt: int, completion: int, charge: int) -> dict:
             "total_tokens": prompt + completion, "cost": billing.to_credits(charge)}
 
 
-def complete(chat, account_id: int, ext, conf, meter=None) -> dict:
+def complete(chat, ctx: Context) -> dict:
     """A non-streaming call: the `chat.completion` body, with `usage.cost` charged."""
-    rows = candidates(chat, ext.registry)
-    _call(chat, conf)  # refuse what the chosen model cannot do before holding anything
-    _hold(chat, rows, account_id, conf)
+    rows = candidates(chat, ctx.ext.registry)
+    _call(chat, ctx.conf)  # refuse what the chosen model cannot do before holding anything
+    _hold(chat, rows, ctx.account_id, ctx.conf)
     try:
-        _, result = _first_answer(chat, rows, conf, lambda call: _run(ext.transport, call))
+        _, result = _first_answer(chat, rows, ctx.conf,
+                                  lambda call: _run(ctx.ext.transport, call, ctx.record))
     except BaseException:
         billing.release(chat.request_id)
         raise
     charge = billing.cost(chat.model, result.prompt_tokens, result.completion_tokens)
-    billing.settle(account_id, chat.request_id, chat.model.name, result.prompt_tokens,
+    billing.settle(ctx.account_id, chat.request_id, chat.model.name, result.prompt_tokens,
                    result.completion_tokens, charge, result.estimated)
-    if meter:
-        meter(result.prompt_tokens + result.completion_tokens)
+    ctx.settled(chat, result.prompt_tokens, result.completion_tokens, charge, result.estimated)
     return {"id": chat.request_id, "object": "chat.completion", "created": int(time.time()),
             "model": chat.model.name, "choices": result.choices,
             "usage": usage(result.prompt_tokens, result.completion_tokens, charge)}
@@ -113,18 +139,22 @@ def _streamable(call: Call) -> Call:
     return call
 
 
-def stream(chat, account_id: int, ext, conf, meter=None):
+def stream(chat, ctx: Context):
     """Open the upstream stream (errors here are ordinary JSON errors), then a generator of SSE bytes."""
-    rows = candidates(chat, ext.registry)
-    _streamable(_call(chat, conf))
-    _hold(chat, rows, account_id, conf)
+    rows = candidates(chat, ctx.ext.registry)
+    _streamable(_call(chat, ctx.conf))
+    _hold(chat, rows, ctx.account_id, ctx.conf)
+    started = time.perf_counter()
     try:
-        call, resp = _first_answer(chat, rows, conf,
-                                   lambda c: ext.transport.open_stream(_streamable(c)))
+        call, resp = _first_answer(chat, rows, ctx.conf,
+                                   lambda c: ctx.ext.transport.open_stream(_streamable(c)))
     except BaseException:
         billing.release(chat.request_id)
         raise
-    return _events(chat, call, resp, account_id, meter)
+    ctx.record["upstream_seconds"] = time.perf_counter() - started
+    ctx.record["upstream_ms"] = round(ctx.record["upstream_seconds"] * 1000, 2)
+    ctx.record["model"] = chat.model.name
+    return _events(chat, call, resp, ctx)
 
 
 class _Tally:
@@ -134,7 +164,7 @@ class _Tally:
         self.pieces = 0
 
 
-def _relay(chat, call, resp, state: StreamState, tally: _Tally, created: int):
+def _relay(chat, call, resp, state: StreamState, tally: _Tally, created: int, ctx: Context):
     rid, name = chat.request_id, chat.model.name
     yield sse.chunk(rid, created, name, [sse.delta_choice(i, {"role": "assistant", "content": ""})
                                          for i in range(chat.n)])
@@ -150,6 +180,9 @@ def _relay(chat, call, resp, state: StreamState, tally: _Tally, created: int):
                 continue  # the upstream's own empty role chunk: ours was sent first
             yield sse.chunk(rid, created, name, [sse.delta_choice(delta.index, body, delta.finish_reason)])
             if delta.content or delta.tool_calls:
+                if not tally.pieces:
+                    ctx.record["ttft_seconds"] = time.perf_counter() - ctx.started
+                    ctx.record["ttft_ms"] = round(ctx.record["ttft_seconds"] * 1000, 2)
                 tally.pieces += 1
     except requests.Timeout:
         raise UpstreamTimeout(f"{chat.model.provider} stalled mid-stream") from None
@@ -161,8 +194,7 @@ def _relay(chat, call, resp, state: StreamState, tally: _Tally, created: int):
         raise ProviderError(f"{chat.model.provider} closed the stream before it finished")
 
 
-def _settle_stream(chat, account_id: int, state: StreamState, tally: _Tally, finished: bool,
-                   meter=None) -> int:
+def _settle_stream(chat, ctx: Context, state: StreamState, tally: _Tally, finished: bool) -> int:
     """Charge what the provider counted for a finished stream, else the prompt plus what was
     delivered (estimated where the provider gave no count); no content, no charge."""
     exact = (finished and isinstance(state.prompt_tokens, int)
@@ -173,28 +205,29 @@ def _settle_stream(chat, account_id: int, state: StreamState, tally: _Tally, fin
     prompt = state.prompt_tokens if isinstance(state.prompt_tokens, int) else chat.prompt_guess
     completion = state.completion_tokens if exact else tally.pieces
     charge = billing.cost(chat.model, prompt, completion)
-    billing.settle(account_id, chat.request_id, chat.model.name, prompt, completion, charge, not exact)
-    if meter:
-        meter(prompt + completion)
+    billing.settle(ctx.account_id, chat.request_id, chat.model.name, prompt, completion, charge, not exact)
+    ctx.settled(chat, prompt, completion, charge, not exact)
     state.extra["usage"] = usage(prompt, completion, charge)
     return charge
 
 
-def _events(chat, call, resp, account_id: int, meter=None):
+def _events(chat, call, resp, ctx: Context):
     state, tally, created = StreamState(), _Tally(), int(time.time())
     try:
-        yield from _relay(chat, call, resp, state, tally, created)
+        yield from _relay(chat, call, resp, state, tally, created, ctx)
     except GatewayError as err:
         resp.close()
-        _settle_stream(chat, account_id, state, tally, False, meter)
+        _settle_stream(chat, ctx, state, tally, False)
+        ctx.record["error"] = err.code
         yield sse.event(err.body())
         return
     except BaseException:  # client gone (GeneratorExit) or a bug: bill what was delivered
         resp.close()
-        _settle_stream(chat, account_id, state, tally, False, meter)
+        _settle_stream(chat, ctx, state, tally, False)
+        ctx.record["error"] = "client_disconnected"
         raise
     resp.close()
-    _settle_stream(chat, account_id, state, tally, True, meter)
+    _settle_stream(chat, ctx, state, tally, True)
     if chat.include_usage:
         yield sse.chunk(chat.request_id, created, chat.model.name, [], usage=state.extra.get("usage"))
     yield sse.DONE

@@ -24,12 +24,16 @@ def _fail(where: str, field: str, message: str):
     raise RowError(f"{where}: {field} {message}", param=field)
 
 
+INT_MAX = 2 ** 31 - 1  # integer columns are 32-bit on PostgreSQL
+PRICE_MAX = 10 ** 6 * 1_000_000  # micro-credits per 1k tokens
+
+
 def _int(raw: dict, where: str, field: str, low: int, default=None):
     value = raw.get(field, default)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        _fail(where, field, f"must be an integer >= {low}")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= INT_MAX:
+        _fail(where, field, f"must be an integer from {low} to {INT_MAX}")
     return value
 
 
@@ -56,6 +60,8 @@ def _price(raw: dict, where: str, field: str):
         _fail(where, field, "must be a number of credits with at most 6 decimals")
     if micro < 0:
         _fail(where, field, "must not be negative")
+    if micro > PRICE_MAX:
+        _fail(where, field, f"must be at most {PRICE_MAX // 1_000_000} credits")
     return micro
 
 

@@ -5,7 +5,6 @@ import pytest
 
 from tests import schemas
 from tests.conftest import auth
-from tests.fakes import openai as fake_openai
 from tests.helpers import holds, ledger
 
 MSGS = [{"role": "user", "content": "hi"}]
