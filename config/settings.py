@@ -63,6 +63,7 @@ def load() -> dict:
         "OLLAMA_HOST": env("OLLAMA_HOST", "http://localhost:11434"),
         "MODELS_FILE": env("MODELS_FILE", str(ROOT / "config" / "models.toml")),
         "WAITRESS_THREADS": int(env("WAITRESS_THREADS", "16")),
+        "SHUTDOWN_GRACE_SECONDS": float(env("SHUTDOWN_GRACE_SECONDS", "30")),
         "TRUSTED_PROXIES": int(env("TRUSTED_PROXIES", "0")),
         "HOLD_TTL_SECONDS": int(env("HOLD_TTL_SECONDS", "900")),
         "LOG_PROMPTS": _bool(env("LOG_PROMPTS"), False),

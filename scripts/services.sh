@@ -28,7 +28,15 @@ if ! pg_up "$TEST_DATABASE_URL"; then
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql 2>/dev/null | head -n1)" main start >/dev/null 2>&1 || true
   for _ in $(seq 100); do pg_up "$TEST_DATABASE_URL" && break; sleep 0.1; done
 fi
+if ! command -v nginx >/dev/null 2>&1; then
+  echo "services: installing nginx from Debian's packages (deployment tests)"
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d  # do not start it
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light) >/dev/null 2>&1 \
+    || (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx) >/dev/null 2>&1 || true
+  rm -f /usr/sbin/policy-rc.d
+fi
 status=0
+command -v nginx >/dev/null 2>&1 || { echo "services: nginx is not installed" >&2; status=1; }
 redis_up "$REDIS_URL" || { echo "services: Redis at $REDIS_URL is not answering" >&2; status=1; }
 pg_up "$TEST_DATABASE_URL" || { echo "services: PostgreSQL at $TEST_DATABASE_URL is not answering" >&2; status=1; }
 if [ "$status" != 0 ] && [ "${CI:-}" = "true" ]; then exit 1; fi

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -30,6 +30,7 @@ class Tollgate:
     registry: Registry
     transport: Transport
     budget: TokenBudget
+    stopping: threading.Event = field(default_factory=threading.Event)  # set: end open streams
 
 
 def _extension_config(conf: dict) -> dict:

@@ -176,6 +176,9 @@ def _relay(chat, call, resp, state: StreamState, tally: _Tally, created: int, ct
                 body["content"] = delta.content
             if delta.tool_calls:
                 body["tool_calls"] = delta.tool_calls
+            if ctx.ext.stopping.is_set():
+                raise ProviderUnavailable("The gateway is shutting down; retry the call",
+                                          code="shutting_down")
             if not body and delta.finish_reason is None:
                 continue  # the upstream's own empty role chunk: ours was sent first
             yield sse.chunk(rid, created, name, [sse.delta_choice(delta.index, body, delta.finish_reason)])

@@ -1,21 +1,109 @@
-"""`python -m service.server`: waitress with the settings that suit streaming (SPEC §2)."""
+"""`python -m service.server` (make serve / make run): waitress, with a graceful stop on SIGTERM.
+
+On SIGTERM the listener closes (new connections are refused, so nginx tries
+another process), requests in flight get SHUTDOWN_GRACE_SECONDS to finish;
+streams still open then end with the error event and are billed for what they
+delivered; then the process exits.
+"""
 from __future__ import annotations
 
+import _thread
 import logging
+import signal
+import threading
+import time
 
-from waitress import serve
+from waitress import create_server
+from werkzeug.wsgi import ClosingIterator
 
 from service import create_app
+
+log = logging.getLogger("tollgate")
+
+
+class InFlight:
+    """WSGI middleware counting requests whose response has not been closed yet."""
+
+    def __init__(self, app):
+        self.app = app
+        self.count = 0
+        self.changed = threading.Condition()
+
+    def _done(self):
+        with self.changed:
+            self.count -= 1
+            self.changed.notify_all()
+
+    def __call__(self, environ, start_response):
+        with self.changed:
+            self.count += 1
+        try:
+            return ClosingIterator(self.app(environ, start_response), [self._done])
+        except BaseException:
+            self._done()
+            raise
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: self.count <= 0, timeout)
+
+
+def _await_flushed(server, timeout: float) -> None:
+    """Responses are written by the loop thread: let it send what the workers finished."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(
+            getattr(channel, "total_outbufs_len", 0) for channel in list(server._map.values())):
+        time.sleep(0.01)
+
+
+def _drain(server, inflight: InFlight, stopping: threading.Event, grace: float) -> None:
+    if not inflight.wait_idle(grace):
+        log.warning("shutdown: %d requests still running after %.0fs; ending their streams",
+                    inflight.count, grace)
+        stopping.set()
+        inflight.wait_idle(10)
+    _await_flushed(server, 5)
+    log.warning("shutdown: done")
+    _thread.interrupt_main()  # waitress's loop stops its workers on KeyboardInterrupt
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     app = create_app()
     conf = app.config
+    inflight = InFlight(app.wsgi_app)
+    app.wsgi_app = inflight
     # channel_request_lookahead lets waitress notice a client that hung up mid-stream at once,
     # so the upstream call is closed and billing stops at what was delivered
-    serve(app, host=conf["HOST"], port=conf["PORT"], threads=conf["WAITRESS_THREADS"],
-          channel_request_lookahead=1, ident="tollgate", clear_untrusted_proxy_headers=True)
+    server = create_server(app, host=conf["HOST"], port=conf["PORT"], threads=conf["WAITRESS_THREADS"],
+                           channel_request_lookahead=1, ident="tollgate", connection_limit=1000,
+                           clear_untrusted_proxy_headers=True)
+
+    def on_term(signum, frame):
+        if getattr(on_term, "seen", False):
+            return
+        on_term.seen = True
+        log.warning("shutdown: SIGTERM, no new connections; %d requests in flight", inflight.count)
+        server.accepting = False
+
+        def close_listener():  # on the loop thread, between two polls: never under a select()
+            server.del_channel()
+            server.socket.close()
+
+        server.trigger.pull_trigger(close_listener)
+        threading.Thread(target=_drain, daemon=True, name="drain",
+                         args=(server, inflight, app.extensions["tollgate"].stopping,
+                               conf["SHUTDOWN_GRACE_SECONDS"])).start()
+
+    signal.signal(signal.SIGTERM, on_term)
+    log.warning("tollgate serving on http://%s:%s (%d threads)", conf["HOST"], server.effective_port,
+                conf["WAITRESS_THREADS"])
+    started = time.monotonic()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    log.warning("tollgate stopped after %.0fs", time.monotonic() - started)
 
 
 if __name__ == "__main__":

@@ -53,19 +53,19 @@ def settings(tmp_path, db_url, **extra) -> dict:
 def make_app(tmp_path, db_url):
     """Build an app with setting overrides; tables are dropped afterwards."""
     made = []
+    if db_url.startswith("postgres"):
+        from service.db import open_database
+
+        db.initialize(open_database(db_url))
+        _drop_all()
 
     def build(**extra):
-        if db_url.startswith("postgres") and not made:
-            from service.db import open_database
-
-            db.initialize(open_database(db_url))
-            _drop_all()
         app = create_app(settings(tmp_path, db_url, **extra))
         made.append(app)
         return app
 
     yield build
-    if made:
+    if made or db_url.startswith("postgres"):
         _drop_all()
         db.close()
 

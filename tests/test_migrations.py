@@ -1,0 +1,34 @@
+"""Schema upgrades in place: a database made by the first schema, with data, loses nothing."""
+from __future__ import annotations
+
+from service import billing, migrations
+from service.auth import create_key
+from service.db import AIModel, Account, ApiKey, LedgerEntry, SchemaVersion, TABLES, open_database
+from service.extensions import db
+
+
+def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):
+    db.initialize(open_database(db_url))
+    db.drop_tables(TABLES + [SchemaVersion], safe=True)
+    assert migrations.upgrade(target=1) == [1] and migrations.current_version() == 1
+    AIModel.create(id=4, name="deepseek-chat", provider="deepseek", api="openai",
+                   upstream_model="deepseek-chat", cost_per_1k_tokens=14_000)
+    acct = Account.create(name="old-timer")
+    billing.credit(acct.id, 5_000_000, "from v1")
+    billing.hold(acct.id, "r1", 1_000, 60)
+    billing.settle(acct.id, "r1", "deepseek-chat", 10, 20, 420)
+    _, key = create_key(acct, "legacy")
+
+    app = make_app()  # starting the app upgrades in place
+    assert migrations.current_version() == migrations.STEPS[-1][0] == 2
+    result = app.test_cli_runner().invoke(args=["db", "upgrade"])
+    assert "nothing to do" in result.output
+    assert AIModel.get_by_id(4).cost_per_1k_tokens == 14_000
+    acct = Account.get(Account.name == "old-timer")
+    assert acct.balance == 5_000_000 - 420 and acct.held == 0
+    assert [e.kind for e in LedgerEntry.select().order_by(LedgerEntry.id)] == ["topup", "charge"]
+    assert ApiKey.select().count() == 1
+    client = app.test_client()
+    assert client.get("/api/v1/account", headers={"Authorization": f"Bearer {key}"}).json["balance"] == 4.99958
+    indexes = {i.name for i in db.get_indexes("ledgerentry")}
+    assert "ledgerentry_account_id_id" in indexes
