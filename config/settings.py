@@ -66,7 +66,6 @@ def load() -> dict:
         "SHUTDOWN_GRACE_SECONDS": float(env("SHUTDOWN_GRACE_SECONDS", "30")),
         "TRUSTED_PROXIES": int(env("TRUSTED_PROXIES", "0")),
         "HOLD_TTL_SECONDS": int(env("HOLD_TTL_SECONDS", "900")),
-        "LOG_PROMPTS": _bool(env("LOG_PROMPTS"), False),
         # provider keys are read through this mapping only, by the variable name a row names
         "PROVIDER_KEYS": {k: v for k, v in os.environ.items() if k.endswith("_API_KEY")},
     }
