@@ -63,6 +63,7 @@ def load() -> dict:
         "OLLAMA_HOST": env("OLLAMA_HOST", "http://localhost:11434"),
         "MODELS_FILE": env("MODELS_FILE", str(ROOT / "config" / "models.toml")),
         "WAITRESS_THREADS": int(env("WAITRESS_THREADS", "16")),
+        "WORKERS": int(env("WORKERS", "1")),
         "SHUTDOWN_GRACE_SECONDS": float(env("SHUTDOWN_GRACE_SECONDS", "30")),
         "TRUSTED_PROXIES": int(env("TRUSTED_PROXIES", "0")),
         "HOLD_TTL_SECONDS": int(env("HOLD_TTL_SECONDS", "900")),

@@ -31,6 +31,8 @@ class Tollgate:
     transport: Transport
     budget: TokenBudget
     stopping: threading.Event = field(default_factory=threading.Event)  # set: end open streams
+    accounts: dict = field(default_factory=dict)  # account name -> Caller (ids never change)
+    verified: dict = field(default_factory=dict)  # JWT -> its verified claims
 
 
 def _extension_config(conf: dict) -> dict:

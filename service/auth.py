@@ -4,6 +4,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+import time
+from dataclasses import dataclass
 
 import jwt as pyjwt
 from flask import current_app, g, request
@@ -35,18 +37,54 @@ def _bearer() -> str | None:
     return token.strip()
 
 
+VERIFIED_MAX = 10_000  # tokens remembered per process
+
+
+def _claims(token: str) -> dict:
+    """Verified claims; a token verified once is remembered (same bytes, same key, same answer)
+    and only its expiry is checked again."""
+    verified = current_app.extensions["tollgate"].verified
+    claims = verified.get(token)
+    if claims is None:
+        try:
+            claims = decode_token(token)
+        except pyjwt.ExpiredSignatureError:
+            raise AuthenticationFailed("Token has expired", code="token_expired") from None
+        except (pyjwt.InvalidTokenError, JWTExtendedException, ValueError):
+            raise AuthenticationFailed("Invalid token") from None
+        if len(verified) >= VERIFIED_MAX:
+            verified.clear()
+        verified[token] = claims
+    elif isinstance(claims.get("exp"), (int, float)) and claims["exp"] <= time.time():
+        verified.pop(token, None)
+        raise AuthenticationFailed("Token has expired", code="token_expired")
+    return claims
+
+
 def _from_jwt(token: str) -> tuple[Account, bool]:
-    try:
-        claims = decode_token(token)
-    except pyjwt.ExpiredSignatureError:
-        raise AuthenticationFailed("Token has expired", code="token_expired") from None
-    except (pyjwt.InvalidTokenError, JWTExtendedException, ValueError):
-        raise AuthenticationFailed("Invalid token") from None
+    claims = _claims(token)
     name = claims.get("sub")
     if not isinstance(name, str) or not name or len(name) > 255:
         raise AuthenticationFailed("Token has no valid subject")
-    credits = current_app.config["NEW_ACCOUNT_CREDITS_MICRO"]
-    return billing.account(name, credits), claims.get("role") == "admin"
+    return _account_named(name), claims.get("role") == "admin"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who pays for this request (accounts are never renamed or deleted, so ids can be cached)."""
+
+    id: int
+    name: str
+
+
+def _account_named(name: str) -> Caller:
+    """The account for a JWT subject, created on first sight; cached per app (process)."""
+    known = current_app.extensions["tollgate"].accounts
+    caller = known.get(name)
+    if caller is None:
+        acct = billing.account(name, current_app.config["NEW_ACCOUNT_CREDITS_MICRO"])
+        caller = known.setdefault(name, Caller(acct.id, acct.name))
+    return caller
 
 
 def _from_key(token: str) -> tuple[Account, ApiKey]:
@@ -68,7 +106,7 @@ def authenticate() -> None:
     if token is None:
         if current_app.config["AUTH_REQUIRED"]:
             raise AuthenticationFailed("Missing bearer token", code="missing_token")
-        g.account = billing.account(LOCAL_ACCOUNT, current_app.config["NEW_ACCOUNT_CREDITS_MICRO"])
+        g.account = _account_named(LOCAL_ACCOUNT)
         return
     if token.startswith("sk-"):
         g.account, g.api_key = _from_key(token)

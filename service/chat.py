@@ -10,6 +10,7 @@ from service.auth import authenticate
 from service.body import json_object
 from service.errors import Forbidden
 from service.extensions import limiter
+from service.registry import CHAT_MAX_AGE
 from service.limits import (
     default_limit, key_key, key_limit, model_key, model_limit, no_key_limit, no_model_limit,
 )
@@ -27,7 +28,8 @@ def prepare() -> None:
     body = json_object()
     ext = current_app.extensions["tollgate"]
     messages = chat_request.messages_of(body)
-    model = ext.registry.find(chat_request.model_ref(body, current_app.config["DEFAULT_MODEL"]))
+    model = ext.registry.find(chat_request.model_ref(body, current_app.config["DEFAULT_MODEL"]),
+                              CHAT_MAX_AGE)
     key = g.api_key
     if key is not None and key.models and model.name not in key.models:
         raise Forbidden(f"This API key may not use model {model.name}", param="model")

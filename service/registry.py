@@ -9,6 +9,7 @@ from service.errors import ModelNotFound
 
 VERSION_KEY = "tollgate:catalogue:version"
 LOCAL_TTL = 5.0  # seconds a process trusts its copy when no Redis tells it of changes
+CHAT_MAX_AGE = 1.0  # chat calls ask Redis for the catalogue version at most once a second
 
 
 class Registry:
@@ -21,19 +22,24 @@ class Registry:
         self._index: dict = {}
         self._version = None
         self._loaded = 0.0
+        self._checked = 0.0
 
-    def _fresh(self) -> bool:
+    def _fresh(self, max_age: float) -> bool:
         if self._rows is None:
             return False
+        if time.monotonic() - self._checked < max_age:
+            return True
+        self._checked = time.monotonic()
         if self.cache.up:
             remote = self.cache.get(VERSION_KEY)
             if self.cache.up:
                 return remote == self._version
         return time.monotonic() - self._loaded < LOCAL_TTL
 
-    def rows(self) -> list[AIModel]:
-        """Every catalogue row, enabled or not, ordered by id."""
-        if not self._fresh():
+    def rows(self, max_age: float = 0.0) -> list[AIModel]:
+        """Every catalogue row, enabled or not, ordered by id; `max_age` seconds of trust
+        before asking Redis whether the catalogue changed (0: ask now)."""
+        if not self._fresh(max_age):
             with self._lock:
                 version = self.cache.get(VERSION_KEY)
                 rows = list(AIModel.select().order_by(AIModel.id))
@@ -54,9 +60,9 @@ class Registry:
     def enabled(self) -> list[AIModel]:
         return [r for r in self.rows() if r.enabled]
 
-    def find(self, ref) -> AIModel:
+    def find(self, ref, max_age: float = 0.0) -> AIModel:
         """The enabled row for an id, a numeric string, a name or an alias."""
-        rows = self.rows()
+        rows = self.rows(max_age)
         row = None
         if isinstance(ref, int) or (isinstance(ref, str) and ref.isascii() and ref.isdigit() and len(ref) < 12):
             row = next((r for r in rows if r.id == int(ref)), None)
@@ -69,4 +75,5 @@ class Registry:
     def invalidate(self) -> None:
         """Drop this process's copy and tell every other process (and the list caches)."""
         self._rows = None
+        self._checked = 0.0
         self.cache.incr(VERSION_KEY)

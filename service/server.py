@@ -1,5 +1,9 @@
 """`python -m service.server` (make serve / make run): waitress, with a graceful stop on SIGTERM.
 
+WORKERS > 1 binds the port once and forks that many waitress processes sharing
+it (Python runs one thread at a time per process; this is how one host uses
+all its cores without a second proxy). A worker that dies is replaced.
+
 On SIGTERM the listener closes (new connections are refused, so nginx tries
 another process), requests in flight get SHUTDOWN_GRACE_SECONDS to finish;
 streams still open then end with the error event and are billed for what they
@@ -9,13 +13,16 @@ from __future__ import annotations
 
 import _thread
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 
 from waitress import create_server
 from werkzeug.wsgi import ClosingIterator
 
+from config import settings
 from service import create_app
 
 log = logging.getLogger("tollgate")
@@ -67,17 +74,18 @@ def _drain(server, inflight: InFlight, stopping: threading.Event, grace: float) 
     _thread.interrupt_main()  # waitress's loop stops its workers on KeyboardInterrupt
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def serve(sock: socket.socket | None = None) -> None:
+    """One waitress process: on its own port, or on a listening socket it shares."""
     app = create_app()
     conf = app.config
     inflight = InFlight(app.wsgi_app)
     app.wsgi_app = inflight
+    where = {"sockets": [sock]} if sock is not None else {"host": conf["HOST"], "port": conf["PORT"]}
     # channel_request_lookahead lets waitress notice a client that hung up mid-stream at once,
     # so the upstream call is closed and billing stops at what was delivered
-    server = create_server(app, host=conf["HOST"], port=conf["PORT"], threads=conf["WAITRESS_THREADS"],
-                           channel_request_lookahead=1, ident="tollgate", connection_limit=1000,
-                           clear_untrusted_proxy_headers=True)
+    server = create_server(app, threads=conf["WAITRESS_THREADS"], channel_request_lookahead=1,
+                           ident="tollgate", connection_limit=1000, clear_untrusted_proxy_headers=True,
+                           **where)
 
     def on_term(signum, frame):
         if getattr(on_term, "seen", False):
@@ -96,14 +104,63 @@ def main() -> None:
                                conf["SHUTDOWN_GRACE_SECONDS"])).start()
 
     signal.signal(signal.SIGTERM, on_term)
-    log.warning("tollgate serving on http://%s:%s (%d threads)", conf["HOST"], server.effective_port,
-                conf["WAITRESS_THREADS"])
-    started = time.monotonic()
+    log.warning("tollgate serving on http://%s:%s (pid %d, %d threads)", conf["HOST"],
+                server.effective_port, os.getpid(), conf["WAITRESS_THREADS"])
     try:
         server.run()
     except KeyboardInterrupt:
         pass
-    log.warning("tollgate stopped after %.0fs", time.monotonic() - started)
+    log.warning("tollgate worker %d stopped", os.getpid())
+
+
+def _fork(sock: socket.socket) -> int:
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            serve(sock)
+        except BaseException:
+            log.exception("worker failed")
+            code = 1
+        os._exit(code)
+    return pid
+
+
+def supervise(conf: dict) -> None:
+    """Bind once, fork WORKERS processes, replace any that die, pass SIGTERM on."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((conf["HOST"], conf["PORT"]))
+    sock.listen(1024)
+    workers = {_fork(sock) for _ in range(conf["WORKERS"])}
+    stopping = threading.Event()
+
+    def on_term(signum, frame):
+        stopping.set()
+        sock.close()  # the port closes once every worker has closed its copy too
+        for pid in workers:
+            os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    while workers:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        workers.discard(pid)
+        if not stopping.is_set():
+            log.warning("worker %d exited (%s); starting another", pid, status)
+            workers.add(_fork(sock))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    conf = settings.load()
+    if conf["WORKERS"] > 1:
+        supervise(conf)
+    else:
+        serve()
 
 
 if __name__ == "__main__":

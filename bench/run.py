@@ -1,0 +1,340 @@
+"""`make bench`: start a static upstream (nginx `return 200`), a paced streaming upstream, the gateway
+as deployed (waitress, WORKERS processes, PostgreSQL, Redis, auth, billing, limits) and a bare
+Flask+waitress pass-through proxy; load them with wrk; write bench/results.md."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+DB = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tollgate_bench")
+REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+WORKERS, THREADS = int(os.environ.get("BENCH_WORKERS", "2")), int(os.environ.get("BENCH_THREADS", "16"))
+DURATION = int(os.environ.get("BENCH_SECONDS", "10"))
+CONCURRENCY = (1, 8, 32)
+BODY = {"model": "bench", "messages": [{"role": "user", "content": "Say hello in one word."}]}
+ANSWER = {"id": "chatcmpl-static", "object": "chat.completion", "created": 1700000000, "model": "static",
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"},
+                       "logprobs": None, "finish_reason": "stop"}],
+          "usage": {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14}}
+WRK_LUA = """
+wrk.method = "POST"
+wrk.body = os.getenv("WRK_BODY")
+wrk.headers["Content-Type"] = "application/json"
+local auth = os.getenv("WRK_AUTH")
+if auth and auth ~= "" then wrk.headers["Authorization"] = auth end
+local max = tonumber(os.getenv("WRK_MAX") or "0")
+local done = 0
+function response(status, headers, body)
+  done = done + 1
+  if max > 0 and done >= max then wrk.thread:stop() end
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def await_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+class Stack:
+    """Every process of the run; stopped together."""
+
+    def __init__(self, tmp: Path):
+        self.tmp, self.procs = tmp, []
+
+    def start(self, args, env=None, name="proc") -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "wb")
+        proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log,
+                                stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def nginx_static(stack: Stack, port: int) -> None:
+    body = json.dumps(ANSWER).replace("'", "\\'")
+    conf = stack.tmp / "nginx.conf"
+    conf.write_text(f"""worker_processes 1; daemon off; pid {stack.tmp}/nginx.pid; error_log {stack.tmp}/nginx.err;
+events {{ worker_connections 1024; }}
+http {{ access_log off; client_body_temp_path {stack.tmp}/nb; proxy_temp_path {stack.tmp}/np;
+  fastcgi_temp_path {stack.tmp}/nf; uwsgi_temp_path {stack.tmp}/nu; scgi_temp_path {stack.tmp}/ns;
+  keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{port};
+    location / {{ client_body_buffer_size 64k; default_type application/json; return 200 '{body}'; }} }} }}
+""")
+    stack.start([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-p", str(stack.tmp)], name="nginx")
+    await_port(port)
+
+
+def prepare_database() -> None:
+    name = DB.rsplit("/", 1)[1]
+    admin = DB.rsplit("/", 1)[0] + "/postgres"
+    subprocess.run(["psql", admin, "-qc", f"DROP DATABASE IF EXISTS {name}"], check=True, capture_output=True)
+    subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    import redis
+
+    redis.Redis.from_url(REDIS).flushdb()
+
+
+def gateway_env(tmp: Path, port: int) -> dict:
+    return {"DATABASE_URL": DB, "REDIS_URL": REDIS, "DATA_DIR": str(tmp), "PORT": str(port),
+            "HOST": "127.0.0.1", "WORKERS": str(WORKERS), "WAITRESS_THREADS": str(THREADS),
+            "JWT_SECRET_KEY": "bench-secret-key-bench-secret-key-0123456789",
+            "RATE_LIMIT_DEFAULT": "100000000/minute", "REAPER_INTERVAL": "60"}
+
+
+def flask(env: dict, *args) -> str:
+    out = subprocess.run([PY, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT, env={**os.environ, **env},
+                         check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def seed(tmp: Path, env: dict, static_port: int, paced_port: int) -> str:
+    models = tmp / "models.toml"
+    models.write_text(f"""[[models]]
+id = 1
+name = "bench"
+api = "openai"
+base_url = "http://127.0.0.1:{static_port}/v1"
+cost_per_1k_tokens = "0.002"
+
+[[models]]
+id = 2
+name = "paced"
+api = "openai"
+base_url = "http://127.0.0.1:{paced_port}/v1"
+cost_per_1k_tokens = "0.002"
+""")
+    flask(env, "seed-models", "--file", str(models))
+    flask(env, "accounts", "topup", "bench", "1000000000")
+    return flask(env, "tokens", "issue", "bench", "--expires-in", "86400")
+
+
+def wrk(url: str, conc: int, auth: str = "", seconds: int = DURATION, max_requests: int = 0) -> dict:
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    script.write_text(WRK_LUA)
+    threads = min(2, conc)
+    env = {**os.environ, "WRK_BODY": json.dumps(BODY), "WRK_AUTH": auth,
+           "WRK_MAX": str(max_requests // threads if max_requests else 0)}
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{conc}", f"-d{seconds}s", "--latency", "-s", str(script),
+                          url], capture_output=True, text=True, env=env, check=True).stdout
+    script.unlink()
+
+    def ms(label):
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50": ms("50"), "p99": ms("99"), "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+            "errors": int(errors.group(1)) if errors else 0}
+
+
+def rss_mb(parent: subprocess.Popen) -> float:
+    pids = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()
+    total = 0
+    for pid in pids or [str(parent.pid)]:
+        status = Path(f"/proc/{pid}/status").read_text()
+        total += int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
+    return total / 1024
+
+
+def stream_lags(url: str, headers: dict, runs: int) -> dict:
+    """Per-chunk lag (arrival - emission), time to first token, and chunk counts over `runs` streams."""
+    lags, ttfts, counts = [], [], []
+    session = requests.Session()
+    body = {**BODY, "model": "paced", "stream": True}
+    for _ in range(runs):
+        sent = time.monotonic()
+        r = session.post(url, json=body, headers=headers, stream=True, timeout=30)
+        n = 0
+        for line in r.iter_lines(chunk_size=None):
+            arrived = time.monotonic()
+            if not line.startswith(b"data: {"):
+                continue
+            event = json.loads(line[6:])
+            content = event["choices"][0]["delta"].get("content") if event.get("choices") else None
+            if content:
+                if n == 0:
+                    ttfts.append((arrived - sent) * 1000)
+                lags.append((arrived - float(content.rstrip("|"))) * 1000)
+                n += 1
+        counts.append(n)
+    q = statistics.quantiles
+    return {"lag_p50": statistics.median(lags), "lag_p99": q(lags, n=100)[98],
+            "ttft_p50": statistics.median(ttfts), "ttft_p99": q(ttfts, n=100)[98],
+            "chunks": sorted(set(counts))}
+
+
+def versions() -> dict:
+    import flask as flask_mod
+    import peewee
+    import waitress
+
+    def cmd(*args):
+        try:
+            out = subprocess.run(args, capture_output=True, text=True)
+            return (out.stdout or out.stderr).strip().splitlines()[0]
+        except OSError:
+            return "?"
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1)) // 1024 // 1024
+    return {"machine": f"{os.cpu_count()} cores ({cpu}), {mem} GiB, {platform.platform()}",
+            "python": platform.python_version(), "flask": flask_mod.__version__ if hasattr(flask_mod, "__version__")
+            else "3", "waitress": waitress.__version__ if hasattr(waitress, "__version__") else cmd(PY, "-m", "pip", "show", "waitress"),
+            "peewee": peewee.__version__, "postgresql": cmd("psql", "--version"),
+            "redis": cmd("redis-server", "--version"), "nginx": cmd("nginx", "-v"), "wrk": cmd("wrk", "-v")}
+
+
+def measure() -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
+    stack = Stack(tmp)
+    ports = {k: free_port() for k in ("static", "paced", "gateway", "bare")}
+    try:
+        nginx_static(stack, ports["static"])
+        stack.start([PY, "-m", "bench.paced_upstream", str(ports["paced"])], name="paced")
+        await_port(ports["paced"])
+        prepare_database()
+        env = gateway_env(tmp, ports["gateway"])
+        token = seed(tmp, env, ports["static"], ports["paced"])
+        auth = f"Bearer {token}"
+        gateway = stack.start([PY, "-m", "service.server"], env=env, name="gateway")
+        stack.start([PY, "-m", "bench.bare_proxy", str(ports["bare"]), str(WORKERS), str(THREADS)],
+                    env={"BARE_UPSTREAM": f"http://127.0.0.1:{ports['static']}/v1/chat/completions"}, name="bare")
+        await_port(ports["gateway"])
+        await_port(ports["bare"])
+        urls = {"upstream": f"http://127.0.0.1:{ports['static']}/v1/chat/completions",
+                "bare proxy": f"http://127.0.0.1:{ports['bare']}/v1/chat/completions",
+                "gateway": f"http://127.0.0.1:{ports['gateway']}/api/v1/chat/completions"}
+        results = {"memory": {}}
+        warm = wrk(urls["gateway"], 8, auth, seconds=120, max_requests=2000)
+        results["memory"]["after 2 000"] = (warm["requests"], rss_mb(gateway))
+        long = wrk(urls["gateway"], 8, auth, seconds=300, max_requests=18000)
+        results["memory"]["after 20 000"] = (warm["requests"] + long["requests"], rss_mb(gateway))
+        results["load"] = {name: {c: wrk(url, c, auth if name == "gateway" else "") for c in CONCURRENCY}
+                           for name, url in urls.items()}
+        paced = f"http://127.0.0.1:{ports['paced']}/v1/chat/completions"
+        stream_lags(paced, {}, 3)  # warm both paths
+        results["stream"] = {"direct": stream_lags(paced, {}, 60),
+                             "gateway": stream_lags(f"{urls['gateway']}", {"Authorization": auth}, 60)}
+        results["versions"] = versions()
+        results["settings"] = {"workers": WORKERS, "threads": THREADS, "seconds": DURATION}
+        return results
+    finally:
+        stack.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report(r: dict) -> str:
+    load, stream, mem, v = r["load"], r["stream"], r["memory"], r["versions"]
+    up, bare, gw = load["upstream"], load["bare proxy"], load["gateway"]
+    ratio = gw[32]["rps"] / bare[32]["rps"]
+    added_c1 = gw[1]["p50"] - up[1]["p50"]
+    ttft_added = stream["gateway"]["ttft_p50"] - stream["direct"]["ttft_p50"]
+    lag_added = stream["gateway"]["lag_p50"] - stream["direct"]["lag_p50"]
+    (n1, rss1), (n2, rss2) = mem["after 2 000"], mem["after 20 000"]
+    growth = (rss2 - rss1) / rss1
+    rows = "\n".join(
+        f"| {name} | {c} | {load[name][c]['rps']:.0f} | {load[name][c]['p50']:.2f} | {load[name][c]['p99']:.2f} | "
+        f"{load[name][c]['requests']} | {load[name][c]['errors']} |"
+        for name in load for c in CONCURRENCY)
+    ok = lambda good: "met" if good else "NOT met"  # noqa: E731
+    return f"""# Benchmark results
+
+Produced by `make bench` (bench/run.py) on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.
+
+* machine: {v['machine']}
+* versions: Python {v['python']}, Flask {v['flask']}, waitress {v['waitress']}, Peewee {v['peewee']};
+  {v['postgresql']}; {v['redis']}; {v['nginx']}; {v['wrk']}
+* gateway as deployed: `python -m service.server` with WORKERS={r['settings']['workers']} processes ×
+  {r['settings']['threads']} waitress threads sharing one port, PostgreSQL, Redis, a JWT on every call,
+  credit hold + settle on every call, rate limits on (moving window in Redis, never reached).
+* static upstream: nginx `return 200` with a fixed chat.completion body (cheap enough not to be the
+  bottleneck). Paced upstream: a waitress app streaming 20 chunks 10 ms apart, each stamped with its
+  emission time (CLOCK_MONOTONIC, shared by every process on the machine).
+* bare proxy: Flask + waitress, same processes and threads, a pooled `requests.Session` passing the
+  body through: no auth, no billing, no limits — the floor our stack allows.
+* load: wrk, {r['settings']['seconds']} s per run, `-t min(2, c)`; everything (load generator
+  included) shares the same {os.cpu_count()} cores, so absolute numbers are lower than on a separate load host.
+
+## Non-streaming
+
+| target | concurrency | requests/s | p50 ms | p99 ms | requests | non-2xx |
+|---|---|---|---|---|---|---|
+{rows}
+
+* gateway / bare proxy throughput at concurrency 32: **{ratio:.0%}** (target ≥ 80%: {ok(ratio >= 0.8)})
+* added p50 latency at concurrency 1 (gateway − upstream): **{added_c1:.2f} ms** (target < 3 ms: {ok(added_c1 < 3)})
+
+## Streaming (60 streams each way, 20 chunks)
+
+| path | TTFT p50 ms | TTFT p99 ms | chunk lag p50 ms | chunk lag p99 ms | chunks per stream |
+|---|---|---|---|---|---|
+| direct | {stream['direct']['ttft_p50']:.2f} | {stream['direct']['ttft_p99']:.2f} | {stream['direct']['lag_p50']:.3f} | {stream['direct']['lag_p99']:.3f} | {stream['direct']['chunks']} |
+| gateway | {stream['gateway']['ttft_p50']:.2f} | {stream['gateway']['ttft_p99']:.2f} | {stream['gateway']['lag_p50']:.3f} | {stream['gateway']['lag_p99']:.3f} | {stream['gateway']['chunks']} |
+
+* added time to first token, p50: **{ttft_added:.2f} ms** (target < 5 ms: {ok(ttft_added < 5)})
+* added delay per chunk (arrival − emission, gateway − direct), p50: **{lag_added:.3f} ms**
+  (target < 1 ms: {ok(lag_added < 1)})
+* chunks out = chunks in: {ok(stream['gateway']['chunks'] == [20])}
+
+## Memory (RSS of all gateway workers)
+
+| after | calls | RSS MiB |
+|---|---|---|
+| warm-up | {n1} | {rss1:.1f} |
+| long run | {n2} | {rss2:.1f} |
+
+* growth from 2 000 to 20 000 calls: **{growth:+.1%}** (target within 10%: {ok(abs(growth) <= 0.10)})
+"""
+
+
+def main() -> None:
+    results = measure()
+    out = ROOT / "bench" / "results.md"
+    out.write_text(report(results))
+    (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    print(out.read_text())
+
+
+if __name__ == "__main__":
+    main()
