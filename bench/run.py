@@ -96,6 +96,8 @@ http {{ access_log off; client_body_temp_path {stack.tmp}/nb; proxy_temp_path {s
   fastcgi_temp_path {stack.tmp}/nf; uwsgi_temp_path {stack.tmp}/nu; scgi_temp_path {stack.tmp}/ns;
   keepalive_requests 1000000;
   server {{ listen 127.0.0.1:{port};
+    location /fail/ {{ default_type application/json; return 500 '{{"error": {{"message": "boom"}}}}'; }}
+    location /garbage/ {{ default_type application/json; return 200 'not json at all'; }}
     location / {{ client_body_buffer_size 64k; default_type application/json; return 200 '{body}'; }} }} }}
 """)
     stack.start([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-p", str(stack.tmp)], name="nginx")
