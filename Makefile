@@ -55,7 +55,7 @@ soak: install-test services
 	$(PY) scripts/soak.py
 
 lint: install-test
-	$(PY) -m pyflakes config service providers tests || true
+	$(PY) -m pyflakes config service providers tests bench scripts
 
 clean: local-model-stop
 	rm -rf $(VENV) data run .pytest_cache

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
@@ -37,12 +38,6 @@ wrk.body = os.getenv("WRK_BODY")
 wrk.headers["Content-Type"] = "application/json"
 local auth = os.getenv("WRK_AUTH")
 if auth and auth ~= "" then wrk.headers["Authorization"] = auth end
-local max = tonumber(os.getenv("WRK_MAX") or "0")
-local done = 0
-function response(status, headers, body)
-  done = done + 1
-  if max > 0 and done >= max then wrk.thread:stop() end
-end
 """
 
 
@@ -72,14 +67,14 @@ class Stack:
     def start(self, args, env=None, name="proc") -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "wb")
         proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         return proc
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                os.killpg(proc.pid, signal.SIGTERM)  # forked workers too
         for proc in self.procs:
             try:
                 proc.wait(20)
@@ -148,12 +143,25 @@ cost_per_1k_tokens = "0.002"
     return flask(env, "tokens", "issue", "bench", "--expires-in", "86400")
 
 
-def wrk(url: str, conc: int, auth: str = "", seconds: int = DURATION, max_requests: int = 0) -> dict:
+def fire(url: str, auth: str, count: int, clients: int = 8) -> int:
+    """Exactly `count` calls from `clients` threads (wrk runs for a time, not a count)."""
+    def client(calls: int) -> list[int]:
+        session = requests.Session()
+        return [session.post(url, json=BODY, headers={"Authorization": auth}, timeout=30).status_code
+                for _ in range(calls)]
+
+    shares = [count // clients + (i < count % clients) for i in range(clients)]
+    with ThreadPoolExecutor(clients) as pool:
+        statuses = [s for part in pool.map(client, shares) for s in part]
+    assert statuses.count(200) == count, {s: statuses.count(s) for s in set(statuses)}
+    return count
+
+
+def wrk(url: str, conc: int, auth: str = "", seconds: int = DURATION) -> dict:
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
     script.write_text(WRK_LUA)
     threads = min(2, conc)
-    env = {**os.environ, "WRK_BODY": json.dumps(BODY), "WRK_AUTH": auth,
-           "WRK_MAX": str(max_requests // threads if max_requests else 0)}
+    env = {**os.environ, "WRK_BODY": json.dumps(BODY), "WRK_AUTH": auth}
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{conc}", f"-d{seconds}s", "--latency", "-s", str(script),
                           url], capture_output=True, text=True, env=env, check=True).stdout
     script.unlink()
@@ -248,10 +256,10 @@ def measure() -> dict:
                 "bare proxy": f"http://127.0.0.1:{ports['bare']}/v1/chat/completions",
                 "gateway": f"http://127.0.0.1:{ports['gateway']}/api/v1/chat/completions"}
         results = {"memory": {}}
-        warm = wrk(urls["gateway"], 8, auth, seconds=120, max_requests=2000)
-        results["memory"]["after 2 000"] = (warm["requests"], rss_mb(gateway))
-        long = wrk(urls["gateway"], 8, auth, seconds=300, max_requests=18000)
-        results["memory"]["after 20 000"] = (warm["requests"] + long["requests"], rss_mb(gateway))
+        warm = fire(urls["gateway"], auth, 2000)
+        results["memory"]["after 2 000"] = (warm, rss_mb(gateway))
+        more = fire(urls["gateway"], auth, 18000)
+        results["memory"]["after 20 000"] = (warm + more, rss_mb(gateway))
         results["load"] = {name: {c: wrk(url, c, auth if name == "gateway" else "") for c in CONCURRENCY}
                            for name, url in urls.items()}
         paced = f"http://127.0.0.1:{ports['paced']}/v1/chat/completions"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Iterable, Iterator
 
-from providers.base import Adapter, Completion, Delta, StreamState, choice, parse_json, sse_data
+from providers.base import Adapter, Completion, Delta, StreamState, choice, sse_data, text_of
 from providers.parts import text_only
 from service.errors import NotImplementedByProvider, ProviderError
 
@@ -90,8 +90,8 @@ class AnthropicAdapter(Adapter):
     def stream_events(self, lines: Iterable[bytes], state: StreamState) -> Iterator[Delta]:
         tools: dict[int, int] = {}  # Anthropic block index -> OpenAI tool call index
         for data in sse_data(lines):
-            event = parse_json(data)
-            kind = event.get("type") if isinstance(event, dict) else None
+            event = self.stream_event(data)
+            kind = event.get("type")
             if kind == "message_start":
                 usage = (event.get("message") or {}).get("usage") or {}
                 state.prompt_tokens = (usage.get("input_tokens") or 0) + _cached(usage)
@@ -118,10 +118,6 @@ class AnthropicAdapter(Adapter):
             elif kind == "message_stop":
                 state.done = True
                 return
-            elif kind == "error":
-                raise ProviderError(f"The provider failed mid-stream: {self.error_message(event)}")
-            elif kind not in ("ping", "content_block_stop"):
-                continue
 
 
 def _block_delta(event: dict, tools: dict) -> Iterator[Delta]:
@@ -138,16 +134,10 @@ def _cached(usage: dict) -> int:
     return (usage.get("cache_read_input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0)
 
 
-def _text(content) -> str:
-    if isinstance(content, str) or content is None:
-        return content or ""
-    return "".join(p.get("text", "") for p in content)
-
-
 def _blocks(m: dict) -> list[dict]:
     if m["role"] == "tool":
-        return [{"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": _text(m.get("content"))}]
-    blocks = [{"type": "text", "text": _text(m.get("content"))}] if _text(m.get("content")) else []
+        return [{"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": text_of(m.get("content"))}]
+    blocks = [{"type": "text", "text": text_of(m.get("content"))}] if text_of(m.get("content")) else []
     for call in m.get("tool_calls") or []:
         args = call["function"].get("arguments") or "{}"
         blocks.append({"type": "tool_use", "id": call["id"], "name": call["function"]["name"],
@@ -160,7 +150,7 @@ def _messages(messages: list[dict]) -> tuple[list[str], list[dict]]:
     system, out = [], []
     for m in messages:
         if m["role"] in ("system", "developer"):
-            system.append(_text(m.get("content")))
+            system.append(text_of(m.get("content")))
             continue
         role = "assistant" if m["role"] == "assistant" else "user"
         blocks = _blocks(m)

@@ -98,6 +98,15 @@ class Adapter:
     def stream_events(self, lines: Iterable[bytes], state: StreamState) -> Iterator[Delta]:
         raise NotImplementedError
 
+    def stream_event(self, data: str | bytes) -> dict:
+        """One stream event as an object; garbage or an in-band error is a ProviderError."""
+        event = parse_json(data)
+        if not isinstance(event, dict):
+            raise ProviderError("The provider sent a stream event that is not an object")
+        if "error" in event or event.get("type") == "error":
+            raise ProviderError(f"The provider failed mid-stream: {self.error_message(event)}")
+        return event
+
     def error_message(self, payload) -> str | None:
         """The provider's own message from its error body."""
         if isinstance(payload, dict):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Iterable, Iterator
 
-from providers.base import Adapter, Completion, Delta, StreamState, choice, parse_json, sse_data
+from providers.base import Adapter, Completion, Delta, StreamState, choice, sse_data, text_of
 from providers.parts import text_only
 from service.errors import NotImplementedByProvider, ProviderError
 
@@ -79,11 +79,7 @@ class GeminiAdapter(Adapter):
 
     def stream_events(self, lines: Iterable[bytes], state: StreamState) -> Iterator[Delta]:
         for data in sse_data(lines):
-            event = parse_json(data)
-            if not isinstance(event, dict):
-                raise ProviderError("The provider sent a stream event that is not an object")
-            if "error" in event:
-                raise ProviderError(f"The provider failed mid-stream: {self.error_message(event)}")
+            event = self.stream_event(data)
             usage = event.get("usageMetadata")
             if isinstance(usage, dict):
                 state.prompt_tokens = usage.get("promptTokenCount")
@@ -110,7 +106,7 @@ def _contents(messages: list[dict]) -> tuple[list[str], list[dict]]:
     system, contents = [], []
     for m in messages:
         if m["role"] in ("system", "developer"):
-            system.append(_text(m.get("content")))
+            system.append(text_of(m.get("content")))
             continue
         role = "model" if m["role"] == "assistant" else "user"
         parts = _message_parts(m, names)
@@ -124,25 +120,19 @@ def _contents(messages: list[dict]) -> tuple[list[str], list[dict]]:
 def _message_parts(m: dict, names: dict) -> list[dict]:
     if m["role"] == "tool":
         try:
-            result = json.loads(_text(m.get("content")))
+            result = json.loads(text_of(m.get("content")))
         except ValueError:
-            result = _text(m.get("content"))
+            result = text_of(m.get("content"))
         if not isinstance(result, dict):
             result = {"result": result}
         return [{"functionResponse": {"name": names.get(m["tool_call_id"], m.get("name", "")),
                                       "response": result}}]
-    parts = [{"text": _text(m.get("content"))}] if m.get("content") else []
+    parts = [{"text": text_of(m.get("content"))}] if m.get("content") else []
     for call in m.get("tool_calls") or []:
         args = call["function"].get("arguments") or "{}"
         parts.append({"functionCall": {"name": call["function"]["name"],
                                        "args": json.loads(args) if isinstance(args, str) else args}})
     return parts or [{"text": ""}]
-
-
-def _text(content) -> str:
-    if isinstance(content, str) or content is None:
-        return content or ""
-    return "".join(p.get("text", "") for p in content)
 
 
 def _generation(params: dict) -> dict:

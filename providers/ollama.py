@@ -11,7 +11,7 @@ import json
 from typing import Iterable, Iterator
 
 from providers.base import (
-    Adapter, Completion, Delta, StreamState, choice, parse_json, text_of,
+    Adapter, Completion, Delta, StreamState, choice, text_of,
 )
 from providers.parts import text_only
 from service.errors import NotImplementedByProvider, ProviderError
@@ -75,11 +75,7 @@ class OllamaAdapter(Adapter):
         for raw in lines:
             if not raw.strip():
                 continue
-            event = parse_json(raw)
-            if not isinstance(event, dict):
-                raise ProviderError("The provider sent a stream line that is not an object")
-            if "error" in event:
-                raise ProviderError(f"The provider failed mid-stream: {self.error_message(event)}")
+            event = self.stream_event(raw)
             msg = event.get("message") or {}
             offset = state.extra.get("calls", 0)
             calls = _tool_calls(msg.get("tool_calls"), offset)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Iterable, Iterator
 
-from providers.base import Adapter, Completion, Delta, StreamState, choice, parse_json, sse_data
+from providers.base import Adapter, Completion, Delta, StreamState, choice, sse_data
 from service.errors import ProviderError
 
 
@@ -59,11 +59,7 @@ class OpenAIAdapter(Adapter):
             if data.strip() == "[DONE]":
                 state.done = True
                 return
-            event = parse_json(data)
-            if not isinstance(event, dict):
-                raise ProviderError("The provider sent a stream event that is not an object")
-            if "error" in event:
-                raise ProviderError(f"The provider failed mid-stream: {self.error_message(event)}")
+            event = self.stream_event(data)
             usage = event.get("usage")
             if isinstance(usage, dict):
                 state.prompt_tokens = usage.get("prompt_tokens")

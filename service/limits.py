@@ -24,34 +24,30 @@ def default_limit() -> str:
     return current_app.config["RATE_LIMIT_DEFAULT"]
 
 
-def model_key() -> str:
-    model = g.get("model")
-    return f"{limit_key()}:model:{model.id if model else '-'}"
+def _per_row(attr: str, label: str):
+    """Key, limit and exemption functions for an `rpm` set on the request's model or API key."""
+
+    def row():
+        return g.get(attr)
+
+    def key() -> str:
+        found = row()
+        return f"{limit_key()}:{label}:{found.id if found else '-'}"
+
+    def limit() -> str:
+        found = row()
+        return f"{found.rpm}/minute" if found is not None and found.rpm else "1000000/minute"
+
+    def exempt() -> bool:
+        found = row()
+        return found is None or not found.rpm
+
+    return key, limit, exempt
 
 
-def model_limit() -> str:
-    model = g.get("model")
-    return f"{model.rpm}/minute" if model is not None and model.rpm else "1000000/minute"
-
-
-def no_model_limit() -> bool:
-    model = g.get("model")
-    return model is None or not model.rpm
-
-
-def key_key() -> str:
-    key = g.get("api_key")
-    return f"key:{key.id if key else '-'}"
-
-
-def key_limit() -> str:
-    key = g.get("api_key")
-    return f"{key.rpm}/minute" if key is not None and key.rpm else "1000000/minute"
-
-
-def no_key_limit() -> bool:
-    key = g.get("api_key")
-    return key is None or not key.rpm
+# per account per model (the catalogue row's rpm), and per API key (the key's rpm)
+model_key, model_limit, no_model_limit = _per_row("model", "model")
+key_key, key_limit, no_key_limit = _per_row("api_key", "key")
 
 
 class TokenBudget:
