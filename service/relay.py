@@ -90,16 +90,13 @@ def _first_answer(chat, rows: list, conf, attempt):
 
 def _run(transport, call: Call, record: dict) -> Completion:
     """The provider's completion; `n` served by repeated calls where it has no native `n`."""
-    n = call.chat.n
+    copies = 1 if call.adapter.native_n else call.chat.n
     started = time.perf_counter()
-    if n == 1 or call.adapter.native_n:
-        result = transport.complete(call)[0]
-        record["upstream_ms"] = round((time.perf_counter() - started) * 1000, 2)
-        record["upstream_seconds"] = time.perf_counter() - started
-        return result
-    parts = [transport.complete(call)[0] for _ in range(n)]
+    parts = [transport.complete(call)[0] for _ in range(copies)]
     record["upstream_seconds"] = time.perf_counter() - started
     record["upstream_ms"] = round(record["upstream_seconds"] * 1000, 2)
+    if len(parts) == 1:
+        return parts[0]
     choices = []
     for i, part in enumerate(parts):
         choices.append({**part.choices[0], "index": i})

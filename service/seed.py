@@ -9,7 +9,7 @@ from service.db import AIModel, utcnow
 from service.errors import InvalidRequest
 
 APIS = ("openai", "ollama", "gemini", "anthropic")
-ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*_API_KEY$")  # settings read provider keys from *_API_KEY
 PRICES = ("cost_per_1k_tokens", "cost_per_1k_input_tokens", "cost_per_1k_output_tokens")
 FIELDS = {"id", "name", "provider", "api", "upstream_model", "base_url", "api_key_env", *PRICES,
           "max_output_tokens", "rpm", "aliases", "enabled", "fallbacks", "connect_timeout",
@@ -85,7 +85,7 @@ def validate(raw: dict, where: str, partial: bool = False) -> dict:
         if field in raw or not partial:
             out[field] = _str(raw, where, field)
     if out.get("api_key_env") and not ENV_NAME.match(out["api_key_env"]):
-        _fail(where, "api_key_env", "must be an environment variable name")
+        _fail(where, "api_key_env", "must be an environment variable name ending in _API_KEY")
     for field in PRICES:
         if field in raw or not partial:
             out[field] = _price(raw, where, field)
