@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Iterable, Iterator
 
-from providers.base import Adapter, Completion, Delta, StreamState, choice, sse_data, text_of
+from providers.base import Adapter, Completion, Delta, StreamState, choice, sse_data, text_of, turns
 from providers.parts import text_only
 from service.errors import NotImplementedByProvider, ProviderError
 
@@ -147,17 +147,7 @@ def _blocks(m: dict) -> list[dict]:
 
 def _messages(messages: list[dict]) -> tuple[list[str], list[dict]]:
     """System texts, and the turns with consecutive same-role messages merged."""
-    system, out = [], []
-    for m in messages:
-        if m["role"] in ("system", "developer"):
-            system.append(text_of(m.get("content")))
-            continue
-        role = "assistant" if m["role"] == "assistant" else "user"
-        blocks = _blocks(m)
-        if out and out[-1]["role"] == role:
-            out[-1]["content"].extend(blocks)
-        else:
-            out.append({"role": role, "content": blocks})
+    system, out = turns(messages, "assistant", _blocks, "content")
     for turn in out:  # a single text block is sent as a plain string, as the docs show
         if len(turn["content"]) == 1 and turn["content"][0]["type"] == "text":
             turn["content"] = turn["content"][0]["text"]

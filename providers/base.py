@@ -58,6 +58,23 @@ def text_of(content) -> str:
     return "".join(p.get("text", "") for p in content if isinstance(p, dict))
 
 
+def turns(messages: list[dict], assistant: str, parts_of, key: str) -> tuple[list[str], list[dict]]:
+    """System/developer texts apart, the rest as alternating user/`assistant` turns whose `key`
+    holds parts_of(message), consecutive same-role messages merged (Gemini and Anthropic)."""
+    system, out = [], []
+    for m in messages:
+        if m["role"] in ("system", "developer"):
+            system.append(text_of(m.get("content")))
+            continue
+        role = assistant if m["role"] == "assistant" else "user"
+        parts = parts_of(m)
+        if out and out[-1]["role"] == role:
+            out[-1][key].extend(parts)
+        else:
+            out.append({"role": role, key: parts})
+    return system, out
+
+
 def parse_json(text: str | bytes):
     """Parse a provider body; garbage is a 502."""
     try:

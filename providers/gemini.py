@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Iterable, Iterator
 
-from providers.base import Adapter, Completion, Delta, StreamState, choice, sse_data, text_of
+from providers.base import Adapter, Completion, Delta, StreamState, choice, sse_data, text_of, turns
 from providers.parts import text_only
 from service.errors import NotImplementedByProvider, ProviderError
 
@@ -103,18 +103,7 @@ class GeminiAdapter(Adapter):
 def _contents(messages: list[dict]) -> tuple[list[str], list[dict]]:
     """System texts and Gemini contents, same-role turns merged (Gemini wants alternation)."""
     names = {c["id"]: c["function"]["name"] for m in messages for c in m.get("tool_calls") or []}
-    system, contents = [], []
-    for m in messages:
-        if m["role"] in ("system", "developer"):
-            system.append(text_of(m.get("content")))
-            continue
-        role = "model" if m["role"] == "assistant" else "user"
-        parts = _message_parts(m, names)
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
-    return system, contents
+    return turns(messages, "model", lambda m: _message_parts(m, names), "parts")
 
 
 def _message_parts(m: dict, names: dict) -> list[dict]:

@@ -19,10 +19,6 @@ PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:54
 REDIS_URL = os.environ.get("REDIS_URL_TEST") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/15"
 
 
-def pytest_collection_modifyitems(items):
-    """Fail loudly in CI when a service is missing: nothing here is ever skipped."""
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request, tmp_path):
     if request.param == "sqlite":
@@ -32,8 +28,8 @@ def db_url(request, tmp_path):
 
 
 def _drop_all():
-    db.drop_tables(TABLES + [SchemaVersion], safe=True, cascade=True) if not db.obj.__class__.__name__.startswith(
-        "Sqlite") else db.drop_tables(TABLES + [SchemaVersion], safe=True)
+    postgres = db.obj.__class__.__name__.startswith("Postgres")
+    db.drop_tables(TABLES + [SchemaVersion], safe=True, **({"cascade": True} if postgres else {}))
 
 
 def settings(tmp_path, db_url, **extra) -> dict:
