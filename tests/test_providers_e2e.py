@@ -47,6 +47,7 @@ SPECS = {
         "length": _json(fake_openai.completion("Hi", 9, 3, finish="length")), "usage": (9, 3),
         "plain_body": {"model": "up", "messages": MSGS, "temperature": 0.5, "max_tokens": 5, "stop": ["END"]},
         "stream": _sse("openai", "stream.sse"), "stream_text": "Hello!", "stream_usage": (9, 2),
+        "stream_body": {"model": "up", "messages": MSGS, "stream": True, "stream_options": {"include_usage": True}},
         "tool": _json(("openai", "tool_call.json")), "n2": _json(fake_openai.completion("Hi", 9, 3, n=2)),
         "tool_result": lambda body: body["messages"][-1] == ROUND_TRIP[-1],
         "error": lambda status: _json(("openai", "error_400.json"), status),
@@ -58,6 +59,7 @@ SPECS = {
         "plain_body": {"model": "up", "stream": False, "messages": MSGS,
                        "options": {"temperature": 0.5, "num_predict": 5, "stop": ["END"]}},
         "stream": _sse("ollama", "stream.ndjson", "application/x-ndjson"), "stream_text": "The sky",
+        "stream_body": {"model": "up", "stream": True, "messages": MSGS},
         "stream_usage": (26, 2), "tool": _json(("ollama", "tool_call.json")),
         "n2": _json(fake_ollama.chat("Hi", 12, 4)),
         "tool_result": lambda body: body["messages"][-1] == {"role": "tool", "content": '{"temp_c": 18}'},
@@ -71,6 +73,7 @@ SPECS = {
         "plain_body": {"contents": TURNS, "systemInstruction": {"parts": [{"text": "Be brief."}]},
                        "generationConfig": {"temperature": 0.5, "maxOutputTokens": 5, "stopSequences": ["END"]}},
         "stream": _sse("gemini", "stream.sse"), "stream_text": "AI learns patterns from data.",
+        "stream_body": {"contents": TURNS, "systemInstruction": {"parts": [{"text": "Be brief."}]}},
         "stream_usage": (11, 7), "tool": _json(("gemini", "function_call.json")),
         "n2": _json({**json.loads(fixture("gemini", "generate.json")), "candidates": [
             {"content": {"parts": [{"text": t}], "role": "model"}, "finishReason": "STOP", "index": i}
@@ -86,6 +89,8 @@ SPECS = {
         "plain_body": {"model": "up", "max_tokens": 5, "system": "Be brief.", "messages": MSGS[1:],
                        "temperature": 0.5, "stop_sequences": ["END"]},
         "stream": _sse("anthropic", "stream.sse"), "stream_text": "Hello!", "stream_usage": (25, 15),
+        "stream_body": {"model": "up", "max_tokens": 64, "system": "Be brief.", "messages": MSGS[1:],
+                        "stream": True},
         "tool": _json(("anthropic", "tool_use.json")), "n2": _json(("anthropic", "message.json")),
         "tool_result": lambda body: body["messages"][-1] == {"role": "user", "content": [
             {"type": "tool_result", "tool_use_id": "call_1", "content": '{"temp_c": 18}'}]},
@@ -152,7 +157,8 @@ def test_stream(gateway, upstream, api):
     p, c = spec["stream_usage"]
     assert events[-1]["usage"] == {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
                                    "cost": (p + c) / 1000}
-    request, _ = received(upstream)
+    request, sent = received(upstream)
+    assert sent == spec["stream_body"]
     if api == "gemini":
         assert request.args.to_dict() == {"alt": "sse"}
 
