@@ -70,8 +70,5 @@ class Cache:
     def set(self, key: str, value, ttl: int) -> None:
         self.call(lambda r: r.set(key, value, ex=ttl))
 
-    def delete(self, *keys: str) -> None:
-        self.call(lambda r: r.delete(*keys))
-
     def incr(self, key: str):
         return self.call(lambda r: r.incr(key))
