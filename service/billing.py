@@ -10,11 +10,12 @@ import math
 import uuid
 from decimal import Decimal, InvalidOperation
 
-from peewee import IntegrityError
+from peewee import IntegrityError, InterfaceError, OperationalError
 
 from service.db import Account, Hold, LedgerEntry, utcnow
 from service.errors import InsufficientCredits, InvalidRequest
 from service.extensions import db
+from service.group_commit import GroupCommit
 
 MICRO = 1_000_000
 MAX_AMOUNT = 10 ** 12 * MICRO  # the most credits one operation may move (fits a signed 64-bit column)
@@ -52,33 +53,50 @@ def _postgres() -> bool:
     return db.obj.__class__.__name__.startswith("Postgres")
 
 
-# On PostgreSQL hold and settle are one statement each (data-modifying CTEs): one round trip, and
-# the account row is locked only for that statement, which is what bounds throughput on a busy
-# account. They do exactly what the two-step transactions below do on SQLite. A hold commits
-# without waiting for its WAL flush (sent as one implicit transaction with SET LOCAL): if the
-# database crashed before the flush, the hold and its `held` increment vanish together, nothing
-# stays locked, and the call's settle then charges without a hold. Settles wait for the flush.
-PG_HOLD = """
-SET LOCAL synchronous_commit TO off;
-WITH taken AS (
-  UPDATE account SET held = held + %(amount)s
-  WHERE id = %(account)s AND balance - held >= %(amount)s RETURNING id)
-INSERT INTO hold (request_id, account_id, amount, expires_at)
-SELECT %(rid)s, id, %(amount)s, %(expires)s FROM taken"""
+# On PostgreSQL holds and settles go through group commit: whatever concurrent calls of one
+# process have queued runs as one statement calling the batch functions of migration 3, which
+# make exactly the guarded single-row changes of the SQLite transactions below, item by item.
+# A batch of holds only commits without waiting for its WAL flush: if the database crashed
+# before the flush, the holds and their `held` increments vanish together, nothing stays
+# locked, and each call's settle then charges without a hold. Settles wait for the flush.
+PG_HOLD = "tollgate_hold(%s::text[], %s::bigint[], %s::bigint[], %s::timestamp[])"
+PG_SETTLE = ("tollgate_settle(%s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[], "
+             "%s::bigint[], %s::boolean[], %s::timestamp[])")
+PG_HOLD_FIELDS = ("rid", "account", "amount", "expires")
+PG_SETTLE_FIELDS = ("rid", "account", "model", "prompt", "completion", "charge", "estimated", "now")
+_writer_db = []  # the database the writer thread last used (tests swap it)
 
-PG_SETTLE = """
-WITH released AS (DELETE FROM hold WHERE request_id = %(rid)s RETURNING amount),
-charged AS (
-  INSERT INTO ledgerentry (account_id, request_id, model, prompt_tokens, completion_tokens, delta,
-                           kind, estimated, created)
-  VALUES (%(account)s, %(rid)s, %(model)s, %(prompt)s, %(completion)s, -%(charge)s, 'charge',
-          %(estimated)s, %(now)s)
-  ON CONFLICT (request_id) DO NOTHING RETURNING id)
-UPDATE account SET
-  balance = balance - CASE WHEN EXISTS (SELECT 1 FROM charged) THEN %(charge)s ELSE 0 END,
-  held = held - COALESCE((SELECT sum(amount) FROM released), 0)
-WHERE id = %(account)s
-RETURNING (SELECT count(*) FROM charged)"""
+
+def _pg_write(jobs: list) -> None:
+    """Run queued holds and settles as one statement (the group-commit writer thread)."""
+    if _writer_db and _writer_db[0] is not db.obj:
+        try:
+            _writer_db[0].close()  # this thread's connection to a database no longer in use
+        except Exception:  # noqa: BLE001 - it is being dropped either way
+            pass
+        _writer_db.clear()
+    _writer_db[:] = [db.obj]
+    holds = [j for j in jobs if j.kind == "hold"]
+    settles = [j for j in jobs if j.kind == "settle"]
+    calls, params = [], []
+    for group, call, fields in ((holds, PG_HOLD, PG_HOLD_FIELDS), (settles, PG_SETTLE, PG_SETTLE_FIELDS)):
+        if group:
+            calls.append(call)
+            params += [[j.args[f] for j in group] for f in fields]
+    sql = ("" if settles else "SET LOCAL synchronous_commit TO off; ") + "SELECT " + ", ".join(calls)
+    try:
+        row = db.execute_sql(sql, params).fetchone()
+    except (OperationalError, InterfaceError):
+        db.close()  # a broken connection: the next batch opens a new one
+        raise
+    results = iter(row)
+    for group in (holds, settles):
+        if group:
+            for job, ok in zip(group, next(results)):
+                job.result = ok
+
+
+_writer = GroupCommit(_pg_write)
 
 
 def cost(model, prompt_tokens: int, completion_tokens: int) -> int:
@@ -113,9 +131,8 @@ def hold(account_id: int, request_id: str, amount: int, ttl: int) -> None:
         raise InsufficientCredits()  # no balance can cover it
     expires = utcnow() + dt.timedelta(seconds=ttl)
     if _postgres():
-        cursor = db.execute_sql(PG_HOLD, {"amount": amount, "account": account_id, "rid": request_id,
-                                          "expires": expires})
-        if cursor.rowcount != 1:
+        if not _writer.submit("hold", {"amount": amount, "account": account_id, "rid": request_id,
+                                       "expires": expires}):
             raise InsufficientCredits()
         return
     with write_tx():
@@ -141,11 +158,10 @@ def settle(account_id: int, request_id: str, model: str, prompt_tokens: int,
            completion_tokens: int, charge: int, estimated: bool = False) -> bool:
     """Charge, release the hold and write the ledger row, at once; False if already settled."""
     if _postgres():
-        row = db.execute_sql(PG_SETTLE, {
+        return _writer.submit("settle", {
             "rid": request_id, "account": account_id, "model": model, "prompt": prompt_tokens,
             "completion": completion_tokens, "charge": charge, "estimated": estimated,
-            "now": utcnow()}).fetchone()
-        return bool(row and row[0])
+            "now": utcnow()})
     try:
         with write_tx():
             LedgerEntry.create(account=account_id, request_id=request_id, model=model,

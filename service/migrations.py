@@ -22,7 +22,63 @@ def _v2_ledger_page_index() -> None:
     db.execute_sql("CREATE INDEX IF NOT EXISTS ledgerentry_account_id_id ON ledgerentry (account_id, id)")
 
 
-STEPS = [(1, _v1_initial), (2, _v2_ledger_page_index)]
+# PostgreSQL: a batch of holds, and a batch of settles, each in one call (service/billing.py).
+# Item by item in order, each exactly the guarded single-row change a lone call makes.
+PG_FUNCTIONS = """
+CREATE OR REPLACE FUNCTION tollgate_hold(rids text[], accounts bigint[], amounts bigint[],
+                                         expiries timestamp[]) RETURNS boolean[]
+LANGUAGE plpgsql AS $$
+DECLARE
+  taken boolean[] := '{}';
+  ok boolean;
+BEGIN
+  FOR i IN 1 .. coalesce(array_length(rids, 1), 0) LOOP
+    UPDATE account SET held = held + amounts[i]
+      WHERE id = accounts[i] AND balance - held >= amounts[i];
+    ok := FOUND;
+    IF ok THEN
+      INSERT INTO hold (request_id, account_id, amount, expires_at)
+        VALUES (rids[i], accounts[i], amounts[i], expiries[i]);
+    END IF;
+    taken := taken || ok;
+  END LOOP;
+  RETURN taken;
+END $$;
+
+CREATE OR REPLACE FUNCTION tollgate_settle(rids text[], accounts bigint[], models text[],
+    prompts bigint[], completions bigint[], charges bigint[], estimates boolean[],
+    stamps timestamp[]) RETURNS boolean[]
+LANGUAGE plpgsql AS $$
+DECLARE
+  charged boolean[] := '{}';
+  released bigint;
+  fresh boolean;
+BEGIN
+  FOR i IN 1 .. coalesce(array_length(rids, 1), 0) LOOP
+    DELETE FROM hold WHERE request_id = rids[i] RETURNING amount INTO released;
+    INSERT INTO ledgerentry (account_id, request_id, model, prompt_tokens, completion_tokens, delta,
+                             kind, estimated, created)
+      VALUES (accounts[i], rids[i], models[i], prompts[i], completions[i], -charges[i], 'charge',
+              estimates[i], stamps[i])
+      ON CONFLICT (request_id) DO NOTHING;
+    fresh := FOUND;
+    UPDATE account SET balance = balance - CASE WHEN fresh THEN charges[i] ELSE 0 END,
+                       held = held - coalesce(released, 0)
+      WHERE id = accounts[i];
+    charged := charged || fresh;
+  END LOOP;
+  RETURN charged;
+END $$;
+"""
+
+
+def _v3_batch_functions() -> None:
+    """PostgreSQL settles and holds in batches (group commit); nothing to do on SQLite."""
+    if db.obj.__class__.__name__.startswith("Postgres"):
+        db.execute_sql(PG_FUNCTIONS)
+
+
+STEPS = [(1, _v1_initial), (2, _v2_ledger_page_index), (3, _v3_batch_functions)]
 
 
 def current_version() -> int:

@@ -4,15 +4,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import requests
-from urllib3.exceptions import ReadTimeoutError
-
 from providers import ADAPTERS
 from providers.base import Completion, StreamState
 from service import billing, sse
 from service.errors import (
     GatewayError, ModelNotFound, NotImplementedByProvider, ProviderError, ProviderUnavailable,
-    UpstreamTimeout,
 )
 from service.upstream import Call, retryable
 
@@ -165,31 +161,23 @@ def _relay(chat, call, resp, state: StreamState, tally: _Tally, created: int, ct
     rid, name = chat.request_id, chat.model.name
     yield sse.chunk(rid, created, name, [sse.delta_choice(i, {"role": "assistant", "content": ""})
                                          for i in range(chat.n)])
-    try:
-        lines = resp.iter_lines(chunk_size=None, delimiter=None)
-        for delta in call.adapter.stream_events(lines, state):
-            body = {}
-            if delta.content:
-                body["content"] = delta.content
-            if delta.tool_calls:
-                body["tool_calls"] = delta.tool_calls
-            if ctx.ext.stopping.is_set():
-                raise ProviderUnavailable("The gateway is shutting down; retry the call",
-                                          code="shutting_down")
-            if not body and delta.finish_reason is None:
-                continue  # the upstream's own empty role chunk: ours was sent first
-            yield sse.chunk(rid, created, name, [sse.delta_choice(delta.index, body, delta.finish_reason)])
-            if delta.content or delta.tool_calls:
-                if not tally.pieces:
-                    ctx.record["ttft_seconds"] = time.perf_counter() - ctx.started
-                    ctx.record["ttft_ms"] = round(ctx.record["ttft_seconds"] * 1000, 2)
-                tally.pieces += 1
-    except requests.Timeout:
-        raise UpstreamTimeout(f"{chat.model.provider} stalled mid-stream") from None
-    except requests.RequestException as exc:
-        if isinstance(exc.args[0] if exc.args else None, ReadTimeoutError):
-            raise UpstreamTimeout(f"{chat.model.provider} stalled mid-stream") from None
-        raise ProviderError(f"{chat.model.provider} dropped the stream") from None
+    for delta in call.adapter.stream_events(resp.lines(), state):
+        body = {}
+        if delta.content:
+            body["content"] = delta.content
+        if delta.tool_calls:
+            body["tool_calls"] = delta.tool_calls
+        if ctx.ext.stopping.is_set():
+            raise ProviderUnavailable("The gateway is shutting down; retry the call",
+                                      code="shutting_down")
+        if not body and delta.finish_reason is None:
+            continue  # the upstream's own empty role chunk: ours was sent first
+        yield sse.chunk(rid, created, name, [sse.delta_choice(delta.index, body, delta.finish_reason)])
+        if delta.content or delta.tool_calls:
+            if not tally.pieces:
+                ctx.record["ttft_seconds"] = time.perf_counter() - ctx.started
+                ctx.record["ttft_ms"] = round(ctx.record["ttft_seconds"] * 1000, 2)
+            tally.pieces += 1
     if not state.done:
         raise ProviderError(f"{chat.model.provider} closed the stream before it finished")
 

@@ -104,6 +104,9 @@ def serve(sock: socket.socket | None = None) -> None:
                                conf["SHUTDOWN_GRACE_SECONDS"])).start()
 
     signal.signal(signal.SIGTERM, on_term)
+    # the drain ends the loop with interrupt_main(): SIGINT must raise here even when this process
+    # inherited it ignored (started in the background) or a supervisor's handler (forked later)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     log.warning("tollgate serving on http://%s:%s (pid %d, %d threads)", conf["HOST"],
                 server.effective_port, os.getpid(), conf["WAITRESS_THREADS"])
     try:

@@ -1,4 +1,10 @@
-"""The one HTTP transport to providers: a pooled `requests.Session`, timeouts, error mapping."""
+"""The one HTTP transport to providers: a pooled `requests.Session`, timeouts, error mapping.
+
+Calls go straight to the Session's own urllib3 connection pool (requests' transport layer):
+requests' per-call work (request preparation, cookie and setting merges, the Response
+wrapper) cost ~0.2 ms of CPU per call and gave a gateway nothing (no cookies, redirects,
+proxies or auth helpers toward providers). TLS is verified against the same CA bundle.
+"""
 from __future__ import annotations
 
 import json
@@ -7,7 +13,10 @@ import time
 from dataclasses import dataclass
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
+from requests.utils import DEFAULT_CA_BUNDLE_PATH
+from urllib3.exceptions import HTTPError, NewConnectionError, ReadTimeoutError, TimeoutError as UrllibTimeout
 
 from providers.base import Completion, parse_json
 from service.breaker import Breakers
@@ -16,6 +25,7 @@ from service.errors import (
 )
 
 RETRY_CAP = 10.0  # seconds: a provider asking us to wait longer gets its 429 passed on instead
+TLS = {"cert_reqs": "CERT_REQUIRED", "ca_certs": DEFAULT_CA_BUNDLE_PATH}
 
 
 @dataclass
@@ -36,6 +46,35 @@ def retryable(err: GatewayError) -> bool:
             and getattr(err, "retry", True))
 
 
+class Stream:
+    """An open streaming answer: its lines as they arrive; `close()` drops the connection."""
+
+    def __init__(self, resp: urllib3.BaseHTTPResponse, provider: str):
+        self.resp, self.provider = resp, provider
+
+    def lines(self):
+        """Lines as each network chunk arrives (none held back), like requests' iter_lines;
+        a stall is an UpstreamTimeout, a broken connection a ProviderError."""
+        pending = None
+        try:
+            for chunk in self.resp.stream(None, decode_content=True):
+                if pending is not None:
+                    chunk = pending + chunk
+                lines = chunk.splitlines()
+                pending = lines.pop() if lines and chunk[-1:] not in (b"\n", b"\r") else None
+                yield from lines
+        except ReadTimeoutError:
+            raise UpstreamTimeout(f"{self.provider} stalled mid-stream") from None
+        except (HTTPError, OSError):
+            raise ProviderError(f"{self.provider} dropped the stream") from None
+        if pending is not None:
+            yield pending
+
+    def close(self) -> None:
+        self.resp.close()  # unread data: the connection is closed, not reused
+        self.resp.release_conn()
+
+
 class Transport:
     """Owns the connection pool, retries and circuit breakers; each process has one."""
 
@@ -49,7 +88,12 @@ class Transport:
         self.session.mount("http://", mount)
         self.session.mount("https://", mount)
 
-    def _post(self, call: Call, stream: bool) -> requests.Response:
+    def _pool(self, url: str):
+        """The Session's urllib3 pool for this URL's host."""
+        manager = self.session.get_adapter(url).poolmanager
+        return manager.connection_from_url(url, pool_kwargs=TLS if url.startswith("https:") else None)
+
+    def _post(self, call: Call, stream: bool) -> urllib3.BaseHTTPResponse:
         """POST with up to `retries` more tries on retryable failures (jittered backoff,
         honouring Retry-After), behind the upstream's circuit breaker."""
         key = f"{call.base}|{call.chat.model.upstream_model}"
@@ -82,25 +126,31 @@ class Transport:
             return seconds if seconds <= RETRY_CAP else None
         return self.backoff * (2 ** attempt) * random.uniform(0.5, 1.5)
 
-    def _post_once(self, call: Call, stream: bool) -> requests.Response:
+    def _post_once(self, call: Call, stream: bool) -> urllib3.BaseHTTPResponse:
+        """One POST; the whole body read unless `stream`. Failures as our errors."""
         adapter, model = call.adapter, call.chat.model
         url = adapter.url(call.base, model, stream)
         body = json.dumps(adapter.request(call.chat), ensure_ascii=False).encode()
         try:
-            resp = self.session.post(url, data=body, headers=adapter.headers(call.api_key),
-                                     timeout=(call.connect_timeout, call.read_timeout), stream=stream)
-        except requests.Timeout:
+            resp = self._pool(url).urlopen(
+                "POST", url, body=body, headers=adapter.headers(call.api_key), retries=False,
+                redirect=False, assert_same_host=False, preload_content=not stream,
+                timeout=urllib3.Timeout(connect=call.connect_timeout, read=call.read_timeout))
+        except UrllibTimeout as exc:
+            if isinstance(exc, NewConnectionError):  # refused, unresolvable
+                raise unavailable(model.provider) from None
             raise UpstreamTimeout(f"{model.provider} did not answer in time") from None
-        except requests.RequestException:
+        except (HTTPError, OSError, ValueError):  # reset, TLS, protocol garbage, bad URL
             raise unavailable(model.provider) from None
-        if resp.status_code >= 400:
+        if resp.status >= 400:
             try:
-                text = resp.text
-            except requests.RequestException:
+                text = (resp.data if not stream else resp.read()).decode("utf-8", "replace")
+            except (HTTPError, OSError):
                 text = ""
             resp.close()
-            err = _scrub(adapter.error(resp.status_code, text, model.provider), call.api_key)
-            if resp.status_code == 429 and "Retry-After" in resp.headers:
+            resp.release_conn()
+            err = _scrub(adapter.error(resp.status, text, model.provider), call.api_key)
+            if resp.status == 429 and "Retry-After" in resp.headers:
                 err.headers["Retry-After"] = resp.headers["Retry-After"]
             raise err
         return resp
@@ -109,19 +159,11 @@ class Transport:
         """One non-streaming call: the completion and the upstream latency in seconds."""
         started = time.perf_counter()
         resp = self._post(call, stream=False)
-        try:
-            payload = parse_json(resp.content)
-        except requests.Timeout:
-            raise UpstreamTimeout(f"{call.chat.model.provider} did not answer in time") from None
-        except requests.RequestException:
-            raise unavailable(call.chat.model.provider) from None
-        finally:
-            resp.close()
-        return call.adapter.response(payload, call.chat), time.perf_counter() - started
+        return call.adapter.response(parse_json(resp.data), call.chat), time.perf_counter() - started
 
-    def open_stream(self, call: Call) -> requests.Response:
-        """Start a streaming call; the caller iterates `iter_lines` and must close it."""
-        return self._post(call, stream=True)
+    def open_stream(self, call: Call) -> Stream:
+        """Start a streaming call; the caller reads `lines()` and must `close()` it."""
+        return Stream(self._post(call, stream=True), call.chat.model.provider)
 
 
 def _scrub(err: GatewayError, api_key: str | None) -> GatewayError:

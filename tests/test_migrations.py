@@ -15,12 +15,14 @@ def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):
                    upstream_model="deepseek-chat", cost_per_1k_tokens=14_000)
     acct = Account.create(name="old-timer")
     billing.credit(acct.id, 5_000_000, "from v1")
-    billing.hold(acct.id, "r1", 1_000, 60)
-    billing.settle(acct.id, "r1", "deepseek-chat", 10, 20, 420)
+    # a settled call as the first schema stored it (the billing code of today needs migration 3)
+    LedgerEntry.create(account=acct, request_id="r1", model="deepseek-chat", prompt_tokens=10,
+                       completion_tokens=20, delta=-420, kind="charge")
+    Account.update(balance=Account.balance - 420).where(Account.id == acct.id).execute()
     _, key = create_key(acct, "legacy")
 
     app = make_app()  # starting the app upgrades in place
-    assert migrations.current_version() == migrations.STEPS[-1][0] == 2
+    assert migrations.current_version() == migrations.STEPS[-1][0] == 3
     result = app.test_cli_runner().invoke(args=["db", "upgrade"])
     assert "nothing to do" in result.output
     assert AIModel.get_by_id(4).cost_per_1k_tokens == 14_000
@@ -30,5 +32,10 @@ def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):
     assert ApiKey.select().count() == 1
     client = app.test_client()
     assert client.get("/api/v1/account", headers={"Authorization": f"Bearer {key}"}).json["balance"] == 4.99958
+    with app.app_context():  # the upgraded database bills (migration 3's batch functions on PostgreSQL)
+        billing.hold(acct.id, "r2", 1_000, 60)
+        assert billing.settle(acct.id, "r2", "deepseek-chat", 1, 1, 30) is True
+    acct = Account.get(Account.name == "old-timer")
+    assert acct.balance == 5_000_000 - 450 and acct.held == 0
     indexes = {i.name for i in db.get_indexes("ledgerentry")}
     assert "ledgerentry_account_id_id" in indexes

@@ -1,0 +1,71 @@
+"""Group commit: writes queued while the writer is busy go out together; results stay per job."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from service.group_commit import GroupCommit
+
+
+class Writer:
+    """A batch runner whose first batch waits until the test lets it go."""
+
+    def __init__(self):
+        self.batches, self.started, self.release = [], threading.Event(), threading.Event()
+        self.commit = GroupCommit(self.run)
+
+    def run(self, jobs):
+        self.batches.append([j.args["n"] for j in jobs])
+        if len(self.batches) == 1:
+            self.started.set()
+            assert self.release.wait(10)
+        if any(j.args.get("bad") for j in jobs):
+            raise ValueError("bad write")
+        for job in jobs:
+            job.result = job.args["n"] * 10
+
+    def submit_all(self, jobs: list[dict]) -> tuple[dict, dict]:
+        """Submit the first job, queue the rest behind it, then let the writer go."""
+        results, errors = {}, {}
+
+        def submit(args):
+            try:
+                results[args["n"]] = self.commit.submit("write", args)
+            except ValueError as exc:
+                errors[args["n"]] = str(exc)
+
+        first = threading.Thread(target=submit, args=(jobs[0],))
+        first.start()
+        assert self.started.wait(10)  # the writer is busy with the first batch
+        cond = self.commit._cond
+        threads = [threading.Thread(target=submit, args=(args,)) for args in jobs[1:]]
+        with cond:
+            for t in threads:
+                t.start()
+            assert cond.wait_for(lambda: len(self.commit._queue) == len(threads), 10)
+        self.release.set()
+        for t in [first, *threads]:
+            t.join(10)
+        return results, errors
+
+
+def test_jobs_queued_behind_a_busy_writer_share_one_batch():
+    w = Writer()
+    results, errors = w.submit_all([{"n": i} for i in range(6)])
+    assert w.batches[0] == [0] and sorted(w.batches[1]) == [1, 2, 3, 4, 5] and len(w.batches) == 2
+    assert results == {i: i * 10 for i in range(6)} and errors == {}
+
+
+def test_a_failing_job_fails_alone():
+    w = Writer()
+    results, errors = w.submit_all([{"n": 0}, {"n": 1}, {"n": 2, "bad": True}, {"n": 3}])
+    assert errors == {2: "bad write"}
+    assert results == {0: 0, 1: 10, 3: 30}
+    assert sorted(w.batches[1]) == [1, 2, 3] and sorted(map(tuple, w.batches[2:])) == [(1,), (2,), (3,)]
+
+
+def test_an_error_reaches_the_caller():
+    commit = GroupCommit(lambda jobs: (_ for _ in ()).throw(ValueError("database gone")))
+    with pytest.raises(ValueError, match="database gone"):
+        commit.submit("write", {})
