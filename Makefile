@@ -49,6 +49,9 @@ test: install-test services local-model
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install-test services
+	@command -v wrk >/dev/null 2>&1 || { echo "bench: installing wrk from Debian's packages"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk) >/dev/null 2>&1; \
+	  command -v wrk >/dev/null 2>&1 || { echo "bench: wrk is not installed (apt-get install wrk)" >&2; exit 1; }; }
 	$(PY) -m bench.run
 
 soak: install-test services

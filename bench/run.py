@@ -297,7 +297,9 @@ Produced by `make bench` (bench/run.py) on {time.strftime('%Y-%m-%d %H:%M UTC', 
   {v['postgresql']}; {v['redis']}; {v['nginx']}; {v['wrk']}
 * gateway as deployed: `python -m service.server` with WORKERS={r['settings']['workers']} processes ×
   {r['settings']['threads']} waitress threads sharing one port, PostgreSQL, Redis, a JWT on every call,
-  credit hold + settle on every call, rate limits on (moving window in Redis, never reached).
+  credit hold + settle on every call (group commit: concurrent calls of a process share one
+  statement and one commit; each call returns only after its own settle committed), rate limits on
+  (flask-limiter moving window in Redis, never reached).
 * static upstream: nginx `return 200` with a fixed chat.completion body (cheap enough not to be the
   bottleneck). Paced upstream: a waitress app streaming 20 chunks 10 ms apart, each stamped with its
   emission time (CLOCK_MONOTONIC, shared by every process on the machine).

@@ -87,11 +87,16 @@ class Transport:
         mount = HTTPAdapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", mount)
         self.session.mount("https://", mount)
+        self._pools: dict = {}  # base URL -> the Session's pool for its host (a lookup per call is slow)
 
-    def _pool(self, url: str):
+    def _pool(self, base: str, url: str):
         """The Session's urllib3 pool for this URL's host."""
-        manager = self.session.get_adapter(url).poolmanager
-        return manager.connection_from_url(url, pool_kwargs=TLS if url.startswith("https:") else None)
+        pool = self._pools.get(base)
+        if pool is None or pool.pool is None:  # not seen yet, or closed by the manager's LRU
+            manager = self.session.get_adapter(url).poolmanager
+            pool = manager.connection_from_url(url, pool_kwargs=TLS if url.startswith("https:") else None)
+            self._pools[base] = pool
+        return pool
 
     def _post(self, call: Call, stream: bool) -> urllib3.BaseHTTPResponse:
         """POST with up to `retries` more tries on retryable failures (jittered backoff,
@@ -132,7 +137,7 @@ class Transport:
         url = adapter.url(call.base, model, stream)
         body = json.dumps(adapter.request(call.chat), ensure_ascii=False).encode()
         try:
-            resp = self._pool(url).urlopen(
+            resp = self._pool(call.base, url).urlopen(
                 "POST", url, body=body, headers=adapter.headers(call.api_key), retries=False,
                 redirect=False, assert_same_host=False, preload_content=not stream,
                 timeout=urllib3.Timeout(connect=call.connect_timeout, read=call.read_timeout))
