@@ -60,7 +60,7 @@ class GroupCommit:
     def _write(self, batch: list[Job]) -> None:
         try:
             self._run(batch)
-        except Exception as exc:  # noqa: BLE001 - handed to the caller that submitted it
+        except BaseException as exc:  # noqa: BLE001 - handed to its caller; the writer lives on
             if len(batch) > 1:
                 for job in batch:
                     self._write([job])

@@ -138,7 +138,9 @@ class Transport:
         body = json.dumps(adapter.request(call.chat), ensure_ascii=False).encode()
         try:
             resp = self._pool(call.base, url).urlopen(
-                "POST", url, body=body, headers=adapter.headers(call.api_key), retries=False,
+                # origin-form request line (path?query), as requests sends: not every server routes absolute URLs
+                "POST", urllib3.util.parse_url(url).request_uri, body=body,
+                headers=adapter.headers(call.api_key), retries=False,
                 redirect=False, assert_same_host=False, preload_content=not stream,
                 timeout=urllib3.Timeout(connect=call.connect_timeout, read=call.read_timeout))
         except UrllibTimeout as exc:

@@ -37,6 +37,7 @@ def test_sdk_gets_completion_from_openai_upstream(models, live):
     schemas.check("CreateChatCompletionResponse", body)
     assert body["model"] == "fake-gpt" and body["id"].startswith("chatcmpl-")
     assert "system_fingerprint" not in body
+    assert models.log[0][0].environ["RAW_URI"] == "/v1/chat/completions"  # origin-form request line
     sent = models.log[0][0].get_json()
     assert sent == {"model": "gpt-upstream", "messages": MSGS, "temperature": 0.3}
 
