@@ -74,7 +74,6 @@ def _pg_write(jobs: list) -> None:
             _writer_db[0].close()  # this thread's connection to a database no longer in use
         except Exception:  # noqa: BLE001 - it is being dropped either way
             pass
-        _writer_db.clear()
     _writer_db[:] = [db.obj]
     holds = [j for j in jobs if j.kind == "hold"]
     settles = [j for j in jobs if j.kind == "settle"]
