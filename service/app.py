@@ -9,7 +9,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import settings
-from service import billing, migrations
+from service import billing, limit_storage, migrations  # noqa: F401 - registers tollgate+redis://
 from service.breaker import Breakers
 from service.cache import Cache
 from service.db import open_database
@@ -35,13 +35,20 @@ class Tollgate:
     verified: dict = field(default_factory=dict)  # JWT -> its verified claims
 
 
+def limit_storage_uri(redis_url: str | None) -> str:
+    """Our one-round-trip Redis storage (service/limit_storage.py) for redis:// and rediss://."""
+    if not redis_url:
+        return "memory://"
+    return f"tollgate+{redis_url}" if redis_url.startswith(("redis://", "rediss://")) else redis_url
+
+
 def _extension_config(conf: dict) -> dict:
     """Each extension's own keys, derived from our settings."""
     algorithm = conf["JWT_ALGORITHM"]
     return {
         "JWT_DECODE_ALGORITHMS": [algorithm],
         "JWT_TOKEN_LOCATION": ["headers"],
-        "RATELIMIT_STORAGE_URI": conf["REDIS_URL"] or "memory://",
+        "RATELIMIT_STORAGE_URI": limit_storage_uri(conf["REDIS_URL"]),
         "RATELIMIT_STORAGE_OPTIONS": {"socket_timeout": 0.25, "socket_connect_timeout": 0.25}
         if conf["REDIS_URL"] else {},
         "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
