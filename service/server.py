@@ -157,8 +157,29 @@ def supervise(conf: dict) -> None:
             workers.add(_fork(sock))
 
 
+class QueueDepthSummary(logging.Filter):
+    """waitress warns "Task queue depth is N" each time a request waits for a free thread (under
+    load, about one request in seven): let one through per `every` seconds, with a count."""
+
+    def __init__(self, every: float = 60.0, clock=time.monotonic):
+        super().__init__()
+        self.every, self.clock, self.quiet, self.next_at = every, clock, 0, 0.0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = self.clock()
+        if now < self.next_at:
+            self.quiet += 1
+            return False
+        if self.quiet:
+            record.msg = f"{record.getMessage()} ({self.quiet} more such warnings in the last {self.every:.0f} s)"
+            record.args = ()
+        self.quiet, self.next_at = 0, now + self.every
+        return True
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("waitress.queue").addFilter(QueueDepthSummary())
     conf = settings.load()
     if conf["WORKERS"] > 1:
         supervise(conf)

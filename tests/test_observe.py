@@ -88,3 +88,21 @@ def test_openapi_document_covers_every_route(app, client):
             .replace("<int:key_id>", "{key_id}").replace("<name>", "{name}")
         served |= {(m, path) for m in rule.methods - {"HEAD", "OPTIONS"}}
     assert documented == served
+
+
+def test_waitress_queue_warnings_are_summarised_once_a_minute():
+    from service.server import QueueDepthSummary
+
+    now = [1000.0]
+    logger = logging.getLogger("tests.waitress.queue")
+    logger.propagate = False
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(handler)
+    logger.addFilter(QueueDepthSummary(60, clock=lambda: now[0]))
+    for depth in (1, 2, 3, 1):
+        logger.warning("Task queue depth is %d", depth)
+    now[0] += 61
+    logger.warning("Task queue depth is %d", 5)
+    assert seen == ["Task queue depth is 1", "Task queue depth is 5 (3 more such warnings in the last 60 s)"]
