@@ -64,17 +64,10 @@ PG_SETTLE = ("tollgate_settle(%s::text[], %s::bigint[], %s::text[], %s::bigint[]
              "%s::bigint[], %s::boolean[], %s::timestamp[])")
 PG_HOLD_FIELDS = ("rid", "account", "amount", "expires")
 PG_SETTLE_FIELDS = ("rid", "account", "model", "prompt", "completion", "charge", "estimated", "now")
-_writer_db = []  # the database the writer thread last used (tests swap it)
 
 
 def _pg_write(jobs: list) -> None:
-    """Run queued holds and settles as one statement (the group-commit writer thread)."""
-    if _writer_db and _writer_db[0] is not db.obj:
-        try:
-            _writer_db[0].close()  # this thread's connection to a database no longer in use
-        except Exception:  # noqa: BLE001 - it is being dropped either way
-            pass
-    _writer_db[:] = [db.obj]
+    """Run queued holds and settles as one statement (on the leading caller's connection)."""
     holds = [j for j in jobs if j.kind == "hold"]
     settles = [j for j in jobs if j.kind == "settle"]
     calls, params = [], []
@@ -95,7 +88,7 @@ def _pg_write(jobs: list) -> None:
                 job.result = ok
 
 
-_writer = GroupCommit(_pg_write)
+_group = GroupCommit(_pg_write)
 
 
 def cost(model, prompt_tokens: int, completion_tokens: int) -> int:
@@ -130,7 +123,7 @@ def hold(account_id: int, request_id: str, amount: int, ttl: int) -> None:
         raise InsufficientCredits()  # no balance can cover it
     expires = utcnow() + dt.timedelta(seconds=ttl)
     if _postgres():
-        if not _writer.submit("hold", {"amount": amount, "account": account_id, "rid": request_id,
+        if not _group.submit("hold", {"amount": amount, "account": account_id, "rid": request_id,
                                        "expires": expires}):
             raise InsufficientCredits()
         return
@@ -157,7 +150,7 @@ def settle(account_id: int, request_id: str, model: str, prompt_tokens: int,
            completion_tokens: int, charge: int, estimated: bool = False) -> bool:
     """Charge, release the hold and write the ledger row, at once; False if already settled."""
     if _postgres():
-        return _writer.submit("settle", {
+        return _group.submit("settle", {
             "rid": request_id, "account": account_id, "model": model, "prompt": prompt_tokens,
             "completion": completion_tokens, "charge": charge, "estimated": estimated,
             "now": utcnow()})

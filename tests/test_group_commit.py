@@ -69,3 +69,23 @@ def test_an_error_reaches_the_caller():
     commit = GroupCommit(lambda jobs: (_ for _ in ()).throw(ValueError("database gone")))
     with pytest.raises(ValueError, match="database gone"):
         commit.submit("write", {})
+
+
+def test_an_uncontended_write_runs_on_the_callers_own_thread():
+    threads = []
+
+    def run(jobs):
+        threads.append(threading.current_thread())
+        for job in jobs:
+            job.result = "ok"
+
+    commit = GroupCommit(run)
+    assert [commit.submit("write", {}) for _ in range(3)] == ["ok"] * 3
+    assert threads == [threading.current_thread()] * 3
+
+
+def test_the_lead_passes_on_after_an_error():
+    w = Writer()
+    results, errors = w.submit_all([{"n": 0, "bad": True}, {"n": 1}, {"n": 2}])
+    assert errors == {0: "bad write"} and results == {1: 10, 2: 20}
+    assert w.commit.submit("write", {"n": 3}) == 30 and not w.commit._busy
