@@ -7,7 +7,7 @@ export REDIS_URL_TEST := $(or $(REDIS_URL),redis://127.0.0.1:6379/15)
 
 LOCAL_MODEL ?= 1
 
-.PHONY: install install-test run serve test services seed-models bench soak lint clean local-model local-model-stop
+.PHONY: install install-test run serve test services seed-models bench bench-peer wrk soak lint clean local-model local-model-stop
 
 $(VENV)/.base: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,11 +48,21 @@ services:
 test: install-test services local-model
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: install-test services
+bench: install-test services wrk
+	$(PY) -m bench.run
+
+# the same run plus LiteLLM's proxy side by side, from its own virtual environment
+PEER_VENV ?= .venv-peer
+LITELLM_VERSION ?= 1.106.2
+bench-peer: install-test services wrk
+	@test -x $(PEER_VENV)/bin/litellm || { echo "bench-peer: installing litellm[proxy]==$(LITELLM_VERSION) into $(PEER_VENV)"; \
+	  $(PYTHON) -m venv $(PEER_VENV) && $(PEER_VENV)/bin/pip install -q 'litellm[proxy]==$(LITELLM_VERSION)'; }
+	BENCH_PEER=$(PEER_VENV)/bin/litellm $(PY) -m bench.run
+
+wrk:
 	@command -v wrk >/dev/null 2>&1 || { echo "bench: installing wrk from Debian's packages"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk) >/dev/null 2>&1; \
 	  command -v wrk >/dev/null 2>&1 || { echo "bench: wrk is not installed (apt-get install wrk)" >&2; exit 1; }; }
-	$(PY) -m bench.run
 
 soak: install-test services
 	$(PY) scripts/soak.py

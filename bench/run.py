@@ -27,6 +27,8 @@ REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 WORKERS, THREADS = int(os.environ.get("BENCH_WORKERS", "2")), int(os.environ.get("BENCH_THREADS", "16"))
 DURATION = int(os.environ.get("BENCH_SECONDS", "10"))
 CONCURRENCY = (1, 8, 32)
+PEER = os.environ.get("BENCH_PEER")  # LiteLLM's `litellm` command (`make bench-peer`), or unset
+PEER_KEY = "sk-bench-peer-master-key-0123456789abcdef"  # LiteLLM refuses to start without one
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "Say hello in one word."}]}
 ANSWER = {"id": "chatcmpl-static", "object": "chat.completion", "created": 1700000000, "model": "static",
           "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"},
@@ -64,9 +66,10 @@ class Stack:
     def __init__(self, tmp: Path):
         self.tmp, self.procs = tmp, []
 
-    def start(self, args, env=None, name="proc") -> subprocess.Popen:
+    def start(self, args, env=None, name="proc", drop=()) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "wb")
-        proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log,
+        env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in drop}
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         return proc
@@ -141,6 +144,22 @@ cost_per_1k_tokens = "0.002"
     flask(env, "seed-models", "--file", str(models))
     flask(env, "accounts", "topup", "bench", "1000000000")
     return flask(env, "tokens", "issue", "bench", "--expires-in", "86400")
+
+
+def litellm(stack: Stack, port: int, static_port: int, paced_port: int) -> None:
+    """LiteLLM's proxy on the same upstreams: same worker count, no database, logging off."""
+    conf = stack.tmp / "litellm.yaml"
+    models = "".join(f"""  - model_name: {name}
+    litellm_params: {{model: openai/{name}, api_base: "http://127.0.0.1:{p}/v1", api_key: bench}}
+""" for name, p in (("bench", static_port), ("paced", paced_port)))
+    conf.write_text(f"""model_list:
+{models}litellm_settings: {{set_verbose: false, turn_off_message_logging: true, telemetry: false}}
+""")
+    stack.start([PEER, "--config", str(conf), "--host", "127.0.0.1", "--port", str(port),
+                 "--num_workers", str(WORKERS)], name="litellm", drop=("DATABASE_URL", "REDIS_URL"),
+                env={"LITELLM_MASTER_KEY": PEER_KEY, "LITELLM_LOG": "ERROR",
+                     "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+    await_port(port, 300)
 
 
 def fire(url: str, auth: str, count: int, clients: int = 8) -> int:
@@ -238,7 +257,7 @@ def versions() -> dict:
 def measure() -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
     stack = Stack(tmp)
-    ports = {k: free_port() for k in ("static", "paced", "gateway", "bare")}
+    ports = {k: free_port() for k in ("static", "paced", "gateway", "bare", "peer")}
     try:
         nginx_static(stack, ports["static"])
         stack.start([PY, "-m", "bench.paced_upstream", str(ports["paced"])], name="paced")
@@ -255,23 +274,48 @@ def measure() -> dict:
         urls = {"upstream": f"http://127.0.0.1:{ports['static']}/v1/chat/completions",
                 "bare proxy": f"http://127.0.0.1:{ports['bare']}/v1/chat/completions",
                 "gateway": f"http://127.0.0.1:{ports['gateway']}/api/v1/chat/completions"}
-        results = {"memory": {}}
+        auths = {"gateway": auth}
+        if PEER:
+            litellm(stack, ports["peer"], ports["static"], ports["paced"])
+            urls["litellm proxy"] = f"http://127.0.0.1:{ports['peer']}/v1/chat/completions"
+            auths["litellm proxy"] = f"Bearer {PEER_KEY}"
+            fire(urls["litellm proxy"], auths["litellm proxy"], 500)  # warm-up
+        results = {"memory": {}, "versions": versions()}
         warm = fire(urls["gateway"], auth, 2000)
         results["memory"]["after 2 000"] = (warm, rss_mb(gateway))
         more = fire(urls["gateway"], auth, 18000)
         results["memory"]["after 20 000"] = (warm + more, rss_mb(gateway))
-        results["load"] = {name: {c: wrk(url, c, auth if name == "gateway" else "") for c in CONCURRENCY}
+        results["load"] = {name: {c: wrk(url, c, auths.get(name, "")) for c in CONCURRENCY}
                            for name, url in urls.items()}
         paced = f"http://127.0.0.1:{ports['paced']}/v1/chat/completions"
         stream_lags(paced, {}, 3)  # warm both paths
         results["stream"] = {"direct": stream_lags(paced, {}, 60),
                              "gateway": stream_lags(f"{urls['gateway']}", {"Authorization": auth}, 60)}
-        results["versions"] = versions()
+        if PEER:
+            stream_lags(urls["litellm proxy"], {"Authorization": auths["litellm proxy"]}, 3)
+            results["stream"]["litellm proxy"] = stream_lags(
+                urls["litellm proxy"], {"Authorization": auths["litellm proxy"]}, 60)
+            results["versions"]["litellm"] = subprocess.run(
+                [str(Path(PEER).parent / "python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+                capture_output=True, text=True).stdout.strip()
         results["settings"] = {"workers": WORKERS, "threads": THREADS, "seconds": DURATION}
         return results
     finally:
         stack.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def peer_lines(r: dict) -> str:
+    """The side-by-side lines of `make bench-peer` (nothing without a peer in the run)."""
+    peer = r["load"].get("litellm proxy")
+    if not peer:
+        return ""
+    gw, up = r["load"]["gateway"], r["load"]["upstream"]
+    per_c = ", ".join(f"{gw[c]['rps'] / peer[c]['rps']:.1f}× at c={c}" for c in CONCURRENCY)
+    return (f"* LiteLLM proxy {r['versions'].get('litellm', '?')} (its own virtual environment, {WORKERS} "
+            f"uvicorn workers, master key on, no database, logging off), same upstream, same run:\n"
+            f"  Tollgate's throughput is {per_c}; LiteLLM adds "
+            f"{peer[1]['p50'] - up[1]['p50']:.2f} ms p50 at c=1\n")
 
 
 def report(r: dict) -> str:
@@ -287,10 +331,13 @@ def report(r: dict) -> str:
         f"| {name} | {c} | {load[name][c]['rps']:.0f} | {load[name][c]['p50']:.2f} | {load[name][c]['p99']:.2f} | "
         f"{load[name][c]['requests']} | {load[name][c]['errors']} |"
         for name in load for c in CONCURRENCY)
+    stream_rows = "\n".join(
+        f"| {name} | {st['ttft_p50']:.2f} | {st['ttft_p99']:.2f} | {st['lag_p50']:.3f} | {st['lag_p99']:.3f} | "
+        f"{st['chunks']} |" for name, st in stream.items())
     ok = lambda good: "met" if good else "NOT met"  # noqa: E731
     return f"""# Benchmark results
 
-Produced by `make bench` (bench/run.py) on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.
+Produced by `make {'bench-peer' if PEER else 'bench'}` (bench/run.py) on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.
 
 * machine: {v['machine']}
 * versions: Python {v['python']}, Flask {v['flask']}, waitress {v['waitress']}, Peewee {v['peewee']};
@@ -316,13 +363,12 @@ Produced by `make bench` (bench/run.py) on {time.strftime('%Y-%m-%d %H:%M UTC', 
 
 * gateway / bare proxy throughput at concurrency 32: **{ratio:.0%}** (target ≥ 80%: {ok(ratio >= 0.8)})
 * added p50 latency at concurrency 1 (gateway − upstream): **{added_c1:.2f} ms** (target < 3 ms: {ok(added_c1 < 3)})
-
+{peer_lines(r)}
 ## Streaming (60 streams each way, 20 chunks)
 
 | path | TTFT p50 ms | TTFT p99 ms | chunk lag p50 ms | chunk lag p99 ms | chunks per stream |
 |---|---|---|---|---|---|
-| direct | {stream['direct']['ttft_p50']:.2f} | {stream['direct']['ttft_p99']:.2f} | {stream['direct']['lag_p50']:.3f} | {stream['direct']['lag_p99']:.3f} | {stream['direct']['chunks']} |
-| gateway | {stream['gateway']['ttft_p50']:.2f} | {stream['gateway']['ttft_p99']:.2f} | {stream['gateway']['lag_p50']:.3f} | {stream['gateway']['lag_p99']:.3f} | {stream['gateway']['chunks']} |
+{stream_rows}
 
 * added time to first token, p50: **{ttft_added:.2f} ms** (target < 5 ms: {ok(ttft_added < 5)})
 * added delay per chunk (arrival − emission, gateway − direct), p50: **{lag_added:.3f} ms**
@@ -342,9 +388,10 @@ Produced by `make bench` (bench/run.py) on {time.strftime('%Y-%m-%d %H:%M UTC', 
 
 def main() -> None:
     results = measure()
-    out = ROOT / "bench" / "results.md"
+    name = "results-peer" if PEER else "results"
+    out = ROOT / "bench" / f"{name}.md"
     out.write_text(report(results))
-    (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (ROOT / "bench" / f"{name}.json").write_text(json.dumps(results, indent=1, default=str))
     print(out.read_text())
 
 

@@ -83,19 +83,21 @@ def _stop(value) -> None:
         raise bad("stop", "'stop' must be a string or a list of 1 to 4 strings")
 
 
+SHAPES = {
+    "user": lambda v: isinstance(v, str),
+    "logprobs": lambda v: isinstance(v, bool),
+    "parallel_tool_calls": lambda v: isinstance(v, bool),
+    "response_format": lambda v: isinstance(v, dict)
+    and v.get("type") in ("text", "json_object", "json_schema"),
+    "tools": lambda v: isinstance(v, list) and all(
+        isinstance(t, dict) and isinstance(t.get("type"), str) for t in v),
+    "tool_choice": lambda v: v in ("none", "auto", "required") or isinstance(v, dict),
+    "logit_bias": lambda v: isinstance(v, dict),
+}
+
+
 def _shapes(body: dict) -> None:
-    checks = {
-        "user": lambda v: isinstance(v, str),
-        "logprobs": lambda v: isinstance(v, bool),
-        "parallel_tool_calls": lambda v: isinstance(v, bool),
-        "response_format": lambda v: isinstance(v, dict)
-        and v.get("type") in ("text", "json_object", "json_schema"),
-        "tools": lambda v: isinstance(v, list) and all(
-            isinstance(t, dict) and isinstance(t.get("type"), str) for t in v),
-        "tool_choice": lambda v: v in ("none", "auto", "required") or isinstance(v, dict),
-        "logit_bias": lambda v: isinstance(v, dict),
-    }
-    for name, ok in checks.items():
+    for name, ok in SHAPES.items():
         if name in body and not ok(body[name]):
             raise bad(name, f"'{name}' has an invalid value")
 
