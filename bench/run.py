@@ -146,7 +146,7 @@ cost_per_1k_tokens = "0.002"
     return flask(env, "tokens", "issue", "bench", "--expires-in", "86400")
 
 
-def litellm(stack: Stack, port: int, static_port: int, paced_port: int) -> None:
+def litellm(stack: Stack, port: int, static_port: int, paced_port: int) -> subprocess.Popen:
     """LiteLLM's proxy on the same upstreams: same worker count, no database, logging off."""
     conf = stack.tmp / "litellm.yaml"
     models = "".join(f"""  - model_name: {name}
@@ -155,11 +155,28 @@ def litellm(stack: Stack, port: int, static_port: int, paced_port: int) -> None:
     conf.write_text(f"""model_list:
 {models}litellm_settings: {{set_verbose: false, turn_off_message_logging: true, telemetry: false}}
 """)
-    stack.start([PEER, "--config", str(conf), "--host", "127.0.0.1", "--port", str(port),
-                 "--num_workers", str(WORKERS)], name="litellm", drop=("DATABASE_URL", "REDIS_URL"),
-                env={"LITELLM_MASTER_KEY": PEER_KEY, "LITELLM_LOG": "ERROR",
-                     "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+    proc = stack.start([PEER, "--config", str(conf), "--host", "127.0.0.1", "--port", str(port),
+                        "--num_workers", str(WORKERS)], name="litellm", drop=("DATABASE_URL", "REDIS_URL"),
+                       env={"LITELLM_MASTER_KEY": PEER_KEY, "LITELLM_LOG": "ERROR",
+                            "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
     await_port(port, 300)
+    return proc
+
+
+def peer(stack: Stack, ports: dict, results: dict) -> None:
+    """LiteLLM's turn, last: started only now and stopped after, so its idle background work does
+    not take CPU from the other measurements."""
+    proc = litellm(stack, ports["peer"], ports["static"], ports["paced"])
+    url, headers = f"http://127.0.0.1:{ports['peer']}/v1/chat/completions", {"Authorization": f"Bearer {PEER_KEY}"}
+    fire(url, headers["Authorization"], 500)  # warm-up
+    results["load"]["litellm proxy"] = {c: wrk(url, c, headers["Authorization"]) for c in CONCURRENCY}
+    stream_lags(url, headers, 3)
+    results["stream"]["litellm proxy"] = stream_lags(url, headers, 60)
+    results["versions"]["litellm"] = subprocess.run(
+        [str(Path(PEER).parent / "python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+        capture_output=True, text=True).stdout.strip()
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(30)
 
 
 def fire(url: str, auth: str, count: int, clients: int = 8) -> int:
@@ -233,9 +250,7 @@ def stream_lags(url: str, headers: dict, runs: int) -> dict:
 
 
 def versions() -> dict:
-    import flask as flask_mod
-    import peewee
-    import waitress
+    from importlib.metadata import version
 
     def cmd(*args):
         try:
@@ -248,9 +263,8 @@ def versions() -> dict:
                 if line.startswith("model name")), platform.processor())
     mem = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1)) // 1024 // 1024
     return {"machine": f"{os.cpu_count()} cores ({cpu}), {mem} GiB, {platform.platform()}",
-            "python": platform.python_version(), "flask": flask_mod.__version__ if hasattr(flask_mod, "__version__")
-            else "3", "waitress": waitress.__version__ if hasattr(waitress, "__version__") else cmd(PY, "-m", "pip", "show", "waitress"),
-            "peewee": peewee.__version__, "postgresql": cmd("psql", "--version"),
+            "python": platform.python_version(), "flask": version("flask"), "waitress": version("waitress"),
+            "peewee": version("peewee"), "flask-limiter": version("flask-limiter"), "postgresql": cmd("psql", "--version"),
             "redis": cmd("redis-server", "--version"), "nginx": cmd("nginx", "-v"), "wrk": cmd("wrk", "-v")}
 
 
@@ -275,11 +289,6 @@ def measure() -> dict:
                 "bare proxy": f"http://127.0.0.1:{ports['bare']}/v1/chat/completions",
                 "gateway": f"http://127.0.0.1:{ports['gateway']}/api/v1/chat/completions"}
         auths = {"gateway": auth}
-        if PEER:
-            litellm(stack, ports["peer"], ports["static"], ports["paced"])
-            urls["litellm proxy"] = f"http://127.0.0.1:{ports['peer']}/v1/chat/completions"
-            auths["litellm proxy"] = f"Bearer {PEER_KEY}"
-            fire(urls["litellm proxy"], auths["litellm proxy"], 500)  # warm-up
         results = {"memory": {}, "versions": versions()}
         warm = fire(urls["gateway"], auth, 2000)
         results["memory"]["after 2 000"] = (warm, rss_mb(gateway))
@@ -292,12 +301,7 @@ def measure() -> dict:
         results["stream"] = {"direct": stream_lags(paced, {}, 60),
                              "gateway": stream_lags(f"{urls['gateway']}", {"Authorization": auth}, 60)}
         if PEER:
-            stream_lags(urls["litellm proxy"], {"Authorization": auths["litellm proxy"]}, 3)
-            results["stream"]["litellm proxy"] = stream_lags(
-                urls["litellm proxy"], {"Authorization": auths["litellm proxy"]}, 60)
-            results["versions"]["litellm"] = subprocess.run(
-                [str(Path(PEER).parent / "python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
-                capture_output=True, text=True).stdout.strip()
+            peer(stack, ports, results)
         results["settings"] = {"workers": WORKERS, "threads": THREADS, "seconds": DURATION}
         return results
     finally:
@@ -340,7 +344,8 @@ def report(r: dict) -> str:
 Produced by `make {'bench-peer' if PEER else 'bench'}` (bench/run.py) on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.
 
 * machine: {v['machine']}
-* versions: Python {v['python']}, Flask {v['flask']}, waitress {v['waitress']}, Peewee {v['peewee']};
+* versions: Python {v['python']}, Flask {v['flask']}, waitress {v['waitress']}, Peewee {v['peewee']},
+  Flask-Limiter {v['flask-limiter']};
   {v['postgresql']}; {v['redis']}; {v['nginx']}; {v['wrk']}
 * gateway as deployed: `python -m service.server` with WORKERS={r['settings']['workers']} processes ×
   {r['settings']['threads']} waitress threads sharing one port, PostgreSQL, Redis, a JWT on every call,
