@@ -4,8 +4,8 @@ For each limit flask-limiter takes a moving-window entry (one Lua call), then re
 window again for the X-RateLimit-* headers (a second call). The script here takes the
 entry and reads the window in the same call; the window it saw answers that thread's next
 read of the same key, if it comes within a second (the header read comes right after).
-The entry is taken exactly as limits' own script takes it, so limits stay exact across
-processes. Selected by the URI scheme `tollgate+redis://` (see service/app.py).
+The entry is taken and the window read by limits' own two scripts, so limits stay exact
+across processes. Selected by the URI scheme `tollgate+redis://` (see service/app.py).
 """
 from __future__ import annotations
 
@@ -14,39 +14,20 @@ import time
 
 from limits.storage import RedisStorage
 
-ACQUIRE_AND_READ = """
-local timestamp, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
-local expiry, amount = tonumber(ARGV[3]), tonumber(ARGV[4])
-local acquired = 0
-if amount <= limit then
-    local entry = redis.call('lindex', KEYS[1], limit - amount)
-    if not (entry and tonumber(entry) >= timestamp - expiry) then
-        for i = 1, amount, 5000 do
-            local batch = {}
-            for j = i, math.min(i + 4999, amount) do batch[#batch + 1] = timestamp end
-            redis.call('lpush', KEYS[1], unpack(batch))
-        end
-        redis.call('ltrim', KEYS[1], 0, limit - 1)
-        redis.call('expire', KEYS[1], expiry)
-        acquired = 1
-    end
+# limits' own two scripts, unchanged, called one after the other in one round trip
+ACQUIRE_AND_READ = f"""
+local function acquire(ARGV)
+{RedisStorage.SCRIPT_ACQUIRE_MOVING_WINDOW.decode()}
 end
--- the window: the oldest entry still inside it (entries are newest first)
-local target = timestamp - expiry
-local low, high, found = 0, math.min(limit, redis.call('llen', KEYS[1])) - 1, nil
-while low <= high do
-    local mid = math.floor((low + high) / 2)
-    local value = tonumber(redis.call('lindex', KEYS[1], mid))
-    if value and value >= target then
-        found, low = mid, mid + 1
-    else
-        high = mid - 1
-    end
+local function window(ARGV)
+{RedisStorage.SCRIPT_MOVING_WINDOW.decode()}
 end
-if found then
-    return {acquired, redis.call('lindex', KEYS[1], found), found + 1}
+local acquired = acquire(ARGV) and 1 or 0
+local seen = window({{tonumber(ARGV[1]) - tonumber(ARGV[3]), ARGV[2]}})
+if seen then
+    return {{acquired, seen[1], seen[2]}}
 end
-return {acquired, false, 0}
+return {{acquired, false, 0}}
 """
 FRESH_SECONDS = 1.0
 
