@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 from typing import Iterable, Iterator
 
-from providers.base import Adapter, Completion, Delta, StreamState, choice, sse_data, text_of, turns
+from providers.base import (
+    Adapter, Completion, Delta, StreamState, capped, choice, sse_data, text_of, turns,
+)
 from providers.parts import text_only
 from service.errors import NotImplementedByProvider, ProviderError
 
@@ -48,11 +50,10 @@ class AnthropicAdapter(Adapter):
         return headers
 
     def request(self, chat) -> dict:
-        p = chat.params
+        p = capped(chat)
         system, messages = _messages(chat.messages)
         body: dict = {"model": chat.model.upstream_model, "messages": messages,
-                      "max_tokens": p.get("max_completion_tokens") or p.get("max_tokens")
-                      or chat.model.max_output_tokens}
+                      "max_tokens": p.get("max_completion_tokens") or p["max_tokens"]}
         if system:
             body["system"] = "\n\n".join(system)
         if "temperature" in p:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 from typing import Iterable, Iterator
 
-from providers.base import Adapter, Completion, Delta, StreamState, choice, sse_data, text_of, turns
+from providers.base import (
+    Adapter, Completion, Delta, StreamState, capped, choice, sse_data, text_of, turns,
+)
 from providers.parts import text_only
 from service.errors import NotImplementedByProvider, ProviderError
 
@@ -54,7 +56,7 @@ class GeminiAdapter(Adapter):
         body: dict = {"contents": contents}
         if system:
             body["systemInstruction"] = {"parts": [{"text": t} for t in system]}
-        body.update(_generation(chat.params))
+        body.update(_generation(capped(chat)))
         tools = [t["function"] for t in chat.params.get("tools") or [] if t.get("type") == "function"]
         if tools:
             body["tools"] = [{"functionDeclarations": [

@@ -11,7 +11,7 @@ import json
 from typing import Iterable, Iterator
 
 from providers.base import (
-    Adapter, Completion, Delta, StreamState, choice, text_of,
+    Adapter, Completion, Delta, StreamState, capped, choice, text_of,
 )
 from providers.parts import text_only
 from service.errors import NotImplementedByProvider, ProviderError
@@ -40,7 +40,7 @@ class OllamaAdapter(Adapter):
         return f"{base}/api/chat"
 
     def request(self, chat) -> dict:
-        params = chat.params
+        params = capped(chat)
         body = {"model": chat.model.upstream_model, "stream": chat.stream,
                 "messages": [_message(m) for m in chat.messages]}
         options = {OPTIONS[k]: v for k, v in params.items() if k in OPTIONS}

@@ -1,7 +1,8 @@
 """OpenAI Chat Completions protocol: OpenAI, DeepSeek, vLLM, llama.cpp, Ollama's /v1.
 
 Follows https://platform.openai.com/docs/api-reference/chat: the request passes
-through as sent (model renamed to the upstream name), streams are SSE of
+through as sent (model renamed to the upstream name; the row's `max_output_tokens`
+added as the cap when the client set none), streams are SSE of
 `chat.completion.chunk` with `stream_options.include_usage` asked for so that
 the final chunk carries usage.
 """
@@ -30,10 +31,18 @@ class OpenAIAdapter(Adapter):
 
     def request(self, chat) -> dict:
         body = {"model": chat.model.upstream_model, "messages": chat.messages, **chat.params}
+        if "max_tokens" not in body and "max_completion_tokens" not in body:
+            body[self.cap_field(chat.model)] = chat.model.max_output_tokens
         if chat.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         return body
+
+    def cap_field(self, model) -> str:
+        """OpenAI's own API wants `max_completion_tokens` (its reasoning models refuse
+        `max_tokens`); DeepSeek, vLLM, llama.cpp and Ollama read `max_tokens`."""
+        return "max_completion_tokens" if "api.openai.com" in (model.base_url or self.default_base) \
+            else "max_tokens"
 
     def response(self, payload, chat) -> Completion:
         if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):

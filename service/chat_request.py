@@ -34,8 +34,13 @@ class ChatRequest:
 
     @property
     def max_output(self) -> int:
+        return self.output_cap(self.model)
+
+    def output_cap(self, row) -> int:
+        """Completion tokens this call may produce on `row`: the client's cap, else the row's
+        `max_output_tokens` (which the adapters then send, so the provider stops there)."""
         return (self.params.get("max_completion_tokens") or self.params.get("max_tokens")
-                or self.model.max_output_tokens)
+                or row.max_output_tokens)
 
     def _prompt_bytes(self) -> int:
         size = sum(len(json.dumps(m.get("content"), ensure_ascii=False).encode()) for m in self.messages)

@@ -127,7 +127,7 @@ def demo(credits):
     click.echo(f"Token (30 days):\n  {token}\n\nTry:\n  curl -s http://{conf['HOST']}:{conf['PORT']}"
                f"/api/v1/chat/completions -H 'Authorization: Bearer {token}' "
                f"-H 'Content-Type: application/json' -d '{{\"model\": \"{conf['DEFAULT_MODEL']}\", "
-               f"\"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'\n")
+               f"\"max_tokens\": 64, \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'\n")
 
 
 def register(app: Flask) -> None:

@@ -62,8 +62,8 @@ def candidates(chat, registry) -> list:
 
 
 def _hold(chat, rows: list, account_id: int, conf) -> None:
-    """Hold what the dearest candidate could cost (a fallback may answer)."""
-    amount = max(billing.cost(row, chat.n * chat.prompt_bound, chat.n * chat.max_output) for row in rows)
+    """Hold what the dearest candidate could cost (a fallback may answer), each at its own cap."""
+    amount = max(billing.cost(row, chat.n * chat.prompt_bound, chat.n * chat.output_cap(row)) for row in rows)
     billing.hold(account_id, chat.request_id, amount, conf["HOLD_TTL_SECONDS"])
 
 

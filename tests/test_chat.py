@@ -39,7 +39,8 @@ def test_sdk_gets_completion_from_openai_upstream(models, live):
     assert "system_fingerprint" not in body
     assert models.log[0][0].environ["RAW_URI"] == "/v1/chat/completions"  # origin-form request line
     sent = models.log[0][0].get_json()
-    assert sent == {"model": "gpt-upstream", "messages": MSGS, "temperature": 0.3}
+    # no cap sent by the client: the row's max_output_tokens (default 4096) goes up
+    assert sent == {"model": "gpt-upstream", "messages": MSGS, "temperature": 0.3, "max_tokens": 4096}
 
 
 def test_sdk_gets_completion_from_ollama_upstream(models, live):

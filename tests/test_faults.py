@@ -94,6 +94,26 @@ def test_500_forever_falls_back_and_bills_the_fallback(gw, upstream):
     assert len(rows) == 1 and rows[0].model == "backup" and rows[0].delta == -40_000 and holds() == 0
 
 
+def test_each_candidate_is_sent_its_own_cap_and_the_hold_covers_the_largest(gw, upstream):
+    _, client = gw()
+    admin = auth("root", True)
+    assert client.patch("/api/admin/models/1", json={"max_output_tokens": 100}, headers=admin).status_code == 200
+    held = []
+    upstream.expect_request("/v1/chat/completions").respond_with_handler(failing(500))
+    upstream.expect_request("/b/chat/completions").respond_with_handler(
+        lambda request: (held.append(account("alice").held),
+                         Response(json.dumps(fake_openai.completion("backup", 10, 10)),
+                                  content_type="application/json"))[1])
+    r = chat(client)
+    assert r.status_code == 200 and r.json["model"] == "backup"
+    sent = [json.loads(req.data)["max_tokens"] for req, _ in upstream.log]
+    assert sent == [100, 100, 100, 4096]  # no cap from the client: each row's max_output_tokens
+    assert held[0] >= 4096 * 2  # the backup's cap at its price (2 per 1k): 2 micro-credits a token
+    nothing_lost = account("alice")
+    assert nothing_lost.held == 0 and nothing_lost.balance == 10_000_000 - 40_000
+    invariant("alice")
+
+
 def test_fallback_also_serves_streams_before_the_first_byte(gw, upstream):
     _, client = gw()
     upstream.expect_request("/v1/chat/completions").respond_with_handler(failing(503))

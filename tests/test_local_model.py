@@ -5,6 +5,7 @@ import subprocess
 
 import openai
 import pytest
+import requests
 
 from config.settings import ROOT
 from tests import schemas
@@ -58,3 +59,16 @@ def test_local_model_answers_through_the_gateway(gateway):
     assert (streamed.prompt_tokens, streamed.completion_tokens) == (usage["prompt_tokens"],
                                                                     usage["completion_tokens"])
     assert holds() == 0
+
+
+def test_a_call_without_max_tokens_stops_at_the_rows_cap(gateway):
+    """The local model is a base model that rarely emits its end token: unbounded, the README's demo
+    call ran to the whole 4096-token context. The row's max_output_tokens is sent as the cap."""
+    r = requests.patch(f"{gateway.url}/api/admin/models/3", json={"max_output_tokens": 12},
+                       headers={"Authorization": f"Bearer {token('root', admin=True)}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    user = openai.OpenAI(base_url=f"{gateway.url}/api/v1", api_key=token("newcomer"), max_retries=0)
+    result = user.chat.completions.create(model="gemma-3-270m",
+                                          messages=[{"role": "user", "content": "Tell me a long story."}])
+    assert 0 < result.usage.completion_tokens <= 12
+    assert result.choices[0].finish_reason in ("length", "stop")

@@ -47,7 +47,8 @@ SPECS = {
         "length": _json(fake_openai.completion("Hi", 9, 3, finish="length")), "usage": (9, 3),
         "plain_body": {"model": "up", "messages": MSGS, "temperature": 0.5, "max_tokens": 5, "stop": ["END"]},
         "stream": _sse("openai", "stream.sse"), "stream_text": "Hello!", "stream_usage": (9, 2),
-        "stream_body": {"model": "up", "messages": MSGS, "stream": True, "stream_options": {"include_usage": True}},
+        "stream_body": {"model": "up", "messages": MSGS, "stream": True, "stream_options": {"include_usage": True},
+                        "max_tokens": 64},  # no cap sent: the row's max_output_tokens is
         "tool": _json(("openai", "tool_call.json")), "n2": _json(fake_openai.completion("Hi", 9, 3, n=2)),
         "tool_result": lambda body: body["messages"][-1] == ROUND_TRIP[-1],
         "error": lambda status: _json(("openai", "error_400.json"), status),
@@ -59,7 +60,7 @@ SPECS = {
         "plain_body": {"model": "up", "stream": False, "messages": MSGS,
                        "options": {"temperature": 0.5, "num_predict": 5, "stop": ["END"]}},
         "stream": _sse("ollama", "stream.ndjson", "application/x-ndjson"), "stream_text": "The sky",
-        "stream_body": {"model": "up", "stream": True, "messages": MSGS},
+        "stream_body": {"model": "up", "stream": True, "messages": MSGS, "options": {"num_predict": 64}},
         "stream_usage": (26, 2), "tool": _json(("ollama", "tool_call.json")),
         "n2": _json(fake_ollama.chat("Hi", 12, 4)),
         "tool_result": lambda body: body["messages"][-1] == {"role": "tool", "content": '{"temp_c": 18}'},
@@ -73,7 +74,8 @@ SPECS = {
         "plain_body": {"contents": TURNS, "systemInstruction": {"parts": [{"text": "Be brief."}]},
                        "generationConfig": {"temperature": 0.5, "maxOutputTokens": 5, "stopSequences": ["END"]}},
         "stream": _sse("gemini", "stream.sse"), "stream_text": "AI learns patterns from data.",
-        "stream_body": {"contents": TURNS, "systemInstruction": {"parts": [{"text": "Be brief."}]}},
+        "stream_body": {"contents": TURNS, "systemInstruction": {"parts": [{"text": "Be brief."}]},
+                        "generationConfig": {"maxOutputTokens": 64}},
         "stream_usage": (11, 7), "tool": _json(("gemini", "function_call.json")),
         "n2": _json({**json.loads(fixture("gemini", "generate.json")), "candidates": [
             {"content": {"parts": [{"text": t}], "role": "model"}, "finishReason": "STOP", "index": i}

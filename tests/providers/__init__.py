@@ -17,9 +17,10 @@ def lines(api: str, name: str) -> list[bytes]:
     return fixture(api, name).splitlines()
 
 
-def chat(messages, stream=False, upstream="up-model", max_output=1024, **params) -> ChatRequest:
+def chat(messages, stream=False, upstream="up-model", max_output=1024, base_url="http://127.0.0.1:9/v1",
+         **params) -> ChatRequest:
     model = SimpleNamespace(upstream_model=upstream, max_output_tokens=max_output, name="m",
-                            provider="p")
+                            provider="p", base_url=base_url)
     return ChatRequest(model, messages, params, stream)
 
 

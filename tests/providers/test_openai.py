@@ -12,10 +12,22 @@ A = OpenAIAdapter()
 
 def test_request_passes_through_and_asks_for_stream_usage():
     msgs = [{"role": "user", "content": "Hi"}]
-    assert A.request(chat(msgs, temperature=0.1)) == {"model": "up-model", "messages": msgs, "temperature": 0.1}
+    assert A.request(chat(msgs, temperature=0.1, max_tokens=7)) == {
+        "model": "up-model", "messages": msgs, "temperature": 0.1, "max_tokens": 7}
     streamed = A.request(chat(msgs, stream=True))
     assert streamed["stream"] is True and streamed["stream_options"] == {"include_usage": True}
     assert A.headers("k")["Authorization"] == "Bearer k"
+
+
+def test_request_without_a_cap_gets_the_rows_cap():
+    msgs = [{"role": "user", "content": "Hi"}]
+    assert A.request(chat(msgs, max_output=512)) == {"model": "up-model", "messages": msgs, "max_tokens": 512}
+    assert A.request(chat(msgs, max_completion_tokens=9)) == {
+        "model": "up-model", "messages": msgs, "max_completion_tokens": 9}
+    # OpenAI's own API: its reasoning models refuse max_tokens
+    for base in ("https://api.openai.com/v1", None):
+        assert A.request(chat(msgs, max_output=512, base_url=base))["max_completion_tokens"] == 512
+        assert "max_tokens" not in A.request(chat(msgs, base_url=base))
 
 
 def test_response_and_tool_call():
