@@ -179,6 +179,29 @@ def peer(stack: Stack, ports: dict, results: dict) -> None:
     proc.wait(30)
 
 
+ABLATIONS = (("everything on", ""), ("rate limits off", "limits"), ("billing off", "billing"),
+             ("access log off", "log"), ("all three off", "limits,billing,log"))
+
+
+def ablation(stack: Stack, env: dict, auth: str, bare_url: str) -> dict:
+    """c=32 through the gateway with parts of its per-call work switched off
+    (bench/ablated_server.py), one after another, then the bare proxy again for a same-time floor."""
+    out = {}
+    for label, off in ABLATIONS:
+        port = free_port()
+        proc = stack.start([PY, "-m", "bench.ablated_server"], env={**env, "PORT": str(port), "BENCH_OFF": off},
+                           name=f"ablated-{off.replace(',', '-') or 'none'}")
+        await_port(port)
+        url = f"http://127.0.0.1:{port}/api/v1/chat/completions"
+        fire(url, auth, 500)  # warm-up
+        out[label] = wrk(url, 32, auth)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        stack.procs.remove(proc)
+    out["bare proxy"] = wrk(bare_url, 32)
+    return out
+
+
 def fire(url: str, auth: str, count: int, clients: int = 8) -> int:
     """Exactly `count` calls from `clients` threads (wrk runs for a time, not a count)."""
     def client(calls: int) -> list[int]:
@@ -296,6 +319,7 @@ def measure() -> dict:
         results["memory"]["after 20 000"] = (warm + more, rss_mb(gateway))
         results["load"] = {name: {c: wrk(url, c, auths.get(name, "")) for c in CONCURRENCY}
                            for name, url in urls.items()}
+        results["ablation"] = ablation(stack, env, auth, urls["bare proxy"])
         paced = f"http://127.0.0.1:{ports['paced']}/v1/chat/completions"
         stream_lags(paced, {}, 3)  # warm both paths
         results["stream"] = {"direct": stream_lags(paced, {}, 60),
@@ -320,6 +344,25 @@ def peer_lines(r: dict) -> str:
             f"uvicorn workers, master key on, no database, logging off), same upstream, same run:\n"
             f"  Tollgate's throughput is {per_c}; LiteLLM adds "
             f"{peer[1]['p50'] - up[1]['p50']:.2f} ms p50 at c=1\n")
+
+
+def ablation_lines(r: dict) -> str:
+    runs = r.get("ablation")
+    if not runs:
+        return ""
+    floor = runs["bare proxy"]["rps"]
+    rows = "\n".join(f"| {label} | {run['rps']:.0f} | {run['p50']:.2f} | {run['rps'] / floor:.0%} |"
+                     for label, run in runs.items())
+    return f"""
+## What each part costs (concurrency 32, one run each, back to back)
+
+`bench/ablated_server.py` is the deployed gateway with parts of its per-call work switched off;
+it exists only for this table.
+
+| gateway | requests/s | p50 ms | of the bare proxy |
+|---|---|---|---|
+{rows}
+"""
 
 
 def report(r: dict) -> str:
@@ -368,7 +411,7 @@ Produced by `make {'bench-peer' if PEER else 'bench'}` (bench/run.py) on {time.s
 
 * gateway / bare proxy throughput at concurrency 32: **{ratio:.0%}** (target ≥ 80%: {ok(ratio >= 0.8)})
 * added p50 latency at concurrency 1 (gateway − upstream): **{added_c1:.2f} ms** (target < 3 ms: {ok(added_c1 < 3)})
-{peer_lines(r)}
+{peer_lines(r)}{ablation_lines(r)}
 ## Streaming (60 streams each way, 20 chunks)
 
 | path | TTFT p50 ms | TTFT p99 ms | chunk lag p50 ms | chunk lag p99 ms | chunks per stream |
