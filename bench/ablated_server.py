@@ -2,6 +2,7 @@
 show what each part costs. BENCH_OFF is a comma list of:
 
 * `limits`  - flask-limiter disabled (no Redis round trip, no X-RateLimit-* headers);
+* `redis-limits` - flask-limiter kept, counting in process memory (its own work, no Redis);
 * `billing` - no credit hold and no settle (no PostgreSQL round trips, nothing charged);
 * `log`     - no access log line.
 
@@ -12,10 +13,10 @@ from __future__ import annotations
 import logging
 import os
 
-from service import billing, server
+from service import app as app_factory, billing, server
 
 OFF = set(filter(None, os.environ.get("BENCH_OFF", "").split(",")))
-UNKNOWN = OFF - {"limits", "billing", "log"}
+UNKNOWN = OFF - {"limits", "redis-limits", "billing", "log"}
 if UNKNOWN:
     raise SystemExit(f"BENCH_OFF: unknown part(s) {sorted(UNKNOWN)}")
 
@@ -30,6 +31,8 @@ if "limits" in OFF:
         return app
 
     server.create_app = create_app
+if "redis-limits" in OFF:
+    app_factory.limit_storage_uri = lambda redis_url: "memory://"
 if "billing" in OFF:
     billing.hold = lambda *args, **kwargs: None
     billing.settle = lambda *args, **kwargs: True

@@ -180,7 +180,9 @@ def peer(stack: Stack, ports: dict, results: dict) -> None:
 
 
 ABLATIONS = (("everything on", ""), ("rate limits off", "limits"), ("billing off", "billing"),
-             ("access log off", "log"), ("all three off", "limits,billing,log"))
+             ("access log off", "log"), ("billing and access log off", "billing,log"),
+             ("billing and access log off, limits counted in process memory", "billing,log,redis-limits"),
+             ("all three off", "limits,billing,log"))
 
 
 def ablation(stack: Stack, env: dict, auth: str, bare_url: str) -> dict:
