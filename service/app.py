@@ -9,7 +9,8 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import settings
-from service import billing, limit_storage, migrations  # noqa: F401 - registers tollgate+redis://
+from service import billing, migrations
+from service.limit_storage import OneTripRedisStorage
 from service.breaker import Breakers
 from service.cache import Cache
 from service.db import open_database
@@ -39,7 +40,9 @@ def limit_storage_uri(redis_url: str | None) -> str:
     """Our one-round-trip Redis storage (service/limit_storage.py) for redis:// and rediss://."""
     if not redis_url:
         return "memory://"
-    return f"tollgate+{redis_url}" if redis_url.startswith(("redis://", "rediss://")) else redis_url
+    ours = OneTripRedisStorage.STORAGE_SCHEME  # importing it registers these schemes with limits
+    scheme = redis_url.split("://", 1)[0]
+    return f"tollgate+{redis_url}" if f"tollgate+{scheme}" in ours else redis_url
 
 
 def _extension_config(conf: dict) -> dict:

@@ -176,3 +176,20 @@ def live_factory():
     yield start
     for server in servers:
         server.close()
+
+
+@pytest.fixture
+def limited(make_app, redis_url, upstream):
+    """An app on the real Redis with models m1 (rpm 2) and m2 behind a fake OpenAI upstream."""
+    from tests.fakes import openai as fake_openai
+
+    def build(**extra):
+        app = make_app(REDIS_URL=redis_url, **extra)
+        client = app.test_client()
+        for row in ({"id": 1, "name": "m1", "rpm": 2}, {"id": 2, "name": "m2"}):
+            r = client.post("/api/admin/models", headers=auth("root", True),
+                            json={**row, "api": "openai", "base_url": upstream.url_for("/v1")})
+            assert r.status_code == 201
+        upstream.expect_request("/v1/chat/completions").respond_with_json(fake_openai.completion("ok", 10, 15))
+        return app, client
+    return build

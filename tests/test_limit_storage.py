@@ -10,7 +10,7 @@ from limits.strategies import MovingWindowRateLimiter
 
 from service.limit_storage import OneTripRedisStorage
 from tests.conftest import auth
-from tests.test_limits import chat, limited  # noqa: F401 - the fixture
+from tests.test_limits import chat
 
 
 def evalsha_calls(client: redis.Redis) -> int:

@@ -18,20 +18,6 @@ from tests.test_stream import wait_for
 MSGS = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture
-def limited(make_app, redis_url, upstream):
-    def build(**extra):
-        app = make_app(REDIS_URL=redis_url, **extra)
-        client = app.test_client()
-        for row in ({"id": 1, "name": "m1", "rpm": 2}, {"id": 2, "name": "m2"}):
-            r = client.post("/api/admin/models", headers=auth("root", True),
-                            json={**row, "api": "openai", "base_url": upstream.url_for("/v1")})
-            assert r.status_code == 201
-        upstream.expect_request("/v1/chat/completions").respond_with_json(fake_openai.completion("ok", 10, 15))
-        return app, client
-    return build
-
-
 def chat(client, model="m2", headers=None, **extra):
     return client.post("/api/v1/chat/completions", json={"model": model, "messages": MSGS, **extra},
                        headers=headers or auth())
