@@ -15,7 +15,7 @@ import json
 from typing import Iterable, Iterator
 
 from providers.base import (
-    Adapter, Completion, Delta, StreamState, capped, choice, sse_data, text_of, turns,
+    Adapter, Completion, Delta, StreamState, choice, sse_data, text_of, turns,
 )
 from providers.parts import text_only
 from service.errors import NotImplementedByProvider, ProviderError
@@ -50,10 +50,10 @@ class AnthropicAdapter(Adapter):
         return headers
 
     def request(self, chat) -> dict:
-        p = capped(chat)
+        p = chat.params
         system, messages = _messages(chat.messages)
         body: dict = {"model": chat.model.upstream_model, "messages": messages,
-                      "max_tokens": p.get("max_completion_tokens") or p["max_tokens"]}
+                      "max_tokens": chat.output_cap(chat.model)}
         if system:
             body["system"] = "\n\n".join(system)
         if "temperature" in p:

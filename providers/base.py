@@ -49,14 +49,14 @@ def choice(index: int, content: str | None, finish_reason: str | None,
     return {"index": index, "message": message, "logprobs": None, "finish_reason": finish_reason}
 
 
-def capped(chat) -> dict:
-    """The client's parameters, with `max_tokens` set to the model row's `max_output_tokens` when
-    the client set no cap: the provider then stops where the credit hold ends, and a model that
-    never emits its end token (a base model) cannot run to its full context."""
+def capped(chat, field: str = "max_tokens") -> dict:
+    """The client's parameters, with `field` set to the model row's `max_output_tokens` when the
+    client set no cap: the provider then stops where the credit hold ends, and a model that never
+    emits its end token (a base model) cannot run to its full context."""
     params = chat.params
     if "max_tokens" in params or "max_completion_tokens" in params:
         return params
-    return {**params, "max_tokens": chat.model.max_output_tokens}
+    return {**params, field: chat.output_cap(chat.model)}
 
 
 def text_of(content) -> str:

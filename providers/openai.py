@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Iterable, Iterator
 
-from providers.base import Adapter, Completion, Delta, StreamState, choice, sse_data
+from providers.base import Adapter, Completion, Delta, StreamState, capped, choice, sse_data
 from service.errors import ProviderError
 
 
@@ -30,9 +30,8 @@ class OpenAIAdapter(Adapter):
         return headers
 
     def request(self, chat) -> dict:
-        body = {"model": chat.model.upstream_model, "messages": chat.messages, **chat.params}
-        if "max_tokens" not in body and "max_completion_tokens" not in body:
-            body[self.cap_field(chat.model)] = chat.model.max_output_tokens
+        body = {"model": chat.model.upstream_model, "messages": chat.messages,
+                **capped(chat, self.cap_field(chat.model))}
         if chat.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}

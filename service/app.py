@@ -10,12 +10,12 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import settings
 from service import billing, migrations
-from service.limit_storage import OneTripRedisStorage
 from service.breaker import Breakers
 from service.cache import Cache
 from service.db import open_database
 from service.errors import keep_error_headers, register_error_handlers
 from service.extensions import cors, db, jwt, limiter
+from service.limit_storage import OneTripRedisStorage
 from service.limits import TokenBudget
 from service.registry import Registry
 from service.upstream import Transport

@@ -32,10 +32,6 @@ class ChatRequest:
     def n(self) -> int:
         return self.params.get("n", 1)
 
-    @property
-    def max_output(self) -> int:
-        return self.output_cap(self.model)
-
     def output_cap(self, row) -> int:
         """Completion tokens this call may produce on `row`: the client's cap, else the row's
         `max_output_tokens` (which the adapters then send, so the provider stops there)."""

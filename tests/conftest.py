@@ -13,6 +13,7 @@ from pytest_httpserver import HTTPServer
 from service import create_app
 from service.db import SchemaVersion, TABLES
 from service.extensions import db
+from tests.fakes import openai as fake_openai
 
 SECRET = "test-secret-key-that-is-long-enough-for-hs256"
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -181,8 +182,6 @@ def live_factory():
 @pytest.fixture
 def limited(make_app, redis_url, upstream):
     """An app on the real Redis with models m1 (rpm 2) and m2 behind a fake OpenAI upstream."""
-    from tests.fakes import openai as fake_openai
-
     def build(**extra):
         app = make_app(REDIS_URL=redis_url, **extra)
         client = app.test_client()
