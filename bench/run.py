@@ -116,7 +116,7 @@ def gateway_env(tmp: Path, port: int) -> dict:
     return {"DATABASE_URL": DB, "REDIS_URL": REDIS, "DATA_DIR": str(tmp), "PORT": str(port),
             "HOST": "127.0.0.1", "WORKERS": str(WORKERS), "WAITRESS_THREADS": str(THREADS),
             "JWT_SECRET_KEY": "bench-secret-key-bench-secret-key-0123456789",
-            "RATE_LIMIT_DEFAULT": "100000000/minute", "REAPER_INTERVAL": "60"}
+            "RATE_LIMIT_DEFAULT": "100000000/minute", "HOLD_REAP_INTERVAL_SECONDS": "20"}
 
 
 def flask(env: dict, *args) -> str:

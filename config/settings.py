@@ -66,7 +66,15 @@ def load() -> dict:
         "WORKERS": int(env("WORKERS", "1")),
         "SHUTDOWN_GRACE_SECONDS": float(env("SHUTDOWN_GRACE_SECONDS", "30")),
         "TRUSTED_PROXIES": int(env("TRUSTED_PROXIES", "0")),
-        "HOLD_TTL_SECONDS": int(env("HOLD_TTL_SECONDS", "900")),
+        # a hold expires HOLD_TTL_SECONDS after its process last extended it (every tick while
+        # its call runs); the reaper releases expired holds every HOLD_REAP_INTERVAL_SECONDS
+        "HOLD_TTL_SECONDS": int(env("HOLD_TTL_SECONDS", "60")),
+        "HOLD_REAP_INTERVAL_SECONDS": float(env("HOLD_REAP_INTERVAL_SECONDS", "20")),
+        "IMAGE_TOKENS": int(env("IMAGE_TOKENS", "3000")),  # prompt tokens held per image part
+        # JWTs: an `exp` claim is required unless JWT_ALLOW_NO_EXP; JWT_MAX_LIFETIME_SECONDS
+        # (0: no cap) refuses tokens whose exp lies further from their iat (or now)
+        "JWT_ALLOW_NO_EXP": _bool(env("JWT_ALLOW_NO_EXP"), False),
+        "JWT_MAX_LIFETIME_SECONDS": int(env("JWT_MAX_LIFETIME_SECONDS", "0")),
         # provider keys are read through this mapping only, by the variable name a row names
         "PROVIDER_KEYS": {k: v for k, v in os.environ.items() if k.endswith("_API_KEY")},
     }

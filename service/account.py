@@ -20,7 +20,8 @@ def account_body(acct: Account) -> dict:
 def ledger_row(e: LedgerEntry) -> dict:
     return {"request_id": e.request_id, "model": e.model, "prompt_tokens": e.prompt_tokens,
             "completion_tokens": e.completion_tokens, "cost": to_credits(-e.delta), "kind": e.kind,
-            "estimated": e.estimated, "created": epoch(e.created)}
+            "estimated": e.estimated, "created": epoch(e.created)} | (
+                {"absorbed": to_credits(e.absorbed)} if e.kind == "overrun" else {})
 
 
 def ledger_page(account_id: int, limit: int, before: int | None) -> dict:

@@ -83,6 +83,7 @@ def delete_model(model_id: int):
 
 
 def _account(name: str) -> Account:
+    billing.check_name(name)
     found = Account.get_or_none(Account.name == name)
     if found is None:
         raise NotFound(f"No account named {name}", code="account_not_found")

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import uuid
 from dataclasses import dataclass, field
 
 from flask import Flask
@@ -13,6 +16,8 @@ from service import billing, migrations
 from service.breaker import Breakers
 from service.cache import Cache
 from service.db import open_database
+from service.journal import Journal
+from service.jsonout import ExactJSONProvider
 from service.errors import keep_error_headers, register_error_handlers
 from service.extensions import cors, db, jwt, limiter
 from service.limit_storage import OneTripRedisStorage
@@ -31,6 +36,8 @@ class Tollgate:
     registry: Registry
     transport: Transport
     budget: TokenBudget
+    journal: Journal
+    owner: str  # this process, as the owner of the holds its calls take
     stopping: threading.Event = field(default_factory=threading.Event)  # set: end open streams
     accounts: dict = field(default_factory=dict)  # account name -> Caller (ids never change)
     verified: dict = field(default_factory=dict)  # JWT -> its verified claims
@@ -62,30 +69,50 @@ def _extension_config(conf: dict) -> dict:
     }
 
 
-def _start_reaper(app: Flask, interval: float) -> None:
-    """Release expired holds now and every `interval` seconds (daemon thread)."""
+def keep_money(ext: Tollgate, ttl: int) -> None:
+    """One maintenance tick: apply journalled settles (the database is back), extend the holds of
+    this process's calls in flight, release holds whose process is gone (expired)."""
+    ext.journal.replay(billing.apply_journalled)
+    billing.extend(ext.owner, ttl)
     billing.reap()
+
+
+def _start_reaper(app: Flask, interval: float, ttl: int) -> None:
+    """Run a maintenance tick now and then every `interval` seconds (a third of the hold TTL at
+    most, so a live call's hold never expires) on a daemon thread."""
+    ext = app.extensions["tollgate"]
+    try:
+        keep_money(ext, ttl)
+    except billing.DB_ERRORS:
+        log.warning("hold maintenance: database unavailable at start; retrying every tick")
+        billing.reconnect()
     if interval <= 0:
         return
+    tick = min(interval, ttl / 3)
 
     def loop():
-        while not stop.wait(interval):
+        while not stop.wait(tick):
             try:
                 with db.connection_context():
-                    billing.reap()
+                    keep_money(ext, ttl)
+            except billing.DB_ERRORS:
+                log.warning("hold maintenance: database unavailable; retrying next tick")
             except Exception:  # a failed sweep is retried on the next tick
-                log.exception("hold reaper failed")
+                log.exception("hold maintenance failed")
 
     stop = threading.Event()
     app.extensions["tollgate_reaper_stop"] = stop
-    threading.Thread(target=loop, name="hold-reaper", daemon=True).start()
+    threading.Thread(target=loop, name="hold-keeper", daemon=True).start()
+
+
+class _Flask(Flask):
+    json_provider_class = ExactJSONProvider  # credits beyond a float's 15 digits stay exact
 
 
 def create_app(overrides: dict | None = None) -> Flask:
     """Build the app; `overrides` replaces settings (tests)."""
-    app = Flask(__name__)
+    app = _Flask(__name__)
     conf = settings.load()
-    conf.setdefault("REAPER_INTERVAL", 60)
     conf.update(overrides or {})
     app.config.update(conf)
     app.config.update(_extension_config(conf))
@@ -105,11 +132,13 @@ def create_app(overrides: dict | None = None) -> Flask:
     cache = Cache(conf["REDIS_URL"])
     # flask-limiter retries a dead Redis on its own backoff (up to 32 s); our cache notices sooner
     cache.on_recovery.append(lambda: setattr(limiter, "_storage_dead", False))
+    owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     app.extensions["tollgate"] = Tollgate(
         cache, Registry(cache),
         Transport(conf["WAITRESS_THREADS"] * 2, conf["UPSTREAM_RETRIES"], conf["UPSTREAM_BACKOFF"],
                   Breakers(conf["BREAKER_THRESHOLD"], conf["BREAKER_COOLDOWN"])),
-        TokenBudget(conf.get("TOKEN_LIMIT_PER_MINUTE", 0), conf["REDIS_URL"], cache))
+        TokenBudget(conf.get("TOKEN_LIMIT_PER_MINUTE", 0), conf["REDIS_URL"], cache),
+        Journal(conf["DATA_DIR"], owner), owner)
 
     from service import account, admin, catalog, chat, cli, health, observe
 
@@ -121,5 +150,5 @@ def create_app(overrides: dict | None = None) -> Flask:
     if conf["TRUSTED_PROXIES"]:
         n = conf["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
-    _start_reaper(app, conf["REAPER_INTERVAL"])
+    _start_reaper(app, conf["HOLD_REAP_INTERVAL_SECONDS"], conf["HOLD_TTL_SECONDS"])
     return app

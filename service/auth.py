@@ -52,6 +52,7 @@ def _claims(token: str) -> dict:
             raise AuthenticationFailed("Token has expired", code="token_expired") from None
         except (pyjwt.InvalidTokenError, JWTExtendedException, ValueError):
             raise AuthenticationFailed("Invalid token") from None
+        _acceptable(claims, current_app.config)
         if len(verified) >= VERIFIED_MAX:
             verified.clear()
         verified[token] = claims
@@ -61,10 +62,26 @@ def _claims(token: str) -> dict:
     return claims
 
 
+def _acceptable(claims: dict, conf) -> None:
+    """An access token with an expiry (unless JWT_ALLOW_NO_EXP) no further off than
+    JWT_MAX_LIFETIME_SECONDS; refresh tokens are refused."""
+    if claims.get("type", "access") != "access":
+        raise AuthenticationFailed("Only access tokens are accepted (this is a refresh token)")
+    exp = claims.get("exp")
+    if exp is None:
+        if not conf["JWT_ALLOW_NO_EXP"]:
+            raise AuthenticationFailed("Token has no expiry (exp claim)")
+        return
+    longest = conf["JWT_MAX_LIFETIME_SECONDS"]
+    start = claims.get("iat") if isinstance(claims.get("iat"), (int, float)) else time.time()
+    if longest and exp - start > longest:
+        raise AuthenticationFailed(f"Token lives longer than the allowed {longest} seconds")
+
+
 def _from_jwt(token: str) -> tuple[Account, bool]:
     claims = _claims(token)
     name = claims.get("sub")
-    if not isinstance(name, str) or not name or len(name) > 255:
+    if not isinstance(name, str) or not name or len(name) > 255 or billing.CONTROL.search(name):
         raise AuthenticationFailed("Token has no valid subject")
     return _account_named(name), claims.get("role") == "admin"
 

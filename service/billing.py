@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import uuid
 from decimal import Decimal, InvalidOperation
 
@@ -22,10 +23,17 @@ MAX_AMOUNT = 10 ** 12 * MICRO  # the most credits one operation may move (fits a
 MAX_BALANCE = 2 ** 62  # micro-credits: far above any real balance, far below overflow
 
 
+PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")  # ASCII digits only: no "1_000", "٥", " 5 "
+CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
 def to_micro(value, param: str = "amount") -> int:
-    """Credits (number or string, at most 6 decimals) as integer micro-credits."""
+    """Credits (a JSON number, or a string holding a plain decimal number, at most 6 decimals)
+    as integer micro-credits."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
         raise InvalidRequest(f"'{param}' must be a number", param=param)
+    if isinstance(value, str) and not PLAIN_DECIMAL.fullmatch(value):
+        raise InvalidRequest(f"'{param}' must be a plain decimal number such as 12.5", param=param)
     try:
         amount = Decimal(str(value)) * MICRO
     except InvalidOperation:
@@ -37,9 +45,24 @@ def to_micro(value, param: str = "amount") -> int:
     return int(amount)
 
 
-def to_credits(micro: int) -> float:
-    """Micro-credits as the API shows them (a number, up to 6 decimals)."""
-    return round(micro / MICRO, 6)
+def to_credits(micro: int) -> float | Decimal:
+    """Micro-credits as the API shows them: a number with up to 6 decimals, exact at any size
+    (a float has 15 exact digits; larger amounts are Decimals, which the JSON writer prints as
+    numbers)."""
+    if -EXACT_FLOAT < micro < EXACT_FLOAT:
+        return round(micro / MICRO, 6)
+    return Decimal(micro).scaleb(-6)
+
+
+EXACT_FLOAT = 10 ** 15  # micro-credits below which a float's shortest repr is exact
+
+
+def check_name(name, param: str = "account") -> str:
+    """An account name: 1 to 255 characters, none of them control characters or NUL."""
+    if not isinstance(name, str) or not 1 <= len(name) <= 255 or CONTROL.search(name):
+        raise InvalidRequest(f"'{param}' must be 1 to 255 characters without control characters",
+                             param=param)
+    return name
 
 
 def write_tx():
@@ -59,11 +82,13 @@ def _postgres() -> bool:
 # A batch of holds only commits without waiting for its WAL flush: if the database crashed
 # before the flush, the holds and their `held` increments vanish together, nothing stays
 # locked, and each call's settle then charges without a hold. Settles wait for the flush.
-PG_HOLD = "tollgate_hold(%s::text[], %s::bigint[], %s::bigint[], %s::timestamp[])"
+PG_HOLD = "tollgate_hold(%s::text[], %s::bigint[], %s::bigint[], %s::timestamp[], %s::text[])"
 PG_SETTLE = ("tollgate_settle(%s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[], "
-             "%s::bigint[], %s::boolean[], %s::timestamp[])")
-PG_HOLD_FIELDS = ("rid", "account", "amount", "expires")
-PG_SETTLE_FIELDS = ("rid", "account", "model", "prompt", "completion", "charge", "estimated", "now")
+             "%s::bigint[], %s::boolean[], %s::timestamp[], %s::bigint[])")
+PG_HOLD_FIELDS = ("rid", "account", "amount", "expires", "owner")
+PG_SETTLE_FIELDS = ("rid", "account", "model", "prompt", "completion", "charge", "estimated", "now",
+                    "overrun")
+DB_ERRORS = (OperationalError, InterfaceError)  # the database is unreachable or the link broke
 
 
 def _pg_write(jobs: list) -> None:
@@ -102,6 +127,7 @@ def cost(model, prompt_tokens: int, completion_tokens: int) -> int:
 
 def account(name: str, new_credits: int = 0) -> Account:
     """The account for a name, created on first sight with `new_credits`."""
+    check_name(name)
     found = Account.get_or_none(Account.name == name)
     if found is not None:
         return found
@@ -115,8 +141,27 @@ def account(name: str, new_credits: int = 0) -> Account:
         return Account.get(Account.name == name)
 
 
-def hold(account_id: int, request_id: str, amount: int, ttl: int) -> None:
-    """Reserve `amount` if balance - held covers it, else 402; a zero amount needs no hold."""
+def reconnect() -> None:
+    """Drop this thread's database connection after an error: the next query opens a new one."""
+    try:
+        db.close()
+    except Exception:  # noqa: BLE001 - closing a dead link may fail too; forget it either way
+        db._state.reset()
+
+
+def retrying(fn, *args, **kwargs):
+    """fn() once more on a fresh connection when the first try found the link broken (a
+    database that restarted leaves every thread's old connection dead)."""
+    try:
+        return fn(*args, **kwargs)
+    except DB_ERRORS:
+        reconnect()
+        return fn(*args, **kwargs)
+
+
+def hold(account_id: int, request_id: str, amount: int, ttl: int, owner: str | None = None) -> None:
+    """Reserve `amount` if balance - held covers it, else 402; a zero amount needs no hold.
+    `owner` (the process making the call) keeps extending it while the call runs."""
     if amount <= 0:
         return
     if amount > MAX_BALANCE:
@@ -124,7 +169,7 @@ def hold(account_id: int, request_id: str, amount: int, ttl: int) -> None:
     expires = utcnow() + dt.timedelta(seconds=ttl)
     if _postgres():
         if not _group.submit("hold", {"amount": amount, "account": account_id, "rid": request_id,
-                                       "expires": expires}):
+                                       "expires": expires, "owner": owner}):
             raise InsufficientCredits()
         return
     with write_tx():
@@ -133,7 +178,15 @@ def hold(account_id: int, request_id: str, amount: int, ttl: int) -> None:
                  .execute())
         if not taken:
             raise InsufficientCredits()
-        Hold.create(request_id=request_id, account=account_id, amount=amount, expires_at=expires)
+        Hold.create(request_id=request_id, account=account_id, amount=amount, expires_at=expires,
+                    owner=owner)
+
+
+def extend(owner: str, ttl: int) -> int:
+    """Push back the expiry of every hold `owner`'s calls still have (its heartbeat); how many."""
+    expires = utcnow() + dt.timedelta(seconds=ttl)
+    with write_tx():
+        return Hold.update(expires_at=expires).where(Hold.owner == owner).execute()
 
 
 def _take_hold(request_id: str) -> int:
@@ -147,18 +200,26 @@ def _take_hold(request_id: str) -> int:
 
 
 def settle(account_id: int, request_id: str, model: str, prompt_tokens: int,
-           completion_tokens: int, charge: int, estimated: bool = False) -> bool:
-    """Charge, release the hold and write the ledger row, at once; False if already settled."""
+           completion_tokens: int, charge: int, estimated: bool = False, cap: int | None = None) -> bool:
+    """Charge, release the hold and write the ledger row, at once; False if already settled.
+    A charge above `cap` (what the call held) is cut to it; the rest is an `overrun` row that
+    the gateway absorbs."""
+    overrun = 0
+    if cap is not None and charge > cap:
+        charge, overrun = max(cap, 0), charge - max(cap, 0)
     if _postgres():
         return _group.submit("settle", {
             "rid": request_id, "account": account_id, "model": model, "prompt": prompt_tokens,
             "completion": completion_tokens, "charge": charge, "estimated": estimated,
-            "now": utcnow()})
+            "now": utcnow(), "overrun": overrun})
     try:
         with write_tx():
             LedgerEntry.create(account=account_id, request_id=request_id, model=model,
                                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                delta=-charge, kind="charge", estimated=estimated)
+            if overrun:
+                LedgerEntry.create(account=account_id, request_id=f"{request_id}:overrun", model=model,
+                                   delta=0, kind="overrun", estimated=estimated, absorbed=overrun)
             released = _take_hold(request_id)
             (Account.update(balance=Account.balance - charge, held=Account.held - released)
              .where(Account.id == account_id).execute())
@@ -176,6 +237,14 @@ def release(request_id: str) -> int:
         if amount:
             Account.update(held=Account.held - amount).where(Account.id == found.account_id).execute()
     return amount
+
+
+def apply_journalled(entry: dict) -> None:
+    """Apply one journal line (service/journal.py): a settle or a release, each idempotent."""
+    if entry.get("op") == "settle":
+        retrying(settle, **entry["args"])
+    elif entry.get("op") == "release":
+        retrying(release, entry["rid"])
 
 
 def reap(now: dt.datetime | None = None) -> int:
@@ -201,6 +270,9 @@ def credit(account_id: int, amount: int, note: str | None = None) -> Account:
     """Top up (positive) or correct (negative, never below zero) a balance, with its ledger row."""
     if amount == 0:
         raise InvalidRequest("'amount' must not be zero", param="amount")
+    if note is not None and (len(note) > 255 or CONTROL.search(note)):
+        raise InvalidRequest("'note' must be at most 255 characters without control characters",
+                             param="note")
     with write_tx():
         _credit(account_id, amount, "topup" if amount > 0 else "adjust", note)
     return Account.get_by_id(account_id)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from flask import request
 
@@ -25,6 +26,33 @@ def _no_constants(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+MAX_DEPTH = 64  # nesting of objects and lists; real requests stay far below it
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_tree(body) -> None:
+    """400 for nesting deeper than MAX_DEPTH or a string with a lone surrogate (valid JSON,
+    but no UTF-8 encoding exists for it): checked before anything is encoded or translated."""
+    stack = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii() and SURROGATE.search(value):
+                raise InvalidRequest("Request body contains an unpaired UTF-16 surrogate (\\ud800-\\udfff)",
+                                     code="invalid_json")
+            continue
+        if isinstance(value, dict):
+            children = [*value.keys(), *value.values()]
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            raise InvalidRequest(f"Request body is nested too deeply (at most {MAX_DEPTH} levels)",
+                                 code="invalid_json")
+        stack.extend((child, depth + 1) for child in children)
+
+
 def json_object() -> dict:
     """The body as a JSON object, or 415/400: wrong Content-Type, invalid UTF-8, NaN/Infinity,
     duplicate keys, nesting too deep to parse, or anything but an object."""
@@ -41,4 +69,5 @@ def json_object() -> dict:
         raise InvalidRequest(f"Request body must be a JSON object ({detail})", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object", code="invalid_json")
+    check_tree(body)
     return body

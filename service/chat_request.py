@@ -27,6 +27,7 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     request_id: str = ""
+    _size: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def n(self) -> int:
@@ -38,21 +39,45 @@ class ChatRequest:
         return (self.params.get("max_completion_tokens") or self.params.get("max_tokens")
                 or row.max_output_tokens)
 
-    def _prompt_bytes(self) -> int:
-        size = sum(len(json.dumps(m.get("content"), ensure_ascii=False).encode()) for m in self.messages)
-        if "tools" in self.params:
-            size += len(json.dumps(self.params["tools"]).encode())
-        return size
+    def _sized(self) -> tuple[int, int]:
+        """(bytes, images): the size of everything that reaches the provider (every message
+        field, tool calls and results, names, tools, response format, every other parameter),
+        image parts counted apart with their inline data left out; computed once."""
+        if self._size is None:
+            size = len(json.dumps([self.messages, self.params], ensure_ascii=False).encode())
+            images = 0
+            for m in self.messages:
+                content = m.get("content")
+                if not isinstance(content, list):
+                    continue
+                for part in content:
+                    if isinstance(part, dict) and part.get("type") in IMAGE_PARTS:
+                        images += 1
+                        size -= len(_image_url(part).encode())
+            self._size = (max(size, 0), images)
+        return self._size
 
-    @property
-    def prompt_bound(self) -> int:
-        """An upper bound on prompt tokens (a token is at least a byte), for holds."""
-        return self._prompt_bytes() + 4 * len(self.messages) + 8
+    def prompt_bound(self, image_tokens: int) -> int:
+        """An upper bound on prompt tokens for holds: a token is at least a byte, and each
+        image costs at most `image_tokens` (the row's allowance)."""
+        size, images = self._sized()
+        return size + 4 * len(self.messages) + 8 + images * image_tokens
 
     @property
     def prompt_guess(self) -> int:
         """A fair guess of prompt tokens (4 bytes a token), billed only when a provider gives no count."""
-        return -(-self._prompt_bytes() // 4) + 3 * len(self.messages)
+        return -(-self._sized()[0] // 4) + 3 * len(self.messages)
+
+
+IMAGE_PARTS = ("image_url", "input_image", "image")
+
+
+def _image_url(part: dict) -> str:
+    """An image part's URL or inline data (OpenAI's `image_url.url`, or a plain string)."""
+    ref = part.get("image_url", part.get("url", ""))
+    if isinstance(ref, dict):
+        ref = ref.get("url", "")
+    return ref if isinstance(ref, str) else ""
 
 
 def bad(param: str, message: str) -> InvalidRequest:
@@ -124,7 +149,7 @@ def messages_of(body: dict) -> list[dict]:
                              param="messages", code="invalid_messages")
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or m["role"] not in ROLES:
             raise InvalidRequest(f"{where} must be an object with a role of {', '.join(sorted(ROLES))}",
                                  param=where, code="invalid_messages")
         if "content" not in m and not (m["role"] == "assistant" and m.get("tool_calls")):

@@ -91,7 +91,7 @@ def accounts_show(name):
 @tokens_cli.command("issue")
 @click.argument("name")
 @click.option("--admin", is_flag=True, help="grant the admin role")
-@click.option("--expires-in", default=86400, type=int, help="seconds; 0 for no expiry")
+@click.option("--expires-in", default=86400, type=int, help="seconds; 0 for no expiry (accepted only with JWT_ALLOW_NO_EXP=true)")
 def tokens_issue(name, admin, expires_in):
     """Print an HS256 JWT for NAME."""
     if not current_app.config.get("JWT_SECRET_KEY"):

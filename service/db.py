@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from urllib.parse import parse_qsl
 
 from peewee import (
     BigIntegerField, BooleanField, CharField, DateTimeField, ForeignKeyField,
@@ -56,6 +57,7 @@ class AIModel(Base):
     enabled = BooleanField(default=True)
     connect_timeout = IntegerField(null=True)
     read_timeout = IntegerField(null=True)
+    image_tokens = IntegerField(null=True)  # prompt tokens held per image part (None: IMAGE_TOKENS)
     updated = DateTimeField(default=utcnow)
 
     class Meta:
@@ -74,6 +76,7 @@ class Hold(Base):
     account = ForeignKeyField(Account, backref="holds", on_delete="CASCADE")
     amount = BigIntegerField()
     expires_at = DateTimeField(index=True)
+    owner = CharField(null=True, index=True)  # the process whose call holds it; it extends the expiry
 
 
 class LedgerEntry(Base):
@@ -85,9 +88,10 @@ class LedgerEntry(Base):
     prompt_tokens = IntegerField(default=0)
     completion_tokens = IntegerField(default=0)
     delta = BigIntegerField()
-    kind = CharField()  # charge | topup | adjust
+    kind = CharField()  # charge | topup | adjust | overrun
     estimated = BooleanField(default=False)
     note = CharField(null=True)
+    absorbed = BigIntegerField(default=0)  # overrun rows: cost beyond the hold, paid by the gateway
     created = DateTimeField(default=utcnow, index=True)
 
 
@@ -120,12 +124,14 @@ TABLES = [AIModel, Account, Hold, LedgerEntry, ApiKey]
 def open_database(url: str):
     """A Peewee database for a `db_url` (SQLite tuned for concurrent writers)."""
     if url.startswith("sqlite"):
+        url, _, query = url.partition("?")
+        busy = int(dict(parse_qsl(query)).get("busy_timeout", 10000))  # ms a writer waits for the lock
         path = url.split(":///", 1)[1] if ":///" in url else ""
         if path and path != ":memory:":
             import pathlib
 
             pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return connect(url, pragmas={"journal_mode": "wal", "busy_timeout": 10000,
+        return connect(url, pragmas={"journal_mode": "wal", "busy_timeout": busy,
                                      "foreign_keys": 1, "synchronous": "normal"})
     return connect(url)
 

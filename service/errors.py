@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import logging
 
-from flask import g, jsonify, request
+from flask import current_app, g, jsonify, request
+from peewee import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("tollgate")
@@ -26,6 +27,7 @@ ZH = {
     "not_found": "接口不存在",
     "method_not_allowed": "不支持的请求方法",
     "ollama_unavailable": "Ollama 服务不可用，请确认 Ollama 正在运行。",
+    "database_unavailable": "数据库暂不可用，请稍后重试",
 }
 
 
@@ -113,6 +115,19 @@ class NotImplementedByProvider(GatewayError):
     status, type, code = 501, "not_implemented", "not_implemented"
 
 
+class DatabaseUnavailable(GatewayError):
+    status, type, code = 503, "service_unavailable", "database_unavailable"
+
+
+def scrub(err: GatewayError, secrets) -> GatewayError:
+    """Never echo a provider key back to a client: each of `secrets` found in the message is
+    replaced (HTTP error bodies and in-stream error events alike)."""
+    for secret in secrets:
+        if secret and len(secret) >= 8 and secret in err.message:
+            err.message = err.message.replace(secret, "[redacted]")
+    return err
+
+
 def unavailable(provider: str) -> ProviderUnavailable:
     """The seed's wording for Ollama, a plain one for other providers."""
     if provider.lower() == "ollama":
@@ -129,20 +144,33 @@ def language() -> str:
 
 
 def render(err: GatewayError):
+    scrub(err, current_app.config["PROVIDER_KEYS"].values())
     response = jsonify(err.body(language()))
     response.status_code = err.status
     for key, value in err.headers.items():
         response.headers[key] = value
-    g.error_headers = err.headers
+    g.error_headers, g.error_code = err.headers, err.code
     g.setdefault("outcome", {})["error"] = err.code
     return response
 
 
+NO_RETRY = {400, 401, 402, 403, 404, 405, 409, 413, 415, 422, 501}  # a retry cannot fix these
+
+
 def keep_error_headers(response):
-    """Re-apply an error's own headers (a provider's Retry-After) over flask-limiter's, which
-    sets Retry-After from our limit window on every 429; registered before the limiter so it runs after."""
-    for key, value in (g.get("error_headers") or {}).items():
+    """Retry headers that mean what they say (SPEC §8). flask-limiter writes Retry-After from our
+    limit window on every limited answer; it stays only on our own rate-limit 429. Any other 429
+    or 503 carries the Retry-After its error set (a provider's), none otherwise, and no other
+    status carries one. Errors a retry cannot fix say `x-should-retry: false`, so SDKs raise at
+    once. Registered before the limiter, so it runs after it."""
+    own = g.get("error_headers") or {}
+    for key, value in own.items():
         response.headers[key] = value
+    status = response.status_code
+    if status not in (429, 503) or (g.get("error_code") != "rate_limit_exceeded" and "Retry-After" not in own):
+        response.headers.pop("Retry-After", None)
+    if status in NO_RETRY:
+        response.headers["x-should-retry"] = "false"
     return response
 
 
@@ -166,6 +194,15 @@ def _http_error(exc: HTTPException):
     return render(err)
 
 
+def _database_lost(exc: Exception):
+    """The database is unreachable (or its link broke): 503, and a fresh connection next time."""
+    from service.billing import reconnect
+
+    log.warning("database unavailable on %s %s: %s", request.method, request.path, type(exc).__name__)
+    reconnect()
+    return render(DatabaseUnavailable("The database is unavailable; retry the call shortly"))
+
+
 def _unexpected(exc: Exception):
     log.exception("unhandled error on %s %s", request.method, request.path)
     return render(GatewayError("Internal server error"))
@@ -175,4 +212,6 @@ def register_error_handlers(app) -> None:
     """Turn every error into the contract body."""
     app.register_error_handler(GatewayError, render)
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(OperationalError, _database_lost)
+    app.register_error_handler(InterfaceError, _database_lost)
     app.register_error_handler(Exception, _unexpected)

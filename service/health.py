@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, g, request
 
+from service.auth import authenticate
 from service.extensions import db
 
 bp = Blueprint("health", __name__)
@@ -15,10 +16,27 @@ def healthz():
     return {"status": "ok"}
 
 
+def _admin() -> bool:
+    """Whether the caller proved an admin role (readiness is public; upstream URLs are not)."""
+    if request.headers.get("Authorization") is None:
+        return False
+    try:
+        authenticate()
+    except Exception:  # noqa: BLE001 - bad credentials or no database: not proven an admin
+        return False
+    return bool(g.get("admin"))
+
+
+def _shown(breaker: str, admin: bool) -> str:
+    """A breaker's name as the caller may see it: `base URL|model` for admins, the model otherwise."""
+    return breaker if admin else breaker.rsplit("|", 1)[-1]
+
+
 @bp.get("/readyz")
 def readyz():
     """`ok`, `degraded` (Redis down: serving without it) or `down` (no database), with reasons."""
     ext = current_app.extensions["tollgate"]
+    admin = _admin()
     checks, reasons = {}, []
     try:
         db.execute_sql("SELECT 1")
@@ -34,10 +52,13 @@ def readyz():
     except Exception as exc:  # the catalogue needs the database
         checks["catalogue"] = "down"
         reasons.append(f"catalogue: {type(exc).__name__}")
-    tripped = {k: v for k, v in ext.transport.breakers.states().items() if v != "closed"}
+    tripped = {_shown(k, admin): v for k, v in ext.transport.breakers.states().items() if v != "closed"}
     checks["breakers"] = tripped
     if tripped:
         reasons.append(f"upstreams paused by their circuit breaker: {', '.join(sorted(tripped))}")
+    checks["journal"] = ext.journal.depth()
+    if checks["journal"]:
+        reasons.append(f"journal: {checks['journal']} settles wait for the database")
     status = "down" if checks["database"] == "down" else ("degraded" if reasons else "ok")
     return {"status": status, "checks": checks, "reasons": reasons}, 200 if status != "down" else 503
 

@@ -78,7 +78,97 @@ def _v3_batch_functions() -> None:
         db.execute_sql(PG_FUNCTIONS)
 
 
-STEPS = [(1, _v1_initial), (2, _v2_ledger_page_index), (3, _v3_batch_functions)]
+# Migration 4: holds carry the process that owns them (it extends their expiry while the call
+# runs), charges are capped at the hold with the rest written as an `overrun` row, and the
+# database itself refuses a negative balance, a negative held amount or more held than owned.
+PG_FUNCTIONS_V4 = """
+DROP FUNCTION IF EXISTS tollgate_hold(text[], bigint[], bigint[], timestamp[]);
+DROP FUNCTION IF EXISTS tollgate_settle(text[], bigint[], text[], bigint[], bigint[], bigint[],
+                                        boolean[], timestamp[]);
+CREATE OR REPLACE FUNCTION tollgate_hold(rids text[], accounts bigint[], amounts bigint[],
+                                         expiries timestamp[], owners text[]) RETURNS boolean[]
+LANGUAGE plpgsql AS $$
+DECLARE
+  taken boolean[] := '{}';
+  ok boolean;
+BEGIN
+  FOR i IN 1 .. coalesce(array_length(rids, 1), 0) LOOP
+    UPDATE account SET held = held + amounts[i]
+      WHERE id = accounts[i] AND balance - held >= amounts[i];
+    ok := FOUND;
+    IF ok THEN
+      INSERT INTO hold (request_id, account_id, amount, expires_at, owner)
+        VALUES (rids[i], accounts[i], amounts[i], expiries[i], owners[i]);
+    END IF;
+    taken := taken || ok;
+  END LOOP;
+  RETURN taken;
+END $$;
+
+CREATE OR REPLACE FUNCTION tollgate_settle(rids text[], accounts bigint[], models text[],
+    prompts bigint[], completions bigint[], charges bigint[], estimates boolean[],
+    stamps timestamp[], overruns bigint[]) RETURNS boolean[]
+LANGUAGE plpgsql AS $$
+DECLARE
+  charged boolean[] := '{}';
+  released bigint;
+  fresh boolean;
+BEGIN
+  FOR i IN 1 .. coalesce(array_length(rids, 1), 0) LOOP
+    DELETE FROM hold WHERE request_id = rids[i] RETURNING amount INTO released;
+    INSERT INTO ledgerentry (account_id, request_id, model, prompt_tokens, completion_tokens, delta,
+                             kind, estimated, absorbed, created)
+      VALUES (accounts[i], rids[i], models[i], prompts[i], completions[i], -charges[i], 'charge',
+              estimates[i], 0, stamps[i])
+      ON CONFLICT (request_id) DO NOTHING;
+    fresh := FOUND;
+    IF fresh AND overruns[i] > 0 THEN
+      INSERT INTO ledgerentry (account_id, request_id, model, prompt_tokens, completion_tokens, delta,
+                               kind, estimated, absorbed, created)
+        VALUES (accounts[i], rids[i] || ':overrun', models[i], 0, 0, 0, 'overrun', estimates[i],
+                overruns[i], stamps[i])
+        ON CONFLICT (request_id) DO NOTHING;
+    END IF;
+    UPDATE account SET balance = balance - CASE WHEN fresh THEN charges[i] ELSE 0 END,
+                       held = held - coalesce(released, 0)
+      WHERE id = accounts[i];
+    charged := charged || fresh;
+  END LOOP;
+  RETURN charged;
+END $$;
+
+DO $$ BEGIN
+  ALTER TABLE account ADD CONSTRAINT account_money_ok
+    CHECK (balance >= 0 AND held >= 0 AND held <= balance) NOT VALID;
+EXCEPTION WHEN duplicate_object THEN NULL;
+END $$;
+"""
+
+SQLITE_CHECKS = [
+    f"""CREATE TRIGGER IF NOT EXISTS account_money_ok_{when} BEFORE {when} ON account
+        WHEN NEW.balance < 0 OR NEW.held < 0 OR NEW.held > NEW.balance
+        BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: account_money_ok'); END"""
+    for when in ("INSERT", "UPDATE")]
+
+V4_COLUMNS = (("hold", "owner", "VARCHAR(255)"), ("ledgerentry", "absorbed", "BIGINT NOT NULL DEFAULT 0"),
+              ("ai_model", "image_tokens", "INTEGER"))
+
+
+def _v4_owned_holds_overruns_checks() -> None:
+    """Hold owners, overrun rows, per-image allowances, and the database's own money checks."""
+    for table, column, kind in V4_COLUMNS:
+        if column not in {c.name for c in db.get_columns(table)}:
+            db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    db.execute_sql("CREATE INDEX IF NOT EXISTS hold_owner ON hold (owner)")
+    if db.obj.__class__.__name__.startswith("Postgres"):
+        db.execute_sql(PG_FUNCTIONS_V4)
+    else:
+        for sql in SQLITE_CHECKS:
+            db.execute_sql(sql)
+
+
+STEPS = [(1, _v1_initial), (2, _v2_ledger_page_index), (3, _v3_batch_functions),
+         (4, _v4_owned_holds_overruns_checks)]
 
 
 def current_version() -> int:

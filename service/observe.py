@@ -29,6 +29,8 @@ TTFT = Histogram("tollgate_time_to_first_token_seconds", "Time to the first stre
                  buckets=BUCKETS)
 TOKENS = Counter("tollgate_tokens_total", "Tokens billed", ["model", "kind"])
 CHARGED = Counter("tollgate_credits_charged_micro_total", "Micro-credits charged", ["model"])
+OVERRUNS = Counter("tollgate_overrun_micro_total", "Micro-credits a provider reported beyond a call's "
+                   "hold, absorbed by the gateway", ["model"])
 REFUSED = Counter("tollgate_rate_limit_refusals_total", "Calls refused by a rate limit", ["endpoint"])
 
 

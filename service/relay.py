@@ -1,6 +1,7 @@
 """One chat call end to end: hold credits, call the provider, settle (SPEC §7, §9)."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -8,9 +9,11 @@ from providers import ADAPTERS
 from providers.base import Completion, StreamState
 from service import billing, sse
 from service.errors import (
-    GatewayError, ModelNotFound, NotImplementedByProvider, ProviderError, ProviderUnavailable,
+    GatewayError, ModelNotFound, NotImplementedByProvider, ProviderError, ProviderUnavailable, scrub,
 )
 from service.upstream import Call, retryable
+
+log = logging.getLogger("tollgate")
 
 
 @dataclass
@@ -24,12 +27,47 @@ class Context:
     meter: object = None
     record: dict = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    held: int = 0  # what this call's hold reserved: no charge goes beyond it
 
     def settled(self, chat, prompt: int, completion: int, charge: int, estimated: bool) -> None:
         if self.meter:
             self.meter(prompt + completion)
         self.record.update(model=chat.model.name, prompt_tokens=prompt, completion_tokens=completion,
                            cost=billing.to_credits(charge), cost_micro=charge, estimated=estimated)
+
+    def settle(self, chat, prompt: int, completion: int, cost: int, estimated: bool) -> int:
+        """Charge the call (at most what it held; the rest is an overrun the gateway absorbs),
+        in the database or, when it is away, in the journal; what the account pays."""
+        charge = min(cost, self.held)
+        if cost > self.held:
+            observe_overrun(chat, cost - self.held)
+        args = {"account_id": self.account_id, "request_id": chat.request_id, "model": chat.model.name,
+                "prompt_tokens": prompt, "completion_tokens": completion, "charge": cost,
+                "estimated": estimated, "cap": self.held}
+        try:
+            billing.retrying(billing.settle, **args)
+        except billing.DB_ERRORS:
+            self.ext.journal.append({"op": "settle", "rid": chat.request_id, "args": args})
+        self.settled(chat, prompt, completion, charge, estimated)
+        return charge
+
+    def release(self, chat) -> None:
+        """Give the hold back (no charge); journalled when the database is away."""
+        if not self.held:
+            return
+        try:
+            billing.retrying(billing.release, chat.request_id)
+        except billing.DB_ERRORS:
+            self.ext.journal.append({"op": "release", "rid": chat.request_id})
+
+
+def observe_overrun(chat, absorbed: int) -> None:
+    """A provider reported more than the hold could cover: log it and count it."""
+    from service.observe import OVERRUNS  # metrics live with the web layer's observability
+
+    OVERRUNS.labels(chat.model.name).inc(absorbed)
+    log.warning("overrun: %s on %s reported usage beyond its hold; %d micro-credits absorbed",
+                chat.request_id, chat.model.name, absorbed)
 
 
 def _call(chat, conf) -> Call:
@@ -61,10 +99,15 @@ def candidates(chat, registry) -> list:
     return rows
 
 
-def _hold(chat, rows: list, account_id: int, conf) -> None:
-    """Hold what the dearest candidate could cost (a fallback may answer), each at its own cap."""
-    amount = max(billing.cost(row, chat.n * chat.prompt_bound, chat.n * chat.output_cap(row)) for row in rows)
-    billing.hold(account_id, chat.request_id, amount, conf["HOLD_TTL_SECONDS"])
+def _hold(chat, rows: list, ctx: Context) -> None:
+    """Hold what the dearest candidate could cost (a fallback may answer), each at its own cap:
+    the whole prompt (images at the row's allowance) plus the output cap sent upstream."""
+    conf = ctx.conf
+    amount = max(billing.cost(row, chat.n * chat.prompt_bound(row.image_tokens or conf["IMAGE_TOKENS"]),
+                              chat.n * chat.output_cap(row)) for row in rows)
+    billing.retrying(billing.hold, ctx.account_id, chat.request_id, amount, conf["HOLD_TTL_SECONDS"],
+                     ctx.ext.owner)
+    ctx.held = max(amount, 0)
 
 
 def _first_answer(chat, rows: list, conf, attempt):
@@ -109,17 +152,16 @@ def complete(chat, ctx: Context) -> dict:
     """A non-streaming call: the `chat.completion` body, with `usage.cost` charged."""
     rows = candidates(chat, ctx.ext.registry)
     _call(chat, ctx.conf)  # refuse what the chosen model cannot do before holding anything
-    _hold(chat, rows, ctx.account_id, ctx.conf)
+    _hold(chat, rows, ctx)
     try:
         _, result = _first_answer(chat, rows, ctx.conf,
                                   lambda call: _run(ctx.ext.transport, call, ctx.record))
     except BaseException:
-        billing.release(chat.request_id)
+        ctx.release(chat)
         raise
-    charge = billing.cost(chat.model, result.prompt_tokens, result.completion_tokens)
-    billing.settle(ctx.account_id, chat.request_id, chat.model.name, result.prompt_tokens,
-                   result.completion_tokens, charge, result.estimated)
-    ctx.settled(chat, result.prompt_tokens, result.completion_tokens, charge, result.estimated)
+    charge = ctx.settle(chat, result.prompt_tokens, result.completion_tokens,
+                        billing.cost(chat.model, result.prompt_tokens, result.completion_tokens),
+                        result.estimated)
     return {"id": chat.request_id, "object": "chat.completion", "created": int(time.time()),
             "model": chat.model.name, "choices": result.choices,
             "usage": usage(result.prompt_tokens, result.completion_tokens, charge)}
@@ -136,13 +178,13 @@ def stream(chat, ctx: Context):
     """Open the upstream stream (errors here are ordinary JSON errors), then a generator of SSE bytes."""
     rows = candidates(chat, ctx.ext.registry)
     _streamable(_call(chat, ctx.conf))
-    _hold(chat, rows, ctx.account_id, ctx.conf)
+    _hold(chat, rows, ctx)
     started = time.perf_counter()
     try:
         call, resp = _first_answer(chat, rows, ctx.conf,
                                    lambda c: ctx.ext.transport.open_stream(_streamable(c)))
     except BaseException:
-        billing.release(chat.request_id)
+        ctx.release(chat)
         raise
     ctx.record["upstream_seconds"] = time.perf_counter() - started
     ctx.record["upstream_ms"] = round(ctx.record["upstream_seconds"] * 1000, 2)
@@ -188,13 +230,11 @@ def _settle_stream(chat, ctx: Context, state: StreamState, tally: _Tally, finish
     exact = (finished and isinstance(state.prompt_tokens, int)
              and isinstance(state.completion_tokens, int))
     if not exact and tally.pieces == 0:
-        billing.release(chat.request_id)
+        ctx.release(chat)
         return 0
     prompt = state.prompt_tokens if isinstance(state.prompt_tokens, int) else chat.prompt_guess
     completion = state.completion_tokens if exact else tally.pieces
-    charge = billing.cost(chat.model, prompt, completion)
-    billing.settle(ctx.account_id, chat.request_id, chat.model.name, prompt, completion, charge, not exact)
-    ctx.settled(chat, prompt, completion, charge, not exact)
+    charge = ctx.settle(chat, prompt, completion, billing.cost(chat.model, prompt, completion), not exact)
     state.extra["usage"] = usage(prompt, completion, charge)
     return charge
 
@@ -207,7 +247,7 @@ def _events(chat, call, resp, ctx: Context):
         resp.close()
         _settle_stream(chat, ctx, state, tally, False)
         ctx.record["error"] = err.code
-        yield sse.event(err.body())
+        yield sse.event(scrub(err, [call.api_key, *ctx.conf["PROVIDER_KEYS"].values()]).body())
         return
     except BaseException:  # client gone (GeneratorExit) or a bug: bill what was delivered
         resp.close()

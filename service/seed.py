@@ -13,7 +13,7 @@ ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*_API_KEY$")  # settings read provider ke
 PRICES = ("cost_per_1k_tokens", "cost_per_1k_input_tokens", "cost_per_1k_output_tokens")
 FIELDS = {"id", "name", "provider", "api", "upstream_model", "base_url", "api_key_env", *PRICES,
           "max_output_tokens", "rpm", "aliases", "enabled", "fallbacks", "connect_timeout",
-          "read_timeout"}
+          "read_timeout", "image_tokens"}
 
 
 class RowError(InvalidRequest):
@@ -91,7 +91,8 @@ def validate(raw: dict, where: str, partial: bool = False) -> dict:
             out[field] = _price(raw, where, field)
     if not partial and out["cost_per_1k_tokens"] is None:
         out["cost_per_1k_tokens"] = 0
-    for field, low in (("max_output_tokens", 1), ("rpm", 1), ("connect_timeout", 1), ("read_timeout", 1)):
+    for field, low in (("max_output_tokens", 1), ("rpm", 1), ("connect_timeout", 1), ("read_timeout", 1),
+                       ("image_tokens", 0)):
         if field in raw or not partial:
             out[field] = _int(raw, where, field, low, 4096 if field == "max_output_tokens" else None)
     for field in ("aliases", "fallbacks"):

@@ -21,7 +21,8 @@ from urllib3.exceptions import HTTPError, NewConnectionError, ReadTimeoutError, 
 from providers.base import Completion, parse_json
 from service.breaker import Breakers
 from service.errors import (
-    GatewayError, ProviderError, ProviderUnavailable, UpstreamRateLimited, UpstreamTimeout, unavailable,
+    GatewayError, ProviderError, ProviderUnavailable, UpstreamRateLimited, UpstreamTimeout, scrub,
+    unavailable,
 )
 
 RETRY_CAP = 10.0  # seconds: a provider asking us to wait longer gets its 429 passed on instead
@@ -156,7 +157,7 @@ class Transport:
                 text = ""
             resp.close()
             resp.release_conn()
-            err = _scrub(adapter.error(resp.status, text, model.provider), call.api_key)
+            err = scrub(adapter.error(resp.status, text, model.provider), [call.api_key])
             if resp.status == 429 and "Retry-After" in resp.headers:
                 err.headers["Retry-After"] = resp.headers["Retry-After"]
             raise err
@@ -172,9 +173,3 @@ class Transport:
         """Start a streaming call; the caller reads `lines()` and must `close()` it."""
         return Stream(self._post(call, stream=True), call.chat.model.provider)
 
-
-def _scrub(err: GatewayError, api_key: str | None) -> GatewayError:
-    """Never echo our provider key back to a client."""
-    if api_key and api_key in err.message:
-        err.message = err.message.replace(api_key, "[redacted]")
-    return err

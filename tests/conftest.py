@@ -37,7 +37,7 @@ def settings(tmp_path, db_url, **extra) -> dict:
     conf = {
         "DATA_DIR": str(tmp_path), "DATABASE_URL": db_url, "REDIS_URL": None,
         "JWT_SECRET_KEY": SECRET, "JWT_ALGORITHM": "HS256", "JWT_PUBLIC_KEY": None,
-        "AUTH_REQUIRED": True, "RATE_LIMIT_DEFAULT": "10000/minute", "REAPER_INTERVAL": 0,
+        "AUTH_REQUIRED": True, "RATE_LIMIT_DEFAULT": "10000/minute", "HOLD_REAP_INTERVAL_SECONDS": 0,
         "NEW_ACCOUNT_CREDITS": "0", "DEFAULT_MODEL": "llama2", "PROVIDER_KEYS": {},
         "OLLAMA_HOST": "http://127.0.0.1:9", "UPSTREAM_CONNECT_TIMEOUT": 2,
         "UPSTREAM_READ_TIMEOUT": 10, "UPSTREAM_BACKOFF": 0.01, "BREAKER_THRESHOLD": 0,
@@ -62,6 +62,10 @@ def make_app(tmp_path, db_url):
         return app
 
     yield build
+    for app in made:  # stop each app's hold keeper before its tables go
+        stop = app.extensions.get("tollgate_reaper_stop")
+        if stop is not None:
+            stop.set()
     if made or db_url.startswith("postgres"):
         _drop_all()
         db.close()

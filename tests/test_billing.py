@@ -29,7 +29,7 @@ def priced(add_model, upstream):
 
 def hold_tokens(max_tokens: int) -> int:
     model = type("M", (), {"max_output_tokens": 100})()
-    return ChatRequest(model, MSGS, {"max_tokens": max_tokens}).prompt_bound + max_tokens
+    return ChatRequest(model, MSGS, {"max_tokens": max_tokens}).prompt_bound(0) + max_tokens
 
 
 def test_concurrent_calls_never_overdraw(priced, live, topup):
@@ -159,4 +159,71 @@ def test_invariant_holds_under_random_sequences(app, ops):
                 billing.release(held_id)
         elif op == "reap":
             billing.reap(utcnow() - dt.timedelta(days=1))
+        invariant(acct.name)
+
+
+PLAY = st.lists(st.tuples(
+    st.sampled_from(["topup", "start", "finish", "overrun", "disconnect", "fail", "crash", "journal",
+                     "replay", "tick"]),
+    st.integers(min_value=0, max_value=3_000_000), st.integers(min_value=0, max_value=6_000_000)),
+    max_size=30)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(PLAY)
+def test_money_invariant_with_overruns_crashes_and_journal(app, tmp_path, ops):
+    """Random top-ups, calls (answered, failed, overrun, disconnected), crashed processes and
+    journal replays: the balance always equals top-ups - charges, never below zero, held is
+    exactly the open holds, and after a keeper tick no hold of a dead process is left while
+    every call in flight keeps its own."""
+    import uuid
+
+    from service.app import keep_money
+    from service.journal import Journal
+
+    tag = uuid.uuid4().hex[:8]
+    acct = billing.account(f"p-{tag}")
+    ext = type("Ext", (), {"journal": Journal(tmp_path / tag, "live"), "owner": f"live-{tag}"})()
+    expected, flying, journalled = 0, [], []
+    for i, (op, amount, cost) in enumerate(ops):
+        rid = f"{tag}-{i}"
+        if op == "topup" and amount:
+            billing.credit(acct.id, amount)
+            expected += amount
+        elif op == "start":
+            try:
+                billing.hold(acct.id, rid, amount, 60, ext.owner)
+                flying.append((rid, amount))
+            except InsufficientCredits:
+                pass
+        elif op == "crash":  # a call whose process died: its hold is no longer extended
+            try:
+                billing.hold(acct.id, rid, amount, 0, f"dead-{tag}")
+            except InsufficientCredits:
+                pass
+        elif op in ("finish", "overrun", "disconnect", "fail", "journal") and flying:
+            held_id, held = flying.pop(0)
+            charge = {"finish": cost, "overrun": held + cost + 1, "disconnect": cost // 2}.get(op, cost)
+            if op == "fail":
+                billing.release(held_id)
+            elif op == "journal":  # the database was away when this call settled
+                ext.journal.append({"op": "settle", "rid": held_id, "args": {
+                    "account_id": acct.id, "request_id": held_id, "model": "m", "prompt_tokens": 1,
+                    "completion_tokens": 1, "charge": charge, "cap": held}})
+                journalled.append(min(charge, held))
+            else:
+                billing.settle(acct.id, held_id, "m", 1, 1, charge, op == "disconnect", cap=held)
+                expected -= min(charge, held)
+        elif op == "replay":
+            if ext.journal.replay(billing.apply_journalled):
+                expected -= sum(journalled)
+                journalled.clear()
+        elif op == "tick":
+            keep_money(ext, 60)
+            expected -= sum(journalled)
+            journalled.clear()
+            assert not Hold.select().where(Hold.owner == f"dead-{tag}").exists()
+        live = {h.request_id for h in Hold.select().where(Hold.owner == ext.owner)}
+        assert {rid for rid, _ in flying} <= live  # a call in flight never loses its hold
+        assert account(acct.name).balance == expected >= 0
         invariant(acct.name)

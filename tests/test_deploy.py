@@ -71,7 +71,7 @@ def test_streams_through_nginx_arrive_unbuffered(stack, upstream):
 def test_credits_hold_across_both_processes(stack, upstream):
     client, proxy, _ = stack
     model = type("M", (), {"max_output_tokens": 20})()
-    per_call = ChatRequest(model, MSGS).prompt_bound + 20
+    per_call = ChatRequest(model, MSGS).prompt_bound(0) + 20
     upstream.expect_request("/v1/chat/completions").respond_with_json(
         fake_openai.completion("x", per_call - 20, 20))
     client.post("/api/admin/accounts/zed/credits", json={"amount": per_call * 10 / 1000}, headers=auth("root", True))

@@ -20,9 +20,12 @@ def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):
                        completion_tokens=20, delta=-420, kind="charge")
     Account.update(balance=Account.balance - 420).where(Account.id == acct.id).execute()
     _, key = create_key(acct, "legacy")
+    db.execute_sql("DROP INDEX IF EXISTS hold_owner")  # the first schema had none of migration 4's columns
+    for table, column, _ in migrations.V4_COLUMNS:
+        db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
 
     app = make_app()  # starting the app upgrades in place
-    assert migrations.current_version() == migrations.STEPS[-1][0] == 3
+    assert migrations.current_version() == migrations.STEPS[-1][0] == 4
     result = app.test_cli_runner().invoke(args=["db", "upgrade"])
     assert "nothing to do" in result.output
     assert AIModel.get_by_id(4).cost_per_1k_tokens == 14_000
@@ -39,3 +42,4 @@ def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):
     assert acct.balance == 5_000_000 - 450 and acct.held == 0
     indexes = {i.name for i in db.get_indexes("ledgerentry")}
     assert "ledgerentry_account_id_id" in indexes
+    assert {"owner"} <= {c.name for c in db.get_columns("hold")}
