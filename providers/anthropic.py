@@ -15,12 +15,13 @@ import json
 from typing import Iterable, Iterator
 
 from providers.base import (
-    Adapter, Completion, Delta, StreamState, choice, sse_data, text_of, turns,
+    Adapter, Completion, Delta, StreamState, as_function_call, choice, legacy, sse_data, text_of, turns,
 )
-from providers.parts import text_only
-from service.errors import NotImplementedByProvider, ProviderError
+from providers.parts import Part, parts_of, refuse
+from service.errors import InvalidRequest, NotImplementedByProvider, ProviderError
 
 VERSION = "2023-06-01"
+THINKING = {"none": 0, "minimal": 1024, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32000}
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
           "tool_use": "tool_calls", "refusal": "content_filter", "pause_turn": "stop"}
 
@@ -31,10 +32,19 @@ class AnthropicAdapter(Adapter):
     default_base = "https://api.anthropic.com"
     unsupported = ("logprobs", "top_logprobs", "logit_bias", "presence_penalty",
                    "frequency_penalty", "seed")
+    mapped = frozenset({"temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "n", "stop",
+                        "user", "tools", "tool_choice", "parallel_tool_calls", "response_format",
+                        "reasoning_effort"})
 
     def check(self, chat) -> None:
+        chat = legacy(chat)
         super().check(chat)
-        text_only(chat.messages, self.name)
+        _messages(chat.messages)  # every part has an Anthropic shape, or a 400 now
+        effort = chat.params.get("reasoning_effort")
+        if THINKING.get(effort) and chat.output_cap(chat.model) <= THINKING[effort]:
+            raise InvalidRequest(f"reasoning_effort '{effort}' gives Anthropic a thinking budget of "
+                                 f"{THINKING[effort]} tokens: max_tokens must be larger",
+                                 param="max_tokens")
         fmt = (chat.params.get("response_format") or {}).get("type", "text")
         if fmt != "text":
             raise NotImplementedByProvider(f"response_format '{fmt}' is not supported by the "
@@ -50,6 +60,7 @@ class AnthropicAdapter(Adapter):
         return headers
 
     def request(self, chat) -> dict:
+        chat = legacy(chat)
         p = chat.params
         system, messages = _messages(chat.messages)
         body: dict = {"model": chat.model.upstream_model, "messages": messages,
@@ -60,6 +71,10 @@ class AnthropicAdapter(Adapter):
             body["temperature"] = min(p["temperature"], 1.0)  # OpenAI allows 0-2, Anthropic 0-1
         if "top_p" in p:
             body["top_p"] = p["top_p"]
+        if "top_k" in p:
+            body["top_k"] = p["top_k"]
+        if THINKING.get(p.get("reasoning_effort")):
+            body["thinking"] = {"type": "enabled", "budget_tokens": THINKING[p["reasoning_effort"]]}
         if "stop" in p:
             body["stop_sequences"] = p["stop"] if isinstance(p["stop"], list) else [p["stop"]]
         if "user" in p:
@@ -82,6 +97,8 @@ class AnthropicAdapter(Adapter):
                                            "arguments": json.dumps(block.get("input") or {})}})
         finish = FINISH.get(payload.get("stop_reason"), "stop")
         out = [choice(0, "".join(text) if text or not calls else None, finish, calls or None)]
+        if "functions" in chat.params:
+            out = [as_function_call(c) for c in out]
         usage = payload.get("usage") or {}
         prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
         if not isinstance(prompt, int) or not isinstance(completion, int):
@@ -135,10 +152,23 @@ def _cached(usage: dict) -> int:
     return (usage.get("cache_read_input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0)
 
 
-def _blocks(m: dict) -> list[dict]:
+def _block(part: Part, where: str) -> dict:
+    """One OpenAI part as one Anthropic block: text, an image (inline or by URL), a PDF."""
+    if part.kind == "text":
+        return {"type": "text", "text": part.text}
+    if part.kind == "audio":
+        raise refuse(where, f"{where}: the anthropic provider does not take audio")
+    kind = "image" if part.kind == "image" else "document"
+    if part.url:
+        return {"type": kind, "source": {"type": "url", "url": part.url}}
+    return {"type": kind, "source": {"type": "base64", "media_type": part.mime, "data": part.data}}
+
+
+def _blocks(m: dict, index: int) -> list[dict]:
     if m["role"] == "tool":
         return [{"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": text_of(m.get("content"))}]
-    blocks = [{"type": "text", "text": text_of(m.get("content"))}] if text_of(m.get("content")) else []
+    where = f"messages[{index}].content"
+    blocks = [_block(p, where) for p in parts_of(m, index) if p.kind != "text" or p.text]
     for call in m.get("tool_calls") or []:
         args = call["function"].get("arguments") or "{}"
         blocks.append({"type": "tool_use", "id": call["id"], "name": call["function"]["name"],

@@ -2,22 +2,27 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator
 
 from service.errors import (
-    GatewayError, NotImplementedByProvider, ProviderError, UpstreamRateLimited, UpstreamRejected,
+    GatewayError, InvalidRequest, NotImplementedByProvider, ProviderError, ProviderUnavailable,
+    UpstreamRateLimited, UpstreamRejected,
 )
 
 
 @dataclass
 class Completion:
-    """A provider's answer in OpenAI terms: choices plus token counts."""
+    """A provider's answer in OpenAI terms: choices plus token counts; `raw` is an
+    OpenAI-compatible provider's whole body (every field it sent goes back to the client) and
+    `usage` its usage object (details such as cached and reasoning tokens)."""
 
     choices: list[dict]
     prompt_tokens: int
     completion_tokens: int
     estimated: bool = False
+    raw: dict | None = None
+    usage: dict | None = None
 
 
 @dataclass
@@ -28,6 +33,7 @@ class Delta:
     content: str | None = None
     tool_calls: list | None = None
     finish_reason: str | None = None
+    chunk: dict | None = None  # an OpenAI-compatible provider's whole chunk, relayed as it came
 
 
 @dataclass
@@ -65,24 +71,79 @@ def text_of(content) -> str:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
 
 
 def turns(messages: list[dict], assistant: str, parts_of, key: str) -> tuple[list[str], list[dict]]:
     """System/developer texts apart, the rest as alternating user/`assistant` turns whose `key`
-    holds parts_of(message), consecutive same-role messages merged (Gemini and Anthropic)."""
+    holds parts_of(message, index), consecutive same-role messages merged (Gemini and Anthropic)."""
     system, out = [], []
-    for m in messages:
+    for i, m in enumerate(messages):
         if m["role"] in ("system", "developer"):
             system.append(text_of(m.get("content")))
             continue
         role = assistant if m["role"] == "assistant" else "user"
-        parts = parts_of(m)
+        parts = parts_of(m, i)
         if out and out[-1]["role"] == role:
             out[-1][key].extend(parts)
         else:
             out.append({"role": role, key: parts})
     return system, out
+
+
+def legacy(chat):
+    """The call with OpenAI's legacy function calling (`functions`, `function_call`, assistant
+    `function_call` turns, `function` results) restated as tools, for translating adapters."""
+    p = chat.params
+    if not ("functions" in p or "function_call" in p or any(
+            m["role"] == "function" or m.get("function_call") for m in chat.messages)):
+        return chat
+    params = {k: v for k, v in p.items() if k not in ("functions", "function_call")}
+    if "functions" in p:
+        params.setdefault("tools", [{"type": "function", "function": f} for f in p["functions"]])
+    call = p.get("function_call")
+    if call is not None:
+        params.setdefault("tool_choice", call if isinstance(call, str) else
+                          {"type": "function", "function": {"name": call.get("name")}})
+    return replace(chat, params=params, messages=_tool_messages(chat.messages))
+
+
+def _tool_messages(messages: list[dict]) -> list[dict]:
+    out, waiting = [], {}  # function name -> ids of its calls not yet answered
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant" and isinstance(m.get("function_call"), dict):
+            fn, cid = m["function_call"], f"call_{i}"
+            waiting.setdefault(fn.get("name"), []).append(cid)
+            m = {k: v for k, v in m.items() if k != "function_call"} | {"tool_calls": [
+                {"id": cid, "type": "function",
+                 "function": {"name": fn.get("name", ""), "arguments": fn.get("arguments") or "{}"}}]}
+        elif m["role"] == "function":
+            ids = waiting.get(m.get("name")) or [f"call_{i}"]
+            m = {"role": "tool", "tool_call_id": ids.pop(0), "name": m.get("name"),
+                 "content": m.get("content")}
+        out.append(m)
+    return out
+
+
+def as_function_call(choice_: dict) -> dict:
+    """A choice in the legacy shape the client asked for: its first tool call as `function_call`."""
+    message = choice_["message"]
+    calls = message.pop("tool_calls", None)
+    if calls:
+        message["function_call"] = {"name": calls[0]["function"]["name"],
+                                    "arguments": calls[0]["function"]["arguments"]}
+    if choice_.get("finish_reason") == "tool_calls":
+        choice_["finish_reason"] = "function_call"
+    return choice_
+
+
+def legacy_delta(body: dict, finish: str | None) -> tuple[dict, str | None]:
+    """A streamed delta in the legacy shape: `function_call` pieces instead of `tool_calls`."""
+    calls = body.pop("tool_calls", None)
+    if calls:
+        fn = calls[0].get("function") or {}
+        body["function_call"] = {k: fn[k] for k in ("name", "arguments") if fn.get(k) is not None}
+    return body, ("function_call" if finish == "tool_calls" else finish)
 
 
 def parse_json(text: str | bytes):
@@ -98,20 +159,30 @@ class Adapter:
 
     name = "base"
     native_n = True
-    unsupported: tuple[str, ...] = ()
+    unsupported: tuple[str, ...] = ()  # OpenAI features this provider lacks: 501
+    mapped: frozenset = frozenset()  # parameters this adapter translates; any other is a 400
     stream_format = "sse"  # or "ndjson"
 
     def check(self, chat) -> None:
-        """Refuse (501) parameters this provider cannot honour, never drop them."""
-        for param in self.unsupported:
-            if param in chat.params:
+        """Refuse what this provider cannot honour, never drop it: a feature it lacks is 501,
+        a parameter with no equivalent there is 400 naming it."""
+        for param in chat.params:
+            if param in self.unsupported:
                 raise NotImplementedByProvider(
                     f"Parameter '{param}' is not supported by the {self.name} provider", param=param)
+            if param not in self.mapped:
+                raise InvalidRequest(f"Parameter '{param}' has no equivalent on the {self.name} "
+                                     "provider; remove it or choose another model", param=param)
 
     default_base = ""
 
     def url(self, base: str, model, stream: bool) -> str:
         raise NotImplementedError
+
+    def unavailable(self, provider: str) -> ProviderUnavailable:
+        """The error for a provider that cannot be reached (refused, reset, unresolvable)."""
+        return ProviderUnavailable(f"{provider} service is unavailable.",
+                                   code=f"{provider.lower()}_unavailable")
 
     def headers(self, api_key: str | None) -> dict:
         return {"Content-Type": "application/json"}

@@ -13,14 +13,16 @@ import json
 from typing import Iterable, Iterator
 
 from providers.base import (
-    Adapter, Completion, Delta, StreamState, capped, choice, sse_data, text_of, turns,
+    Adapter, Completion, Delta, StreamState, as_function_call, capped, choice, legacy, sse_data, text_of,
+    turns,
 )
-from providers.parts import text_only
+from providers.parts import Part, parts_of, refuse
 from service.errors import NotImplementedByProvider, ProviderError
 
-CONFIG = {"temperature": "temperature", "top_p": "topP", "max_tokens": "maxOutputTokens",
+CONFIG = {"temperature": "temperature", "top_p": "topP", "top_k": "topK", "max_tokens": "maxOutputTokens",
           "max_completion_tokens": "maxOutputTokens", "n": "candidateCount", "seed": "seed",
           "presence_penalty": "presencePenalty", "frequency_penalty": "frequencyPenalty"}
+THINKING = {"none": 0, "minimal": 0, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 24576}
 FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
           "RECITATION": "content_filter", "BLOCKLIST": "content_filter",
           "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter"}
@@ -30,11 +32,14 @@ MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 class GeminiAdapter(Adapter):
     name = "gemini"
     unsupported = ("logprobs", "top_logprobs", "logit_bias")
+    mapped = frozenset({*CONFIG, "stop", "response_format", "tools", "tool_choice", "parallel_tool_calls",
+                        "reasoning_effort"})
     default_base = "https://generativelanguage.googleapis.com"
 
     def check(self, chat) -> None:
+        chat = legacy(chat)
         super().check(chat)
-        text_only(chat.messages, self.name)
+        _contents(chat.messages)  # every part has a Gemini shape, or a 400 now
         if chat.params.get("parallel_tool_calls") is False:
             raise NotImplementedByProvider("Parameter 'parallel_tool_calls' = false is not supported "
                                            "by the gemini provider", param="parallel_tool_calls")
@@ -52,6 +57,7 @@ class GeminiAdapter(Adapter):
         return headers
 
     def request(self, chat) -> dict:
+        chat = legacy(chat)
         system, contents = _contents(chat.messages)
         body: dict = {"contents": contents}
         if system:
@@ -73,6 +79,8 @@ class GeminiAdapter(Adapter):
             text, calls = _parts(cand, i)
             finish = "tool_calls" if calls else FINISH.get(cand.get("finishReason"), "stop")
             choices.append(choice(cand.get("index", i), text, finish, calls or None))
+        if "functions" in chat.params:
+            choices = [as_function_call(c) for c in choices]
         usage = payload.get("usageMetadata") or {}
         prompt, completion = usage.get("promptTokenCount"), usage.get("candidatesTokenCount", 0)
         if not isinstance(prompt, int):
@@ -105,10 +113,20 @@ class GeminiAdapter(Adapter):
 def _contents(messages: list[dict]) -> tuple[list[str], list[dict]]:
     """System texts and Gemini contents, same-role turns merged (Gemini wants alternation)."""
     names = {c["id"]: c["function"]["name"] for m in messages for c in m.get("tool_calls") or []}
-    return turns(messages, "model", lambda m: _message_parts(m, names), "parts")
+    return turns(messages, "model", lambda m, i: _message_parts(m, i, names), "parts")
 
 
-def _message_parts(m: dict, names: dict) -> list[dict]:
+def _part(part: Part, where: str) -> dict:
+    """One OpenAI part as one Gemini part: text, or inline media (images, audio, PDFs)."""
+    if part.kind == "text":
+        return {"text": part.text}
+    if part.url:
+        raise refuse(where, f"{where}: the gemini provider takes media inline only; send the "
+                            f"{part.kind} as a data URL (data:<type>;base64,...)")
+    return {"inline_data": {"mime_type": part.mime, "data": part.data}}
+
+
+def _message_parts(m: dict, index: int, names: dict) -> list[dict]:
     if m["role"] == "tool":
         try:
             result = json.loads(text_of(m.get("content")))
@@ -118,7 +136,8 @@ def _message_parts(m: dict, names: dict) -> list[dict]:
             result = {"result": result}
         return [{"functionResponse": {"name": names.get(m["tool_call_id"], m.get("name", "")),
                                       "response": result}}]
-    parts = [{"text": text_of(m.get("content"))}] if m.get("content") else []
+    where = f"messages[{index}].content"
+    parts = [_part(p, where) for p in parts_of(m, index)]
     for call in m.get("tool_calls") or []:
         args = call["function"].get("arguments") or "{}"
         parts.append({"functionCall": {"name": call["function"]["name"],
@@ -128,6 +147,8 @@ def _message_parts(m: dict, names: dict) -> list[dict]:
 
 def _generation(params: dict) -> dict:
     config = {CONFIG[k]: v for k, v in params.items() if k in CONFIG}
+    if "reasoning_effort" in params:
+        config["thinkingConfig"] = {"thinkingBudget": THINKING[params["reasoning_effort"]]}
     if "stop" in params:
         config["stopSequences"] = params["stop"] if isinstance(params["stop"], list) else [params["stop"]]
     fmt = params.get("response_format") or {}

@@ -11,13 +11,14 @@ import json
 from typing import Iterable, Iterator
 
 from providers.base import (
-    Adapter, Completion, Delta, StreamState, capped, choice, text_of,
+    Adapter, Completion, Delta, StreamState, as_function_call, capped, choice, legacy,
 )
-from providers.parts import text_only
-from service.errors import NotImplementedByProvider, ProviderError
+from providers.parts import parts_of, refuse
+from service.errors import NotImplementedByProvider, ProviderError, ProviderUnavailable
 
-OPTIONS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed",
+OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "seed": "seed",
            "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+           "repetition_penalty": "repeat_penalty", "min_p": "min_p",
            "max_tokens": "num_predict", "max_completion_tokens": "num_predict"}
 
 
@@ -26,10 +27,13 @@ class OllamaAdapter(Adapter):
     native_n = False
     stream_format = "ndjson"
     unsupported = ("logprobs", "top_logprobs", "logit_bias")
+    mapped = frozenset({*OPTIONS, "n", "stop", "response_format", "tools", "tool_choice", "reasoning_effort"})
 
     def check(self, chat) -> None:
+        chat = legacy(chat)
         super().check(chat)
-        text_only(chat.messages, self.name)
+        for i, m in enumerate(chat.messages):
+            _message(m, i)  # every part has an Ollama shape, or a 400 now
         choice_ = chat.params.get("tool_choice")
         if choice_ not in (None, "auto", "none"):
             raise NotImplementedByProvider(
@@ -39,10 +43,18 @@ class OllamaAdapter(Adapter):
     def url(self, base: str, model, stream: bool) -> str:
         return f"{base}/api/chat"
 
+    def unavailable(self, provider: str) -> ProviderUnavailable:
+        """The seed's wording, whatever the row's display name."""
+        return ProviderUnavailable("Ollama service is unavailable. Please make sure Ollama is running.",
+                                   code="ollama_unavailable")
+
     def request(self, chat) -> dict:
+        chat = legacy(chat)
         params = capped(chat)
         body = {"model": chat.model.upstream_model, "stream": chat.stream,
-                "messages": [_message(m) for m in chat.messages]}
+                "messages": [_message(m, i) for i, m in enumerate(chat.messages)]}
+        if "reasoning_effort" in params:
+            body["think"] = params["reasoning_effort"] != "none"
         options = {OPTIONS[k]: v for k, v in params.items() if k in OPTIONS}
         if "stop" in params:
             options["stop"] = params["stop"] if isinstance(params["stop"], list) else [params["stop"]]
@@ -64,6 +76,8 @@ class OllamaAdapter(Adapter):
         calls = _tool_calls(msg.get("tool_calls"))
         finish = "tool_calls" if calls else _finish(payload.get("done_reason"))
         out = [choice(0, msg.get("content", ""), finish, calls or None)]
+        if "functions" in chat.params:
+            out = [as_function_call(c) for c in out]
         prompt, completion = payload.get("prompt_eval_count"), payload.get("eval_count")
         if not isinstance(prompt, int) or not isinstance(completion, int):
             # Ollama omits prompt_eval_count when the prompt was cached
@@ -97,9 +111,22 @@ def _finish(reason) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def _message(m: dict) -> dict:
-    """An OpenAI message as Ollama takes it (text content, tool calls with object arguments)."""
-    out = {"role": m["role"], "content": text_of(m.get("content"))}
+def _message(m: dict, index: int) -> dict:
+    """An OpenAI message as Ollama takes it: text parts joined by new lines, inline images in
+    `images`, tool calls with object arguments."""
+    where = f"messages[{index}].content"
+    texts, images = [], []
+    for part in parts_of(m, index):
+        if part.kind == "text":
+            texts.append(part.text)
+        elif part.kind == "image" and not part.url:
+            images.append(part.data)
+        else:
+            raise refuse(where, f"{where}: the ollama provider takes text and inline images "
+                                "(data URLs) only")
+    out = {"role": m["role"], "content": "\n".join(texts)}
+    if images:
+        out["images"] = images
     if m.get("tool_calls"):
         out["tool_calls"] = [{"function": {"name": c["function"]["name"],
                                            "arguments": _loads(c["function"].get("arguments"))}}

@@ -1,17 +1,18 @@
 """OpenAI Chat Completions protocol: OpenAI, DeepSeek, vLLM, llama.cpp, Ollama's /v1.
 
 Follows https://platform.openai.com/docs/api-reference/chat: the request passes
-through as sent (model renamed to the upstream name; the row's `max_output_tokens`
-added as the cap when the client set none), streams are SSE of
-`chat.completion.chunk` with `stream_options.include_usage` asked for so that
-the final chunk carries usage.
+through as sent, every field known to the gateway or not (model renamed to the
+upstream name; the row's `max_output_tokens` added as the cap when the client set
+none; `stream_options.include_usage` asked for so that the final chunk carries
+usage). The answer and each chunk come back whole: the relay rewrites `id` and
+`model` and adds the cost, nothing else.
 """
 from __future__ import annotations
 
 import json
 from typing import Iterable, Iterator
 
-from providers.base import Adapter, Completion, Delta, StreamState, capped, choice, sse_data
+from providers.base import Adapter, Completion, Delta, StreamState, capped, sse_data
 from service.errors import ProviderError
 
 
@@ -29,12 +30,15 @@ class OpenAIAdapter(Adapter):
             headers["Authorization"] = f"Bearer {api_key}"
         return headers
 
+    def check(self, chat) -> None:
+        """Everything passes through: the upstream decides what it takes."""
+
     def request(self, chat) -> dict:
-        body = {"model": chat.model.upstream_model, "messages": chat.messages,
-                **capped(chat, self.cap_field(chat.model))}
+        body = {**capped(chat, self.cap_field(chat.model)), "model": chat.model.upstream_model,
+                "messages": chat.messages}
         if chat.stream:
             body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
+            body["stream_options"] = {**chat.stream_options, "include_usage": True}
         return body
 
     def cap_field(self, model) -> str:
@@ -48,19 +52,16 @@ class OpenAIAdapter(Adapter):
             raise ProviderError("The provider answered without choices")
         choices = []
         for i, c in enumerate(payload["choices"]):
-            msg = c.get("message") or {}
-            out = choice(c.get("index", i), msg.get("content"), c.get("finish_reason") or "stop",
-                         msg.get("tool_calls"))
-            if msg.get("refusal"):
-                out["message"]["refusal"] = msg["refusal"]
-            if c.get("logprobs") is not None:
-                out["logprobs"] = c["logprobs"]
-            choices.append(out)
-        usage = payload.get("usage") or {}
+            if not isinstance(c, dict) or not isinstance(c.get("message"), dict):
+                raise ProviderError("The provider answered with a choice without a message")
+            message = {"role": "assistant", "content": None, "refusal": None, **c["message"]}
+            choices.append({**c, "index": c.get("index", i), "message": message,
+                            "logprobs": c.get("logprobs"), "finish_reason": c.get("finish_reason") or "stop"})
+        usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if not isinstance(prompt, int) or not isinstance(completion, int):
-            return Completion(choices, chat.prompt_guess, _estimate(choices), estimated=True)
-        return Completion(choices, prompt, completion)
+            return Completion(choices, chat.prompt_guess, _estimate(choices), estimated=True, raw=payload)
+        return Completion(choices, prompt, completion, raw=payload, usage=usage)
 
     def stream_events(self, lines: Iterable[bytes], state: StreamState) -> Iterator[Delta]:
         for data in sse_data(lines):
@@ -68,14 +69,20 @@ class OpenAIAdapter(Adapter):
                 state.done = True
                 return
             event = self.stream_event(data)
-            usage = event.get("usage")
+            usage = event.pop("usage", None)
             if isinstance(usage, dict):
                 state.prompt_tokens = usage.get("prompt_tokens")
                 state.completion_tokens = usage.get("completion_tokens")
-            for c in event.get("choices") or []:
-                delta = c.get("delta") or {}
-                yield Delta(c.get("index", 0), delta.get("content"), delta.get("tool_calls"),
-                            c.get("finish_reason"))
+                state.extra["usage"] = usage
+            choices = event.get("choices")
+            if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
+                continue  # the usage chunk (sent again, with the cost, at the end) or an empty one
+            text = "".join(c["delta"].get("content") or "" for c in choices if isinstance(c.get("delta"), dict))
+            yield Delta(choices[0].get("index", 0), text or None,
+                        next((c["delta"]["tool_calls"] for c in choices
+                              if isinstance(c.get("delta"), dict) and c["delta"].get("tool_calls")), None),
+                        next((c["finish_reason"] for c in choices if c.get("finish_reason")), None),
+                        chunk=event)
 
 
 def _estimate(choices: list[dict]) -> int:

@@ -36,7 +36,8 @@ def prepare() -> None:
     stream, include_usage = chat_request.stream_flags(body, request.path == STREAM_PATH)
     g.model = model
     g.chat = chat_request.ChatRequest(model, messages, chat_request.params_of(body), stream,
-                                      include_usage, f"chatcmpl-{uuid.uuid4().hex}")
+                                      include_usage, f"chatcmpl-{uuid.uuid4().hex}",
+                                      body.get("stream_options") or {})
 
 
 @bp.post("/api/v1/chat/completions")

@@ -8,18 +8,19 @@ from dataclasses import dataclass, field
 from service.errors import InvalidRequest
 
 MAX_MESSAGES = 2048
-ROLES = {"system", "developer", "user", "assistant", "tool"}
+ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 RANGES = {"temperature": (0, 2), "top_p": (0, 1),
           "presence_penalty": (-2, 2), "frequency_penalty": (-2, 2)}
 INTS = {"max_tokens": (1, 2 ** 31 - 1), "max_completion_tokens": (1, 2 ** 31 - 1), "n": (1, 8),
         "top_logprobs": (0, 20), "seed": (-(2 ** 63), 2 ** 63 - 1)}
-PASSED = (*RANGES, *INTS, "stop", "user", "response_format", "tools", "tool_choice",
-          "logprobs", "logit_bias", "parallel_tool_calls")
+# what the gateway itself decides; every other field the client sends is a parameter that an
+# OpenAI-compatible row receives as sent and a translated row maps or refuses (SPEC §7)
+OWN = ("model", "id", "messages", "stream", "stream_options")
 
 
 @dataclass
 class ChatRequest:
-    """A validated call: the model row, messages, and only the parameters the client sent."""
+    """A validated call: the model row, messages, and every other field the client sent."""
 
     model: object
     messages: list[dict]
@@ -27,6 +28,7 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     request_id: str = ""
+    stream_options: dict = field(default_factory=dict)  # the client's own, passed on
     _size: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -119,6 +121,12 @@ SHAPES = {
         isinstance(t, dict) and isinstance(t.get("type"), str) for t in v),
     "tool_choice": lambda v: v in ("none", "auto", "required") or isinstance(v, dict),
     "logit_bias": lambda v: isinstance(v, dict),
+    "functions": lambda v: isinstance(v, list) and all(
+        isinstance(f, dict) and isinstance(f.get("name"), str) for f in v),
+    "function_call": lambda v: v in ("none", "auto") or (isinstance(v, dict) and isinstance(v.get("name"), str)),
+    "reasoning_effort": lambda v: v in ("none", "minimal", "low", "medium", "high", "xhigh"),
+    "metadata": lambda v: isinstance(v, dict),
+    "top_k": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
 }
 
 
@@ -158,6 +166,9 @@ def messages_of(body: dict) -> list[dict]:
                 m["role"] == "assistant" and m.get("tool_calls") and m.get("content") is None):
             raise InvalidRequest(f"{where}.content must be a string or a non-empty list of parts",
                                  param=f"{where}.content", code="invalid_messages")
+        if m["role"] == "function" and not isinstance(m.get("name"), str):
+            raise InvalidRequest(f"{where} (role function) needs a name", param=where,
+                                 code="invalid_messages")
         if m["role"] == "tool" and not isinstance(m.get("tool_call_id"), str):
             raise InvalidRequest(f"{where} (role tool) needs a tool_call_id", param=where,
                                  code="invalid_messages")
@@ -165,8 +176,9 @@ def messages_of(body: dict) -> list[dict]:
 
 
 def params_of(body: dict) -> dict:
-    """The passed-through parameters the client actually sent (null means not sent)."""
-    sent = {k: body[k] for k in PASSED if body.get(k) is not None}
+    """Every field the client sent but those the gateway decides (null means not sent); the
+    ones OpenAI defines are checked for range and shape."""
+    sent = {k: v for k, v in body.items() if v is not None and k not in OWN}
     for name, (low, high) in RANGES.items():
         if name in sent:
             _number(sent, name, low, high)

@@ -128,15 +128,6 @@ def scrub(err: GatewayError, secrets) -> GatewayError:
     return err
 
 
-def unavailable(provider: str) -> ProviderUnavailable:
-    """The seed's wording for Ollama, a plain one for other providers."""
-    if provider.lower() == "ollama":
-        msg = "Ollama service is unavailable. Please make sure Ollama is running."
-    else:
-        msg = f"{provider} service is unavailable."
-    return ProviderUnavailable(msg, code=f"{provider.lower()}_unavailable")
-
-
 def language() -> str:
     """'zh' when the client prefers Chinese, else 'en'."""
     header = request.headers.get("Accept-Language", "") if request else ""

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from providers import ADAPTERS
-from providers.base import Completion, StreamState
+from providers.base import Completion, StreamState, legacy_delta
 from service import billing, sse
 from service.errors import (
     GatewayError, ModelNotFound, NotImplementedByProvider, ProviderError, ProviderUnavailable, scrub,
@@ -162,9 +162,19 @@ def complete(chat, ctx: Context) -> dict:
     charge = ctx.settle(chat, result.prompt_tokens, result.completion_tokens,
                         billing.cost(chat.model, result.prompt_tokens, result.completion_tokens),
                         result.estimated)
-    return {"id": chat.request_id, "object": "chat.completion", "created": int(time.time()),
-            "model": chat.model.name, "choices": result.choices,
-            "usage": usage(result.prompt_tokens, result.completion_tokens, charge)}
+    return _completion(chat, result, charge)
+
+
+def _completion(chat, result: Completion, charge: int) -> dict:
+    """The `chat.completion` body: an OpenAI-compatible provider's own, every field kept, with
+    our id, the catalogue's model name and the cost added to its usage; else built."""
+    counted = {**(result.usage or {}), **usage(result.prompt_tokens, result.completion_tokens, charge)}
+    body = {**(result.raw or {}), "id": chat.request_id, "object": "chat.completion",
+            "created": (result.raw or {}).get("created") or int(time.time()),
+            "model": chat.model.name, "choices": result.choices, "usage": counted}
+    if body.get("system_fingerprint", "") is None:
+        del body["system_fingerprint"]  # OpenAI's schema: a string when present
+    return body
 
 
 def _streamable(call: Call) -> Call:
@@ -204,24 +214,50 @@ def _relay(chat, call, resp, state: StreamState, tally: _Tally, created: int, ct
     yield sse.chunk(rid, created, name, [sse.delta_choice(i, {"role": "assistant", "content": ""})
                                          for i in range(chat.n)])
     for delta in call.adapter.stream_events(resp.lines(), state):
+        if ctx.ext.stopping.is_set():
+            raise ProviderUnavailable("The gateway is shutting down; retry the call",
+                                      code="shutting_down")
+        if delta.chunk is not None:  # an OpenAI-compatible chunk: relayed whole, renamed
+            if _informative(delta.chunk):
+                yield sse.event({**delta.chunk, "id": rid, "object": "chat.completion.chunk",
+                                 "created": created, "model": name})
+                _count(delta, tally, ctx)
+            continue
         body = {}
         if delta.content:
             body["content"] = delta.content
         if delta.tool_calls:
             body["tool_calls"] = delta.tool_calls
-        if ctx.ext.stopping.is_set():
-            raise ProviderUnavailable("The gateway is shutting down; retry the call",
-                                      code="shutting_down")
         if not body and delta.finish_reason is None:
             continue  # the upstream's own empty role chunk: ours was sent first
-        yield sse.chunk(rid, created, name, [sse.delta_choice(delta.index, body, delta.finish_reason)])
-        if delta.content or delta.tool_calls:
-            if not tally.pieces:
-                ctx.record["ttft_seconds"] = time.perf_counter() - ctx.started
-                ctx.record["ttft_ms"] = round(ctx.record["ttft_seconds"] * 1000, 2)
-            tally.pieces += 1
+        finish = delta.finish_reason
+        if "functions" in chat.params:  # the client speaks legacy function calling
+            body, finish = legacy_delta(body, finish)
+        yield sse.chunk(rid, created, name, [sse.delta_choice(delta.index, body, finish)])
+        _count(delta, tally, ctx)
     if not state.done:
         raise ProviderError(f"{chat.model.provider} closed the stream before it finished")
+
+
+def _informative(chunk: dict) -> bool:
+    """Whether an upstream chunk says more than the empty role delta we already sent."""
+    if chunk.get("system_fingerprint") is None:
+        chunk.pop("system_fingerprint", None)
+    for c in chunk.get("choices") or ():
+        if c.get("finish_reason") is not None or c.get("logprobs") is not None:
+            return True
+        if any(v not in (None, "") for k, v in (c.get("delta") or {}).items() if k != "role"):
+            return True
+    return False
+
+
+def _count(delta, tally: _Tally, ctx: Context) -> None:
+    """A content piece reached the client: the first one times the first token."""
+    if delta.content or delta.tool_calls:
+        if not tally.pieces:
+            ctx.record["ttft_seconds"] = time.perf_counter() - ctx.started
+            ctx.record["ttft_ms"] = round(ctx.record["ttft_seconds"] * 1000, 2)
+        tally.pieces += 1
 
 
 def _settle_stream(chat, ctx: Context, state: StreamState, tally: _Tally, finished: bool) -> int:
@@ -235,7 +271,8 @@ def _settle_stream(chat, ctx: Context, state: StreamState, tally: _Tally, finish
     prompt = state.prompt_tokens if isinstance(state.prompt_tokens, int) else chat.prompt_guess
     completion = state.completion_tokens if exact else tally.pieces
     charge = ctx.settle(chat, prompt, completion, billing.cost(chat.model, prompt, completion), not exact)
-    state.extra["usage"] = usage(prompt, completion, charge)
+    details = state.extra.get("usage") if exact else None  # the provider's own usage object
+    state.extra["usage"] = {**(details or {}), **usage(prompt, completion, charge)}
     return charge
 
 

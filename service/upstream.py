@@ -22,7 +22,6 @@ from providers.base import Completion, parse_json
 from service.breaker import Breakers
 from service.errors import (
     GatewayError, ProviderError, ProviderUnavailable, UpstreamRateLimited, UpstreamTimeout, scrub,
-    unavailable,
 )
 
 RETRY_CAP = 10.0  # seconds: a provider asking us to wait longer gets its 429 passed on instead
@@ -146,10 +145,10 @@ class Transport:
                 timeout=urllib3.Timeout(connect=call.connect_timeout, read=call.read_timeout))
         except UrllibTimeout as exc:
             if isinstance(exc, NewConnectionError):  # refused, unresolvable
-                raise unavailable(model.provider) from None
+                raise adapter.unavailable(model.provider) from None
             raise UpstreamTimeout(f"{model.provider} did not answer in time") from None
         except (HTTPError, OSError, ValueError):  # reset, TLS, protocol garbage, bad URL
-            raise unavailable(model.provider) from None
+            raise adapter.unavailable(model.provider) from None
         if resp.status >= 400:
             try:
                 text = (resp.data if not stream else resp.read()).decode("utf-8", "replace")

@@ -36,7 +36,7 @@ def test_sdk_gets_completion_from_openai_upstream(models, live):
     body = result.model_dump(exclude_unset=True)
     schemas.check("CreateChatCompletionResponse", body)
     assert body["model"] == "fake-gpt" and body["id"].startswith("chatcmpl-")
-    assert "system_fingerprint" not in body
+    assert body["system_fingerprint"] == "fp_x"  # every field the provider sent comes back
     assert models.log[0][0].environ["RAW_URI"] == "/v1/chat/completions"  # origin-form request line
     sent = models.log[0][0].get_json()
     # no cap sent by the client: the row's max_output_tokens (default 4096) goes up
@@ -100,16 +100,22 @@ def test_default_model_used_when_none_named(make_app, upstream):
     assert r.status_code == 200 and r.json["model"] == "fake-llama"
 
 
-def test_only_sent_parameters_reach_upstream(client, models):
+PASSED_THROUGH = {
+    "top_p": 0.9, "n": 1, "stop": "END", "presence_penalty": 0.5, "frequency_penalty": -0.5, "seed": 3,
+    "user": "u1", "max_completion_tokens": 50, "unknownField": 1, "reasoning_effort": "low",
+    "verbosity": "low", "metadata": {"team": "a"}, "store": False, "service_tier": "flex",
+    "prediction": {"type": "content", "content": "x"}, "modalities": ["text"],
+    "prompt_cache_key": "k1", "safety_identifier": "s1", "top_k": 20, "repetition_penalty": 1.1,
+    "functions": [{"name": "f", "parameters": {"type": "object"}}], "function_call": "auto",
+}
+
+
+def test_every_sent_field_reaches_an_openai_upstream(client, models):
     models.expect_request("/v1/chat/completions").respond_with_json(fake_openai.completion())
-    body = {"model": "fake-gpt", "messages": MSGS, "top_p": 0.9, "n": 1, "stop": "END",
-            "presence_penalty": 0.5, "frequency_penalty": -0.5, "seed": 3, "user": "u1",
-            "max_completion_tokens": 50, "unknownField": 1, "temperature": None}
+    body = {"model": "fake-gpt", "messages": MSGS, "temperature": None, **PASSED_THROUGH}
     assert client.post("/api/v1/chat/completions", json=body, headers=auth()).status_code == 200
     sent = models.log[0][0].get_json()
-    assert sent == {"model": "gpt-upstream", "messages": MSGS, "top_p": 0.9, "n": 1, "stop": "END",
-                    "presence_penalty": 0.5, "frequency_penalty": -0.5, "seed": 3, "user": "u1",
-                    "max_completion_tokens": 50}
+    assert sent == {"model": "gpt-upstream", "messages": MSGS, **PASSED_THROUGH}  # null: not sent
 
 
 def test_ollama_n_served_by_repeated_calls(client, models):

@@ -6,7 +6,7 @@ import pytest
 
 from providers.anthropic import AnthropicAdapter
 from providers.base import StreamState
-from service.errors import NotImplementedByProvider, ProviderError, UpstreamRejected
+from service.errors import InvalidRequest, NotImplementedByProvider, ProviderError, UpstreamRejected
 from tests.providers import ROUND_TRIP, TOOLS, chat, fixture, lines
 
 A = AnthropicAdapter()
@@ -89,5 +89,5 @@ def test_error_body_and_unsupported():
         with pytest.raises(NotImplementedByProvider) as exc:
             A.check(chat([{"role": "user", "content": "x"}], **{param: value}))
         assert exc.value.param == param
-    with pytest.raises(NotImplementedByProvider):
+    with pytest.raises(InvalidRequest):  # neither a data URL nor an https URL
         A.check(chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]))

@@ -20,7 +20,8 @@ def test_request_maps_roles_system_and_generation_config():
              temperature=0.2, top_p=0.9, max_tokens=50, stop="END", n=2, seed=1,
              presence_penalty=0.1, frequency_penalty=0.2, response_format={"type": "json_object"})
     assert A.request(c) == {
-        "contents": [{"role": "user", "parts": [{"text": "Hi!"}, {"text": "Again"}]},
+        # parts stay parts: one Gemini part per OpenAI part
+        "contents": [{"role": "user", "parts": [{"text": "Hi"}, {"text": "!"}, {"text": "Again"}]},
                      {"role": "model", "parts": [{"text": "Hello"}]},
                      {"role": "user", "parts": [{"text": "Bye"}]}],
         "systemInstruction": {"parts": [{"text": "Be brief."}, {"text": "No jokes."}]},

@@ -33,7 +33,9 @@ def test_request_without_a_cap_gets_the_rows_cap():
 def test_response_and_tool_call():
     done = A.response(json.loads(fixture("openai", "completion.json")), chat([]))
     assert done.choices[0]["message"] == {"role": "assistant", "content": "Hello! How can I assist you today?",
-                                          "refusal": None}
+                                          "refusal": None, "annotations": []}  # every field kept
+    assert done.raw["system_fingerprint"] and done.usage["prompt_tokens_details"] == {
+        "cached_tokens": 0, "audio_tokens": 0}
     assert (done.prompt_tokens, done.completion_tokens) == (19, 10)
     call = A.response(json.loads(fixture("openai", "tool_call.json")), chat([]))
     assert call.choices[0]["message"]["tool_calls"][0]["id"] == "call_abc123"
