@@ -152,12 +152,12 @@ def _cached(usage: dict) -> int:
     return (usage.get("cache_read_input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0)
 
 
-def _block(part: Part, where: str) -> dict:
+def _block(part: Part) -> dict:
     """One OpenAI part as one Anthropic block: text, an image (inline or by URL), a PDF."""
     if part.kind == "text":
         return {"type": "text", "text": part.text}
     if part.kind == "audio":
-        raise refuse(where, f"{where}: the anthropic provider does not take audio")
+        raise refuse(part.where, f"{part.where}: the anthropic provider does not take audio")
     kind = "image" if part.kind == "image" else "document"
     if part.url:
         return {"type": kind, "source": {"type": "url", "url": part.url}}
@@ -167,8 +167,7 @@ def _block(part: Part, where: str) -> dict:
 def _blocks(m: dict, index: int) -> list[dict]:
     if m["role"] == "tool":
         return [{"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": text_of(m.get("content"))}]
-    where = f"messages[{index}].content"
-    blocks = [_block(p, where) for p in parts_of(m, index) if p.kind != "text" or p.text]
+    blocks = [_block(p) for p in parts_of(m, index) if p.kind != "text" or p.text]
     for call in m.get("tool_calls") or []:
         args = call["function"].get("arguments") or "{}"
         blocks.append({"type": "tool_use", "id": call["id"], "name": call["function"]["name"],

@@ -116,13 +116,13 @@ def _contents(messages: list[dict]) -> tuple[list[str], list[dict]]:
     return turns(messages, "model", lambda m, i: _message_parts(m, i, names), "parts")
 
 
-def _part(part: Part, where: str) -> dict:
+def _part(part: Part) -> dict:
     """One OpenAI part as one Gemini part: text, or inline media (images, audio, PDFs)."""
     if part.kind == "text":
         return {"text": part.text}
     if part.url:
-        raise refuse(where, f"{where}: the gemini provider takes media inline only; send the "
-                            f"{part.kind} as a data URL (data:<type>;base64,...)")
+        raise refuse(part.where, f"{part.where}: the gemini provider takes media inline only; send "
+                                 f"the {part.kind} as a data URL (data:<type>;base64,...)")
     return {"inline_data": {"mime_type": part.mime, "data": part.data}}
 
 
@@ -136,8 +136,7 @@ def _message_parts(m: dict, index: int, names: dict) -> list[dict]:
             result = {"result": result}
         return [{"functionResponse": {"name": names.get(m["tool_call_id"], m.get("name", "")),
                                       "response": result}}]
-    where = f"messages[{index}].content"
-    parts = [_part(p, where) for p in parts_of(m, index)]
+    parts = [_part(p) for p in parts_of(m, index)]
     for call in m.get("tool_calls") or []:
         args = call["function"].get("arguments") or "{}"
         parts.append({"functionCall": {"name": call["function"]["name"],

@@ -114,7 +114,6 @@ def _finish(reason) -> str:
 def _message(m: dict, index: int) -> dict:
     """An OpenAI message as Ollama takes it: text parts joined by new lines, inline images in
     `images`, tool calls with object arguments."""
-    where = f"messages[{index}].content"
     texts, images = [], []
     for part in parts_of(m, index):
         if part.kind == "text":
@@ -122,8 +121,8 @@ def _message(m: dict, index: int) -> dict:
         elif part.kind == "image" and not part.url:
             images.append(part.data)
         else:
-            raise refuse(where, f"{where}: the ollama provider takes text and inline images "
-                                "(data URLs) only")
+            raise refuse(part.where, f"{part.where}: the ollama provider takes text and inline "
+                                     "images (data URLs) only")
     out = {"role": m["role"], "content": "\n".join(texts)}
     if images:
         out["images"] = images

@@ -27,6 +27,7 @@ class Part:
     data: str = ""
     url: str = ""
     filename: str = ""
+    where: str = ""  # messages[i].content[j], for errors naming it
 
 
 def refuse(where: str, message: str) -> InvalidRequest:
@@ -76,5 +77,10 @@ def parts_of(message: dict, index: int) -> list[Part]:
     if content is None:
         return []
     if isinstance(content, str):
-        return [Part("text", text=content)] if content else []
-    return [part_of(p, f"{where}[{i}]") for i, p in enumerate(content)]
+        return [Part("text", text=content, where=where)] if content else []
+    found = []
+    for i, raw in enumerate(content):
+        part = part_of(raw, f"{where}[{i}]")
+        part.where = f"{where}[{i}]"
+        found.append(part)
+    return found

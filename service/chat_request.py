@@ -140,7 +140,7 @@ def _content_ok(content, role: str) -> bool:
     if isinstance(content, str):
         return True
     if content is None:
-        return role == "assistant"
+        return role in ("assistant", "function")  # OpenAI's schema lets these be null
     if isinstance(content, list) and content:
         return all(isinstance(p, dict) and isinstance(p.get("type"), str)
                    and (p["type"] != "text" or isinstance(p.get("text"), str)) for p in content)
@@ -160,10 +160,9 @@ def messages_of(body: dict) -> list[dict]:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or m["role"] not in ROLES:
             raise InvalidRequest(f"{where} must be an object with a role of {', '.join(sorted(ROLES))}",
                                  param=where, code="invalid_messages")
-        if "content" not in m and not (m["role"] == "assistant" and m.get("tool_calls")):
+        if "content" not in m and m["role"] != "assistant":
             raise InvalidRequest(f"{where} has no content", param=where, code="invalid_messages")
-        if not _content_ok(m.get("content"), m["role"]) and not (
-                m["role"] == "assistant" and m.get("tool_calls") and m.get("content") is None):
+        if not _content_ok(m.get("content"), m["role"]):
             raise InvalidRequest(f"{where}.content must be a string or a non-empty list of parts",
                                  param=f"{where}.content", code="invalid_messages")
         if m["role"] == "function" and not isinstance(m.get("name"), str):

@@ -196,3 +196,23 @@ def limited(make_app, redis_url, upstream):
         upstream.expect_request("/v1/chat/completions").respond_with_json(fake_openai.completion("ok", 10, 15))
         return app, client
     return build
+
+
+PROVIDER_KEY = "provider-secret-key-123"
+BASES = {"openai": "/v1", "ollama": "/", "gemini": "/", "anthropic": "/"}
+
+
+@pytest.fixture
+def gateway(make_app, upstream):
+    """Rows m-openai, m-ollama, m-gemini, m-anthropic (ids 1-4, upstream model `up`, 1 credit per
+    1k tokens, cap 64) behind one fake server; alice has 100 credits."""
+    app = make_app(PROVIDER_KEYS={"FAKE_API_KEY": PROVIDER_KEY})
+    client = app.test_client()
+    for i, (api, base) in enumerate(BASES.items()):
+        r = client.post("/api/admin/models", headers=auth("root", True), json={
+            "id": i + 1, "name": f"m-{api}", "api": api, "upstream_model": "up",
+            "base_url": upstream.url_for(base).rstrip("/"), "api_key_env": "FAKE_API_KEY",
+            "cost_per_1k_tokens": "1", "max_output_tokens": 64})
+        assert r.status_code == 201
+    client.post("/api/admin/accounts/alice/credits", json={"amount": 100}, headers=auth("root", True))
+    return client

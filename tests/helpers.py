@@ -1,6 +1,8 @@
 """Small helpers shared by tests."""
 from __future__ import annotations
 
+import time
+
 from service.db import Account, Hold, LedgerEntry
 
 
@@ -27,3 +29,11 @@ def invariant(name: str) -> None:
     assert acct.balance == sum(e.delta for e in ledger(name))
     assert acct.held == sum(h.amount for h in Hold.select().where(Hold.account == acct.id))
     assert acct.balance - acct.held >= 0
+
+
+def wait_for(condition, timeout: float = 5.0):
+    """Await a condition another thread brings about (bounded)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)

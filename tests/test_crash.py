@@ -12,9 +12,8 @@ from werkzeug import Response
 from service import billing
 from service.db import utcnow
 from tests.conftest import SECRET, token
-from tests.helpers import account, charges, holds, invariant
+from tests.helpers import account, charges, holds, invariant, wait_for
 from tests.process import Gateway
-from tests.test_stream import wait_for
 
 
 def test_killed_process_hold_is_reaped(make_app, db_url, tmp_path, upstream, add_model, topup):

@@ -16,7 +16,7 @@ from tests.fakes import openai as fake_openai
 from tests.helpers import account, charges, holds, invariant
 from tests.nginx import Nginx
 from tests.process import Gateway
-from tests.test_stream import wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 MSGS = [{"role": "user", "content": "count"}]

@@ -13,7 +13,7 @@ from tests import schemas
 from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
 from tests.helpers import account, charges, holds, invariant
-from tests.test_stream import wait_for
+from tests.helpers import wait_for
 
 MSGS = [{"role": "user", "content": "hi"}]
 

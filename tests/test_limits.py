@@ -13,7 +13,7 @@ from tests.conftest import SECRET, auth, token
 from tests.fakes import openai as fake_openai
 from tests.fakes.tcp_proxy import TcpProxy
 from tests.process import Gateway
-from tests.test_stream import wait_for
+from tests.helpers import wait_for
 
 MSGS = [{"role": "user", "content": "hi"}]
 

@@ -16,8 +16,7 @@ from service.extensions import db
 from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
 from tests.fakes.tcp_proxy import TcpProxy
-from tests.helpers import account, charges, holds, invariant, ledger
-from tests.test_stream import wait_for
+from tests.helpers import account, charges, holds, invariant, ledger, wait_for
 
 HI = [{"role": "user", "content": "hi"}]
 

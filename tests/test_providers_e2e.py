@@ -8,13 +8,13 @@ from werkzeug import Response
 
 from config.settings import ROOT
 from tests import schemas
-from tests.conftest import auth
+from tests.conftest import PROVIDER_KEY, auth
 from tests.fakes import ollama as fake_ollama
 from tests.fakes import openai as fake_openai
 from tests.helpers import charges, holds
 from tests.providers import ROUND_TRIP, TOOLS, fixture
 
-KEY = "provider-secret-key-123"
+KEY = PROVIDER_KEY
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
 TURNS = [{"role": "user", "parts": [{"text": "Hi"}]}, {"role": "model", "parts": [{"text": "Hello"}]},
@@ -101,20 +101,6 @@ SPECS = {
     },
 }
 APIS = list(SPECS)
-
-
-@pytest.fixture
-def gateway(make_app, upstream):
-    app = make_app(PROVIDER_KEYS={"FAKE_API_KEY": KEY})
-    client = app.test_client()
-    for i, api in enumerate(APIS):
-        r = client.post("/api/admin/models", headers=auth("root", True), json={
-            "id": i + 1, "name": f"m-{api}", "api": api, "upstream_model": "up",
-            "base_url": upstream.url_for(SPECS[api]["base"]).rstrip("/"), "api_key_env": "FAKE_API_KEY",
-            "cost_per_1k_tokens": "1", "max_output_tokens": 64})
-        assert r.status_code == 201
-    client.post("/api/admin/accounts/alice/credits", json={"amount": 100}, headers=auth("root", True))
-    return client
 
 
 def call(client, api, **body):

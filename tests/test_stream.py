@@ -15,7 +15,7 @@ from tests import schemas
 from tests.conftest import token
 from tests.fakes import ollama as fake_ollama
 from tests.fakes import openai as fake_openai
-from tests.helpers import account, charges, holds, invariant
+from tests.helpers import account, charges, holds, invariant, wait_for
 
 MSGS = [{"role": "user", "content": "Tell me a story"}]
 WORDS = ["Once", " upon", " a", " time", " there", " was", " a", " gateway", "."]
@@ -33,14 +33,6 @@ def models(add_model, upstream, topup):
 
 def sdk(live) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{live.url}/api/v1", api_key=token("alice"), max_retries=0)
-
-
-def wait_for(condition, timeout: float = 5.0):
-    """Await a condition another thread brings about (bounded)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("name,path,fake", [
