@@ -53,11 +53,12 @@ class Stream:
         self.resp, self.provider = resp, provider
 
     def lines(self):
-        """Lines as each network chunk arrives (none held back), like requests' iter_lines;
-        a stall is an UpstreamTimeout, a broken connection a ProviderError."""
+        """Lines as each network read arrives (none held back, whatever the framing: chunked,
+        Content-Length, or a body that ends when the connection closes); a stall is an
+        UpstreamTimeout, a broken connection a ProviderError."""
         pending = None
         try:
-            for chunk in self.resp.stream(None, decode_content=True):
+            for chunk in self._reads():
                 if pending is not None:
                     chunk = pending + chunk
                 lines = chunk.splitlines()
@@ -69,6 +70,15 @@ class Stream:
             raise ProviderError(f"{self.provider} dropped the stream") from None
         if pending is not None:
             yield pending
+
+    def _reads(self):
+        """Each chunk of a chunked body as it comes; else whatever one socket read returns
+        (urllib3's stream() would wait for the whole body of a non-chunked answer)."""
+        if self.resp.chunked:
+            yield from self.resp.stream(None, decode_content=True)
+            return
+        while data := self.resp.read1(65536, decode_content=True):
+            yield data
 
     def close(self) -> None:
         self.resp.close()  # unread data: the connection is closed, not reused
