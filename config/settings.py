@@ -62,8 +62,19 @@ def load() -> dict:
         "BREAKER_COOLDOWN": float(env("BREAKER_COOLDOWN", "30")),
         "OLLAMA_HOST": env("OLLAMA_HOST", "http://localhost:11434"),
         "MODELS_FILE": env("MODELS_FILE", str(ROOT / "config" / "models.toml")),
-        "WAITRESS_THREADS": int(env("WAITRESS_THREADS", "16")),
+        # a call in flight holds a thread for its whole life (seconds to minutes): see README, sizing
+        "WAITRESS_THREADS": int(env("WAITRESS_THREADS", "1024")),
+        "MAX_CONNECTIONS": int(env("MAX_CONNECTIONS", "10000")),
+        "CLIENT_WRITE_TIMEOUT": float(env("CLIENT_WRITE_TIMEOUT", "30")),
+        "STREAM_BUFFER_BYTES": int(env("STREAM_BUFFER_BYTES", str(1 << 20))),
         "WORKERS": int(env("WORKERS", "1")),
+        "WORKER_MIN_UPTIME": float(env("WORKER_MIN_UPTIME", "10")),
+        "WORKER_BACKOFF": float(env("WORKER_BACKOFF", "0.5")),
+        "WORKER_MAX_FAILURES": int(env("WORKER_MAX_FAILURES", "5")),
+        # calls in flight at once (0: no cap); a key's own max_concurrent overrides the key cap
+        "MAX_CONCURRENT_PER_ACCOUNT": int(env("MAX_CONCURRENT_PER_ACCOUNT", "128")),
+        "MAX_CONCURRENT_PER_KEY": int(env("MAX_CONCURRENT_PER_KEY", "0")),
+        "CONCURRENCY_LEASE_SECONDS": float(env("CONCURRENCY_LEASE_SECONDS", "60")),
         "SHUTDOWN_GRACE_SECONDS": float(env("SHUTDOWN_GRACE_SECONDS", "30")),
         "TRUSTED_PROXIES": int(env("TRUSTED_PROXIES", "0")),
         # a hold expires HOLD_TTL_SECONDS after its process last extended it (every tick while

@@ -133,15 +133,19 @@ def create_api_key():
     if not isinstance(name, str) or not name:
         raise InvalidRequest("'account' is required", param="account")
     rpm, models, label = body.get("rpm"), body.get("models"), body.get("name")
-    if rpm is not None and (isinstance(rpm, bool) or not isinstance(rpm, int) or not 1 <= rpm <= 2 ** 31 - 1):
-        raise InvalidRequest("'rpm' must be a positive integer", param="rpm")
+    for field in ("rpm", "max_concurrent"):
+        value = body.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not 1 <= value <= 2 ** 31 - 1):
+            raise InvalidRequest(f"'{field}' must be a positive integer", param=field)
     if models is not None and (not isinstance(models, list)
                                or not all(isinstance(m, str) for m in models)):
         raise InvalidRequest("'models' must be a list of model names", param="models")
     if label is not None and not isinstance(label, str):
         raise InvalidRequest("'name' must be a string", param="name")
     acct = billing.account(name, current_app.config["NEW_ACCOUNT_CREDITS_MICRO"])
-    row, plain = create_key(acct, label, rpm, models, _expiry(body.get("expires_at")))
+    row, plain = create_key(acct, label, rpm, models, _expiry(body.get("expires_at")),
+                            body.get("max_concurrent"))
     return {"id": row.id, "key": plain, "account": acct.name, "name": row.name,
             "created": epoch(row.created)}, 201
 

@@ -18,6 +18,7 @@ from service.cache import Cache
 from service.db import open_database
 from service.journal import Journal
 from service.jsonout import ExactJSONProvider
+from service.slots import Slots
 from service.errors import keep_error_headers, register_error_handlers
 from service.extensions import cors, db, jwt, limiter
 from service.limit_storage import OneTripRedisStorage
@@ -38,6 +39,7 @@ class Tollgate:
     budget: TokenBudget
     journal: Journal
     owner: str  # this process, as the owner of the holds its calls take
+    slots: Slots
     stopping: threading.Event = field(default_factory=threading.Event)  # set: end open streams
     accounts: dict = field(default_factory=dict)  # account name -> Caller (ids never change)
     verified: dict = field(default_factory=dict)  # JWT -> its verified claims
@@ -72,6 +74,7 @@ def _extension_config(conf: dict) -> dict:
 def keep_money(ext: Tollgate, ttl: int) -> None:
     """One maintenance tick: apply journalled settles (the database is back), extend the holds of
     this process's calls in flight, release holds whose process is gone (expired)."""
+    ext.slots.renew()
     ext.journal.replay(billing.apply_journalled)
     billing.extend(ext.owner, ttl)
     billing.reap()
@@ -88,7 +91,7 @@ def _start_reaper(app: Flask, interval: float, ttl: int) -> None:
         billing.reconnect()
     if interval <= 0:
         return
-    tick = min(interval, ttl / 3)
+    tick = min(interval, ttl / 3, app.config["CONCURRENCY_LEASE_SECONDS"] / 3)
 
     def loop():
         while not stop.wait(tick):
@@ -138,7 +141,7 @@ def create_app(overrides: dict | None = None) -> Flask:
         Transport(conf["WAITRESS_THREADS"] * 2, conf["UPSTREAM_RETRIES"], conf["UPSTREAM_BACKOFF"],
                   Breakers(conf["BREAKER_THRESHOLD"], conf["BREAKER_COOLDOWN"])),
         TokenBudget(conf.get("TOKEN_LIMIT_PER_MINUTE", 0), conf["REDIS_URL"], cache),
-        Journal(conf["DATA_DIR"], owner), owner)
+        Journal(conf["DATA_DIR"], owner), owner, Slots(cache, conf["CONCURRENCY_LEASE_SECONDS"]))
 
     from service import account, admin, catalog, chat, cli, health, observe
 

@@ -147,9 +147,10 @@ def issue_token(name: str, admin: bool = False, expires_in: int | None = 86400) 
 
 
 def create_key(account: Account, name: str | None = None, rpm: int | None = None,
-               models: list | None = None, expires_at: dt.datetime | None = None) -> tuple[ApiKey, str]:
+               models: list | None = None, expires_at: dt.datetime | None = None,
+               max_concurrent: int | None = None) -> tuple[ApiKey, str]:
     """A new API key; the plain key is returned here only."""
     plain = new_key()
     row = ApiKey.create(account=account, name=name, key_hash=key_hash(plain), prefix=plain[:7],
-                        rpm=rpm, models=models, expires_at=expires_at)
+                        rpm=rpm, models=models, expires_at=expires_at, max_concurrent=max_concurrent)
     return row, plain

@@ -11,6 +11,7 @@ from service.body import json_object
 from service.errors import Forbidden
 from service.extensions import limiter
 from service.registry import CHAT_MAX_AGE
+from service.slots import Cap
 from service.limits import (
     default_limit, key_key, key_limit, model_key, model_limit, no_key_limit, no_model_limit,
 )
@@ -47,16 +48,34 @@ def prepare() -> None:
 @limiter.limit(model_limit, key_func=model_key, exempt_when=no_model_limit)
 @limiter.limit(default_limit)
 def completions():
-    chat, ext = g.chat, current_app.extensions["tollgate"]
+    chat, ext, conf = g.chat, current_app.extensions["tollgate"], current_app.config
     name = g.account.name
     ext.budget.check(name)
     record = observe.outcome()
     record.update(request_id=chat.request_id, model=chat.model.name)
-    ctx = relay.Context(g.account.id, ext, current_app.config,
-                        lambda tokens: ext.budget.spend(name, tokens), record)
+    ctx = relay.Context(g.account.id, ext, conf, lambda tokens: ext.budget.spend(name, tokens), record)
     headers = {"X-Request-ID": chat.request_id}
+    lease = ext.slots.take(chat.request_id, caps(g.account, g.api_key, conf))
     if not chat.stream:
-        return relay.complete(chat, ctx), 200, headers
-    events = relay.stream(chat, ctx)
+        try:
+            return relay.complete(chat, ctx), 200, headers
+        finally:
+            ext.slots.give_back(lease)
+    try:
+        events = relay.stream(chat, ctx)
+    except BaseException:
+        ext.slots.give_back(lease)
+        raise
     headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return Response(events, mimetype="text/event-stream", headers=headers)
+    response = Response(events, mimetype="text/event-stream", headers=headers)
+    response.call_on_close(lambda: ext.slots.give_back(lease))  # however the stream ends
+    return response
+
+
+def caps(account, key, conf) -> list[Cap]:
+    """The caller's caps on calls in flight: its account's, and its API key's."""
+    found = [Cap(f"acct:{account.name}", conf["MAX_CONCURRENT_PER_ACCOUNT"], f"account {account.name}")]
+    if key is not None:
+        limit = key.max_concurrent or conf["MAX_CONCURRENT_PER_KEY"]
+        found.append(Cap(f"key:{key.id}", limit, f"API key {key.prefix}… (id {key.id})"))
+    return found

@@ -101,6 +101,7 @@ class ApiKey(Base):
     key_hash = CharField(unique=True)
     prefix = CharField()
     rpm = IntegerField(null=True)
+    max_concurrent = IntegerField(null=True)  # calls in flight at once with this key (None: the setting)
     models = JSONField(null=True)
     expires_at = DateTimeField(null=True)
     revoked_at = DateTimeField(null=True)

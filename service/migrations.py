@@ -167,8 +167,14 @@ def _v4_owned_holds_overruns_checks() -> None:
             db.execute_sql(sql)
 
 
+def _v5_key_concurrency() -> None:
+    """API keys may cap their own calls in flight."""
+    if "max_concurrent" not in {c.name for c in db.get_columns("api_key")}:
+        db.execute_sql("ALTER TABLE api_key ADD COLUMN max_concurrent INTEGER")
+
+
 STEPS = [(1, _v1_initial), (2, _v2_ledger_page_index), (3, _v3_batch_functions),
-         (4, _v4_owned_holds_overruns_checks)]
+         (4, _v4_owned_holds_overruns_checks), (5, _v5_key_concurrency)]
 
 
 def current_version() -> int:

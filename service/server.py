@@ -1,8 +1,16 @@
 """`python -m service.server` (make serve / make run): waitress, with a graceful stop on SIGTERM.
 
+Sized for LLM traffic, where a call lasts seconds to minutes and capacity is the number of calls
+open at once: waitress's poll() loop (no 1024-descriptor ceiling), a thread per call in flight
+(WAITRESS_THREADS), MAX_CONNECTIONS open connections, the descriptor limit raised to what the
+system allows. A client that stops reading is cut after CLIENT_WRITE_TIMEOUT seconds without
+progress, and at most STREAM_BUFFER_BYTES wait in one connection's buffer.
+
 WORKERS > 1 binds the port once and forks that many waitress processes sharing
 it (Python runs one thread at a time per process; this is how one host uses
-all its cores without a second proxy). A worker that dies is replaced.
+all its cores without a second proxy). A worker that dies is replaced; workers that die
+at once are restarted with exponential backoff, and after WORKER_MAX_FAILURES such deaths in a
+row the master stops with the last error and a non-zero status, closing the port.
 
 On SIGTERM the listener closes (new connections are refused, so nginx tries
 another process), requests in flight get SHUTDOWN_GRACE_SECONDS to finish;
@@ -14,10 +22,13 @@ from __future__ import annotations
 import _thread
 import logging
 import os
+import resource
 import signal
 import socket
+import sys
 import threading
 import time
+import traceback
 
 from waitress import create_server
 from werkzeug.wsgi import ClosingIterator
@@ -74,6 +85,43 @@ def _drain(server, inflight: InFlight, stopping: threading.Event, grace: float) 
     _thread.interrupt_main()  # waitress's loop stops its workers on KeyboardInterrupt
 
 
+def raise_descriptor_limit() -> int:
+    """Open files up to the hard limit: every call in flight holds a client and an upstream socket."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def cut_stalled_clients(server, deadline: float) -> None:
+    """waitress's periodic maintenance, plus: close connections whose pending response has not
+    moved for `deadline` seconds (the client stopped reading). The app thread blocked on the
+    full buffer wakes, the stream ends, the upstream call is closed and the call is billed for
+    what was written."""
+    listeners = [server] if hasattr(server, "maintenance") else [
+        s for s in server.map.values() if hasattr(s, "maintenance")]
+    for listener in listeners:
+        def maintenance(now, original=listener.maintenance, listener=listener):
+            original(now)
+            for channel in list(listener._map.values()):
+                if not (getattr(channel, "requests", None) and getattr(channel, "total_outbufs_len", 0)):
+                    channel.__dict__.pop("stalled_since", None)
+                    continue
+                since = channel.__dict__.get("stalled_since")
+                if since is None or channel.last_activity > since:
+                    channel.stalled_since = now  # waiting output, first seen (or it moved since)
+                elif now - since > deadline:
+                    log.warning("closing a connection whose client read nothing for %.0f s", now - since)
+                    channel.handle_close()
+
+        listener.maintenance = maintenance
+
+
 def serve(sock: socket.socket | None = None) -> None:
     """One waitress process: on its own port, or on a listening socket it shares."""
     app = create_app()
@@ -81,11 +129,15 @@ def serve(sock: socket.socket | None = None) -> None:
     inflight = InFlight(app.wsgi_app)
     app.wsgi_app = inflight
     where = {"sockets": [sock]} if sock is not None else {"host": conf["HOST"], "port": conf["PORT"]}
+    files = raise_descriptor_limit()
     # channel_request_lookahead lets waitress notice a client that hung up mid-stream at once,
     # so the upstream call is closed and billing stops at what was delivered
     server = create_server(app, threads=conf["WAITRESS_THREADS"], channel_request_lookahead=1,
-                           ident="tollgate", connection_limit=1000, clear_untrusted_proxy_headers=True,
-                           **where)
+                           ident="tollgate", connection_limit=min(conf["MAX_CONNECTIONS"], max(files // 2 - 16, 64)),
+                           clear_untrusted_proxy_headers=True, asyncore_use_poll=True,
+                           outbuf_high_watermark=conf["STREAM_BUFFER_BYTES"],
+                           cleanup_interval=max(1, int(conf["CLIENT_WRITE_TIMEOUT"] // 3)), **where)
+    cut_stalled_clients(server, conf["CLIENT_WRITE_TIMEOUT"])
 
     def on_term(signum, frame):
         if getattr(on_term, "seen", False):
@@ -116,27 +168,39 @@ def serve(sock: socket.socket | None = None) -> None:
     log.warning("tollgate worker %d stopped", os.getpid())
 
 
-def _fork(sock: socket.socket) -> int:
+def _fork(sock: socket.socket) -> tuple[int, int]:
+    """A worker serving `sock`; (pid, the read end of a pipe carrying its last error)."""
+    read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
+        os.close(read)
         code = 0
         try:
             serve(sock)
-        except BaseException:
+        except BaseException as exc:
             log.exception("worker failed")
+            os.write(write, "".join(traceback.format_exception_only(exc)).strip().encode()[-2000:])
             code = 1
         os._exit(code)
-    return pid
+    os.close(write)
+    return pid, read
 
 
 def supervise(conf: dict) -> None:
-    """Bind once, fork WORKERS processes, replace any that die, pass SIGTERM on."""
+    """Bind once, fork WORKERS processes, replace any that die, pass SIGTERM on. Workers that die
+    within WORKER_MIN_UPTIME seconds of their start are restarted after an exponential backoff;
+    WORKER_MAX_FAILURES such deaths in a row stop everything with the last error (exit 1)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((conf["HOST"], conf["PORT"]))
-    sock.listen(1024)
-    workers = {_fork(sock) for _ in range(conf["WORKERS"])}
+    sock.listen(4096)
+    raise_descriptor_limit()
+    workers: dict[int, tuple[float, int]] = {}
     stopping = threading.Event()
+
+    def start() -> None:
+        pid, errors = _fork(sock)
+        workers[pid] = (time.monotonic(), errors)
 
     def on_term(signum, frame):
         stopping.set()
@@ -146,15 +210,33 @@ def supervise(conf: dict) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    for _ in range(conf["WORKERS"]):
+        start()
+    failures, last_error = 0, ""
     while workers:
         try:
             pid, status = os.wait()
         except ChildProcessError:
             break
-        workers.discard(pid)
-        if not stopping.is_set():
-            log.warning("worker %d exited (%s); starting another", pid, status)
-            workers.add(_fork(sock))
+        started, errors = workers.pop(pid)
+        error = os.read(errors, 4096).decode("utf-8", "replace") or f"exit status {status}"
+        os.close(errors)
+        if stopping.is_set():
+            continue
+        quick = time.monotonic() - started < conf["WORKER_MIN_UPTIME"]
+        failures, last_error = (failures + 1, error) if quick else (0, error)
+        if failures >= conf["WORKER_MAX_FAILURES"]:
+            log.error("giving up: %d workers in a row died within %.0f s of starting; last error: %s",
+                      failures, conf["WORKER_MIN_UPTIME"], last_error)
+            on_term(signal.SIGTERM, None)
+            for other in list(workers):
+                os.waitpid(other, 0)
+            sys.exit(1)
+        delay = min(conf["WORKER_BACKOFF"] * 2 ** (failures - 1), 30.0) if quick else 0.0
+        log.warning("worker %d exited (%s); starting another%s", pid, error.splitlines()[-1][:200],
+                    f" in {delay:.1f} s" if delay else "")
+        if not stopping.wait(delay):
+            start()
 
 
 class QueueDepthSummary(logging.Filter):

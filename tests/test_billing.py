@@ -183,7 +183,8 @@ def test_money_invariant_with_overruns_crashes_and_journal(app, tmp_path, ops):
 
     tag = uuid.uuid4().hex[:8]
     acct = billing.account(f"p-{tag}")
-    ext = type("Ext", (), {"journal": Journal(tmp_path / tag, "live"), "owner": f"live-{tag}"})()
+    ext = type("Ext", (), {"journal": Journal(tmp_path / tag, "live"), "owner": f"live-{tag}",
+                           "slots": type("NoSlots", (), {"renew": lambda self: None})()})()
     expected, flying, journalled = 0, [], []
     for i, (op, amount, cost) in enumerate(ops):
         rid = f"{tag}-{i}"

@@ -13,7 +13,7 @@ from tests import schemas
 from tests.conftest import PROVIDER_KEY, auth, token
 from tests.fakes import ollama as fake_ollama
 from tests.fakes import openai as fake_openai
-from tests.providers import TOOLS, fixture
+from tests.providers import fixture
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 PARTS = [{"type": "text", "text": "second"}, {"type": "text", "text": "question"},

@@ -21,11 +21,11 @@ def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):
     Account.update(balance=Account.balance - 420).where(Account.id == acct.id).execute()
     _, key = create_key(acct, "legacy")
     db.execute_sql("DROP INDEX IF EXISTS hold_owner")  # the first schema had none of migration 4's columns
-    for table, column, _ in migrations.V4_COLUMNS:
+    for table, column, _ in (*migrations.V4_COLUMNS, ("api_key", "max_concurrent", "")):
         db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
 
     app = make_app()  # starting the app upgrades in place
-    assert migrations.current_version() == migrations.STEPS[-1][0] == 4
+    assert migrations.current_version() == migrations.STEPS[-1][0] == 5
     result = app.test_cli_runner().invoke(args=["db", "upgrade"])
     assert "nothing to do" in result.output
     assert AIModel.get_by_id(4).cost_per_1k_tokens == 14_000

@@ -1,0 +1,163 @@
+"""`make bench-streams`: N concurrent paced streams (default 1000, 40 tokens 50 ms apart) against a
+chunked paced upstream, direct and through one gateway process with its default settings
+(PostgreSQL, Redis, auth, billing, limits on); wall time, first-token p50/p99, chunks out =
+chunks in, RSS and CPU. Writes bench/streams.md and bench/streams.json."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jwt
+
+from bench.run import PY, ROOT, Stack, await_port, flask, free_port, gateway_env, prepare_database, versions
+
+STREAMS = int(os.environ.get("BENCH_STREAMS", "1000"))
+TOKENS = int(os.environ.get("BENCH_TOKENS", "40"))
+INTERVAL = float(os.environ.get("BENCH_INTERVAL", "0.05"))
+ACCOUNTS = int(os.environ.get("BENCH_ACCOUNTS", "100"))  # streams spread over accounts (per-account caps)
+SECRET = "bench-secret-key-bench-secret-key-0123456789"
+STAMP = re.compile(rb'"content":\s*"(\d+\.\d+)\|')
+
+
+async def one_stream(port: int, path: str, token: str | None, framing_done: bytes) -> dict:
+    body = json.dumps({"model": "paced", "stream": True,
+                       "messages": [{"role": "user", "content": "Say hello."}]}).encode()
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n{auth}"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    await writer.drain()
+    buf, seen, first, status = b"", 0, None, None
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            break
+        now = time.monotonic()
+        buf += data
+        if status is None and b"\r\n" in buf:
+            status = int(buf.split(b" ", 2)[1])
+        found = len(STAMP.findall(buf))
+        if found > seen and first is None:
+            first = now
+        seen = found
+        if framing_done in buf[-64:]:
+            break
+    writer.close()
+    return {"status": status, "chunks": seen, "ttft": (first - started) * 1000 if first else None,
+            "done": (time.monotonic() - started)}
+
+
+async def many(port: int, path: str, tokens: list[str | None]) -> tuple[list[dict], float]:
+    started = time.monotonic()
+    results = await asyncio.gather(*(one_stream(port, path, t, b"[DONE]") for t in tokens),
+                                   return_exceptions=True)
+    wall = time.monotonic() - started
+    return [r if isinstance(r, dict) else {"status": None, "chunks": 0, "ttft": None, "error": repr(r)}
+            for r in results], wall
+
+
+class Sampler:
+    """Peak RSS and CPU seconds of one process, sampled while a run goes."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak, self.running = pid, 0.0, True
+
+    def cpu(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss(self) -> float:
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+
+    async def run(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self.rss())
+            await asyncio.sleep(0.1)
+
+
+def summary(results: list[dict], wall: float) -> dict:
+    ttfts = sorted(r["ttft"] for r in results if r.get("ttft") is not None)
+    q = statistics.quantiles(ttfts, n=100) if len(ttfts) > 1 else [ttfts[0]] * 99 if ttfts else [0] * 99
+    return {"wall_s": round(wall, 2), "ttft_p50_ms": round(statistics.median(ttfts), 1) if ttfts else None,
+            "ttft_p99_ms": round(q[98], 1), "complete": sum(r["chunks"] == TOKENS for r in results),
+            "statuses": {str(s): sum(r["status"] == s for r in results) for s in {r["status"] for r in results}},
+            "chunks_in": TOKENS * len(results), "chunks_out": sum(r["chunks"] for r in results)}
+
+
+async def gateway_run(port: int, pid: int, tokens: list[str]) -> dict:
+    sampler = Sampler(pid)
+    task = asyncio.create_task(sampler.run())
+    cpu = sampler.cpu()
+    results, wall = await many(port, "/v1/chat/completions", tokens)
+    sampler.running = False
+    await task
+    out = summary(results, wall)
+    out.update(rss_peak_mb=round(sampler.peak, 1), cpu_s=round(sampler.cpu() - cpu, 2),
+               rss_idle_mb=round(sampler.rss(), 1))
+    return out
+
+
+def render(res: dict) -> str:
+    d, g = res["direct"], res["gateway"]
+    added = round(g["ttft_p99_ms"] - d["ttft_p99_ms"], 1)
+    rows = [("wall time, s", d["wall_s"], g["wall_s"], f"within 1.5× of direct: {g['wall_s'] / d['wall_s']:.2f}×"),
+            ("first token p50, ms", d["ttft_p50_ms"], g["ttft_p50_ms"], ""),
+            ("first token p99, ms", d["ttft_p99_ms"], g["ttft_p99_ms"], f"added p99 {added} ms (target < 250)"),
+            ("streams complete", d["complete"], g["complete"], f"of {res['streams']}"),
+            ("chunks out / in", f"{d['chunks_out']} / {d['chunks_in']}", f"{g['chunks_out']} / {g['chunks_in']}", ""),
+            ("statuses", d["statuses"], g["statuses"], ""),
+            ("gateway RSS peak / after, MB", "", f"{g['rss_peak_mb']} / {g['rss_idle_mb']}", "target < 300"),
+            ("gateway CPU, s", "", g["cpu_s"], "")]
+    lines = [f"# make bench-streams — {res['when']}", "",
+             f"{res['streams']} concurrent streams of {TOKENS} tokens {int(INTERVAL * 1000)} ms apart, chunked "
+             f"upstream (bench/stream_upstream.py, asyncio); the gateway is one process with its default "
+             f"settings, PostgreSQL and Redis, auth, billing and limits on; streams spread over "
+             f"{ACCOUNTS} accounts. Machine: {res['versions']['machine']}.", "",
+             "| | direct | gateway | note |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {n} |" for a, b, c, n in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="tollgate-streams-"))
+    stack = Stack(tmp)
+    up, gw = free_port(), free_port()
+    try:
+        stack.start([PY, "-m", "bench.stream_upstream", str(up), "chunked", str(TOKENS), str(INTERVAL)],
+                    name="upstream")
+        await_port(up)
+        prepare_database()
+        env = {k: v for k, v in gateway_env(tmp, gw).items() if k not in ("WORKERS", "WAITRESS_THREADS")}
+        env.update(NEW_ACCOUNT_CREDITS="100000", RATE_LIMIT_DEFAULT="100000000/minute")
+        (tmp / "models.toml").write_text(f'[[models]]\nid = 1\nname = "paced"\napi = "openai"\n'
+                                         f'base_url = "http://127.0.0.1:{up}/v1"\ncost_per_1k_tokens = "0.002"\n')
+        flask(env, "seed-models", "--file", str(tmp / "models.toml"))
+        gateway = stack.start([PY, "-m", "service.server"], env=env, name="gateway")
+        await_port(gw)
+        now = int(time.time())
+        tokens = [jwt.encode({"sub": f"bench-{i % ACCOUNTS}", "iat": now, "exp": now + 3600}, SECRET,
+                             algorithm="HS256") for i in range(STREAMS)]
+        asyncio.run(many(up, "/v1/chat/completions", [None] * 20))  # warm-up
+        asyncio.run(many(gw, "/v1/chat/completions", tokens[:ACCOUNTS]))  # accounts created, pools warm
+        direct, wall = asyncio.run(many(up, "/v1/chat/completions", [None] * STREAMS))
+        res = {"streams": STREAMS, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "versions": versions(), "direct": summary(direct, wall),
+               "gateway": asyncio.run(gateway_run(gw, gateway.pid, tokens))}
+    finally:
+        stack.stop()
+    (ROOT / "bench" / "streams.json").write_text(json.dumps(res, indent=1) + "\n")
+    (ROOT / "bench" / "streams.md").write_text(render(res))
+    sys.stdout.write(render(res))
+
+
+if __name__ == "__main__":
+    main()

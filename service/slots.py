@@ -1,0 +1,148 @@
+"""Caps on calls in flight per account and per API key (SPEC §10), fair under long calls.
+
+A call takes one slot under each of its caps before it holds credits, and gives them back on
+every exit path. With Redis the slots are leases in one sorted set per cap (member: the
+request id, score: when the lease ends, in Redis's own clock), taken for all caps at once by
+one script, so they are counted across processes and hosts; the process renews the leases of
+its calls in flight on every maintenance tick, so a crashed process's slots come free when
+their lease ends. Without Redis (or while it is down) each process counts its own.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from service.errors import RateLimited
+
+# KEYS: one sorted set per cap; ARGV: request id, lease seconds, then each cap's limit.
+# Returns 0 when every slot was taken, else the 1-based index of the cap that is full.
+ACQUIRE = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', t)
+  if redis.call('ZCARD', key) >= tonumber(ARGV[2 + i]) then return i end
+end
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, t + tonumber(ARGV[2]), ARGV[1])
+  redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[2])) + 60)
+end
+return 0
+"""
+# KEYS: sorted sets; ARGV: lease seconds, then one request id per key: push each lease's end.
+RENEW = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', t + tonumber(ARGV[1]), ARGV[1 + i])
+  redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[1])) + 60)
+end
+return 0
+"""
+
+
+class ConcurrencyLimited(RateLimited):
+    code = "concurrency_limit_exceeded"
+
+
+@dataclass
+class Cap:
+    key: str  # what is counted: "acct:<name>" or "key:<id>"
+    limit: int
+    label: str  # how a refusal names it
+
+
+@dataclass
+class Lease:
+    rid: str
+    caps: list[Cap]
+    remote: bool = False
+    keys: list[str] = field(default_factory=list)
+
+
+class Slots:
+    """Take, renew and give back the slots of calls in flight."""
+
+    def __init__(self, cache, lease_seconds: float, prefix: str = "tollgate:inflight:"):
+        self.cache, self.lease, self.prefix = cache, lease_seconds, prefix
+        self._lock = threading.Lock()
+        self._local: dict[str, set] = {}  # cap key -> request ids (in process)
+        self._open: dict[str, Lease] = {}  # this process's leases, for renewal
+        client = cache.client
+        self._acquire = client.register_script(ACQUIRE) if client is not None else None
+        self._renew = client.register_script(RENEW) if client is not None else None
+
+    def take(self, rid: str, caps: list[Cap]) -> Lease | None:
+        """A slot under each cap, or 429 `concurrency_limit_exceeded` naming the full cap."""
+        caps = [c for c in caps if c.limit > 0]
+        if not caps:
+            return None
+        lease = Lease(rid, caps, keys=[self.prefix + c.key for c in caps])
+        full = self._take_remote(lease) if self._acquire is not None and self.cache.up else None
+        if full is None:
+            full = self._take_local(lease)
+        if full:
+            cap = caps[full - 1]
+            raise ConcurrencyLimited(f"Too many calls in flight for {cap.label}: at most {cap.limit} "
+                                     "at once; retry when one finishes", headers={"Retry-After": "1"})
+        with self._lock:
+            self._open[rid] = lease
+        return lease
+
+    def _take_remote(self, lease: Lease) -> int | None:
+        try:
+            full = int(self._acquire(keys=lease.keys, args=[lease.rid, self.lease,
+                                                            *[c.limit for c in lease.caps]]))
+        except Exception as exc:  # noqa: BLE001 - Redis down: count in process instead
+            self.cache.failed(exc)
+            return None
+        lease.remote = not full
+        return full
+
+    def _take_local(self, lease: Lease) -> int:
+        with self._lock:
+            for i, cap in enumerate(lease.caps):
+                if len(self._local.get(cap.key, ())) >= cap.limit:
+                    return i + 1
+            for cap in lease.caps:
+                self._local.setdefault(cap.key, set()).add(lease.rid)
+        return 0
+
+    def give_back(self, lease: Lease | None) -> None:
+        """Free the call's slots (every exit path calls this once)."""
+        if lease is None:
+            return
+        with self._lock:
+            self._open.pop(lease.rid, None)
+            if not lease.remote:
+                for cap in lease.caps:
+                    members = self._local.get(cap.key)
+                    if members is not None:
+                        members.discard(lease.rid)
+                        if not members:
+                            del self._local[cap.key]
+                return
+        try:
+            pipe = self.cache.client.pipeline(transaction=False)
+            for key in lease.keys:
+                pipe.zrem(key, lease.rid)
+            pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - the lease ends on its own
+            self.cache.failed(exc)
+
+    def renew(self) -> None:
+        """Extend the leases of this process's calls in flight (the maintenance tick)."""
+        with self._lock:
+            remote = [lease for lease in self._open.values() if lease.remote]
+        if not remote or self._renew is None:
+            return
+        keys = [k for lease in remote for k in lease.keys]
+        rids = [lease.rid for lease in remote for _ in lease.keys]
+        try:
+            self._renew(keys=keys, args=[self.lease, *rids])
+        except Exception as exc:  # noqa: BLE001 - retried on the next tick
+            self.cache.failed(exc)
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._open)
