@@ -7,7 +7,7 @@ export REDIS_URL_TEST := $(or $(REDIS_URL),redis://127.0.0.1:6379/15)
 
 LOCAL_MODEL ?= 1
 
-.PHONY: install install-test run serve test services seed-models bench bench-peer wrk soak lint clean local-model local-model-stop
+.PHONY: install install-test run serve test services seed-models bench bench-streams bench-peer wrk soak lint clean local-model local-model-stop
 
 $(VENV)/.base: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ test: install-test services local-model
 
 bench: install-test services wrk
 	$(PY) -m bench.run
+
+# N concurrent paced streams (BENCH_STREAMS, default 1000), direct and through one gateway process
+bench-streams: install-test services
+	$(PY) -m bench.streams
 
 # the same run plus LiteLLM's proxy side by side, from its own virtual environment
 PEER_VENV ?= .venv-peer
