@@ -44,6 +44,7 @@ def load() -> dict:
         "PORT": int(env("PORT", "4321")),
         "DATA_DIR": str(data_dir),
         "DATABASE_URL": env("DATABASE_URL") or f"sqlite:///{data_dir / 'tollgate.db'}",
+        "DB_POOL_SIZE": int(env("DB_POOL_SIZE", "32")),  # database connections per process
         "REDIS_URL": env("REDIS_URL") or None,
         "JWT_ALGORITHM": algorithm,
         "JWT_PUBLIC_KEY": public_key,

@@ -108,6 +108,13 @@ def _start_reaper(app: Flask, interval: float, ttl: int) -> None:
     threading.Thread(target=loop, name="hold-keeper", daemon=True).start()
 
 
+def _give_back_connection(exc=None) -> None:
+    """A request's connection goes back to the pool when the request ends (a stream's body runs
+    later and takes one only to settle)."""
+    if not db.is_closed():
+        db.close()
+
+
 class _Flask(Flask):
     json_provider_class = ExactJSONProvider  # credits beyond a float's 15 digits stay exact
 
@@ -122,8 +129,10 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.json.sort_keys = False
     app.json.ensure_ascii = False
 
-    db.initialize(open_database(conf["DATABASE_URL"]))
+    db.initialize(open_database(conf["DATABASE_URL"], conf["DB_POOL_SIZE"]))
     migrations.upgrade()
+    db.close()
+    app.teardown_appcontext(_give_back_connection)
 
     app.after_request(keep_error_headers)  # before the limiter's, so it runs after it
     jwt.init_app(app)

@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 
 from peewee import IntegrityError, InterfaceError, OperationalError
 
-from service.db import Account, Hold, LedgerEntry, utcnow
+from service.db import Account, Hold, LedgerEntry, is_postgres, utcnow
 from service.errors import InsufficientCredits, InvalidRequest
 from service.extensions import db
 from service.group_commit import GroupCommit
@@ -67,13 +67,13 @@ def check_name(name, param: str = "account") -> str:
 
 def write_tx():
     """A transaction that takes the write lock at once (SQLite) so writers queue, not fail."""
-    if db.obj.__class__.__name__.startswith("Sqlite"):
+    if not is_postgres(db):
         return db.atomic("IMMEDIATE")
     return db.atomic()
 
 
 def _postgres() -> bool:
-    return db.obj.__class__.__name__.startswith("Postgres")
+    return is_postgres(db)
 
 
 # On PostgreSQL holds and settles go through group commit: whatever concurrent calls of one
@@ -104,7 +104,7 @@ def _pg_write(jobs: list) -> None:
     try:
         row = db.execute_sql(sql, params).fetchone()
     except (OperationalError, InterfaceError):
-        db.close()  # a broken connection: the next batch opens a new one
+        reconnect()  # a broken connection: the next batch opens a new one
         raise
     results = iter(row)
     for group in (holds, settles):
@@ -144,7 +144,7 @@ def account(name: str, new_credits: int = 0) -> Account:
 def reconnect() -> None:
     """Drop this thread's database connection after an error: the next query opens a new one."""
     try:
-        db.close()
+        db.close()  # back to the pool, which discards a link psycopg2 has marked closed
     except Exception:  # noqa: BLE001 - closing a dead link may fail too; forget it either way
         db._state.reset()
 

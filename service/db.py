@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from urllib.parse import parse_qsl
 
 from peewee import (
-    BigIntegerField, BooleanField, CharField, DateTimeField, ForeignKeyField,
+    PostgresqlDatabase, BigIntegerField, BooleanField, CharField, DateTimeField, ForeignKeyField,
     IntegerField, Model, TextField,
 )
-from playhouse.db_url import connect
+from playhouse.db_url import parse
+from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
 from service.extensions import db
 
@@ -122,19 +122,29 @@ class SchemaVersion(Base):
 TABLES = [AIModel, Account, Hold, LedgerEntry, ApiKey]
 
 
-def open_database(url: str):
-    """A Peewee database for a `db_url` (SQLite tuned for concurrent writers)."""
+def open_database(url: str, pool_size: int = 32):
+    """A pooled Peewee database for a `db_url`: at most `pool_size` connections, each thread
+    taking one only while it talks to the database (a call in flight for minutes holds none).
+    SQLite is tuned for concurrent writers (`?busy_timeout=` ms in the URL, default 10 s)."""
+    params = parse(url)
     if url.startswith("sqlite"):
-        url, _, query = url.partition("?")
-        busy = int(dict(parse_qsl(query)).get("busy_timeout", 10000))  # ms a writer waits for the lock
-        path = url.split(":///", 1)[1] if ":///" in url else ""
+        busy = int(params.pop("busy_timeout", 10000))
+        path = params.pop("database")
         if path and path != ":memory:":
             import pathlib
 
             pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return connect(url, pragmas={"journal_mode": "wal", "busy_timeout": busy,
-                                     "foreign_keys": 1, "synchronous": "normal"})
-    return connect(url)
+        return PooledSqliteDatabase(path, max_connections=pool_size, timeout=30, stale_timeout=300,
+                                    check_same_thread=False,
+                                    pragmas={"journal_mode": "wal", "busy_timeout": busy,
+                                             "foreign_keys": 1, "synchronous": "normal"}, **params)
+    database = params.pop("database")
+    return PooledPostgresqlDatabase(database, max_connections=pool_size, timeout=30, stale_timeout=300,
+                                    **params)
+
+
+def is_postgres(database) -> bool:
+    return isinstance(database.obj if hasattr(database, "obj") else database, PostgresqlDatabase)
 
 
 def epoch(value: dt.datetime | None) -> int:

@@ -5,6 +5,7 @@ import logging
 
 from flask import current_app, g, jsonify, request
 from peewee import InterfaceError, OperationalError
+from playhouse.pool import MaxConnectionsExceeded
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("tollgate")
@@ -205,4 +206,5 @@ def register_error_handlers(app) -> None:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(OperationalError, _database_lost)
     app.register_error_handler(InterfaceError, _database_lost)
+    app.register_error_handler(MaxConnectionsExceeded, _database_lost)
     app.register_error_handler(Exception, _unexpected)

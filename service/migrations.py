@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from peewee import IntegrityError
 
-from service.db import TABLES, SchemaVersion
+from service.db import TABLES, SchemaVersion, is_postgres
 from service.extensions import db
 
 
@@ -74,7 +74,7 @@ END $$;
 
 def _v3_batch_functions() -> None:
     """PostgreSQL settles and holds in batches (group commit); nothing to do on SQLite."""
-    if db.obj.__class__.__name__.startswith("Postgres"):
+    if is_postgres(db):
         db.execute_sql(PG_FUNCTIONS)
 
 
@@ -160,7 +160,7 @@ def _v4_owned_holds_overruns_checks() -> None:
         if column not in {c.name for c in db.get_columns(table)}:
             db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     db.execute_sql("CREATE INDEX IF NOT EXISTS hold_owner ON hold (owner)")
-    if db.obj.__class__.__name__.startswith("Postgres"):
+    if is_postgres(db):
         db.execute_sql(PG_FUNCTIONS_V4)
     else:
         for sql in SQLITE_CHECKS:

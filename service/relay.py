@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from providers import ADAPTERS
 from providers.base import Completion, StreamState, legacy_delta
 from service import billing, sse
+from service.extensions import db
 from service.errors import (
     GatewayError, ModelNotFound, NotImplementedByProvider, ProviderError, ProviderUnavailable, scrub,
 )
@@ -105,8 +106,13 @@ def _hold(chat, rows: list, ctx: Context) -> None:
     conf = ctx.conf
     amount = max(billing.cost(row, chat.n * chat.prompt_bound(row.image_tokens or conf["IMAGE_TOKENS"]),
                               chat.n * chat.output_cap(row)) for row in rows)
-    billing.retrying(billing.hold, ctx.account_id, chat.request_id, amount, conf["HOLD_TTL_SECONDS"],
-                     ctx.ext.owner)
+    try:
+        billing.retrying(billing.hold, ctx.account_id, chat.request_id, amount, conf["HOLD_TTL_SECONDS"],
+                         ctx.ext.owner)
+    except billing.DB_ERRORS:
+        # the hold may have committed before the link broke: release it once the database is back
+        ctx.ext.journal.append({"op": "release", "rid": chat.request_id})
+        raise
     ctx.held = max(amount, 0)
 
 
@@ -276,23 +282,30 @@ def _settle_stream(chat, ctx: Context, state: StreamState, tally: _Tally, finish
     return charge
 
 
+def _settled_stream(chat, ctx: Context, state: StreamState, tally: _Tally, finished: bool) -> int:
+    """_settle_stream on a pooled connection taken for the settle only: the request that opened
+    the stream gave its own back when it returned."""
+    with db.connection_context():
+        return _settle_stream(chat, ctx, state, tally, finished)
+
+
 def _events(chat, call, resp, ctx: Context):
     state, tally, created = StreamState(), _Tally(), int(time.time())
     try:
         yield from _relay(chat, call, resp, state, tally, created, ctx)
     except GatewayError as err:
         resp.close()
-        _settle_stream(chat, ctx, state, tally, False)
+        _settled_stream(chat, ctx, state, tally, False)
         ctx.record["error"] = err.code
         yield sse.event(scrub(err, [call.api_key, *ctx.conf["PROVIDER_KEYS"].values()]).body())
         return
     except BaseException:  # client gone (GeneratorExit) or a bug: bill what was delivered
         resp.close()
-        _settle_stream(chat, ctx, state, tally, False)
+        _settled_stream(chat, ctx, state, tally, False)
         ctx.record["error"] = "client_disconnected"
         raise
     resp.close()
-    _settle_stream(chat, ctx, state, tally, True)
+    _settled_stream(chat, ctx, state, tally, True)
     if chat.include_usage:
         yield sse.chunk(chat.request_id, created, chat.model.name, [], usage=state.extra.get("usage"))
     yield sse.DONE

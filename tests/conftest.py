@@ -11,7 +11,7 @@ import redis
 from pytest_httpserver import HTTPServer
 
 from service import create_app
-from service.db import SchemaVersion, TABLES
+from service.db import SchemaVersion, TABLES, is_postgres
 from service.extensions import db
 from tests.fakes import openai as fake_openai
 
@@ -29,7 +29,7 @@ def db_url(request, tmp_path):
 
 
 def _drop_all():
-    postgres = db.obj.__class__.__name__.startswith("Postgres")
+    postgres = is_postgres(db)
     db.drop_tables(TABLES + [SchemaVersion], safe=True, **({"cascade": True} if postgres else {}))
 
 
