@@ -17,6 +17,14 @@ def chunk(delta: dict, finish=None) -> bytes:
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
+def usage_chunk(tokens: int) -> bytes:
+    """The last chunk: no choices, the usage."""
+    usage = {"prompt_tokens": 5, "completion_tokens": tokens, "total_tokens": tokens + 5}
+    return b"data: " + json.dumps({"id": "chatcmpl-paced", "object": "chat.completion.chunk",
+                                   "created": 1700000000, "model": "paced", "choices": [],
+                                   "usage": usage}).encode() + b"\n\n"
+
+
 def app(environ, start_response):
     environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
     start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
@@ -27,10 +35,7 @@ def app(environ, start_response):
             time.sleep(INTERVAL)
             yield chunk({"content": f"{time.monotonic():.6f}|"})
         yield chunk({}, "stop")
-        usage = {"prompt_tokens": 5, "completion_tokens": CHUNKS, "total_tokens": CHUNKS + 5}
-        yield b"data: " + json.dumps({"id": "chatcmpl-paced", "object": "chat.completion.chunk",
-                                      "created": 1700000000, "model": "paced", "choices": [],
-                                      "usage": usage}).encode() + b"\n\n"
+        yield usage_chunk(CHUNKS)
         yield b"data: [DONE]\n\n"
 
     return events()

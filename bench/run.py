@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 DB = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tollgate_bench")
 REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-WORKERS, THREADS = int(os.environ.get("BENCH_WORKERS", "2")), int(os.environ.get("BENCH_THREADS", "16"))
+# one gateway process against one bare-proxy process with the same threads (issue 16's setting)
+WORKERS, THREADS = int(os.environ.get("BENCH_WORKERS", "1")), int(os.environ.get("BENCH_THREADS", "32"))
 DURATION = int(os.environ.get("BENCH_SECONDS", "10"))
 CONCURRENCY = (1, 8, 32)
 PEER = os.environ.get("BENCH_PEER")  # LiteLLM's `litellm` command (`make bench-peer`), or unset

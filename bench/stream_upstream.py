@@ -9,15 +9,10 @@ Each token carries its emission time (time.monotonic, one clock for the whole ma
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 
-
-def chunk(delta: dict, finish=None) -> bytes:
-    body = {"id": "chatcmpl-paced", "object": "chat.completion.chunk", "created": 1700000000,
-            "model": "paced", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-    return b"data: " + json.dumps(body).encode() + b"\n\n"
+from bench.paced_upstream import chunk, usage_chunk
 
 
 def pieces(tokens: int):
@@ -26,10 +21,7 @@ def pieces(tokens: int):
     for _ in range(tokens):
         yield None  # placeholder: a token, stamped when due
     yield chunk({}, "stop")
-    usage = {"prompt_tokens": 5, "completion_tokens": tokens, "total_tokens": tokens + 5}
-    yield b"data: " + json.dumps({"id": "chatcmpl-paced", "object": "chat.completion.chunk",
-                                  "created": 1700000000, "model": "paced", "choices": [],
-                                  "usage": usage}).encode() + b"\n\n"
+    yield usage_chunk(tokens)
     yield b"data: [DONE]\n\n"
 
 
