@@ -101,11 +101,15 @@ def _pg_write(jobs: list) -> None:
             calls.append(call)
             params += [[j.args[f] for j in group] for f in fields]
     sql = ("" if settles else "SET LOCAL synchronous_commit TO off; ") + "SELECT " + ", ".join(calls)
+    borrowed = db.is_closed()  # a leader without a connection takes one from the pool for the batch
     try:
         row = db.execute_sql(sql, params).fetchone()
     except (OperationalError, InterfaceError):
         reconnect()  # a broken connection: the next batch opens a new one
         raise
+    finally:
+        if borrowed and not db.is_closed():
+            db.close()
     results = iter(row)
     for group in (holds, settles):
         if group:

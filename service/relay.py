@@ -283,10 +283,14 @@ def _settle_stream(chat, ctx: Context, state: StreamState, tally: _Tally, finish
 
 
 def _settled_stream(chat, ctx: Context, state: StreamState, tally: _Tally, finished: bool) -> int:
-    """_settle_stream on a pooled connection taken for the settle only: the request that opened
-    the stream gave its own back when it returned."""
-    with db.connection_context():
+    """_settle_stream, giving back any pooled connection it took (the request that opened the
+    stream gave its own back when it returned; on PostgreSQL only a group commit's leader takes
+    one)."""
+    try:
         return _settle_stream(chat, ctx, state, tally, finished)
+    finally:
+        if not db.is_closed():
+            db.close()
 
 
 def _events(chat, call, resp, ctx: Context):
