@@ -142,7 +142,3 @@ class Slots:
             self._renew(keys=keys, args=[self.lease, *rids])
         except Exception as exc:  # noqa: BLE001 - retried on the next tick
             self.cache.failed(exc)
-
-    def in_flight(self) -> int:
-        with self._lock:
-            return len(self._open)

@@ -17,16 +17,7 @@ from tests.process import Gateway
 
 
 def test_killed_process_hold_is_reaped(make_app, db_url, tmp_path, upstream, add_model, topup):
-    make_app()
-    add_model(id=10, name="slow", api="openai", base_url=upstream.url_for("/v1"), cost_per_1k_tokens="1")
-    topup("kim", 10)
-    release = threading.Event()
-
-    def hang(request):
-        release.wait(10)
-        return Response("{}", content_type="application/json")
-
-    upstream.expect_request("/v1/chat/completions").respond_with_handler(hang)
+    release = _slow_model(make_app, add_model, upstream, topup, credits=10)
     gw = Gateway({"DATABASE_URL": db_url, "JWT_SECRET_KEY": SECRET, "DATA_DIR": str(tmp_path),
                   "HOLD_TTL_SECONDS": "60"}, tmp_path / "gw.log")
     try:
@@ -44,6 +35,21 @@ def test_killed_process_hold_is_reaped(make_app, db_url, tmp_path, upstream, add
     invariant("kim")
 
 
+def _slow_model(make_app, add_model, upstream, topup, credits: int) -> threading.Event:
+    """Model `slow`, whose answers wait until the returned event is set; kim gets `credits`."""
+    make_app()
+    add_model(id=10, name="slow", api="openai", base_url=upstream.url_for("/v1"), cost_per_1k_tokens="1")
+    topup("kim", credits)
+    release = threading.Event()
+
+    def hang(request):
+        release.wait(20)
+        return Response("{}", content_type="application/json")
+
+    upstream.expect_request("/v1/chat/completions").respond_with_handler(hang)
+    return release
+
+
 def _call(url: str, stream: bool = False) -> None:
     try:
         requests.post(f"{url}/api/v1/chat/completions", timeout=20,
@@ -58,16 +64,7 @@ def test_kill_during_20_streams_frees_every_hold_after_restart(make_app, db_url,
     """kill -9 with 20 streams open: a restarted gateway (or any other) releases their holds within
     HOLD_TTL_SECONDS + HOLD_REAP_INTERVAL_SECONDS (here 3 + 1 s; by default 60 + 20 s, under the
     two minutes promised), and nothing is charged for the unanswered calls."""
-    make_app()
-    add_model(id=10, name="slow", api="openai", base_url=upstream.url_for("/v1"), cost_per_1k_tokens="1")
-    topup("kim", 100)
-    release = threading.Event()
-
-    def hang(request):
-        release.wait(20)
-        return Response("{}", content_type="application/json")
-
-    upstream.expect_request("/v1/chat/completions").respond_with_handler(hang)
+    release = _slow_model(make_app, add_model, upstream, topup, credits=100)
     env = {"DATABASE_URL": db_url, "JWT_SECRET_KEY": SECRET, "DATA_DIR": str(tmp_path),
            "HOLD_TTL_SECONDS": "3", "HOLD_REAP_INTERVAL_SECONDS": "1", "WAITRESS_THREADS": "32"}
     gw = Gateway(env, tmp_path / "gw.log")
