@@ -87,6 +87,13 @@ def load() -> dict:
         # (0: no cap) refuses tokens whose exp lies further from their iat (or now)
         "JWT_ALLOW_NO_EXP": _bool(env("JWT_ALLOW_NO_EXP"), False),
         "JWT_MAX_LIFETIME_SECONDS": int(env("JWT_MAX_LIFETIME_SECONDS", "0")),
+        # low-balance alerts: off without a webhook URL; LOW_BALANCE_THRESHOLD (credits, 0: none)
+        # applies to accounts without their own threshold
+        "ALERT_WEBHOOK_URL": env("ALERT_WEBHOOK_URL") or None,
+        "ALERT_WEBHOOK_SECRET": env("ALERT_WEBHOOK_SECRET", ""),
+        "LOW_BALANCE_THRESHOLD": env("LOW_BALANCE_THRESHOLD", "0"),
+        "ALERT_POLL_SECONDS": float(env("ALERT_POLL_SECONDS", "5")),
+        "ALERT_MAX_ATTEMPTS": int(env("ALERT_MAX_ATTEMPTS", "20")),
         # provider keys are read through this mapping only, by the variable name a row names
         "PROVIDER_KEYS": {k: v for k, v in os.environ.items() if k.endswith("_API_KEY")},
     }

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Iterable, Iterator
 
+from core.usage import Usage, count
 from providers.base import (
     Adapter, Completion, Delta, StreamState, as_function_call, choice, legacy, sse_data, text_of, turns,
 )
@@ -103,7 +104,8 @@ class AnthropicAdapter(Adapter):
         prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
         if not isinstance(prompt, int) or not isinstance(completion, int):
             return Completion(out, chat.prompt_guess, completion or 0, estimated=True)
-        return Completion(out, prompt + _cached(usage), completion)
+        tokens = tokens_of(usage)
+        return Completion(out, tokens.prompt, tokens.completion, detail=tokens.detail)
 
     def stream_events(self, lines: Iterable[bytes], state: StreamState) -> Iterator[Delta]:
         tools: dict[int, int] = {}  # Anthropic block index -> OpenAI tool call index
@@ -111,9 +113,8 @@ class AnthropicAdapter(Adapter):
             event = self.stream_event(data)
             kind = event.get("type")
             if kind == "message_start":
-                usage = (event.get("message") or {}).get("usage") or {}
-                state.prompt_tokens = (usage.get("input_tokens") or 0) + _cached(usage)
-                state.completion_tokens = usage.get("output_tokens")
+                state.extra["anthropic_usage"] = dict((event.get("message") or {}).get("usage") or {})
+                _count_stream(state)
             elif kind == "content_block_start":
                 block = event.get("content_block") or {}
                 if block.get("type") == "tool_use":
@@ -127,9 +128,11 @@ class AnthropicAdapter(Adapter):
             elif kind == "content_block_delta":
                 yield from _block_delta(event, tools)
             elif kind == "message_delta":
-                usage = event.get("usage") or {}
-                if isinstance(usage.get("output_tokens"), int):
-                    state.completion_tokens = usage["output_tokens"]
+                usage = event.get("usage")
+                if isinstance(usage, dict):  # cumulative: later counts replace earlier ones
+                    state.extra.setdefault("anthropic_usage", {}).update(
+                        {k: v for k, v in usage.items() if v is not None})
+                    _count_stream(state)
                 reason = (event.get("delta") or {}).get("stop_reason")
                 if reason:
                     yield Delta(0, finish_reason=FINISH.get(reason, "stop"))
@@ -147,9 +150,26 @@ def _block_delta(event: dict, tools: dict) -> Iterator[Delta]:
                                     "function": {"arguments": delta.get("partial_json", "")}}])
 
 
-def _cached(usage: dict) -> int:
-    """Cache reads and writes count as prompt tokens too."""
-    return (usage.get("cache_read_input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0)
+def tokens_of(usage: dict) -> Usage:
+    """Anthropic's usage in token classes: `input_tokens` excludes the cache, which is read
+    (`cache_read_input_tokens`) or written (`cache_creation_input_tokens`, split by lifetime in
+    `cache_creation.ephemeral_5m/1h_input_tokens`; unsplit writes are 5-minute ones)."""
+    read, written = count(usage.get("cache_read_input_tokens")), count(usage.get("cache_creation_input_tokens"))
+    split = usage.get("cache_creation") if isinstance(usage.get("cache_creation"), dict) else {}
+    hour = count(split.get("ephemeral_1h_input_tokens"))
+    five = count(split.get("ephemeral_5m_input_tokens")) if split else written - hour
+    if split and five + hour < written:
+        five = written - hour
+    return Usage(count(usage.get("input_tokens")) + read + five + hour, count(usage.get("output_tokens")),
+                 cached=read, cache_write_5m=five, cache_write_1h=hour)
+
+
+def _count_stream(state: StreamState) -> None:
+    usage = state.extra["anthropic_usage"]
+    tokens = tokens_of(usage)
+    state.prompt_tokens = tokens.prompt
+    state.completion_tokens = usage.get("output_tokens") if isinstance(usage.get("output_tokens"), int) else None
+    state.detail = tokens.detail
 
 
 def _block(part: Part) -> dict:

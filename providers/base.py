@@ -23,6 +23,7 @@ class Completion:
     estimated: bool = False
     raw: dict | None = None
     usage: dict | None = None
+    detail: dict = field(default_factory=dict)  # cached, cache-write and reasoning tokens (core/usage.py)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class StreamState:
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    detail: dict = field(default_factory=dict)  # cached, cache-write and reasoning tokens
     done: bool = False
     extra: dict = field(default_factory=dict)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Iterable, Iterator
 
+from core.usage import Usage, count
 from providers.base import (
     Adapter, Completion, Delta, StreamState, as_function_call, capped, choice, legacy, sse_data, text_of,
     turns,
@@ -82,18 +83,21 @@ class GeminiAdapter(Adapter):
         if "functions" in chat.params:
             choices = [as_function_call(c) for c in choices]
         usage = payload.get("usageMetadata") or {}
-        prompt, completion = usage.get("promptTokenCount"), usage.get("candidatesTokenCount", 0)
-        if not isinstance(prompt, int):
-            return Completion(choices, chat.prompt_guess, completion or 0, estimated=True)
-        return Completion(choices, prompt, completion or 0)
+        if not isinstance(usage.get("promptTokenCount"), int):
+            return Completion(choices, chat.prompt_guess, count(usage.get("candidatesTokenCount")),
+                              estimated=True)
+        tokens = tokens_of(usage)
+        return Completion(choices, tokens.prompt, tokens.completion, detail=tokens.detail)
 
     def stream_events(self, lines: Iterable[bytes], state: StreamState) -> Iterator[Delta]:
         for data in sse_data(lines):
             event = self.stream_event(data)
             usage = event.get("usageMetadata")
             if isinstance(usage, dict):
-                state.prompt_tokens = usage.get("promptTokenCount")
-                state.completion_tokens = usage.get("candidatesTokenCount", 0)
+                tokens = tokens_of(usage)
+                state.prompt_tokens = tokens.prompt if isinstance(usage.get("promptTokenCount"), int) else None
+                state.completion_tokens = tokens.completion
+                state.detail = tokens.detail
             for i, cand in enumerate(event.get("candidates") or []):
                 index = cand.get("index", i)
                 offset = state.extra.get("calls", 0)
@@ -180,3 +184,13 @@ def _parts(cand: dict, index: int, offset: int = 0) -> tuple[str, list]:
                           "function": {"name": fn.get("name", ""),
                                        "arguments": json.dumps(fn.get("args") or {})}})
     return "".join(text), calls
+
+
+def tokens_of(usage: dict) -> Usage:
+    """Gemini's usageMetadata in token classes: the prompt includes the cached content
+    (`cachedContentTokenCount`) and tool-use prompts; thinking (`thoughtsTokenCount`) is billed as
+    output but is not part of `candidatesTokenCount`."""
+    thoughts = count(usage.get("thoughtsTokenCount"))
+    return Usage(count(usage.get("promptTokenCount")) + count(usage.get("toolUsePromptTokenCount")),
+                 count(usage.get("candidatesTokenCount")) + thoughts,
+                 cached=count(usage.get("cachedContentTokenCount")), reasoning=thoughts)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Iterable, Iterator
 
+from core.usage import from_openai
 from providers.base import Adapter, Completion, Delta, StreamState, capped, sse_data
 from service.errors import ProviderError
 
@@ -61,7 +62,8 @@ class OpenAIAdapter(Adapter):
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if not isinstance(prompt, int) or not isinstance(completion, int):
             return Completion(choices, chat.prompt_guess, _estimate(choices), estimated=True, raw=payload)
-        return Completion(choices, prompt, completion, raw=payload, usage=usage)
+        return Completion(choices, prompt, completion, raw=payload, usage=usage,
+                          detail=from_openai(usage).detail)
 
     def stream_events(self, lines: Iterable[bytes], state: StreamState) -> Iterator[Delta]:
         for data in sse_data(lines):
@@ -74,6 +76,7 @@ class OpenAIAdapter(Adapter):
                 state.prompt_tokens = usage.get("prompt_tokens")
                 state.completion_tokens = usage.get("completion_tokens")
                 state.extra["usage"] = usage
+                state.detail = from_openai(usage).detail
             choices = event.get("choices")
             if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
                 continue  # the usage chunk (sent again, with the cost, at the end) or an empty one

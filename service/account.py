@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from flask import Blueprint, g, request
 
+from core import prices
+from core.usage import Usage
+from service import reports
 from service.auth import authenticate
 from service.billing import to_credits
 from service.db import Account, LedgerEntry, epoch
@@ -18,10 +21,26 @@ def account_body(acct: Account) -> dict:
 
 
 def ledger_row(e: LedgerEntry) -> dict:
-    return {"request_id": e.request_id, "model": e.model, "prompt_tokens": e.prompt_tokens,
-            "completion_tokens": e.completion_tokens, "cost": to_credits(-e.delta), "kind": e.kind,
-            "estimated": e.estimated, "created": epoch(e.created)} | (
-                {"absorbed": to_credits(e.absorbed)} if e.kind == "overrun" else {})
+    row = {"request_id": e.request_id, "model": e.model, "prompt_tokens": e.prompt_tokens,
+           "completion_tokens": e.completion_tokens, "cost": to_credits(-e.delta), "kind": e.kind,
+           "estimated": e.estimated, "created": epoch(e.created)}
+    if e.kind == "overrun":
+        row["absorbed"] = to_credits(e.absorbed)
+    if e.kind == "charge":
+        row |= breakdown(e)
+    return row
+
+
+def breakdown(e: LedgerEntry) -> dict:
+    """A charge's evidence: tokens per class and, when recorded, the unit prices applied (credits
+    per 1k tokens) and the cost of each class."""
+    tokens = Usage(e.prompt_tokens, e.completion_tokens, e.cached_tokens, e.cache_write_5m_tokens,
+                   e.cache_write_1h_tokens, e.reasoning_tokens)
+    out = {"tokens": tokens.classes()}
+    if e.prices:
+        out["prices"] = {c: to_credits(v) for c, v in e.prices.items()}
+        out["cost_details"] = {c: to_credits(v) for c, v in prices.costs(e.prices, tokens).items()}
+    return out
 
 
 def ledger_page(account_id: int, limit: int, before: int | None) -> dict:
@@ -53,3 +72,13 @@ def usage():
     limit = _int_arg("limit", 20, 1, 100)
     before = _int_arg("before", None, 1, 2 ** 62)
     return ledger_page(g.account.id, limit, before)
+
+
+@bp.get("/api/v1/usage/summary")
+def usage_summary():
+    return reports.summary(g.account.id)
+
+
+@bp.get("/api/v1/usage/export.csv")
+def usage_export():
+    return reports.export(g.account.id, "tollgate-ledger.csv")

@@ -6,11 +6,11 @@ import datetime as dt
 from flask import Blueprint, current_app
 from peewee import fn
 
-from service import billing, seed
+from service import billing, reports, seed
 from service.account import account_body, ledger_page
 from service.auth import create_key, require_admin
 from service.body import json_object
-from service.db import AIModel, Account, ApiKey, Hold, epoch, utcnow
+from service.db import AIModel, Account, AlertOutbox, ApiKey, Hold, ModelPrice, epoch, utcnow
 from service.errors import InvalidRequest, NotFound
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
@@ -30,7 +30,7 @@ def model_body(row: AIModel) -> dict:
 
 
 def _model(model_id: int) -> AIModel:
-    row = AIModel.get_or_none(AIModel.id == model_id)
+    row = AIModel.get_or_none(AIModel.id == model_id) if model_id <= seed.INT_MAX else None
     if row is None:
         raise NotFound(f"No model with id {model_id}", code="model_not_found")
     return row
@@ -75,6 +75,16 @@ def update_model(model_id: int):
     return model_body(_model(model_id))
 
 
+@bp.get("/models/<int:model_id>/prices")
+def model_prices(model_id: int):
+    """The row's price history: prices per class (credits per 1k tokens) and when each took effect."""
+    _model(model_id)
+    rows = (ModelPrice.select().where(ModelPrice.model == model_id)
+            .order_by(ModelPrice.effective_from, ModelPrice.id))
+    return {"data": [{"effective_from": epoch(p.effective_from),
+                      "prices": {c: billing.to_credits(v) for c, v in p.prices.items()}} for p in rows]}
+
+
 @bp.delete("/models/<int:model_id>")
 def delete_model(model_id: int):
     _model(model_id).delete_instance()
@@ -109,6 +119,50 @@ def account(name: str):
               "expires_at": h.expires_at.isoformat() + "Z"}
              for h in Hold.select().where(Hold.account == acct.id)]
     return account_body(acct) | {"holds": holds, "ledger": ledger_page(acct.id, 50, None)["data"]}
+
+
+@bp.get("/accounts/<name>/usage/summary")
+def account_summary(name: str):
+    return reports.summary(_account(name).id)
+
+
+@bp.get("/accounts/<name>/usage/export.csv")
+def account_export(name: str):
+    return reports.export(_account(name).id, "tollgate-ledger.csv")
+
+
+@bp.get("/usage/export.csv")
+def export_all():
+    """Every account's ledger rows in the range."""
+    return reports.export(None, "tollgate-ledger-all.csv")
+
+
+@bp.patch("/accounts/<name>")
+def update_account(name: str):
+    """An account's own low-balance threshold (credits; null: the LOW_BALANCE_THRESHOLD setting)."""
+    acct = _account(name)
+    body = _json()
+    unknown = sorted(set(body) - {"low_balance_threshold"})
+    if unknown:
+        raise InvalidRequest(f"'{unknown[0]}' is not an account field", param=unknown[0])
+    value = body.get("low_balance_threshold")
+    micro = None if value is None else billing.to_micro(value, "low_balance_threshold")
+    if micro is not None and micro < 0:
+        raise InvalidRequest("'low_balance_threshold' must not be negative", param="low_balance_threshold")
+    Account.update(low_balance_threshold=micro).where(Account.id == acct.id).execute()
+    return account_body(Account.get_by_id(acct.id)) | {"low_balance_threshold": value}
+
+
+@bp.get("/alerts")
+def list_alerts():
+    """The newest low-balance alerts and their delivery record."""
+    rows = (AlertOutbox.select(AlertOutbox, Account.name).join(Account)
+            .order_by(AlertOutbox.id.desc()).limit(100))
+    return {"data": [{"id": f"alert_{r.id}", "account": r.account.name, "type": r.kind,
+                      "request_id": r.request_id, "balance": billing.to_credits(r.balance),
+                      "threshold": billing.to_credits(r.threshold), "created": epoch(r.created),
+                      "attempts": r.attempts, "delivered": epoch(r.delivered_at) or None,
+                      "last_status": r.last_status, "last_error": r.last_error} for r in rows]}
 
 
 def _expiry(value) -> dt.datetime | None:

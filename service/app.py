@@ -12,7 +12,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import settings
-from service import billing, migrations
+from service import alerts, billing, idempotency, migrations
 from service.breaker import Breakers
 from service.cache import Cache
 from service.db import open_database
@@ -77,7 +77,9 @@ def keep_money(ext: Tollgate, ttl: int) -> None:
     ext.slots.renew()
     ext.journal.replay(billing.apply_journalled)
     billing.extend(ext.owner, ttl)
+    idempotency.extend(ext.owner, ttl)
     billing.reap()
+    idempotency.reap()
 
 
 def _start_reaper(app: Flask, interval: float, ttl: int) -> None:
@@ -163,4 +165,8 @@ def create_app(overrides: dict | None = None) -> Flask:
         n = conf["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
     _start_reaper(app, conf["HOLD_REAP_INTERVAL_SECONDS"], conf["HOLD_TTL_SECONDS"])
+    app.config["LOW_BALANCE_ALERTS_MICRO"] = alerts.threshold_micro(conf)
+    deliverer = alerts.Deliverer(conf, observe.ALERTS)
+    app.extensions["tollgate_alerts"] = deliverer
+    deliverer.start()
     return app

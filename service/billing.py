@@ -6,14 +6,16 @@ read, changed in Python and written back.
 from __future__ import annotations
 
 import datetime as dt
-import math
+import json
 import re
 import uuid
 from decimal import Decimal, InvalidOperation
 
 from peewee import IntegrityError, InterfaceError, OperationalError
 
-from service.db import Account, Hold, LedgerEntry, is_postgres, utcnow
+from core import prices
+from core.usage import Usage
+from service.db import Account, AlertOutbox, Hold, LedgerEntry, is_postgres, utcnow
 from service.errors import InsufficientCredits, InvalidRequest
 from service.extensions import db
 from service.group_commit import GroupCommit
@@ -84,10 +86,12 @@ def _postgres() -> bool:
 # locked, and each call's settle then charges without a hold. Settles wait for the flush.
 PG_HOLD = "tollgate_hold(%s::text[], %s::bigint[], %s::bigint[], %s::timestamp[], %s::text[])"
 PG_SETTLE = ("tollgate_settle(%s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[], "
-             "%s::bigint[], %s::boolean[], %s::timestamp[], %s::bigint[])")
+             "%s::bigint[], %s::boolean[], %s::timestamp[], %s::bigint[], %s::bigint[], %s::bigint[], "
+             "%s::bigint[], %s::bigint[], %s::text[], %s::bigint[])")
 PG_HOLD_FIELDS = ("rid", "account", "amount", "expires", "owner")
 PG_SETTLE_FIELDS = ("rid", "account", "model", "prompt", "completion", "charge", "estimated", "now",
-                    "overrun")
+                    "overrun", "cached", "cache_write_5m", "cache_write_1h", "reasoning", "prices",
+                    "threshold")
 DB_ERRORS = (OperationalError, InterfaceError)  # the database is unreachable or the link broke
 
 
@@ -121,12 +125,8 @@ _group = GroupCommit(_pg_write)
 
 
 def cost(model, prompt_tokens: int, completion_tokens: int) -> int:
-    """ceil(tokens x price per 1k / 1000), with input/output prices when the row has them."""
-    p_in = model.cost_per_1k_input_tokens
-    p_out = model.cost_per_1k_output_tokens
-    p_in = model.cost_per_1k_tokens if p_in is None else p_in
-    p_out = model.cost_per_1k_tokens if p_out is None else p_out
-    return math.ceil((prompt_tokens * p_in + completion_tokens * p_out) / 1000)
+    """What plain input and output tokens cost at a row's current prices (core/prices.py)."""
+    return prices.charge(prices.resolve(model), Usage(prompt_tokens, completion_tokens))
 
 
 def account(name: str, new_credits: int = 0) -> Account:
@@ -203,34 +203,56 @@ def _take_hold(request_id: str) -> int:
     return found.amount
 
 
+DETAIL = ("cached", "cache_write_5m", "cache_write_1h", "reasoning")
+
+
 def settle(account_id: int, request_id: str, model: str, prompt_tokens: int,
-           completion_tokens: int, charge: int, estimated: bool = False, cap: int | None = None) -> bool:
+           completion_tokens: int, charge: int, estimated: bool = False, cap: int | None = None,
+           detail: dict | None = None, unit_prices: dict | None = None, threshold: int = -1) -> bool:
     """Charge, release the hold and write the ledger row, at once; False if already settled.
     A charge above `cap` (what the call held) is cut to it; the rest is an `overrun` row that
-    the gateway absorbs."""
+    the gateway absorbs. `detail` holds the tokens of the classes beyond input and output and
+    `unit_prices` the prices applied (both kept on the row). A charge that takes the balance
+    below the account's low-balance threshold (else `threshold`; negative: alerts off) writes
+    an alert to the outbox in the same transaction."""
     overrun = 0
     if cap is not None and charge > cap:
         charge, overrun = max(cap, 0), charge - max(cap, 0)
+    detail = {k: int((detail or {}).get(k) or 0) for k in DETAIL}
     if _postgres():
         return _group.submit("settle", {
             "rid": request_id, "account": account_id, "model": model, "prompt": prompt_tokens,
             "completion": completion_tokens, "charge": charge, "estimated": estimated,
-            "now": utcnow(), "overrun": overrun})
+            "now": utcnow(), "overrun": overrun, **detail,
+            "prices": None if unit_prices is None else json.dumps(unit_prices), "threshold": threshold})
     try:
         with write_tx():
             LedgerEntry.create(account=account_id, request_id=request_id, model=model,
                                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                               delta=-charge, kind="charge", estimated=estimated)
+                               delta=-charge, kind="charge", estimated=estimated, prices=unit_prices,
+                               **{f"{k}_tokens": v for k, v in detail.items()})
             if overrun:
                 LedgerEntry.create(account=account_id, request_id=f"{request_id}:overrun", model=model,
                                    delta=0, kind="overrun", estimated=estimated, absorbed=overrun)
             released = _take_hold(request_id)
             (Account.update(balance=Account.balance - charge, held=Account.held - released)
              .where(Account.id == account_id).execute())
+            if threshold >= 0 and charge > 0:
+                _alert_if_crossed(account_id, request_id, charge, threshold)
     except IntegrityError:
         release(request_id)
         return False
     return True
+
+
+def _alert_if_crossed(account_id: int, request_id: str, charge: int, default: int) -> None:
+    """Inside a settle's transaction: an outbox row when this charge crossed the threshold."""
+    acct = Account.get_by_id(account_id)
+    line = default if acct.low_balance_threshold is None else acct.low_balance_threshold
+    if line > 0 and acct.balance < line <= acct.balance + charge:
+        now = utcnow()
+        AlertOutbox.create(account=account_id, request_id=request_id, balance=acct.balance,
+                           threshold=line, created=now, next_attempt=now)
 
 
 def release(request_id: str) -> int:

@@ -5,11 +5,11 @@ import uuid
 
 from flask import Blueprint, Response, current_app, g, request
 
-from service import chat_request, observe, relay
+from service import chat_request, idempotency, observe, relay, transcript
 from service.auth import authenticate
 from service.body import json_object
 from service.errors import Forbidden
-from service.extensions import limiter
+from service.extensions import db, limiter
 from service.registry import CHAT_MAX_AGE
 from service.slots import Cap
 from service.limits import (
@@ -49,6 +49,57 @@ def prepare() -> None:
 @limiter.limit(default_limit)
 def completions():
     chat, ext, conf = g.chat, current_app.extensions["tollgate"], current_app.config
+    key = request.headers.get(idempotency.HEADER)
+    if key is None:
+        return _call(chat, ext, conf)
+    account_id = g.account.id
+    stored = idempotency.claim(account_id, idempotency.check_key(key),
+                               idempotency.digest(request.get_json(), chat.stream), ext.owner,
+                               conf["HOLD_TTL_SECONDS"])
+    if stored is not None:
+        return _replayed(chat, stored)
+    try:
+        answer = _call(chat, ext, conf)
+    except BaseException:
+        idempotency.abandon(account_id, key)
+        raise
+    if isinstance(answer, Response):  # a stream: its answer is known when it ends
+        answer.response = _recorded(answer.response, account_id, key)
+        return answer
+    idempotency.finish(account_id, key, answer[0])
+    return answer
+
+
+def _replayed(chat, stored: dict):
+    """The stored answer of an earlier call with the same key and body; nothing is charged."""
+    headers = {"X-Request-ID": stored["id"], "Idempotent-Replayed": "true"}
+    if not chat.stream:
+        return stored, 200, headers
+    headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return Response(transcript.replay(stored, chat.include_usage), mimetype="text/event-stream",
+                    headers=headers)
+
+
+def _recorded(events, account_id: int, key: str):
+    """The stream's events as they go; a stream that ended properly is stored for its key, any
+    other gives the key back."""
+    heard = transcript.Transcript()
+    try:
+        for piece in events:
+            heard.feed(piece)
+            yield piece
+    finally:
+        try:
+            if heard.finished:
+                idempotency.finish(account_id, key, heard.body())
+            else:
+                idempotency.abandon(account_id, key)
+        finally:
+            if not db.is_closed():
+                db.close()
+
+
+def _call(chat, ext, conf):
     name = g.account.name
     ext.budget.check(name)
     record = observe.outcome()

@@ -9,7 +9,7 @@ import json
 
 from peewee import (
     PostgresqlDatabase, BigIntegerField, BooleanField, CharField, DateTimeField, ForeignKeyField,
-    IntegerField, Model, TextField,
+    IntegerField, Model, SQL, TextField,
 )
 from playhouse.db_url import parse
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
@@ -50,6 +50,10 @@ class AIModel(Base):
     cost_per_1k_tokens = BigIntegerField(default=0)
     cost_per_1k_input_tokens = BigIntegerField(null=True)
     cost_per_1k_output_tokens = BigIntegerField(null=True)
+    cost_per_1k_cached_input_tokens = BigIntegerField(null=True)  # unset: the input price
+    cost_per_1k_cache_write_5m_tokens = BigIntegerField(null=True)  # unset: the input price
+    cost_per_1k_cache_write_1h_tokens = BigIntegerField(null=True)  # unset: the input price
+    cost_per_1k_reasoning_tokens = BigIntegerField(null=True)  # unset: the output price
     max_output_tokens = IntegerField(default=4096)
     rpm = IntegerField(null=True)
     aliases = JSONField(default=list)
@@ -64,10 +68,24 @@ class AIModel(Base):
         table_name = "ai_model"
 
 
+class ModelPrice(Base):
+    """A catalogue row's prices per token class from `effective_from` on (resolved: every class
+    priced); a call is billed at the prices in force when it started."""
+
+    model = ForeignKeyField(AIModel, backref="prices", on_delete="CASCADE")
+    effective_from = DateTimeField(index=True)
+    prices = JSONField()
+    created = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "model_price"
+
+
 class Account(Base):
     name = CharField(unique=True)
     balance = BigIntegerField(default=0)
     held = BigIntegerField(default=0)
+    low_balance_threshold = BigIntegerField(null=True)  # micro-credits; None: the setting
     created = DateTimeField(default=utcnow)
 
 
@@ -92,6 +110,11 @@ class LedgerEntry(Base):
     estimated = BooleanField(default=False)
     note = CharField(null=True)
     absorbed = BigIntegerField(default=0)  # overrun rows: cost beyond the hold, paid by the gateway
+    cached_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])  # prompt tokens read from a cache
+    cache_write_5m_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
+    cache_write_1h_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
+    reasoning_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])  # completion tokens spent thinking
+    prices = JSONField(null=True)  # the unit prices applied, per class (micro-credits per 1k)
     created = DateTimeField(default=utcnow, index=True)
 
 
@@ -111,6 +134,43 @@ class ApiKey(Base):
         table_name = "api_key"
 
 
+class IdempotentCall(Base):
+    """A chat call made with an `Idempotency-Key`: running, then its stored answer for 24 hours."""
+
+    account = ForeignKeyField(Account, on_delete="CASCADE")
+    key = CharField()
+    body_hash = CharField()
+    done = BooleanField(default=False)
+    response = TextField(null=True)  # the chat.completion body, as JSON
+    owner = CharField(null=True)  # the process running it; it extends `lease_until`
+    lease_until = DateTimeField()
+    created = DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        table_name = "idempotent_call"
+        indexes = ((("account", "key"), True),)
+
+
+class AlertOutbox(Base):
+    """A low-balance alert: written with the charge that crossed the threshold, delivered by
+    webhook (retried with backoff) and kept as the delivery record."""
+
+    account = ForeignKeyField(Account, on_delete="CASCADE")
+    kind = CharField(default="low_balance")
+    request_id = CharField(null=True)
+    balance = BigIntegerField()
+    threshold = BigIntegerField()
+    created = DateTimeField(default=utcnow)
+    next_attempt = DateTimeField(index=True)
+    attempts = IntegerField(default=0)
+    delivered_at = DateTimeField(null=True)
+    last_status = IntegerField(null=True)
+    last_error = CharField(null=True)
+
+    class Meta:
+        table_name = "alert_outbox"
+
+
 class SchemaVersion(Base):
     version = IntegerField(primary_key=True)
     applied = DateTimeField(default=utcnow)
@@ -119,7 +179,7 @@ class SchemaVersion(Base):
         table_name = "schema_version"
 
 
-TABLES = [AIModel, Account, Hold, LedgerEntry, ApiKey]
+TABLES = [AIModel, ModelPrice, Account, Hold, LedgerEntry, ApiKey, IdempotentCall, AlertOutbox]
 
 
 def open_database(url: str, pool_size: int = 32):

@@ -161,7 +161,7 @@ def keep_error_headers(response):
     status = response.status_code
     if status not in (429, 503) or (g.get("error_code") != "rate_limit_exceeded" and "Retry-After" not in own):
         response.headers.pop("Retry-After", None)
-    if status in NO_RETRY:
+    if status in NO_RETRY and "x-should-retry" not in own:
         response.headers["x-should-retry"] = "false"
     return response
 

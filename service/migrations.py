@@ -173,8 +173,81 @@ def _v5_key_concurrency() -> None:
         db.execute_sql("ALTER TABLE api_key ADD COLUMN max_concurrent INTEGER")
 
 
+# Migration 6: token classes. Settles write the tokens of each class and the unit prices applied,
+# and a charge that takes a balance below its low-balance threshold writes an alert to the outbox
+# in the same transaction (thresholds[i] < 0: alerts are off).
+PG_FUNCTIONS_V6 = """
+DROP FUNCTION IF EXISTS tollgate_settle(text[], bigint[], text[], bigint[], bigint[], bigint[],
+                                        boolean[], timestamp[], bigint[]);
+CREATE OR REPLACE FUNCTION tollgate_settle(rids text[], accounts bigint[], models text[],
+    prompts bigint[], completions bigint[], charges bigint[], estimates boolean[],
+    stamps timestamp[], overruns bigint[], cacheds bigint[], writes5m bigint[], writes1h bigint[],
+    reasonings bigint[], prices text[], thresholds bigint[]) RETURNS boolean[]
+LANGUAGE plpgsql AS $$
+DECLARE
+  charged boolean[] := '{}';
+  released bigint;
+  fresh boolean;
+  bal bigint;
+  own bigint;
+  line bigint;
+BEGIN
+  FOR i IN 1 .. coalesce(array_length(rids, 1), 0) LOOP
+    DELETE FROM hold WHERE request_id = rids[i] RETURNING amount INTO released;
+    INSERT INTO ledgerentry (account_id, request_id, model, prompt_tokens, completion_tokens, delta,
+                             kind, estimated, absorbed, cached_tokens, cache_write_5m_tokens,
+                             cache_write_1h_tokens, reasoning_tokens, prices, created)
+      VALUES (accounts[i], rids[i], models[i], prompts[i], completions[i], -charges[i], 'charge',
+              estimates[i], 0, cacheds[i], writes5m[i], writes1h[i], reasonings[i], prices[i],
+              stamps[i])
+      ON CONFLICT (request_id) DO NOTHING;
+    fresh := FOUND;
+    IF fresh AND overruns[i] > 0 THEN
+      INSERT INTO ledgerentry (account_id, request_id, model, prompt_tokens, completion_tokens, delta,
+                               kind, estimated, absorbed, created)
+        VALUES (accounts[i], rids[i] || ':overrun', models[i], 0, 0, 0, 'overrun', estimates[i],
+                overruns[i], stamps[i])
+        ON CONFLICT (request_id) DO NOTHING;
+    END IF;
+    UPDATE account SET balance = balance - CASE WHEN fresh THEN charges[i] ELSE 0 END,
+                       held = held - coalesce(released, 0)
+      WHERE id = accounts[i]
+      RETURNING balance, low_balance_threshold INTO bal, own;
+    line := coalesce(own, thresholds[i]);
+    IF fresh AND thresholds[i] >= 0 AND charges[i] > 0 AND line > 0 AND bal < line
+       AND bal + charges[i] >= line THEN
+      INSERT INTO alert_outbox (account_id, kind, request_id, balance, threshold, created,
+                                next_attempt, attempts)
+        VALUES (accounts[i], 'low_balance', rids[i], bal, line, stamps[i], stamps[i], 0);
+    END IF;
+    charged := charged || fresh;
+  END LOOP;
+  RETURN charged;
+END $$;
+"""
+
+V6_COLUMNS = tuple((("ai_model", f"cost_per_1k_{c}_tokens", "BIGINT") for c in
+                    ("cached_input", "cache_write_5m", "cache_write_1h", "reasoning"))) + tuple(
+    ("ledgerentry", f"{c}_tokens", "INTEGER NOT NULL DEFAULT 0") for c in
+    ("cached", "cache_write_5m", "cache_write_1h", "reasoning")) + (
+    ("ledgerentry", "prices", "TEXT"), ("account", "low_balance_threshold", "BIGINT"))
+
+
+def _v6_token_classes_idempotency_alerts() -> None:
+    """Prices and ledger counts per token class, price history, idempotent calls, the alert outbox."""
+    from service.db import AlertOutbox, IdempotentCall, ModelPrice
+
+    for table, column, kind in V6_COLUMNS:
+        if column not in {c.name for c in db.get_columns(table)}:
+            db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    db.create_tables([ModelPrice, IdempotentCall, AlertOutbox], safe=True)
+    if is_postgres(db):
+        db.execute_sql(PG_FUNCTIONS_V6)
+
+
 STEPS = [(1, _v1_initial), (2, _v2_ledger_page_index), (3, _v3_batch_functions),
-         (4, _v4_owned_holds_overruns_checks), (5, _v5_key_concurrency)]
+         (4, _v4_owned_holds_overruns_checks), (5, _v5_key_concurrency),
+         (6, _v6_token_classes_idempotency_alerts)]
 
 
 def current_version() -> int:

@@ -31,6 +31,7 @@ TOKENS = Counter("tollgate_tokens_total", "Tokens billed", ["model", "kind"])
 CHARGED = Counter("tollgate_credits_charged_micro_total", "Micro-credits charged", ["model"])
 OVERRUNS = Counter("tollgate_overrun_micro_total", "Micro-credits a provider reported beyond a call's "
                    "hold, absorbed by the gateway", ["model"])
+ALERTS = Counter("tollgate_alerts_total", "Low-balance alert deliveries", ["outcome"])
 REFUSED = Counter("tollgate_rate_limit_refusals_total", "Calls refused by a rate limit", ["endpoint"])
 
 

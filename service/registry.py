@@ -4,7 +4,8 @@ from __future__ import annotations
 import threading
 import time
 
-from service.db import AIModel
+from core import prices
+from service.db import AIModel, ModelPrice
 from service.errors import ModelNotFound
 
 VERSION_KEY = "tollgate:catalogue:version"
@@ -20,6 +21,7 @@ class Registry:
         self._lock = threading.Lock()
         self._rows: list[AIModel] | None = None
         self._index: dict = {}
+        self._prices: dict = {}  # model id -> [(effective_from, prices)], oldest first
         self._version = None
         self._loaded = 0.0
         self._checked = 0.0
@@ -43,12 +45,16 @@ class Registry:
             with self._lock:
                 version = self.cache.get(VERSION_KEY)
                 rows = list(AIModel.select().order_by(AIModel.id))
+                history: dict = {}
+                for p in ModelPrice.select().order_by(ModelPrice.effective_from, ModelPrice.id):
+                    history.setdefault(p.model_id, []).append((p.effective_from, p.prices))
                 index = {}
                 for row in rows:
                     index[row.name] = row
                     for alias in row.aliases or []:
                         index.setdefault(alias, row)
                 self._rows, self._index, self._version = rows, index, version
+                self._prices = history
                 self._loaded = time.monotonic()
         return self._rows
 
@@ -71,6 +77,16 @@ class Registry:
         if row is None or not row.enabled:
             raise ModelNotFound(ref)
         return row
+
+    def prices_at(self, row, when) -> dict[str, int]:
+        """The row's prices per token class in force at `when` (naive UTC): the newest price
+        history entry not after it, else the row's own columns."""
+        found = None
+        for since, values in self._prices.get(row.id, ()):
+            if since > when:
+                break
+            found = values
+        return {**prices.resolve(row), **found} if found else prices.resolve(row)
 
     def invalidate(self) -> None:
         """Drop this process's copy and tell every other process (and the list caches)."""

@@ -5,9 +5,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from core import prices
+from core.usage import CLASSES, Usage
 from providers import ADAPTERS
 from providers.base import Completion, StreamState, legacy_delta
 from service import billing, sse
+from service.db import utcnow
 from service.extensions import db
 from service.errors import (
     GatewayError, ModelNotFound, NotImplementedByProvider, ProviderError, ProviderUnavailable, scrub,
@@ -28,29 +31,42 @@ class Context:
     meter: object = None
     record: dict = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    begun: object = field(default_factory=utcnow)  # the prices in force at this moment apply
     held: int = 0  # what this call's hold reserved: no charge goes beyond it
+    prices: dict = field(default_factory=dict)  # catalogue row id -> prices per class at `begun`
 
-    def settled(self, chat, prompt: int, completion: int, charge: int, estimated: bool) -> None:
+    def prices_of(self, row) -> dict:
+        if row.id not in self.prices:
+            self.prices[row.id] = self.ext.registry.prices_at(row, self.begun)
+        return self.prices[row.id]
+
+    def settled(self, chat, tokens: Usage, charge: int, estimated: bool) -> None:
         if self.meter:
-            self.meter(prompt + completion)
-        self.record.update(model=chat.model.name, prompt_tokens=prompt, completion_tokens=completion,
-                           cost=billing.to_credits(charge), cost_micro=charge, estimated=estimated)
+            self.meter(tokens.prompt + tokens.completion)
+        self.record.update(model=chat.model.name, prompt_tokens=tokens.prompt,
+                           completion_tokens=tokens.completion, cost=billing.to_credits(charge),
+                           cost_micro=charge, estimated=estimated)
 
-    def settle(self, chat, prompt: int, completion: int, cost: int, estimated: bool) -> int:
-        """Charge the call (at most what it held; the rest is an overrun the gateway absorbs),
-        in the database or, when it is away, in the journal; what the account pays."""
-        charge = min(cost, self.held)
+    def settle(self, chat, tokens: Usage, estimated: bool) -> Bill:
+        """Charge the call at the prices in force when it began (at most what it held; the rest
+        is an overrun the gateway absorbs), in the database or, when it is away, in the
+        journal; the bill."""
+        unit = self.prices_of(chat.model)
+        bill = Bill(tokens, unit, prices.costs(unit, tokens))
+        cost = sum(bill.costs.values())
+        bill.charge = min(cost, self.held)
         if cost > self.held:
             observe_overrun(chat, cost - self.held)
         args = {"account_id": self.account_id, "request_id": chat.request_id, "model": chat.model.name,
-                "prompt_tokens": prompt, "completion_tokens": completion, "charge": cost,
-                "estimated": estimated, "cap": self.held}
+                "prompt_tokens": tokens.prompt, "completion_tokens": tokens.completion, "charge": cost,
+                "estimated": estimated, "cap": self.held, "detail": tokens.detail, "unit_prices": unit,
+                "threshold": self.conf.get("LOW_BALANCE_ALERTS_MICRO", -1)}
         try:
             billing.retrying(billing.settle, **args)
         except billing.DB_ERRORS:
             self.ext.journal.append({"op": "settle", "rid": chat.request_id, "args": args})
-        self.settled(chat, prompt, completion, charge, estimated)
-        return charge
+        self.settled(chat, tokens, bill.charge, estimated)
+        return bill
 
     def release(self, chat) -> None:
         """Give the hold back (no charge); journalled when the database is away."""
@@ -60,6 +76,28 @@ class Context:
             billing.retrying(billing.release, chat.request_id)
         except billing.DB_ERRORS:
             self.ext.journal.append({"op": "release", "rid": chat.request_id})
+
+
+@dataclass
+class Bill:
+    """What a call was charged and how: tokens per class, unit prices, cost per class."""
+
+    tokens: Usage
+    unit: dict
+    costs: dict
+    charge: int = 0
+
+    def usage(self, provider_usage: dict | None = None) -> dict:
+        """The client's usage object: OpenAI's shape (the provider's own fields kept, cached and
+        reasoning details filled), `cost` charged and `cost_details` per class, in credits."""
+        ours = self.tokens.openai()
+        out = {**(provider_usage or {}), **ours, "cost": billing.to_credits(self.charge),
+               "cost_details": {c: billing.to_credits(self.costs[c]) for c in CLASSES}}
+        for key in ("prompt_tokens_details", "completion_tokens_details"):
+            theirs = (provider_usage or {}).get(key)
+            if isinstance(theirs, dict):
+                out[key] = {**theirs, **ours[key]}
+        return out
 
 
 def observe_overrun(chat, absorbed: int) -> None:
@@ -104,7 +142,8 @@ def _hold(chat, rows: list, ctx: Context) -> None:
     """Hold what the dearest candidate could cost (a fallback may answer), each at its own cap:
     the whole prompt (images at the row's allowance) plus the output cap sent upstream."""
     conf = ctx.conf
-    amount = max(billing.cost(row, chat.n * chat.prompt_bound(row.image_tokens or conf["IMAGE_TOKENS"]),
+    amount = max(prices.bound(ctx.prices_of(row),
+                              chat.n * chat.prompt_bound(row.image_tokens or conf["IMAGE_TOKENS"]),
                               chat.n * chat.output_cap(row)) for row in rows)
     try:
         billing.retrying(billing.hold, ctx.account_id, chat.request_id, amount, conf["HOLD_TTL_SECONDS"],
@@ -145,13 +184,10 @@ def _run(transport, call: Call, record: dict) -> Completion:
     choices = []
     for i, part in enumerate(parts):
         choices.append({**part.choices[0], "index": i})
+    detail = {k: sum(p.detail.get(k, 0) for p in parts) for k in billing.DETAIL}
     return Completion(choices, sum(p.prompt_tokens for p in parts),
-                      sum(p.completion_tokens for p in parts), any(p.estimated for p in parts))
-
-
-def usage(prompt: int, completion: int, charge: int) -> dict:
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion, "cost": billing.to_credits(charge)}
+                      sum(p.completion_tokens for p in parts), any(p.estimated for p in parts),
+                      detail=detail)
 
 
 def complete(chat, ctx: Context) -> dict:
@@ -165,16 +201,15 @@ def complete(chat, ctx: Context) -> dict:
     except BaseException:
         ctx.release(chat)
         raise
-    charge = ctx.settle(chat, result.prompt_tokens, result.completion_tokens,
-                        billing.cost(chat.model, result.prompt_tokens, result.completion_tokens),
-                        result.estimated)
-    return _completion(chat, result, charge)
+    bill = ctx.settle(chat, Usage(result.prompt_tokens, result.completion_tokens, **result.detail),
+                      result.estimated)
+    return _completion(chat, result, bill)
 
 
-def _completion(chat, result: Completion, charge: int) -> dict:
+def _completion(chat, result: Completion, bill: Bill) -> dict:
     """The `chat.completion` body: an OpenAI-compatible provider's own, every field kept, with
-    our id, the catalogue's model name and the cost added to its usage; else built."""
-    counted = {**(result.usage or {}), **usage(result.prompt_tokens, result.completion_tokens, charge)}
+    our id, the catalogue's model name and the bill in its usage; else built."""
+    counted = bill.usage(result.usage)
     body = {**(result.raw or {}), "id": chat.request_id, "object": "chat.completion",
             "created": (result.raw or {}).get("created") or int(time.time()),
             "model": chat.model.name, "choices": result.choices, "usage": counted}
@@ -276,10 +311,11 @@ def _settle_stream(chat, ctx: Context, state: StreamState, tally: _Tally, finish
         return 0
     prompt = state.prompt_tokens if isinstance(state.prompt_tokens, int) else chat.prompt_guess
     completion = state.completion_tokens if exact else tally.pieces
-    charge = ctx.settle(chat, prompt, completion, billing.cost(chat.model, prompt, completion), not exact)
+    detail = state.detail if exact else {k: v for k, v in state.detail.items() if k != "reasoning"}
+    bill = ctx.settle(chat, Usage(prompt, completion, **detail), not exact)
     details = state.extra.get("usage") if exact else None  # the provider's own usage object
-    state.extra["usage"] = {**(details or {}), **usage(prompt, completion, charge)}
-    return charge
+    state.extra["usage"] = bill.usage(details)
+    return bill.charge
 
 
 def _settled_stream(chat, ctx: Context, state: StreamState, tally: _Tally, finished: bool) -> int:

@@ -4,13 +4,16 @@ from __future__ import annotations
 import re
 import tomllib
 
+import datetime as dt
+
+from core import prices
 from service.billing import to_micro, write_tx
-from service.db import AIModel, utcnow
+from service.db import AIModel, ModelPrice, utcnow
 from service.errors import InvalidRequest
 
 APIS = ("openai", "ollama", "gemini", "anthropic")
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*_API_KEY$")  # settings read provider keys from *_API_KEY
-PRICES = ("cost_per_1k_tokens", "cost_per_1k_input_tokens", "cost_per_1k_output_tokens")
+PRICES = ("cost_per_1k_tokens", *prices.COLUMNS.values())
 FIELDS = {"id", "name", "provider", "api", "upstream_model", "base_url", "api_key_env", *PRICES,
           "max_output_tokens", "rpm", "aliases", "enabled", "fallbacks", "connect_timeout",
           "read_timeout", "image_tokens"}
@@ -154,10 +157,29 @@ def upsert(rows: list[dict]) -> tuple[int, int]:
             if clash is not None:
                 raise RowError(f"row {row['name']!r}: name already used by model id {clash.id}",
                                param="name")
+            old = AIModel.get_or_none(AIModel.id == row["id"])
             values = {**row, "updated": utcnow()}
-            if AIModel.update(values).where(AIModel.id == row["id"]).execute():
+            if old is not None:
+                AIModel.update(values).where(AIModel.id == row["id"]).execute()
                 updated += 1
             else:
                 AIModel.insert(values).execute()
                 created += 1
+            record_prices(row["id"], old, prices.resolve(row))
     return created, updated
+
+
+BEGINNING = dt.datetime(1970, 1, 1)
+
+
+def record_prices(model_id: int, old, new: dict) -> None:
+    """Price history (inside the upsert's transaction): a change takes effect now; calls that
+    began earlier keep the prices they began with. A row's first prices hold from the beginning."""
+    latest = (ModelPrice.select().where(ModelPrice.model == model_id)
+              .order_by(ModelPrice.effective_from.desc(), ModelPrice.id.desc()).first())
+    if latest is None and old is not None:
+        latest = ModelPrice.create(model=model_id, effective_from=BEGINNING, prices=prices.resolve(old))
+    if latest is None:
+        ModelPrice.create(model=model_id, effective_from=BEGINNING, prices=new)
+    elif latest.prices != new:
+        ModelPrice.create(model=model_id, effective_from=utcnow(), prices=new)

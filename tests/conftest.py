@@ -66,6 +66,7 @@ def make_app(tmp_path, db_url):
         stop = app.extensions.get("tollgate_reaper_stop")
         if stop is not None:
             stop.set()
+        app.extensions["tollgate_alerts"].stop.set()
     if made or db_url.startswith("postgres"):
         _drop_all()
         db.close()

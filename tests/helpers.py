@@ -37,3 +37,12 @@ def wait_for(condition, timeout: float = 5.0):
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.01)
+
+
+def basic(usage: dict) -> dict:
+    """A client usage object's counts and cost, after checking the token-class parts agree:
+    cost_details sum to the cost, and the cached/reasoning details are present."""
+    assert round(sum(usage["cost_details"].values()), 6) == usage["cost"], usage
+    assert isinstance(usage["prompt_tokens_details"]["cached_tokens"], int)
+    assert isinstance(usage["completion_tokens_details"]["reasoning_tokens"], int)
+    return {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens", "cost")}

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from service import billing, migrations
 from service.auth import create_key
-from service.db import AIModel, Account, ApiKey, LedgerEntry, SchemaVersion, TABLES, open_database
+from service.db import (
+    AIModel, Account, AlertOutbox, ApiKey, IdempotentCall, LedgerEntry, ModelPrice, SchemaVersion, TABLES,
+    open_database,
+)
 from service.extensions import db
 
 
@@ -21,11 +24,12 @@ def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):
     Account.update(balance=Account.balance - 420).where(Account.id == acct.id).execute()
     _, key = create_key(acct, "legacy")
     db.execute_sql("DROP INDEX IF EXISTS hold_owner")  # the first schema had none of migration 4's columns
-    for table, column, _ in (*migrations.V4_COLUMNS, ("api_key", "max_concurrent", "")):
+    for table, column, _ in (*migrations.V4_COLUMNS, ("api_key", "max_concurrent", ""), *migrations.V6_COLUMNS):
         db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
+    db.drop_tables([ModelPrice, IdempotentCall, AlertOutbox])
 
     app = make_app()  # starting the app upgrades in place
-    assert migrations.current_version() == migrations.STEPS[-1][0] == 5
+    assert migrations.current_version() == migrations.STEPS[-1][0] == 6
     result = app.test_cli_runner().invoke(args=["db", "upgrade"])
     assert "nothing to do" in result.output
     assert AIModel.get_by_id(4).cost_per_1k_tokens == 14_000
@@ -43,3 +47,5 @@ def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):
     indexes = {i.name for i in db.get_indexes("ledgerentry")}
     assert "ledgerentry_account_id_id" in indexes
     assert {"owner"} <= {c.name for c in db.get_columns("hold")}
+    assert {"cached_tokens", "prices"} <= {c.name for c in db.get_columns("ledgerentry")}
+    assert db.table_exists("model_price") and db.table_exists("alert_outbox")
