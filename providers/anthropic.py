@@ -19,7 +19,7 @@ from providers.base import (
     Adapter, Completion, Delta, StreamState, as_function_call, choice, legacy, sse_data, text_of, turns,
 )
 from providers.parts import Part, parts_of, refuse
-from service.errors import InvalidRequest, NotImplementedByProvider, ProviderError
+from core.errors import InvalidRequest, NotImplementedByProvider, ProviderError
 
 VERSION = "2023-06-01"
 THINKING = {"none": 0, "minimal": 1024, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32000}

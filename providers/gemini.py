@@ -18,7 +18,7 @@ from providers.base import (
     turns,
 )
 from providers.parts import Part, parts_of, refuse
-from service.errors import NotImplementedByProvider, ProviderError
+from core.errors import NotImplementedByProvider, ProviderError
 
 CONFIG = {"temperature": "temperature", "top_p": "topP", "top_k": "topK", "max_tokens": "maxOutputTokens",
           "max_completion_tokens": "maxOutputTokens", "n": "candidateCount", "seed": "seed",

@@ -14,7 +14,7 @@ from providers.base import (
     Adapter, Completion, Delta, StreamState, as_function_call, capped, choice, legacy,
 )
 from providers.parts import parts_of, refuse
-from service.errors import NotImplementedByProvider, ProviderError, ProviderUnavailable
+from core.errors import NotImplementedByProvider, ProviderError, ProviderUnavailable
 
 OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "seed": "seed",
            "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",

@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 
 from core.usage import from_openai
 from providers.base import Adapter, Completion, Delta, StreamState, capped, sse_data
-from service.errors import ProviderError
+from core.errors import ProviderError
 
 
 class OpenAIAdapter(Adapter):

@@ -5,7 +5,8 @@ import uuid
 
 from flask import Blueprint, Response, current_app, g, request
 
-from service import chat_request, idempotency, observe, relay, transcript
+from core import chat as chat_request
+from service import idempotency, observe, relay, transcript
 from service.auth import authenticate
 from service.body import json_object
 from service.errors import Forbidden
@@ -26,7 +27,12 @@ def prepare() -> None:
     if request.method == "OPTIONS":
         return
     authenticate()
-    body = json_object()
+    prepare_body(json_object(), request.path == STREAM_PATH)
+
+
+def prepare_body(body: dict, force_stream: bool = False) -> None:
+    """The chat call of an OpenAI-shaped body (every front door's, once translated) as g.chat,
+    and its model as g.model for the limits."""
     ext = current_app.extensions["tollgate"]
     messages = chat_request.messages_of(body)
     model = ext.registry.find(chat_request.model_ref(body, current_app.config["DEFAULT_MODEL"]),
@@ -34,7 +40,7 @@ def prepare() -> None:
     key = g.api_key
     if key is not None and key.models and model.name not in key.models:
         raise Forbidden(f"This API key may not use model {model.name}", param="model")
-    stream, include_usage = chat_request.stream_flags(body, request.path == STREAM_PATH)
+    stream, include_usage = chat_request.stream_flags(body, force_stream)
     g.model = model
     g.chat = chat_request.ChatRequest(model, messages, chat_request.params_of(body), stream,
                                       include_usage, f"chatcmpl-{uuid.uuid4().hex}",

@@ -9,7 +9,7 @@ import requests
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from service import billing
-from service.chat_request import ChatRequest
+from core.chat import ChatRequest
 from service.db import Hold, LedgerEntry, utcnow
 from service.errors import InsufficientCredits
 from tests.conftest import auth, token

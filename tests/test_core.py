@@ -7,8 +7,11 @@ import sys
 from config.settings import ROOT
 
 
-def test_core_imports_no_flask():
-    code = ("import sys, core.usage, core.prices; "
+def test_core_and_providers_import_no_flask():
+    """Types, errors and money math in `core`, the provider adapters and the front doors' translations
+    load without Flask, werkzeug or the web layer (`service`)."""
+    code = ("import sys, core.usage, core.prices, core.errors, core.types, core.chat, providers, "
+            "frontdoors.anthropic; "
             "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('flask', 'werkzeug', 'service')); "
             "print(loaded); sys.exit(1 if loaded else 0)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

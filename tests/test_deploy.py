@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from service.chat_request import ChatRequest
+from core.chat import ChatRequest
 from tests.conftest import SECRET, auth, token
 from tests.fakes import openai as fake_openai
 from tests.helpers import account, charges, holds, invariant

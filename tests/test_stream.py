@@ -10,7 +10,7 @@ import openai
 import pytest
 import requests
 
-from service.chat_request import ChatRequest
+from core.chat import ChatRequest
 from tests import schemas
 from tests.conftest import token
 from tests.fakes import ollama as fake_ollama

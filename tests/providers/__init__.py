@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from service.chat_request import ChatRequest
+from core.chat import ChatRequest
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

@@ -5,7 +5,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from service.errors import InvalidRequest
+from core.errors import InvalidRequest
 
 MAX_MESSAGES = 2048
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}

@@ -1,0 +1,121 @@
+"""Every error Tollgate answers with (SPEC §8): status, type, code and message, in English or
+Chinese. No web framework here: the web layer renders them (service/errors.py)."""
+from __future__ import annotations
+
+# Chinese wording per code; `{}` takes the same argument as the English message.
+ZH = {
+    "invalid_json": "请求体必须是 JSON 对象",
+    "invalid_messages": "messages 必须是非空数组",
+    "model_not_found": "不支持的模型: {}",
+    "insufficient_credits": "积分余额不足，请充值",
+    "missing_token": "未认证，请提供 token",
+    "invalid_token": "token 无效",
+    "token_expired": "token 已过期",
+    "forbidden": "权限不足",
+    "request_too_large": "请求体过大",
+    "rate_limit_exceeded": "请求过于频繁，请稍后再试",
+    "upstream_timeout": "模型服务响应超时",
+    "generation_failed": "生成响应失败",
+    "internal_error": "服务器内部错误",
+    "not_found": "接口不存在",
+    "method_not_allowed": "不支持的请求方法",
+    "ollama_unavailable": "Ollama 服务不可用，请确认 Ollama 正在运行。",
+    "database_unavailable": "数据库暂不可用，请稍后重试",
+}
+
+
+class GatewayError(Exception):
+    """Root of every error Tollgate answers with; subclasses fix status/type/code."""
+
+    status = 500
+    type = "internal_error"
+    code = "internal_error"
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None,
+                 arg: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.arg = arg
+        self.headers = headers or {}
+        if code:
+            self.code = code
+
+    def body(self, lang: str = "en") -> dict:
+        """The contract body, in English or Chinese."""
+        message = self.message
+        if lang == "zh" and self.code in ZH:
+            message = ZH[self.code].format(self.arg or "")
+        error = {"message": message, "type": self.type, "param": self.param, "code": self.code}
+        return {"error": error, "success": False, "message": message, "data": None}
+
+
+class InvalidRequest(GatewayError):
+    status, type, code = 400, "invalid_request_error", "invalid_parameter"
+
+
+class ModelNotFound(GatewayError):
+    status, type, code = 404, "invalid_request_error", "model_not_found"
+
+    def __init__(self, name):
+        super().__init__(f"Unsupported model: {name}", param="model", arg=str(name))
+
+
+class NotFound(GatewayError):
+    status, type, code = 404, "invalid_request_error", "not_found"
+
+
+class AuthenticationFailed(GatewayError):
+    status, type, code = 401, "authentication_error", "invalid_token"
+
+
+class Forbidden(GatewayError):
+    status, type, code = 403, "permission_error", "forbidden"
+
+
+class InsufficientCredits(GatewayError):
+    status, type, code = 402, "insufficient_credits", "insufficient_credits"
+
+    def __init__(self):
+        super().__init__("Insufficient credits, please top up")
+
+
+class RateLimited(GatewayError):
+    status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+
+
+class ProviderUnavailable(GatewayError):
+    status, type, code = 503, "service_unavailable", "provider_unavailable"
+
+
+class UpstreamTimeout(GatewayError):
+    status, type, code = 504, "timeout_error", "upstream_timeout"
+
+
+class ProviderError(GatewayError):
+    status, type, code = 502, "api_error", "generation_failed"
+
+
+class UpstreamRejected(GatewayError):
+    status, type, code = 400, "invalid_request_error", "upstream_invalid_request"
+
+
+class UpstreamRateLimited(GatewayError):
+    status, type, code = 429, "rate_limit_error", "upstream_rate_limited"
+
+
+class NotImplementedByProvider(GatewayError):
+    status, type, code = 501, "not_implemented", "not_implemented"
+
+
+class DatabaseUnavailable(GatewayError):
+    status, type, code = 503, "service_unavailable", "database_unavailable"
+
+
+def scrub(err: GatewayError, secrets) -> GatewayError:
+    """Never echo a provider key back to a client: each of `secrets` found in the message is
+    replaced (HTTP error bodies and in-stream error events alike)."""
+    for secret in secrets:
+        if secret and len(secret) >= 8 and secret in err.message:
+            err.message = err.message.replace(secret, "[redacted]")
+    return err
