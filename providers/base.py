@@ -153,6 +153,23 @@ class Adapter:
     def headers(self, api_key: str | None) -> dict:
         return {"Content-Type": "application/json"}
 
+    # Embeddings (core/embedding.py): where, what to send, and (vectors, prompt tokens or None)
+    def embed_url(self, base: str, model) -> str:
+        raise NotImplementedByProvider(f"Embeddings are not offered by the {self.name} provider", param="model")
+
+    def embed_request(self, req) -> dict:
+        self.embed_url("", req.model)  # a provider without embeddings refuses here
+        raise NotImplementedError
+
+    def embed_response(self, payload, req) -> tuple[list[list[float]], int | None]:
+        raise NotImplementedError
+
+    def _texts(self, req) -> list[str]:
+        if req.tokenized:
+            raise InvalidRequest(f"Token arrays as 'input' are not supported by the {self.name} provider; "
+                                 "send strings", param="input")
+        return req.inputs
+
     def request(self, chat) -> dict:
         raise NotImplementedError
 

@@ -51,6 +51,23 @@ class GeminiAdapter(Adapter):
             return f"{base}/v1beta/models/{name}:streamGenerateContent?alt=sse"
         return f"{base}/v1beta/models/{name}:generateContent"
 
+    def embed_url(self, base: str, model) -> str:
+        return f"{base}/v1beta/models/{model.upstream_model.split(':')[0]}:batchEmbedContents"
+
+    def embed_request(self, req) -> dict:
+        name = f"models/{req.model.upstream_model.split(':')[0]}"
+        extra = {"outputDimensionality": req.dimensions} if req.dimensions is not None else {}
+        return {"requests": [{"model": name, "content": {"parts": [{"text": t}]}, **extra}
+                             for t in self._texts(req)]}
+
+    def embed_response(self, payload, req):
+        """batchEmbedContents reports no token count: the caller estimates it (4 bytes a token)."""
+        items = payload.get("embeddings") if isinstance(payload, dict) else None
+        if not isinstance(items, list) or not all(isinstance(e, dict) and isinstance(e.get("values"), list)
+                                                  for e in items):
+            raise ProviderError("The provider answered without embeddings")
+        return [e["values"] for e in items], None
+
     def headers(self, api_key):
         headers = {"Content-Type": "application/json"}
         if api_key:

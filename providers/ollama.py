@@ -43,6 +43,22 @@ class OllamaAdapter(Adapter):
     def url(self, base: str, model, stream: bool) -> str:
         return f"{base}/api/chat"
 
+    def embed_url(self, base: str, model) -> str:
+        return f"{base}/api/embed"
+
+    def embed_request(self, req) -> dict:
+        body = {"model": req.model.upstream_model, "input": self._texts(req)}
+        if req.dimensions is not None:
+            body["dimensions"] = req.dimensions
+        return body
+
+    def embed_response(self, payload, req):
+        vectors = payload.get("embeddings") if isinstance(payload, dict) else None
+        if not isinstance(vectors, list) or len(vectors) != len(req.inputs):
+            raise ProviderError("The provider answered without embeddings")
+        tokens = payload.get("prompt_eval_count")
+        return vectors, tokens if isinstance(tokens, int) else None
+
     def unavailable(self, provider: str) -> ProviderUnavailable:
         """The seed's wording, whatever the row's display name."""
         return ProviderUnavailable("Ollama service is unavailable. Please make sure Ollama is running.",

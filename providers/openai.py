@@ -48,6 +48,27 @@ class OpenAIAdapter(Adapter):
         return "max_completion_tokens" if "api.openai.com" in (model.base_url or self.default_base) \
             else "max_tokens"
 
+    def embed_url(self, base: str, model) -> str:
+        return f"{base}/embeddings"
+
+    def embed_request(self, req) -> dict:
+        body = {"model": req.model.upstream_model, "input": req.inputs, "encoding_format": "float"}
+        if req.dimensions is not None:
+            body["dimensions"] = req.dimensions
+        if req.user is not None:
+            body["user"] = req.user
+        return body
+
+    def embed_response(self, payload, req):
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, list) or not all(isinstance(d, dict) and isinstance(d.get("embedding"), list)
+                                                 for d in data):
+            raise ProviderError("The provider answered without embeddings")
+        vectors = [d["embedding"] for d in sorted(data, key=lambda d: d.get("index", 0))]
+        usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+        tokens = usage.get("prompt_tokens")
+        return vectors, tokens if isinstance(tokens, int) else None
+
     def response(self, payload, chat) -> Completion:
         if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
             raise ProviderError("The provider answered without choices")

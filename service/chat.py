@@ -9,7 +9,7 @@ from core import chat as chat_request
 from service import idempotency, observe, relay, transcript
 from service.auth import authenticate
 from service.body import json_object
-from service.errors import Forbidden
+from service.errors import Forbidden, InvalidRequest
 from service.extensions import db, limiter
 from service.registry import CHAT_MAX_AGE
 from service.slots import Cap
@@ -41,6 +41,8 @@ def prepare_body(body: dict, force_stream: bool = False) -> None:
     if key is not None and key.models and model.name not in key.models:
         raise Forbidden(f"This API key may not use model {model.name}", param="model")
     stream, include_usage = chat_request.stream_flags(body, force_stream)
+    if getattr(model, "kind", "chat") != "chat":
+        raise InvalidRequest(f"{model.name} is an embedding model; call /v1/embeddings", param="model")
     g.model = model
     g.chat = chat_request.ChatRequest(model, messages, chat_request.params_of(body), stream,
                                       include_usage, f"chatcmpl-{uuid.uuid4().hex}",
@@ -55,9 +57,16 @@ def prepare_body(body: dict, force_stream: bool = False) -> None:
 @limiter.limit(default_limit)
 def completions():
     chat, ext, conf = g.chat, current_app.extensions["tollgate"], current_app.config
+    return idempotently(chat, lambda: _call(chat, ext, conf))
+
+
+def idempotently(chat, run):
+    """run() once per `Idempotency-Key` (when the request has one): the stored answer for a
+    repeat of the same request, 409/422 for a clash (service/idempotency.py)."""
+    ext, conf = current_app.extensions["tollgate"], current_app.config
     key = request.headers.get(idempotency.HEADER)
     if key is None:
-        return _call(chat, ext, conf)
+        return run()
     account_id = g.account.id
     stored = idempotency.claim(account_id, idempotency.check_key(key),
                                idempotency.digest(request.get_json(), chat.stream), ext.owner,
@@ -65,7 +74,7 @@ def completions():
     if stored is not None:
         return _replayed(chat, stored)
     try:
-        answer = _call(chat, ext, conf)
+        answer = run()
     except BaseException:
         idempotency.abandon(account_id, key)
         raise
@@ -105,7 +114,9 @@ def _recorded(events, account_id: int, key: str):
                 db.close()
 
 
-def _call(chat, ext, conf):
+def _call(chat, ext, conf, answer=relay.complete):
+    """The call under the caller's budget and concurrency caps: answer(chat, ctx) for a body, or
+    the stream."""
     name = g.account.name
     ext.budget.check(name)
     record = observe.outcome()
@@ -115,7 +126,7 @@ def _call(chat, ext, conf):
     lease = ext.slots.take(chat.request_id, caps(g.account, g.api_key, conf))
     if not chat.stream:
         try:
-            return relay.complete(chat, ctx), 200, headers
+            return answer(chat, ctx), 200, headers
         finally:
             ext.slots.give_back(lease)
     try:

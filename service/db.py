@@ -62,6 +62,7 @@ class AIModel(Base):
     connect_timeout = IntegerField(null=True)
     read_timeout = IntegerField(null=True)
     image_tokens = IntegerField(null=True)  # prompt tokens held per image part (None: IMAGE_TOKENS)
+    kind = CharField(default="chat", constraints=[SQL("DEFAULT 'chat'")])  # chat | embedding
     updated = DateTimeField(default=utcnow)
 
     class Meta:

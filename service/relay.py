@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from core import prices
+from core.embedding import encode
 from core.usage import CLASSES, Usage
 from providers import ADAPTERS
 from providers.base import Completion, StreamState, legacy_delta
@@ -109,12 +110,16 @@ def observe_overrun(chat, absorbed: int) -> None:
                 chat.request_id, chat.model.name, absorbed)
 
 
-def _call(chat, conf) -> Call:
+def _call(chat, conf, embedding: bool = False) -> Call:
     model = chat.model
     adapter = ADAPTERS.get(model.api)
     if adapter is None:
         raise NotImplementedByProvider(f"The '{model.api}' protocol is not available yet", param="model")
-    adapter.check(chat)
+    if embedding:
+        adapter = Embedder(adapter)
+        adapter.request(chat)  # refuses what this provider cannot embed, before anything is held
+    else:
+        adapter.check(chat)
     api_key = None
     if model.api_key_env:
         api_key = conf["PROVIDER_KEYS"].get(model.api_key_env)
@@ -125,6 +130,47 @@ def _call(chat, conf) -> Call:
     base = model.base_url or (conf["OLLAMA_HOST"] if model.api == "ollama" else adapter.default_base)
     return Call(adapter, chat, base.rstrip("/"), api_key, model.connect_timeout or conf["UPSTREAM_CONNECT_TIMEOUT"],
                 model.read_timeout or conf["UPSTREAM_READ_TIMEOUT"])
+
+
+class Embedder:
+    """An adapter seen through its embeddings methods, so that the transport's one call path
+    (retries, breakers, error mapping) serves embeddings too."""
+
+    def __init__(self, adapter):
+        self.adapter = adapter
+
+    def __getattr__(self, name):
+        return getattr(self.adapter, name)
+
+    def url(self, base: str, model, stream: bool) -> str:
+        return self.adapter.embed_url(base, model)
+
+    def request(self, req) -> dict:
+        return self.adapter.embed_request(req)
+
+    def response(self, payload, req):
+        return self.adapter.embed_response(payload, req)
+
+
+def embed(req, ctx: Context) -> dict:
+    """An embeddings call: hold what the inputs can cost, call, charge the tokens the provider
+    counted (or the estimate where it counts none), OpenAI's embeddings list back."""
+    call = _call(req, ctx.conf, embedding=True)
+    _hold(req, [req.model], ctx)
+    started = time.perf_counter()
+    try:
+        (vectors, counted), _ = ctx.ext.transport.complete(call)
+    except BaseException:
+        ctx.release(req)
+        raise
+    ctx.record["upstream_seconds"] = time.perf_counter() - started
+    ctx.record["upstream_ms"] = round(ctx.record["upstream_seconds"] * 1000, 2)
+    tokens = counted if counted is not None else req.prompt_guess
+    bill = ctx.settle(req, Usage(tokens, 0), counted is None)
+    return {"object": "list", "model": req.model.name,
+            "data": [{"object": "embedding", "index": i, "embedding": encode(v, req.encoding_format)}
+                     for i, v in enumerate(vectors)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "cost": billing.to_credits(bill.charge)}}
 
 
 def candidates(chat, registry) -> list:

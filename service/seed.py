@@ -16,7 +16,8 @@ ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*_API_KEY$")  # settings read provider ke
 PRICES = ("cost_per_1k_tokens", *prices.COLUMNS.values())
 FIELDS = {"id", "name", "provider", "api", "upstream_model", "base_url", "api_key_env", *PRICES,
           "max_output_tokens", "rpm", "aliases", "enabled", "fallbacks", "connect_timeout",
-          "read_timeout", "image_tokens"}
+          "read_timeout", "image_tokens", "kind"}
+KINDS = ("chat", "embedding")
 
 
 class RowError(InvalidRequest):
@@ -101,6 +102,10 @@ def validate(raw: dict, where: str, partial: bool = False) -> dict:
     for field in ("aliases", "fallbacks"):
         if field in raw or not partial:
             out[field] = _names(raw, where, field)
+    if "kind" in raw or not partial:
+        if raw.get("kind", "chat") not in KINDS:
+            _fail(where, "kind", f"must be one of {', '.join(KINDS)}")
+        out["kind"] = raw.get("kind", "chat")
     if "enabled" in raw or not partial:
         if not isinstance(raw.get("enabled", True), bool):
             _fail(where, "enabled", "must be true or false")

@@ -26,10 +26,11 @@ def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):
     db.execute_sql("DROP INDEX IF EXISTS hold_owner")  # the first schema had none of migration 4's columns
     for table, column, _ in (*migrations.V4_COLUMNS, ("api_key", "max_concurrent", ""), *migrations.V6_COLUMNS):
         db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
+    db.execute_sql("ALTER TABLE ai_model DROP COLUMN kind")
     db.drop_tables([ModelPrice, IdempotentCall, AlertOutbox])
 
     app = make_app()  # starting the app upgrades in place
-    assert migrations.current_version() == migrations.STEPS[-1][0] == 6
+    assert migrations.current_version() == migrations.STEPS[-1][0] == 7
     result = app.test_cli_runner().invoke(args=["db", "upgrade"])
     assert "nothing to do" in result.output
     assert AIModel.get_by_id(4).cost_per_1k_tokens == 14_000

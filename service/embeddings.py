@@ -1,0 +1,48 @@
+"""POST /v1/embeddings (and /api/v1/embeddings): OpenAI's embeddings call to OpenAI-compatible,
+Ollama and Gemini rows of kind `embedding`, billed per input token through the same ledger,
+limits, caps and idempotency as chat calls."""
+from __future__ import annotations
+
+import uuid
+
+from flask import Blueprint, current_app, g, request
+
+from core.embedding import embedding_request
+from service import chat, relay
+from service.auth import authenticate
+from service.body import json_object
+from service.errors import Forbidden, InvalidRequest
+from service.extensions import limiter
+from service.limits import default_limit, key_key, key_limit, model_key, model_limit, no_key_limit, no_model_limit
+from service.registry import CHAT_MAX_AGE
+
+bp = Blueprint("embeddings", __name__)
+
+
+@bp.before_request
+def prepare() -> None:
+    if request.method == "OPTIONS":
+        return
+    authenticate()
+    body = json_object()
+    ref = body.get("model")
+    if not isinstance(ref, str) or not ref:
+        raise InvalidRequest("'model' is required", param="model")
+    model = current_app.extensions["tollgate"].registry.find(ref, CHAT_MAX_AGE)
+    if getattr(model, "kind", "chat") != "embedding":
+        raise InvalidRequest(f"{model.name} is not an embedding model", param="model")
+    key = g.api_key
+    if key is not None and key.models and model.name not in key.models:
+        raise Forbidden(f"This API key may not use model {model.name}", param="model")
+    g.model = model
+    g.chat = embedding_request(body, model, f"embd-{uuid.uuid4().hex}")
+
+
+@bp.post("/v1/embeddings")
+@bp.post("/api/v1/embeddings")
+@limiter.limit(key_limit, key_func=key_key, exempt_when=no_key_limit)
+@limiter.limit(model_limit, key_func=model_key, exempt_when=no_model_limit)
+@limiter.limit(default_limit)
+def create():
+    req, ext, conf = g.chat, current_app.extensions["tollgate"], current_app.config
+    return chat.idempotently(req, lambda: chat._call(req, ext, conf, relay.embed))
