@@ -154,10 +154,10 @@ def create_app(overrides: dict | None = None) -> Flask:
         TokenBudget(conf.get("TOKEN_LIMIT_PER_MINUTE", 0), conf["REDIS_URL"], cache),
         Journal(conf["DATA_DIR"], owner), owner, Slots(cache, conf["CONCURRENCY_LEASE_SECONDS"]))
 
-    from service import account, admin, catalog, chat, cli, embeddings, health, messages, observe
+    from service import account, admin, catalog, chat, cli, embeddings, health, messages, observe, responses
 
     observe.init_app(app)
-    for module in (chat, messages, embeddings, catalog, account, admin, health, observe):
+    for module in (chat, messages, responses, embeddings, catalog, account, admin, health, observe):
         app.register_blueprint(module.bp)
     register_error_handlers(app)
     cli.register(app)

@@ -6,7 +6,8 @@ import uuid
 from flask import Blueprint, Response, current_app, g, request
 
 from core import chat as chat_request
-from service import idempotency, observe, relay, transcript
+from core import transcript
+from service import idempotency, observe, relay
 from service.auth import authenticate
 from service.body import json_object
 from service.errors import Forbidden, InvalidRequest

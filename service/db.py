@@ -152,6 +152,21 @@ class IdempotentCall(Base):
         indexes = ((("account", "key"), True),)
 
 
+class StoredResponse(Base):
+    """A Responses API answer kept (`store`, the default) so that `previous_response_id` can
+    continue its conversation, and GET/DELETE can find it."""
+
+    account = ForeignKeyField(Account, on_delete="CASCADE")
+    response_id = CharField(unique=True)
+    conversation = JSONField()  # chat messages so far, this answer included (instructions excluded)
+    input_items = JSONField()  # this request's input items, with ids
+    body = JSONField()  # the Response object
+    created = DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        table_name = "stored_response"
+
+
 class AlertOutbox(Base):
     """A low-balance alert: written with the charge that crossed the threshold, delivered by
     webhook (retried with backoff) and kept as the delivery record."""
@@ -180,7 +195,8 @@ class SchemaVersion(Base):
         table_name = "schema_version"
 
 
-TABLES = [AIModel, ModelPrice, Account, Hold, LedgerEntry, ApiKey, IdempotentCall, AlertOutbox]
+TABLES = [AIModel, ModelPrice, Account, Hold, LedgerEntry, ApiKey, IdempotentCall, AlertOutbox,
+          StoredResponse]
 
 
 def open_database(url: str, pool_size: int = 32):

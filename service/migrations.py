@@ -245,15 +245,18 @@ def _v6_token_classes_idempotency_alerts() -> None:
         db.execute_sql(PG_FUNCTIONS_V6)
 
 
-def _v7_model_kind() -> None:
-    """Catalogue rows are chat or embedding models."""
+def _v7_model_kind_stored_responses() -> None:
+    """Catalogue rows are chat or embedding models; Responses API answers are stored."""
+    from service.db import StoredResponse
+
     if "kind" not in {c.name for c in db.get_columns("ai_model")}:
         db.execute_sql("ALTER TABLE ai_model ADD COLUMN kind VARCHAR(255) NOT NULL DEFAULT 'chat'")
+    db.create_tables([StoredResponse], safe=True)
 
 
 STEPS = [(1, _v1_initial), (2, _v2_ledger_page_index), (3, _v3_batch_functions),
          (4, _v4_owned_holds_overruns_checks), (5, _v5_key_concurrency),
-         (6, _v6_token_classes_idempotency_alerts), (7, _v7_model_kind)]
+         (6, _v6_token_classes_idempotency_alerts), (7, _v7_model_kind_stored_responses)]
 
 
 def current_version() -> int:

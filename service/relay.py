@@ -5,12 +5,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from core import prices
+from core import prices, sse
 from core.embedding import encode
 from core.usage import CLASSES, Usage
 from providers import ADAPTERS
 from providers.base import Completion, StreamState, legacy_delta
-from service import billing, sse
+from service import billing
 from service.db import utcnow
 from service.extensions import db
 from service.errors import (

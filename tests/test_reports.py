@@ -7,6 +7,8 @@ import datetime as dt
 import io
 import tracemalloc
 
+import pytest
+
 from service.db import Account, LedgerEntry
 from service.extensions import db
 from tests.conftest import auth
@@ -86,6 +88,7 @@ def _insert(rows: list[dict]) -> None:
             LedgerEntry.insert_many(rows[start:start + 2000]).execute()
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # the export is the same code on both
 def test_csv_export_of_100000_rows_streams_with_flat_memory(client):
     acct = Account.create(name="big", balance=10 ** 12)
     batch = [{"account": acct.id, "request_id": f"r{i}", "model": "m", "kind": "charge", "delta": -7,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from service import sse
+from core import sse
 
 
 class Transcript:
