@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from dataclasses import replace
 from typing import Iterable, Iterator
 
@@ -120,8 +121,9 @@ def parse_json(text: str | bytes):
         raise ProviderError("The provider answered with a body that is not valid JSON") from None
 
 
-class Adapter:
-    """Base for one wire protocol; subclasses override what differs."""
+class Adapter(ABC):
+    """One wire protocol: how to reach it, what to send, how to read its answers and streams, and
+    which of OpenAI's parameters it can honour; subclasses override what differs."""
 
     name = "base"
     native_n = True
@@ -140,10 +142,12 @@ class Adapter:
                 raise InvalidRequest(f"Parameter '{param}' has no equivalent on the {self.name} "
                                      "provider; remove it or choose another model", param=param)
 
-    default_base = ""
+    default_base = ""  # where a row without base_url is sent
+    base_setting: str | None = None  # a setting that overrides default_base (Ollama: OLLAMA_HOST)
 
+    @abstractmethod
     def url(self, base: str, model, stream: bool) -> str:
-        raise NotImplementedError
+        """The endpoint for a call (streaming or not)."""
 
     def unavailable(self, provider: str) -> ProviderUnavailable:
         """The error for a provider that cannot be reached (refused, reset, unresolvable)."""
@@ -170,14 +174,17 @@ class Adapter:
                                  "send strings", param="input")
         return req.inputs
 
+    @abstractmethod
     def request(self, chat) -> dict:
-        raise NotImplementedError
+        """The provider's request body for a chat call."""
 
+    @abstractmethod
     def response(self, payload: dict, chat) -> Completion:
-        raise NotImplementedError
+        """The provider's answer as a completion."""
 
+    @abstractmethod
     def stream_events(self, lines: Iterable[bytes], state: StreamState) -> Iterator[Delta]:
-        raise NotImplementedError
+        """The provider's stream as deltas; usage and the end go into `state`."""
 
     def stream_event(self, data: str | bytes) -> dict:
         """One stream event as an object; garbage or an in-band error is a ProviderError."""

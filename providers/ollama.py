@@ -40,6 +40,9 @@ class OllamaAdapter(Adapter):
                 "Parameter 'tool_choice' other than auto/none is not supported by the ollama provider",
                 param="tool_choice")
 
+    default_base = "http://localhost:11434"
+    base_setting = "OLLAMA_HOST"
+
     def url(self, base: str, model, stream: bool) -> str:
         return f"{base}/api/chat"
 

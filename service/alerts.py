@@ -22,7 +22,7 @@ import requests
 
 from service import billing
 from service.db import Account, AlertOutbox, epoch, utcnow
-from service.extensions import db
+from service.db import db
 
 log = logging.getLogger("tollgate")
 CLAIM = dt.timedelta(seconds=60)  # how long one process has to post a claimed alert

@@ -19,6 +19,7 @@ from service.db import open_database
 from service.journal import Journal
 from service.jsonout import ExactJSONProvider
 from service.slots import Slots
+from service.metrics import ALERTS
 from service.errors import keep_error_headers, register_error_handlers
 from service.extensions import cors, db, jwt, limiter
 from service.limit_storage import OneTripRedisStorage
@@ -166,7 +167,7 @@ def create_app(overrides: dict | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
     _start_reaper(app, conf["HOLD_REAP_INTERVAL_SECONDS"], conf["HOLD_TTL_SECONDS"])
     app.config["LOW_BALANCE_ALERTS_MICRO"] = alerts.threshold_micro(conf)
-    deliverer = alerts.Deliverer(conf, observe.ALERTS)
+    deliverer = alerts.Deliverer(conf, ALERTS)
     app.extensions["tollgate_alerts"] = deliverer
     deliverer.start()
     return app

@@ -16,8 +16,8 @@ from peewee import IntegrityError, InterfaceError, OperationalError
 from core import prices
 from core.usage import Usage
 from service.db import Account, AlertOutbox, Hold, LedgerEntry, is_postgres, utcnow
-from service.errors import InsufficientCredits, InvalidRequest
-from service.extensions import db
+from core.errors import InsufficientCredits, InvalidRequest
+from service.db import db
 from service.group_commit import GroupCommit
 
 MICRO = 1_000_000

@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from service.errors import ProviderUnavailable
+from core.errors import ProviderUnavailable
 
 
 @dataclass

@@ -8,13 +8,13 @@ import datetime as dt
 import json
 
 from peewee import (
-    PostgresqlDatabase, BigIntegerField, BooleanField, CharField, DateTimeField, ForeignKeyField,
+    DatabaseProxy, PostgresqlDatabase, BigIntegerField, BooleanField, CharField, DateTimeField, ForeignKeyField,
     IntegerField, Model, SQL, TextField,
 )
 from playhouse.db_url import parse
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
-from service.extensions import db
+db = DatabaseProxy()  # bound to a pooled database by create_app (service/app.py)
 
 
 def utcnow() -> dt.datetime:

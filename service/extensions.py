@@ -4,11 +4,9 @@ from __future__ import annotations
 from flask_cors import CORS
 from flask_jwt_extended import JWTManager
 from flask_limiter import Limiter
-from peewee import DatabaseProxy
-
+from service.db import db  # noqa: F401 - the app binds it with the extensions
 from service.limits import limit_key
 
-db = DatabaseProxy()
 jwt = JWTManager()
 cors = CORS()
 limiter = Limiter(key_func=limit_key, headers_enabled=True)

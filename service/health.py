@@ -6,7 +6,7 @@ from pathlib import Path
 from flask import Blueprint, Response, current_app, g, request
 
 from service.auth import authenticate
-from service.extensions import db
+from service.db import db
 
 bp = Blueprint("health", __name__)
 

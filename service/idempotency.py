@@ -16,7 +16,7 @@ import json
 from peewee import IntegrityError
 
 from service.db import IdempotentCall, utcnow
-from service.errors import GatewayError, InvalidRequest
+from core.errors import GatewayError, InvalidRequest
 
 WINDOW = dt.timedelta(hours=24)
 HEADER = "Idempotency-Key"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from peewee import IntegrityError
 
 from service.db import TABLES, SchemaVersion, is_postgres
-from service.extensions import db
+from service.db import db
 
 
 def _v1_initial() -> None:

@@ -12,27 +12,16 @@ import time
 import uuid
 
 from flask import Blueprint, Response, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 log = logging.getLogger("tollgate.access")
 SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 bp = Blueprint("metrics", __name__)
 
-BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120)
-REQUESTS = Counter("tollgate_requests_total", "HTTP requests", ["endpoint", "model", "status"])
-LATENCY = Histogram("tollgate_request_seconds", "Request latency (to the last byte)", ["endpoint"],
-                    buckets=BUCKETS)
-UPSTREAM = Histogram("tollgate_upstream_seconds", "Upstream latency (to the answer or the stream's "
-                     "first byte)", ["model"], buckets=BUCKETS)
-TTFT = Histogram("tollgate_time_to_first_token_seconds", "Time to the first streamed token", ["model"],
-                 buckets=BUCKETS)
-TOKENS = Counter("tollgate_tokens_total", "Tokens billed", ["model", "kind"])
-CHARGED = Counter("tollgate_credits_charged_micro_total", "Micro-credits charged", ["model"])
-OVERRUNS = Counter("tollgate_overrun_micro_total", "Micro-credits a provider reported beyond a call's "
-                   "hold, absorbed by the gateway", ["model"])
-ALERTS = Counter("tollgate_alerts_total", "Low-balance alert deliveries", ["outcome"])
-REFUSED = Counter("tollgate_rate_limit_refusals_total", "Calls refused by a rate limit", ["endpoint"])
+from service.metrics import (  # noqa: F401 - counted here and by the pipeline
+    ALERTS, BUCKETS, CHARGED, LATENCY, OVERRUNS, REFUSED, REQUESTS, TOKENS, TTFT, UPSTREAM,
+)
 
 
 class _LiveState:
@@ -43,7 +32,7 @@ class _LiveState:
 
     def collect(self):
         from service.db import Hold
-        from service.extensions import db
+        from service.db import db
 
         ext = self.app.extensions["tollgate"]
         breakers = GaugeMetricFamily("tollgate_breaker_state", "0 closed, 1 half-open, 2 open",

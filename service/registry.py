@@ -6,7 +6,7 @@ import time
 
 from core import prices
 from service.db import AIModel, ModelPrice
-from service.errors import ModelNotFound
+from core.errors import ModelNotFound
 
 VERSION_KEY = "tollgate:catalogue:version"
 LOCAL_TTL = 5.0  # seconds a process trusts its copy when no Redis tells it of changes

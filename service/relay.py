@@ -12,10 +12,11 @@ from providers import ADAPTERS
 from providers.base import Completion, StreamState, legacy_delta
 from service import billing
 from service.db import utcnow
-from service.extensions import db
-from service.errors import (
+from service.db import db
+from core.errors import (
     GatewayError, ModelNotFound, NotImplementedByProvider, ProviderError, ProviderUnavailable, scrub,
 )
+from service.metrics import OVERRUNS
 from service.upstream import Call, retryable
 
 log = logging.getLogger("tollgate")
@@ -103,8 +104,6 @@ class Bill:
 
 def observe_overrun(chat, absorbed: int) -> None:
     """A provider reported more than the hold could cover: log it and count it."""
-    from service.observe import OVERRUNS  # metrics live with the web layer's observability
-
     OVERRUNS.labels(chat.model.name).inc(absorbed)
     log.warning("overrun: %s on %s reported usage beyond its hold; %d micro-credits absorbed",
                 chat.request_id, chat.model.name, absorbed)
@@ -127,7 +126,7 @@ def _call(chat, conf, embedding: bool = False) -> Call:
             raise ProviderUnavailable(f"{model.provider} is not configured on this gateway "
                                       f"({model.api_key_env} is not set)",
                                       code=f"{model.provider.lower()}_unavailable")
-    base = model.base_url or (conf["OLLAMA_HOST"] if model.api == "ollama" else adapter.default_base)
+    base = model.base_url or (conf.get(adapter.base_setting) if adapter.base_setting else None) or adapter.default_base
     return Call(adapter, chat, base.rstrip("/"), api_key, model.connect_timeout or conf["UPSTREAM_CONNECT_TIMEOUT"],
                 model.read_timeout or conf["UPSTREAM_READ_TIMEOUT"])
 

@@ -17,7 +17,7 @@ from core.usage import Usage
 from service.billing import to_credits
 from service.db import Account, LedgerEntry, utcnow
 from service.errors import InvalidRequest
-from service.extensions import db
+from service.db import db
 
 PAGE = 1000
 DEFAULT_SPAN = dt.timedelta(days=30)
@@ -48,11 +48,16 @@ def time_range() -> tuple[dt.datetime, dt.datetime]:
 
 
 def summary(account_id: int) -> dict:
-    """Charges per model or per day (UTC) in the range: calls, tokens per class, cost."""
+    """Charges per model or per day (UTC) in the request's range: calls, tokens per class, cost."""
     group_by = request.args.get("group_by", "model")
     if group_by not in ("model", "day"):
         raise InvalidRequest("'group_by' must be model or day", param="group_by")
     start, end = time_range()
+    return spend(account_id, group_by, start, end)
+
+
+def spend(account_id: int, group_by: str, start: dt.datetime, end: dt.datetime) -> dict:
+    """Charges per model or per day (UTC) from start to end (excluded)."""
     key = LedgerEntry.model if group_by == "model" else fn.DATE(LedgerEntry.created).coerce(False)
     e = LedgerEntry
     rows = (e.select(key.alias("key"), fn.COUNT(e.id).alias("calls"),

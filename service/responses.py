@@ -12,7 +12,7 @@ from service.auth import authenticate
 from service.body import json_object
 from service.db import StoredResponse
 from service.errors import NotFound
-from service.extensions import db
+from service.db import db
 
 bp = Blueprint("responses", __name__)
 

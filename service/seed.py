@@ -7,11 +7,12 @@ import tomllib
 import datetime as dt
 
 from core import prices
+from providers import ADAPTERS
 from service.billing import to_micro, write_tx
 from service.db import AIModel, ModelPrice, utcnow
-from service.errors import InvalidRequest
+from core.errors import InvalidRequest
 
-APIS = ("openai", "ollama", "gemini", "anthropic")
+APIS = tuple(ADAPTERS)  # one per wire protocol the providers package implements
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*_API_KEY$")  # settings read provider keys from *_API_KEY
 PRICES = ("cost_per_1k_tokens", *prices.COLUMNS.values())
 FIELDS = {"id", "name", "provider", "api", "upstream_model", "base_url", "api_key_env", *PRICES,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from service.errors import RateLimited
+from core.errors import RateLimited
 
 # KEYS: one sorted set per cap; ARGV: request id, lease seconds, then each cap's limit.
 # Returns 0 when every slot was taken, else the 1-based index of the cap that is full.

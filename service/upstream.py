@@ -20,7 +20,7 @@ from urllib3.exceptions import HTTPError, NewConnectionError, ReadTimeoutError, 
 
 from providers.base import Completion, parse_json
 from service.breaker import Breakers
-from service.errors import (
+from core.errors import (
     GatewayError, ProviderError, ProviderUnavailable, UpstreamRateLimited, UpstreamTimeout, scrub,
 )
 
