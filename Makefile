@@ -72,7 +72,7 @@ soak: install-test services
 	$(PY) scripts/soak.py
 
 lint: install-test
-	$(PY) -m pyflakes config service providers tests bench scripts
+	$(PY) -m pyflakes config core frontdoors service providers tests bench scripts
 
 clean: local-model-stop
 	rm -rf $(VENV) data run .pytest_cache

@@ -94,6 +94,9 @@ def load() -> dict:
         "LOW_BALANCE_THRESHOLD": env("LOW_BALANCE_THRESHOLD", "0"),
         "ALERT_POLL_SECONDS": float(env("ALERT_POLL_SECONDS", "5")),
         "ALERT_MAX_ATTEMPTS": int(env("ALERT_MAX_ATTEMPTS", "20")),
+        # the web console at /console (off: no route answers there)
+        "CONSOLE_ENABLED": _bool(env("CONSOLE_ENABLED"), True),
+        "CONSOLE_SESSION_HOURS": int(env("CONSOLE_SESSION_HOURS", "12")),
         # provider keys are read through this mapping only, by the variable name a row names
         "PROVIDER_KEYS": {k: v for k, v in os.environ.items() if k.endswith("_API_KEY")},
     }

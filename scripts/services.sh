@@ -35,7 +35,14 @@ if ! command -v nginx >/dev/null 2>&1; then
     || (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx) >/dev/null 2>&1 || true
   rm -f /usr/sbin/policy-rc.d
 fi
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "services: installing chromium and chromium-driver from Debian's packages (console browser tests)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
+    || (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 || true
+fi
 status=0
+command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 \
+  || { echo "services: chromium/chromedriver are not installed" >&2; status=1; }
 command -v nginx >/dev/null 2>&1 || { echo "services: nginx is not installed" >&2; status=1; }
 redis_up "$REDIS_URL" || { echo "services: Redis at $REDIS_URL is not answering" >&2; status=1; }
 pg_up "$TEST_DATABASE_URL" || { echo "services: PostgreSQL at $TEST_DATABASE_URL is not answering" >&2; status=1; }

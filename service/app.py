@@ -160,6 +160,10 @@ def create_app(overrides: dict | None = None) -> Flask:
     observe.init_app(app)
     for module in (chat, messages, responses, embeddings, catalog, account, admin, health, observe):
         app.register_blueprint(module.bp)
+    if conf.get("CONSOLE_ENABLED", True):
+        from service.console.views import bp as console
+
+        app.register_blueprint(console)
     register_error_handlers(app)
     cli.register(app)
     if conf["TRUSTED_PROXIES"]:

@@ -187,6 +187,20 @@ class AlertOutbox(Base):
         table_name = "alert_outbox"
 
 
+class ConsoleSession(Base):
+    """A signed-in console browser: the hash of its cookie, who, and its CSRF token."""
+
+    token_hash = CharField(unique=True)
+    account = ForeignKeyField(Account, on_delete="CASCADE")
+    admin = BooleanField(default=False)
+    csrf = CharField()
+    expires_at = DateTimeField(index=True)
+    created = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "console_session"
+
+
 class SchemaVersion(Base):
     version = IntegerField(primary_key=True)
     applied = DateTimeField(default=utcnow)
@@ -196,7 +210,7 @@ class SchemaVersion(Base):
 
 
 TABLES = [AIModel, ModelPrice, Account, Hold, LedgerEntry, ApiKey, IdempotentCall, AlertOutbox,
-          StoredResponse]
+          StoredResponse, ConsoleSession]
 
 
 def open_database(url: str, pool_size: int = 32):

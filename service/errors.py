@@ -14,6 +14,10 @@ from core.errors import (  # noqa: F401 - re-exported: the web layer's names for
     ProviderUnavailable, RateLimited, UpstreamRateLimited, UpstreamRejected, UpstreamTimeout, scrub,
 )
 
+__all__ = ["ZH", "AuthenticationFailed", "DatabaseUnavailable", "Forbidden", "GatewayError", "InsufficientCredits",
+           "InvalidRequest", "ModelNotFound", "NotFound", "NotImplementedByProvider", "ProviderError",
+           "ProviderUnavailable", "RateLimited", "UpstreamRateLimited", "UpstreamRejected", "UpstreamTimeout", "scrub",
+           "language", "render", "keep_error_headers", "register_error_handlers"]
 log = logging.getLogger("tollgate")
 
 

@@ -7,6 +7,8 @@ from flask_limiter import Limiter
 from service.db import db  # noqa: F401 - the app binds it with the extensions
 from service.limits import limit_key
 
+__all__ = ["db", "jwt", "cors", "limiter"]
+
 jwt = JWTManager()
 cors = CORS()
 limiter = Limiter(key_func=limit_key, headers_enabled=True)

@@ -35,8 +35,13 @@ def _shown(breaker: str, admin: bool) -> str:
 @bp.get("/readyz")
 def readyz():
     """`ok`, `degraded` (Redis down: serving without it) or `down` (no database), with reasons."""
+    found = readiness(_admin())
+    return found, 200 if found["status"] != "down" else 503
+
+
+def readiness(admin: bool = True) -> dict:
+    """The readiness checks (the console shows them too)."""
     ext = current_app.extensions["tollgate"]
-    admin = _admin()
     checks, reasons = {}, []
     try:
         db.execute_sql("SELECT 1")
@@ -60,7 +65,7 @@ def readyz():
     if checks["journal"]:
         reasons.append(f"journal: {checks['journal']} settles wait for the database")
     status = "down" if checks["database"] == "down" else ("degraded" if reasons else "ok")
-    return {"status": status, "checks": checks, "reasons": reasons}, 200 if status != "down" else 503
+    return {"status": status, "checks": checks, "reasons": reasons}
 
 
 OPENAPI = Path(__file__).with_name("openapi.json")

@@ -254,9 +254,17 @@ def _v7_model_kind_stored_responses() -> None:
     db.create_tables([StoredResponse], safe=True)
 
 
+def _v8_console_sessions() -> None:
+    """Web console sessions."""
+    from service.db import ConsoleSession
+
+    db.create_tables([ConsoleSession], safe=True)
+
+
 STEPS = [(1, _v1_initial), (2, _v2_ledger_page_index), (3, _v3_batch_functions),
          (4, _v4_owned_holds_overruns_checks), (5, _v5_key_concurrency),
-         (6, _v6_token_classes_idempotency_alerts), (7, _v7_model_kind_stored_responses)]
+         (6, _v6_token_classes_idempotency_alerts), (7, _v7_model_kind_stored_responses),
+         (8, _v8_console_sessions)]
 
 
 def current_version() -> int:

@@ -20,7 +20,7 @@ SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 bp = Blueprint("metrics", __name__)
 
 from service.metrics import (  # noqa: F401 - counted here and by the pipeline
-    ALERTS, BUCKETS, CHARGED, LATENCY, OVERRUNS, REFUSED, REQUESTS, TOKENS, TTFT, UPSTREAM,
+    CHARGED, LATENCY, REFUSED, REQUESTS, TOKENS, TTFT, UPSTREAM,
 )
 
 

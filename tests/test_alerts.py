@@ -10,7 +10,7 @@ import signal
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
-from service import alerts, billing
+from service import billing
 from service.db import Account, AlertOutbox
 from tests.conftest import SECRET, auth, token
 from tests.fakes import openai as fake_openai

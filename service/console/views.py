@@ -1,0 +1,245 @@
+"""Console pages. Every change goes through the functions the JSON API uses (auth.create_key,
+billing.credit, seed.validate/upsert, the chat call), under the session's CSRF token."""
+from __future__ import annotations
+
+import datetime as dt
+
+from flask import Blueprint, abort, current_app, g, redirect, render_template, request, url_for
+
+from core import prices as price_classes
+from service import billing, chat, reports, seed
+from service.account import breakdown
+from service.auth import create_key
+from service.console import i18n, session
+from service.db import Account, ApiKey, Hold, LedgerEntry, epoch, utcnow
+from service.errors import GatewayError
+from service.health import readiness
+
+bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
+               static_folder="static", static_url_path="/static")
+
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+PUBLIC = {"console.login", "console.login_post", "console.static"}
+
+
+@bp.before_request
+def guard():
+    g.console = session.current()
+    if request.endpoint in PUBLIC:
+        return None
+    if g.console is None:
+        return redirect(url_for("console.login"))
+    if request.method == "POST":
+        sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token")
+        if not session.csrf_ok(g.console, sent):
+            return page("message.html", 403, message=i18n.t("bad_csrf"))
+    if request.endpoint.startswith("console.admin") and not g.admin:
+        return page("message.html", 403, message=i18n.t("forbidden"))
+    return None
+
+
+@bp.after_request
+def harden(response):
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    if response.mimetype == "text/html":
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def page(template: str, status: int = 200, **values):
+    return render_template(f"console/{template}", t=i18n.t, lang=i18n.lang(), s=g.get("console"),
+                           admin=g.get("admin", False), **values), status
+
+
+def credits(micro: int) -> str:
+    return reports.exact(micro).rstrip("0").rstrip(".") if micro else "0"
+
+
+@bp.app_template_filter("credits")
+def _credits_filter(micro):
+    return credits(micro)
+
+
+@bp.get("/login")
+def login():
+    return page("login.html")
+
+
+@bp.post("/login")
+def login_post():
+    try:
+        token, _ = session.sign_in(request.form.get("credential", ""))
+    except GatewayError as err:
+        return page("login.html", 401, error=err.message)
+    response = redirect(url_for("console.overview"))
+    response.set_cookie(session.COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure,
+                        path="/console", max_age=current_app.config.get("CONSOLE_SESSION_HOURS", 12) * 3600)
+    return response
+
+
+@bp.post("/logout")
+def logout():
+    session.sign_out()
+    response = redirect(url_for("console.login"))
+    response.delete_cookie(session.COOKIE, path="/console")
+    return response
+
+
+def _month() -> tuple[dt.datetime, dt.datetime]:
+    end = utcnow() + dt.timedelta(seconds=1)
+    return end - dt.timedelta(days=30), end
+
+
+def _bars(days: list[dict]) -> list[dict]:
+    """Spend per day as SVG bars (heights in the 0-100 box), no script needed."""
+    top = max([d["micro"] for d in days] + [1])
+    return [{"x": i * 24, "h": round(90 * d["micro"] / top, 2), "label": d["day"], "cost": credits(d["micro"])}
+            for i, d in enumerate(days)]
+
+
+@bp.get("/")
+def overview():
+    acct = Account.get_by_id(g.account.id)
+    start, end = _month()
+    by_day = reports.spend(acct.id, "day", start, end)["data"]
+    by_model = reports.spend(acct.id, "model", start, end)["data"]
+    days = [{"day": d["day"], "micro": round(d["cost"] * 1_000_000)} for d in by_day]
+    return page("overview.html", account=acct, bars=_bars(days), by_model=by_model)
+
+
+def _ledger(account_id: int, limit: int = 50) -> list[dict]:
+    rows = (LedgerEntry.select().where(LedgerEntry.account == account_id)
+            .order_by(LedgerEntry.id.desc()).limit(limit))
+    return [{"when": e.created.strftime("%Y-%m-%d %H:%M:%S"), "kind": e.kind, "model": e.model or "",
+             "request_id": e.request_id, "micro": -e.delta, "estimated": e.estimated,
+             **(breakdown(e) if e.kind == "charge" else {})} for e in rows]
+
+
+@bp.get("/ledger")
+def ledger():
+    return page("ledger.html", rows=_ledger(g.account.id))
+
+
+def _keys(account_id: int) -> list[ApiKey]:
+    return list(ApiKey.select().where(ApiKey.account == account_id).order_by(ApiKey.id.desc()))
+
+
+@bp.get("/keys")
+def keys():
+    return page("keys.html", keys=_keys(g.account.id))
+
+
+@bp.post("/keys")
+def create_key_post():
+    name = (request.form.get("name") or "").strip()[:255] or None
+    _, plain = create_key(Account.get_by_id(g.account.id), name)
+    return page("keys.html", keys=_keys(g.account.id), new_key=plain)
+
+
+@bp.post("/keys/<int:key_id>/revoke")
+def revoke_key(key_id: int):
+    (ApiKey.update(revoked_at=utcnow())
+     .where((ApiKey.id == key_id) & (ApiKey.account == g.account.id) & ApiKey.revoked_at.is_null()).execute())
+    return redirect(url_for("console.keys"))
+
+
+def _models():
+    ext = current_app.extensions["tollgate"]
+    now = utcnow()
+    return [{"row": r, "prices": ext.registry.prices_at(r, now)} for r in ext.registry.enabled()]
+
+
+@bp.get("/models")
+def models():
+    return page("models.html", models=_models(), classes=price_classes.COLUMNS)
+
+
+@bp.get("/playground")
+def playground():
+    return page("playground.html", models=[m["row"] for m in _models() if getattr(m["row"], "kind", "chat") == "chat"])
+
+
+@bp.post("/playground/chat")
+def playground_chat():
+    """The chat call itself (streamed), paid by the signed-in account."""
+    body = request.get_json(silent=True) or {}
+    chat.prepare_body({"model": body.get("model"), "messages": [{"role": "user", "content": body.get("prompt") or ""}],
+                       "stream": True, "stream_options": {"include_usage": True}})
+    return chat.completions()
+
+
+# operators
+
+
+@bp.get("/admin/accounts")
+def admin_accounts():
+    query = (request.args.get("q") or "").strip()
+    rows = Account.select().order_by(Account.name).limit(100)
+    if query:
+        rows = rows.where(Account.name.contains(query))
+    return page("admin_accounts.html", accounts=list(rows), q=query)
+
+
+def _account(name: str) -> Account:
+    found = Account.get_or_none(Account.name == name)
+    if found is None:
+        abort(404)
+    return found
+
+
+@bp.get("/admin/accounts/<name>")
+def admin_account(name: str, error: str | None = None, status: int = 200):
+    acct = _account(name)
+    holds = list(Hold.select().where(Hold.account == acct.id))
+    return page("admin_account.html", status, account=acct, holds=holds, rows=_ledger(acct.id), error=error)
+
+
+@bp.post("/admin/accounts/<name>/credits")
+def admin_credit(name: str):
+    acct = _account(name)
+    try:
+        note = (request.form.get("note") or "").strip() or None
+        billing.credit(acct.id, billing.to_micro(request.form.get("amount", ""), "amount"), note)
+    except GatewayError as err:
+        return admin_account(name, err.message, 400)
+    return redirect(url_for("console.admin_account", name=name))
+
+
+@bp.get("/admin/models")
+def admin_models(error: str | None = None, status: int = 200):
+    rows = list(current_app.extensions["tollgate"].registry.rows())
+    return page("admin_models.html", status, rows=rows, error=error, fields=seed.PRICES)
+
+
+@bp.post("/admin/models/<int:model_id>")
+def admin_model_update(model_id: int):
+    from service.admin import model_body
+
+    ext = current_app.extensions["tollgate"]
+    row = next((r for r in ext.registry.rows() if r.id == model_id), None)
+    if row is None:
+        abort(404)
+    changes = {f: request.form.get(f) or None for f in seed.PRICES if f in request.form}
+    changes["enabled"] = request.form.get("enabled") == "on"
+    for field in ("aliases", "fallbacks"):
+        if field in request.form:
+            changes[field] = [v.strip() for v in request.form[field].split(",") if v.strip()]
+    try:
+        merged = seed.validate({**model_body(row), **changes}, f"model {model_id}")
+        seed.upsert([merged])
+    except GatewayError as err:
+        return admin_models(err.message, 400)
+    ext.registry.invalidate()
+    return redirect(url_for("console.admin_models"))
+
+
+@bp.get("/admin/live")
+def admin_live():
+    ext = current_app.extensions["tollgate"]
+    holds = list(Hold.select(Hold, Account).join(Account).order_by(Hold.id.desc()).limit(200))
+    return page("admin_live.html", holds=holds, breakers=ext.transport.breakers.states(), ready=readiness(),
+                epoch=epoch)
