@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 from core.errors import GatewayError, InvalidRequest
+from frontdoors.common import bad, function_tools
 
 FIELDS = {"model", "messages", "max_tokens", "system", "stop_sequences", "stream", "temperature", "top_p",
           "top_k", "tools", "tool_choice", "metadata", "thinking"}
@@ -18,10 +19,6 @@ STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "f
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
                429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
-
-
-def bad(param: str, message: str) -> InvalidRequest:
-    return InvalidRequest(message, param=param)
 
 
 def error_body(err: GatewayError, request_id: str | None = None) -> dict:
@@ -138,19 +135,10 @@ def _messages(body: dict) -> list[dict]:
 
 
 def _tools(tools) -> list[dict]:
-    if not isinstance(tools, list):
-        raise bad("tools", "'tools' must be a list")
-    out = []
-    for i, t in enumerate(tools):
-        if not isinstance(t, dict) or not isinstance(t.get("name"), str) or "input_schema" not in t \
-                or t.get("type") not in (None, "custom"):
-            raise bad(f"tools[{i}]", f"'tools[{i}]' must be a client tool with a name and an input_schema "
-                      "(server tools are not available through this gateway)")
-        fn = {"name": t["name"], "parameters": t["input_schema"]}
-        if t.get("description"):
-            fn["description"] = t["description"]
-        out.append({"type": "function", "function": fn})
-    return out
+    return function_tools(tools, lambda t: (t["name"], t.get("description"), t["input_schema"], None)
+                          if "input_schema" in t and t.get("type") in (None, "custom") else None,
+                          "a client tool with a name and an input_schema (server tools are not available "
+                          "through this gateway)")
 
 
 def _tool_choice(choice) -> str | dict:

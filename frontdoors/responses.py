@@ -12,16 +12,12 @@ import json
 import time
 import uuid
 
-from core.errors import InvalidRequest
+from frontdoors.common import bad, function_tools
 from core.transcript import Transcript
 
 FIELDS = {"model", "input", "instructions", "tools", "tool_choice", "text", "max_output_tokens", "reasoning",
           "temperature", "top_p", "store", "previous_response_id", "stream", "metadata", "parallel_tool_calls",
           "user", "truncation"}
-
-
-def bad(param: str, message: str) -> InvalidRequest:
-    return InvalidRequest(message, param=param)
 
 
 def new_id(prefix: str) -> str:
@@ -90,16 +86,9 @@ def messages_of(items, where: str = "input") -> list[dict]:
 
 
 def _tools(tools) -> list[dict]:
-    if not isinstance(tools, list):
-        raise bad("tools", "'tools' must be a list")
-    out = []
-    for i, t in enumerate(tools):
-        if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(t.get("name"), str):
-            raise bad(f"tools[{i}]", f"'tools[{i}]' must be a function tool (built-in tools are not available "
-                      "through this gateway)")
-        fn = {k: t[k] for k in ("name", "description", "parameters", "strict") if t.get(k) is not None}
-        out.append({"type": "function", "function": fn})
-    return out
+    return function_tools(tools, lambda t: (t["name"], t.get("description"), t.get("parameters"), t.get("strict"))
+                          if t.get("type") == "function" else None,
+                          "a function tool (built-in tools are not available through this gateway)")
 
 
 def _tool_choice(choice):

@@ -46,3 +46,13 @@ def basic(usage: dict) -> dict:
     assert isinstance(usage["prompt_tokens_details"]["cached_tokens"], int)
     assert isinstance(usage["completion_tokens_details"]["reasoning_tokens"], int)
     return {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens", "cost")}
+
+
+def json_answer(body):
+    """A fake upstream handler answering `body` (a dict or JSON bytes) as application/json."""
+    import json
+
+    from werkzeug import Response
+
+    return lambda request: Response(json.dumps(body) if isinstance(body, dict) else body,
+                                    content_type="application/json")

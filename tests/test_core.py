@@ -14,8 +14,7 @@ def test_core_and_providers_import_no_flask():
             "frontdoors.anthropic; "
             "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('flask', 'werkzeug', 'service')); "
             "print(loaded); sys.exit(1 if loaded else 0)")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
+    _loads_no_flask(code)
 
 
 def test_the_pipeline_and_money_import_no_flask():
@@ -25,5 +24,9 @@ def test_the_pipeline_and_money_import_no_flask():
             "service.idempotency, service.alerts, service.registry, service.seed, service.migrations; "
             "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('flask', 'werkzeug', 'flask_limiter', "
             "'flask_jwt_extended', 'flask_cors')); print(loaded); sys.exit(1 if loaded else 0)")
+    _loads_no_flask(code)
+
+
+def _loads_no_flask(code: str) -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

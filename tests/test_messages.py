@@ -10,7 +10,7 @@ from werkzeug import Response
 
 from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
-from tests.helpers import charges, holds, invariant
+from tests.helpers import charges, holds, invariant, json_answer
 from tests.providers import fixture
 
 TOOL = {"name": "get_weather", "description": "Weather now",
@@ -25,9 +25,7 @@ def sdk(gateway, live_factory):
     return anthropic.Anthropic(base_url=live.url, api_key=token(), max_retries=0)
 
 
-def _json(body):
-    return lambda request: Response(json.dumps(body) if isinstance(body, dict) else body,
-                                    content_type="application/json")
+_json = json_answer
 
 
 def _charged_matches(usage) -> None:
@@ -73,25 +71,38 @@ def test_messages_stream(sdk, upstream, api):
     _charged_matches(final.usage)
 
 
-def test_tool_use_and_a_second_turn_with_its_result(sdk, upstream):
-    upstream.expect_ordered_request(PATHS["openai"]).respond_with_handler(_json(fixture("openai", "tool_call.json")))
-    upstream.expect_ordered_request(PATHS["openai"]).respond_with_handler(
-        _json(fake_openai.completion("18 degrees", 20, 4)))
-    first = sdk.messages.create(model="m-openai", max_tokens=50, tools=[TOOL],
+TOOL_ANSWERS = {"openai": (("openai", "tool_call.json"), fake_openai.completion("18 degrees", 20, 4), "18 degrees"),
+                "gemini": (("gemini", "function_call.json"), json.loads(fixture("gemini", "generate.json")),
+                           "AI learns patterns from data.")}
+
+
+@pytest.mark.parametrize("api", ["openai", "gemini"])
+def test_tool_use_and_a_second_turn_with_its_result(sdk, upstream, api):
+    call, answer, text = TOOL_ANSWERS[api]
+    upstream.expect_ordered_request(PATHS[api]).respond_with_handler(_json(fixture(*call)))
+    upstream.expect_ordered_request(PATHS[api]).respond_with_handler(_json(answer))
+    first = sdk.messages.create(model=f"m-{api}", max_tokens=50, tools=[TOOL],
                                 messages=[{"role": "user", "content": "Weather in Paris?"}])
     assert first.stop_reason == "tool_use"
     use = first.content[0]
     assert use.type == "tool_use" and use.name == "get_weather" and use.input == {"city": "Paris"}
-    second = sdk.messages.create(model="m-openai", max_tokens=50, tools=[TOOL], messages=[
+    second = sdk.messages.create(model=f"m-{api}", max_tokens=50, tools=[TOOL], messages=[
         {"role": "user", "content": "Weather in Paris?"},
         {"role": "assistant", "content": first.content},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": '{"temp_c": 18}'}]}])
-    assert second.content[0].text == "18 degrees"
+    assert second.content[0].text == text
     sent = upstream.log[-1][0].get_json()
-    assert sent["tools"][0]["function"]["parameters"] == TOOL["input_schema"]
-    assert sent["messages"][1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
-    assert sent["messages"][2] == {"role": "tool", "tool_call_id": use.id, "content": '{"temp_c": 18}'}
+    if api == "openai":
+        assert sent["tools"][0]["function"]["parameters"] == TOOL["input_schema"]
+        assert sent["messages"][1]["tool_calls"][0]["function"] == {"name": "get_weather",
+                                                                    "arguments": '{"city": "Paris"}'}
+        assert sent["messages"][2] == {"role": "tool", "tool_call_id": use.id, "content": '{"temp_c": 18}'}
+    else:
+        assert sent["contents"][1]["parts"][0]["functionCall"] == {"name": "get_weather", "args": {"city": "Paris"}}
+        assert sent["contents"][-1]["parts"][0]["functionResponse"] == {"name": "get_weather",
+                                                                         "response": {"temp_c": 18}}
     assert len(charges("alice")) == 2
+    _charged_matches(second.usage)
 
 
 def test_streamed_tool_use_arrives_as_input_json_deltas(sdk, upstream):

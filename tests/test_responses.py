@@ -11,7 +11,7 @@ from werkzeug import Response
 
 from tests.conftest import token
 from tests.fakes import openai as fake_openai
-from tests.helpers import charges, holds, invariant
+from tests.helpers import charges, holds, invariant, json_answer
 from tests.providers import fixture
 
 PATHS = {"openai": "/v1/chat/completions", "gemini": "/v1beta/models/up:generateContent"}
@@ -25,9 +25,7 @@ def sdk(gateway, live_factory):
     return openai.OpenAI(base_url=f"{live.url}/v1", api_key=token(), max_retries=0)
 
 
-def _json(body):
-    return lambda request: Response(json.dumps(body) if isinstance(body, dict) else body,
-                                    content_type="application/json")
+_json = json_answer
 
 
 def _charged_matches(usage) -> None:
@@ -52,53 +50,79 @@ def test_responses_create_over_two_providers(sdk, upstream, api, answer, text):
         assert sent["max_tokens"] == 40
 
 
-def test_responses_stream(sdk, upstream):
-    fake = fake_openai.Stream(["Hel", "lo", "!"])
-    upstream.expect_request(PATHS["openai"]).respond_with_handler(
-        lambda request: Response(fake.events(), mimetype="text/event-stream"))
-    with sdk.responses.stream(model="m-openai", input="Hi") as stream:
+STREAMS = {"openai": ("/v1/chat/completions", lambda: fake_openai.Stream(["Hel", "lo", "!"]).events(), "Hello!", 3),
+           "gemini": ("/v1beta/models/up:streamGenerateContent", lambda: fixture("gemini", "stream.sse"),
+                      "AI learns patterns from data.", 7)}
+
+
+@pytest.mark.parametrize("api", ["openai", "gemini"])
+def test_responses_stream(sdk, upstream, api):
+    path, body, text, out = STREAMS[api]
+    upstream.expect_request(path).respond_with_handler(lambda request: Response(body(), mimetype="text/event-stream"))
+    with sdk.responses.stream(model=f"m-{api}", input="Hi") as stream:
         deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
         final = stream.get_final_response()
-    assert "".join(deltas) == "Hello!" and final.output_text == "Hello!"
-    assert final.usage.output_tokens == 3
+    assert "".join(deltas) == text and final.output_text == text
+    assert final.usage.output_tokens == out
     _charged_matches(final.usage)
     again = sdk.responses.retrieve(final.id)  # a streamed answer is stored too
-    assert again.output_text == "Hello!"
+    assert again.output_text == text
 
 
-def test_function_call_round_trip_with_previous_response_id(sdk, upstream):
-    upstream.expect_ordered_request(PATHS["openai"]).respond_with_handler(_json(fixture("openai", "tool_call.json")))
-    upstream.expect_ordered_request(PATHS["openai"]).respond_with_handler(
-        _json(fake_openai.completion("It is 18 degrees.", 30, 6)))
-    first = sdk.responses.create(model="m-openai", input="Weather in Paris?", tools=[TOOL])
+SECOND = {"openai": (fake_openai.completion("It is 18 degrees.", 30, 6), "It is 18 degrees."),
+          "gemini": (json.loads(fixture("gemini", "generate.json")), "AI learns patterns from data.")}
+CALLS = {"openai": ("openai", "tool_call.json"), "gemini": ("gemini", "function_call.json")}
+
+
+@pytest.mark.parametrize("api", ["openai", "gemini"])
+def test_function_call_round_trip_with_previous_response_id(sdk, upstream, api):
+    answer, text = SECOND[api]
+    upstream.expect_ordered_request(PATHS[api]).respond_with_handler(_json(fixture(*CALLS[api])))
+    upstream.expect_ordered_request(PATHS[api]).respond_with_handler(_json(answer))
+    first = sdk.responses.create(model=f"m-{api}", input="Weather in Paris?", tools=[TOOL])
     call = next(o for o in first.output if o.type == "function_call")
     assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Paris"}
-    second = sdk.responses.create(model="m-openai", previous_response_id=first.id, tools=[TOOL], input=[
+    second = sdk.responses.create(model=f"m-{api}", previous_response_id=first.id, tools=[TOOL], input=[
         {"type": "function_call_output", "call_id": call.call_id, "output": '{"temp_c": 18}'}])
-    assert second.output_text == "It is 18 degrees."
+    assert second.output_text == text
     sent = upstream.log[-1][0].get_json()
-    assert sent["messages"][0] == {"role": "user", "content": "Weather in Paris?"}
-    assert sent["messages"][1]["tool_calls"][0]["id"] == call.call_id
-    assert sent["messages"][2] == {"role": "tool", "tool_call_id": call.call_id, "content": '{"temp_c": 18}'}
-    assert sent["tools"][0]["function"]["name"] == "get_weather"
+    if api == "openai":
+        assert sent["messages"][0] == {"role": "user", "content": "Weather in Paris?"}
+        assert sent["messages"][1]["tool_calls"][0]["id"] == call.call_id
+        assert sent["messages"][2] == {"role": "tool", "tool_call_id": call.call_id, "content": '{"temp_c": 18}'}
+        assert sent["tools"][0]["function"]["name"] == "get_weather"
+    else:
+        assert sent["contents"][0] == {"role": "user", "parts": [{"text": "Weather in Paris?"}]}
+        assert sent["contents"][-1]["parts"][0]["functionResponse"] == {"name": "get_weather",
+                                                                         "response": {"temp_c": 18}}
     assert len(charges("alice")) == 2
+    _charged_matches(second.usage)
 
 
-def test_conversation_state_retrieve_items_delete(sdk, upstream):
-    upstream.expect_ordered_request(PATHS["openai"]).respond_with_handler(_json(fake_openai.completion("Hi Ann", 9, 2)))
-    upstream.expect_ordered_request(PATHS["openai"]).respond_with_handler(_json(fake_openai.completion("Ann", 20, 1)))
-    first = sdk.responses.create(model="m-openai", input="I am Ann.")
-    second = sdk.responses.create(model="m-openai", input="Who am I?", previous_response_id=first.id)
-    assert second.output_text == "Ann" and second.previous_response_id == first.id
-    assert [m["content"] for m in upstream.log[-1][0].get_json()["messages"]] == ["I am Ann.", "Hi Ann", "Who am I?"]
-    assert sdk.responses.retrieve(first.id).output_text == "Hi Ann"
+@pytest.mark.parametrize("api", ["openai", "gemini"])
+def test_conversation_state_retrieve_items_delete(sdk, upstream, api):
+    answers = {"openai": [fake_openai.completion("Hi Ann", 9, 2), fake_openai.completion("Ann", 20, 1)],
+               "gemini": [json.loads(fixture("gemini", "generate.json"))] * 2}[api]
+    for answer in answers:
+        upstream.expect_ordered_request(PATHS[api]).respond_with_handler(_json(answer))
+    first = sdk.responses.create(model=f"m-{api}", input="I am Ann.")
+    second = sdk.responses.create(model=f"m-{api}", input="Who am I?", previous_response_id=first.id)
+    assert second.previous_response_id == first.id
+    sent = upstream.log[-1][0].get_json()
+    if api == "openai":
+        assert second.output_text == "Ann"
+        assert [m["content"] for m in sent["messages"]] == ["I am Ann.", "Hi Ann", "Who am I?"]
+    else:
+        assert [c["parts"][0]["text"] for c in sent["contents"]] == [
+            "I am Ann.", "AI learns patterns from data.", "Who am I?"]
+    assert sdk.responses.retrieve(first.id).output_text == first.output_text
     items = sdk.responses.input_items.list(second.id)
-    assert [i.content for i in items.data] in ([["Who am I?"]], ["Who am I?"]) or items.data[0].type == "message"
+    assert [i.type for i in items.data] == ["message"]
     sdk.responses.delete(first.id)
     with pytest.raises(openai.NotFoundError):
         sdk.responses.retrieve(first.id)
     with pytest.raises(openai.NotFoundError):
-        sdk.responses.create(model="m-openai", input="x", previous_response_id=first.id)
+        sdk.responses.create(model=f"m-{api}", input="x", previous_response_id=first.id)
 
 
 def test_structured_output_and_store_false(sdk, upstream):
