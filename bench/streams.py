@@ -138,6 +138,8 @@ def main() -> None:
         prepare_database()
         env = {k: v for k, v in gateway_env(tmp, gw).items() if k not in ("WORKERS", "WAITRESS_THREADS")}
         env.update(NEW_ACCOUNT_CREDITS="100000", RATE_LIMIT_DEFAULT="100000000/minute")
+        if os.environ.get("BENCH_STREAM_WORKERS"):  # processes sharing the port (default: one, the target's)
+            env["WORKERS"] = os.environ["BENCH_STREAM_WORKERS"]
         (tmp / "models.toml").write_text(f'[[models]]\nid = 1\nname = "paced"\napi = "openai"\n'
                                          f'base_url = "http://127.0.0.1:{up}/v1"\ncost_per_1k_tokens = "0.002"\n')
         flask(env, "seed-models", "--file", str(tmp / "models.toml"))
