@@ -4,7 +4,6 @@ from __future__ import annotations
 from flask import Blueprint, g, request
 
 from core import prices
-from core.usage import Usage
 from service import reports
 from service.auth import authenticate
 from service.billing import to_credits
@@ -34,8 +33,7 @@ def ledger_row(e: LedgerEntry) -> dict:
 def breakdown(e: LedgerEntry) -> dict:
     """A charge's evidence: tokens per class and, when recorded, the unit prices applied (credits
     per 1k tokens) and the cost of each class."""
-    tokens = Usage(e.prompt_tokens, e.completion_tokens, e.cached_tokens, e.cache_write_5m_tokens,
-                   e.cache_write_1h_tokens, e.reasoning_tokens)
+    tokens = e.usage
     out = {"tokens": tokens.classes()}
     if e.prices:
         out["prices"] = {c: to_credits(v) for c, v in e.prices.items()}

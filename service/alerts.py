@@ -21,8 +21,7 @@ import threading
 import requests
 
 from service import billing
-from service.db import Account, AlertOutbox, epoch, utcnow
-from service.db import db
+from service.db import Account, AlertOutbox, db, epoch, utcnow
 
 log = logging.getLogger("tollgate")
 CLAIM = dt.timedelta(seconds=60)  # how long one process has to post a claimed alert

@@ -15,7 +15,7 @@ from config import settings
 from service import alerts, billing, idempotency, migrations
 from service.breaker import Breakers
 from service.cache import Cache
-from service.db import open_database
+from service.db import give_back, open_database
 from service.journal import Journal
 from service.jsonout import ExactJSONProvider
 from service.slots import Slots
@@ -114,8 +114,7 @@ def _start_reaper(app: Flask, interval: float, ttl: int) -> None:
 def _give_back_connection(exc=None) -> None:
     """A request's connection goes back to the pool when the request ends (a stream's body runs
     later and takes one only to settle)."""
-    if not db.is_closed():
-        db.close()
+    give_back()
 
 
 class _Flask(Flask):

@@ -13,11 +13,8 @@ from decimal import Decimal, InvalidOperation
 
 from peewee import IntegrityError, InterfaceError, OperationalError
 
-from core import prices
-from core.usage import Usage
-from service.db import Account, AlertOutbox, Hold, LedgerEntry, is_postgres, utcnow
+from service.db import Account, AlertOutbox, Hold, LedgerEntry, db, is_postgres, utcnow
 from core.errors import InsufficientCredits, InvalidRequest
-from service.db import db
 from service.group_commit import GroupCommit
 
 MICRO = 1_000_000
@@ -122,11 +119,6 @@ def _pg_write(jobs: list) -> None:
 
 
 _group = GroupCommit(_pg_write)
-
-
-def cost(model, prompt_tokens: int, completion_tokens: int) -> int:
-    """What plain input and output tokens cost at a row's current prices (core/prices.py)."""
-    return prices.charge(prices.resolve(model), Usage(prompt_tokens, completion_tokens))
 
 
 def account(name: str, new_credits: int = 0) -> Account:

@@ -11,7 +11,8 @@ from service import idempotency, observe, relay
 from service.auth import authenticate
 from service.body import json_object
 from service.errors import Forbidden, InvalidRequest
-from service.extensions import db, limiter
+from service.db import give_back
+from service.extensions import limiter
 from service.registry import CHAT_MAX_AGE
 from service.slots import Cap
 from service.limits import (
@@ -111,8 +112,7 @@ def _recorded(events, account_id: int, key: str):
             else:
                 idempotency.abandon(account_id, key)
         finally:
-            if not db.is_closed():
-                db.close()
+            give_back()
 
 
 def _call(chat, ext, conf, answer=relay.complete):

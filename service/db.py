@@ -14,6 +14,8 @@ from peewee import (
 from playhouse.db_url import parse
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
+from core.usage import Usage
+
 db = DatabaseProxy()  # bound to a pooled database by create_app (service/app.py)
 
 
@@ -117,6 +119,12 @@ class LedgerEntry(Base):
     reasoning_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])  # completion tokens spent thinking
     prices = JSONField(null=True)  # the unit prices applied, per class (micro-credits per 1k)
     created = DateTimeField(default=utcnow, index=True)
+
+    @property
+    def usage(self) -> Usage:
+        """The row's tokens per class."""
+        return Usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens,
+                     self.cache_write_5m_tokens, self.cache_write_1h_tokens, self.reasoning_tokens)
 
 
 class ApiKey(Base):
@@ -232,6 +240,13 @@ def open_database(url: str, pool_size: int = 32):
     database = params.pop("database")
     return PooledPostgresqlDatabase(database, max_connections=pool_size, timeout=30, stale_timeout=300,
                                     **params)
+
+
+def give_back() -> None:
+    """Return this thread's pooled connection, if it holds one (a request's when it ends; a
+    stream's body, which runs later, after each write it makes)."""
+    if not db.is_closed():
+        db.close()
 
 
 def is_postgres(database) -> bool:

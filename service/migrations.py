@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from peewee import IntegrityError
 
-from service.db import TABLES, SchemaVersion, is_postgres
-from service.db import db
+from service.db import TABLES, SchemaVersion, db, is_postgres
 
 
 def _v1_initial() -> None:

@@ -11,8 +11,7 @@ from core.usage import CLASSES, Usage
 from providers import ADAPTERS
 from providers.base import Completion, StreamState, legacy_delta
 from service import billing
-from service.db import utcnow
-from service.db import db
+from service.db import give_back, utcnow
 from core.errors import (
     GatewayError, ModelNotFound, NotImplementedByProvider, ProviderError, ProviderUnavailable, scrub,
 )
@@ -370,8 +369,7 @@ def _settled_stream(chat, ctx: Context, state: StreamState, tally: _Tally, finis
     try:
         return _settle_stream(chat, ctx, state, tally, finished)
     finally:
-        if not db.is_closed():
-            db.close()
+        give_back()
 
 
 def _events(chat, call, resp, ctx: Context):

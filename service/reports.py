@@ -15,9 +15,8 @@ from peewee import fn
 
 from core.usage import Usage
 from service.billing import to_credits
-from service.db import Account, LedgerEntry, utcnow
+from service.db import Account, LedgerEntry, db, utcnow
 from service.errors import InvalidRequest
-from service.db import db
 
 PAGE = 1000
 DEFAULT_SPAN = dt.timedelta(days=30)
@@ -91,8 +90,7 @@ def exact(micro: int) -> str:
 
 
 def _line(e: LedgerEntry, name: str) -> list:
-    classes = Usage(e.prompt_tokens, e.completion_tokens, e.cached_tokens, e.cache_write_5m_tokens,
-                    e.cache_write_1h_tokens, e.reasoning_tokens).classes()
+    classes = e.usage.classes()
     return [_iso(e.created), name, e.request_id, e.kind, e.model or "", e.prompt_tokens, e.completion_tokens,
             *classes.values(), exact(e.delta), "true" if e.estimated else "false", e.note or ""]
 

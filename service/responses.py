@@ -10,9 +10,8 @@ from frontdoors import responses as door
 from service import chat
 from service.auth import authenticate
 from service.body import json_object
-from service.db import StoredResponse
+from service.db import StoredResponse, give_back
 from service.errors import NotFound
-from service.db import db
 
 bp = Blueprint("responses", __name__)
 
@@ -77,8 +76,7 @@ def create():
             try:
                 keep(done)
             finally:
-                if not db.is_closed():
-                    db.close()
+                give_back()
         answer.response = door.events(answer.response, meta, stored)
         return answer
     completion, status, headers = answer
