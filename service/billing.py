@@ -6,12 +6,13 @@ read, changed in Python and written back.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import json
 import re
 import uuid
 from decimal import Decimal, InvalidOperation
 
-from peewee import IntegrityError, InterfaceError, OperationalError
+from peewee import IntegrityError, InterfaceError, OperationalError, PostgresqlDatabase, __exception_wrapper__
 
 from service.db import Account, AlertOutbox, Hold, LedgerEntry, db, is_postgres, utcnow
 from core.errors import InsufficientCredits, InvalidRequest
@@ -92,8 +93,47 @@ PG_SETTLE_FIELDS = ("rid", "account", "model", "prompt", "completion", "charge",
 DB_ERRORS = (OperationalError, InterfaceError)  # the database is unreachable or the link broke
 
 
+class _BatchLink:
+    """The group commit's own PostgreSQL connection, outside the pool. One batch runs at a time
+    in a process, so one connection serves every leader; taking it from the pool could wait for
+    ever: the callers queued behind a leader may hold every pooled connection (a request takes
+    one for its lookups before it holds), and they wait for that leader."""
+
+    def __init__(self):
+        self.conn = self.database = None
+        os.register_at_fork(after_in_child=self.forget)  # the parent's socket is not ours
+
+    def forget(self) -> None:
+        self.conn = None
+
+    def execute(self, sql: str, params: list) -> tuple:
+        with __exception_wrapper__:  # psycopg2's errors as peewee's (DB_ERRORS)
+            try:
+                if self.conn is None or self.conn.closed or self.database is not db.obj:
+                    self.close()
+                    self.conn = PostgresqlDatabase._connect(db.obj)  # autocommit, as the pool's
+                    self.database = db.obj
+                with self.conn.cursor() as cursor:
+                    cursor.execute(sql, params)
+                    return cursor.fetchone()
+            except Exception:
+                self.close()  # a broken link: the next batch opens a new one
+                raise
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing a dead link may fail too
+                pass
+
+
+_link = _BatchLink()
+
+
 def _pg_write(jobs: list) -> None:
-    """Run queued holds and settles as one statement (on the leading caller's connection)."""
+    """Run queued holds and settles as one statement (on the group commit's own connection)."""
     holds = [j for j in jobs if j.kind == "hold"]
     settles = [j for j in jobs if j.kind == "settle"]
     calls, params = [], []
@@ -102,16 +142,7 @@ def _pg_write(jobs: list) -> None:
             calls.append(call)
             params += [[j.args[f] for j in group] for f in fields]
     sql = ("" if settles else "SET LOCAL synchronous_commit TO off; ") + "SELECT " + ", ".join(calls)
-    borrowed = db.is_closed()  # a leader without a connection takes one from the pool for the batch
-    try:
-        row = db.execute_sql(sql, params).fetchone()
-    except (OperationalError, InterfaceError):
-        reconnect()  # a broken connection: the next batch opens a new one
-        raise
-    finally:
-        if borrowed and not db.is_closed():
-            db.close()
-    results = iter(row)
+    results = iter(_link.execute(sql, params))
     for group in (holds, settles):
         if group:
             for job, ok in zip(group, next(results)):
@@ -138,11 +169,14 @@ def account(name: str, new_credits: int = 0) -> Account:
 
 
 def reconnect() -> None:
-    """Drop this thread's database connection after an error: the next query opens a new one."""
+    """After a database error: discard this thread's connection, and the pool's idle ones (a
+    database that went away leaves every pooled link dead, though none knows it before its next
+    query); the next query opens a new one."""
+    db.discard()
     try:
-        db.close()  # back to the pool, which discards a link psycopg2 has marked closed
-    except Exception:  # noqa: BLE001 - closing a dead link may fail too; forget it either way
-        db._state.reset()
+        db.close_idle()
+    except Exception:  # noqa: BLE001 - a dead link that fails to close is dropped all the same
+        pass
 
 
 def retrying(fn, *args, **kwargs):

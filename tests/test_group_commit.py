@@ -89,3 +89,54 @@ def test_the_lead_passes_on_after_an_error():
     results, errors = w.submit_all([{"n": 0, "bad": True}, {"n": 1}, {"n": 2}])
     assert errors == {0: "bad write"} and results == {1: 10, 2: 20}
     assert w.commit.submit("write", {"n": 3}) == 30 and not w.commit._busy
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # group commit is PostgreSQL's
+def test_a_leader_never_waits_for_a_pooled_connection_its_followers_hold(make_app):
+    """PostgreSQL: callers queued behind a batch may hold every pooled connection (a request takes
+    one for its lookups before it holds); the leader writes on the group commit's own connection,
+    so the batch goes through (before: the leader waited for the pool, 30 s, for ever under load)."""
+    from service import billing
+    from service.db import Account, Hold, db
+
+    make_app(DB_POOL_SIZE=2)
+    ids = [billing.account(f"pool-{i}", new_credits=1000).id for i in range(3)]
+    db.close()
+    gate, started, real = threading.Event(), threading.Event(), billing._group._run
+    first = [True]
+
+    def run(jobs):
+        if first[0]:
+            first[0] = False
+            started.set()
+            assert gate.wait(10)
+        real(jobs)
+
+    billing._group._run = run
+    done = []
+
+    def hold(i, keep_connection):
+        if keep_connection:
+            Account.get_by_id(ids[i])  # this thread now holds a pooled connection
+        billing.hold(ids[i], f"pool-r{i}", 10, 60)
+        done.append(i)
+        db.close()
+
+    try:
+        leader = threading.Thread(target=hold, args=(0, False))
+        leader.start()
+        assert started.wait(10)
+        followers = [threading.Thread(target=hold, args=(i, True)) for i in (1, 2)]
+        for t in followers:
+            t.start()
+        cond = billing._group._cond
+        with cond:
+            assert cond.wait_for(lambda: len(billing._group._queue) == 2, 10)  # the pool is empty
+        gate.set()
+        for t in [leader, *followers]:
+            t.join(15)
+        assert sorted(done) == [0, 1, 2]
+        assert Hold.select().where(Hold.request_id.startswith("pool-r")).count() == 3
+    finally:
+        billing._group._run = real
+        gate.set()
