@@ -12,9 +12,9 @@ from peewee import (
     IntegerField, Model, SQL, TextField,
 )
 from playhouse.db_url import parse
-from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
 from core.usage import Usage
+from service.pool import WakingPostgresqlDatabase, WakingSqliteDatabase
 
 db = DatabaseProxy()  # bound to a pooled database by create_app (service/app.py)
 
@@ -233,12 +233,12 @@ def open_database(url: str, pool_size: int = 32):
             import pathlib
 
             pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return PooledSqliteDatabase(path, max_connections=pool_size, timeout=30, stale_timeout=300,
+        return WakingSqliteDatabase(path, max_connections=pool_size, timeout=30, stale_timeout=300,
                                     check_same_thread=False,
                                     pragmas={"journal_mode": "wal", "busy_timeout": busy,
                                              "foreign_keys": 1, "synchronous": "normal"}, **params)
     database = params.pop("database")
-    return PooledPostgresqlDatabase(database, max_connections=pool_size, timeout=30, stale_timeout=300,
+    return WakingPostgresqlDatabase(database, max_connections=pool_size, timeout=30, stale_timeout=300,
                                     **params)
 
 
