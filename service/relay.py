@@ -197,6 +197,7 @@ def _hold(chat, rows: list, ctx: Context) -> None:
         ctx.ext.journal.append({"op": "release", "rid": chat.request_id})
         raise
     ctx.held = max(amount, 0)
+    give_back()  # the call may take minutes: its thread holds no pooled connection meanwhile
 
 
 def _first_answer(chat, rows: list, conf, attempt):
