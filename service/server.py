@@ -6,9 +6,9 @@ open at once: waitress's poll() loop (no 1024-descriptor ceiling), a thread per 
 system allows. A client that stops reading is cut after CLIENT_WRITE_TIMEOUT seconds without
 progress, and at most STREAM_BUFFER_BYTES wait in one connection's buffer.
 
-WORKERS > 1 binds the port once and forks that many waitress processes sharing
-it (Python runs one thread at a time per process; this is how one host uses
-all its cores without a second proxy). A worker that dies is replaced; workers that die
+WORKERS > 1 binds the port once per worker (SO_REUSEPORT: the kernel spreads connections
+evenly) and forks that many waitress processes (Python runs one thread at a time per process;
+this is how one host uses all its cores without a second proxy). A worker that dies is replaced; workers that die
 at once are restarted with exponential backoff, and after WORKER_MAX_FAILURES such deaths in a
 row the master stops with the last error and a non-zero status, closing the port.
 
@@ -168,12 +168,15 @@ def serve(sock: socket.socket | None = None) -> None:
     log.warning("tollgate worker %d stopped", os.getpid())
 
 
-def _fork(sock: socket.socket) -> tuple[int, int]:
+def _fork(sock: socket.socket, others=()) -> tuple[int, int]:
     """A worker serving `sock`; (pid, the read end of a pipe carrying its last error)."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read)
+        for other in others:  # the other workers' sockets: theirs to serve
+            if other is not sock:
+                other.close()
         code = 0
         try:
             serve(sock)
@@ -186,39 +189,63 @@ def _fork(sock: socket.socket) -> tuple[int, int]:
     return pid, read
 
 
+def listeners(host: str, port: int, count: int) -> list[socket.socket]:
+    """The port, bound once per worker with SO_REUSEPORT so the kernel spreads new connections
+    evenly between the workers (with one shared socket, whichever worker wakes first accepts:
+    500 streams all went to one of two workers). Without SO_REUSEPORT: one socket, shared."""
+    reuse = hasattr(socket, "SO_REUSEPORT")
+    socks = []
+    for _ in range(count if reuse else 1):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            for other in socks:
+                other.close()
+            raise
+        sock.listen(4096)
+        port = port or sock.getsockname()[1]
+        socks.append(sock)
+    return socks if reuse else socks * count
+
+
 def supervise(conf: dict) -> None:
-    """Bind once, fork WORKERS processes, replace any that die, pass SIGTERM on. Workers that die
-    within WORKER_MIN_UPTIME seconds of their start are restarted after an exponential backoff;
-    WORKER_MAX_FAILURES such deaths in a row stop everything with the last error (exit 1)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((conf["HOST"], conf["PORT"]))
-    sock.listen(4096)
+    """Bind once per worker, fork WORKERS processes (worker i serves socket i; its replacement
+    gets the same socket, so nothing queued on it is lost), replace any that die, pass SIGTERM
+    on. Workers that die within WORKER_MIN_UPTIME seconds of their start are restarted after an
+    exponential backoff; WORKER_MAX_FAILURES such deaths in a row stop everything with the last
+    error (exit 1)."""
+    socks = listeners(conf["HOST"], conf["PORT"], conf["WORKERS"])
     raise_descriptor_limit()
-    workers: dict[int, tuple[float, int]] = {}
+    workers: dict[int, tuple[float, int, int]] = {}
     stopping = threading.Event()
 
-    def start() -> None:
-        pid, errors = _fork(sock)
-        workers[pid] = (time.monotonic(), errors)
+    def start(slot: int) -> None:
+        pid, errors = _fork(socks[slot], socks)
+        workers[pid] = (time.monotonic(), errors, slot)
 
     def on_term(signum, frame):
         stopping.set()
-        sock.close()  # the port closes once every worker has closed its copy too
+        for sock in set(socks):
+            sock.close()  # the port closes once every worker has closed its copy too
         for pid in workers:
             os.kill(pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    for _ in range(conf["WORKERS"]):
-        start()
+    for slot in range(conf["WORKERS"]):
+        start(slot)
     failures, last_error = 0, ""
     while workers:
         try:
             pid, status = os.wait()
         except ChildProcessError:
             break
-        started, errors = workers.pop(pid)
+        started, errors, slot = workers.pop(pid)
         error = os.read(errors, 4096).decode("utf-8", "replace") or f"exit status {status}"
         os.close(errors)
         if stopping.is_set():
@@ -236,7 +263,7 @@ def supervise(conf: dict) -> None:
         log.warning("worker %d exited (%s); starting another%s", pid, error.splitlines()[-1][:200],
                     f" in {delay:.1f} s" if delay else "")
         if not stopping.wait(delay):
-            start()
+            start(slot)
 
 
 class QueueDepthSummary(logging.Filter):

@@ -176,6 +176,46 @@ def test_a_client_that_stops_reading_is_cut_and_billed_for_what_was_written(make
     invariant("alice")
 
 
+def _connections_held(pid: int, port: int) -> int:
+    """Established TCP connections to `port` whose socket process `pid` holds (/proc: inodes)."""
+    inodes = set()
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":
+            inodes.add(fields[9])
+    held = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        held += link.startswith("socket:[") and link[8:-1] in inodes
+    return held
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_two_workers_share_new_connections(db_url, tmp_path):
+    """Each worker has its own socket on the port (SO_REUSEPORT), so the kernel spreads
+    connections between them (one shared socket gave all 500 streams of a run to one worker)."""
+    gw = Gateway(base_env(db_url, tmp_path, WORKERS="2"), tmp_path / "gw.log")
+    conns = []
+    try:
+        children = f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children"
+        wait_for(lambda: len(open(children).read().split()) == 2, timeout=20)
+        workers = [int(pid) for pid in open(children).read().split()]
+        for _ in range(40):
+            sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")  # accepted and answered
+            conns.append(sock)
+        counts = [_connections_held(pid, gw.port) for pid in workers]
+        assert sum(counts) == 40 and min(counts) >= 5, counts  # P(< 5 of 40 | fair) ~ 1e-7
+    finally:
+        for sock in conns:
+            sock.close()
+        gw.stop()
+
+
 def test_supervisor_backs_off_then_gives_up(tmp_path):
     port = free_port()
     env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "WORKERS": "2", "DATA_DIR": str(tmp_path),
