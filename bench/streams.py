@@ -1,7 +1,8 @@
 """`make bench-streams`: N concurrent paced streams (default 1000, 40 tokens 50 ms apart) against a
 chunked paced upstream, direct and through one gateway process with its default settings
 (PostgreSQL, Redis, auth, billing, limits on); wall time, first-token p50/p99, chunks out =
-chunks in, RSS and CPU. Writes bench/streams.md and bench/streams.json."""
+chunks in, RSS and CPU. Writes bench/streams.md and bench/streams.json (with
+BENCH_STREAM_WORKERS=N: bench/streams-workersN.*)."""
 from __future__ import annotations
 
 import asyncio
@@ -65,18 +66,29 @@ async def many(port: int, path: str, tokens: list[str | None]) -> tuple[list[dic
 
 
 class Sampler:
-    """Peak RSS and CPU seconds of one process, sampled while a run goes."""
+    """Peak RSS and CPU seconds of a process and its children (the workers when WORKERS > 1),
+    sampled while a run goes."""
 
     def __init__(self, pid: int):
         self.pid, self.peak, self.running = pid, 0.0, True
 
+    def pids(self) -> list[int]:
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        return [self.pid, *map(int, children)]
+
     def cpu(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def rss(self) -> float:
-        status = Path(f"/proc/{self.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+        total = 0
+        for pid in self.pids():
+            status = Path(f"/proc/{pid}/status").read_text()
+            total += int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
+        return total / 1024
 
     async def run(self) -> None:
         while self.running:
@@ -119,8 +131,9 @@ def render(res: dict) -> str:
             ("gateway CPU, s", "", g["cpu_s"], "")]
     lines = [f"# make bench-streams — {res['when']}", "",
              f"{res['streams']} concurrent streams of {TOKENS} tokens {int(INTERVAL * 1000)} ms apart, chunked "
-             f"upstream (bench/stream_upstream.py, asyncio); the gateway is one process with its default "
-             f"settings, PostgreSQL and Redis, auth, billing and limits on; streams spread over "
+             f"upstream (bench/stream_upstream.py, asyncio); the gateway is "
+             f"{'one process' if res.get('workers', 1) == 1 else str(res['workers']) + ' worker processes'} "
+             f"with its default settings, PostgreSQL and Redis, auth, billing and limits on; streams spread over "
              f"{ACCOUNTS} accounts. Machine: {res['versions']['machine']}.", "",
              "| | direct | gateway | note |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {n} |" for a, b, c, n in rows]
@@ -151,13 +164,14 @@ def main() -> None:
         asyncio.run(many(up, "/v1/chat/completions", [None] * 20))  # warm-up
         asyncio.run(many(gw, "/v1/chat/completions", tokens[:ACCOUNTS]))  # accounts created, pools warm
         direct, wall = asyncio.run(many(up, "/v1/chat/completions", [None] * STREAMS))
-        res = {"streams": STREAMS, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        res = {"streams": STREAMS, "workers": int(env.get("WORKERS", 1)), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "versions": versions(), "direct": summary(direct, wall),
                "gateway": asyncio.run(gateway_run(gw, gateway.pid, tokens))}
     finally:
         stack.stop()
-    (ROOT / "bench" / "streams.json").write_text(json.dumps(res, indent=1) + "\n")
-    (ROOT / "bench" / "streams.md").write_text(render(res))
+    name = "streams" if res["workers"] == 1 else f"streams-workers{res['workers']}"
+    (ROOT / "bench" / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")
+    (ROOT / "bench" / f"{name}.md").write_text(render(res))
     sys.stdout.write(render(res))
 
 
