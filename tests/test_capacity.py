@@ -176,6 +176,28 @@ def test_a_client_that_stops_reading_is_cut_and_billed_for_what_was_written(make
     invariant("alice")
 
 
+def test_calls_waiting_on_the_provider_hold_no_pooled_connection(make_app, live_factory, hanging):
+    """Four non-streaming calls wait on a slow provider with two pooled connections: each gave
+    its connection back once it held, so all four reach the provider and the account page is
+    answered meanwhile (before: the third call waited for the pool while two slept on theirs)."""
+    live = live_factory(make_app(DB_POOL_SIZE=2))
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(post(live.url))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: len(hanging.arrived) == 4, timeout=10)
+        page = requests.get(f"{live.url}/api/v1/account", headers=auth(), timeout=10)
+        assert page.status_code == 200
+    finally:
+        hanging.set()
+        for t in threads:
+            t.join(30)
+    assert [r.status_code for r in results] == [200] * 4
+    wait_for(lambda: len(charges("alice")) == 4 and holds() == 0)
+    invariant("alice")
+
+
 def _connections_held(pid: int, port: int) -> int:
     """Established TCP connections to `port` whose socket process `pid` holds (/proc: inodes)."""
     inodes = set()
