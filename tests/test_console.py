@@ -15,7 +15,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from werkzeug import Response
 
 from config.settings import ROOT
-from service.db import AIModel, ApiKey
+from service.db import AIModel, ApiKey, ConsoleSession
 from tests.conftest import token
 from tests.fakes import openai as fake_openai
 from tests.helpers import charges, holds
@@ -158,7 +158,28 @@ def test_headers_languages_and_the_off_switch(site, make_app, live_factory):
     csp = page.headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
     assert not re.search(r"<script>(?!</script>)", page.text)  # no inline script anywhere
-    bad = requests.post(f"{site.url}/console/login", data={"credential": "sk-nope"})
+    visitor = requests.Session()
+    form = visitor.get(f"{site.url}/console/login").text
+    field = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+    bad = visitor.post(f"{site.url}/console/login", data={"credential": "sk-nope", "csrf_token": field})
     assert bad.status_code == 401 and "Invalid API key" in bad.text
     off = live_factory(make_app(CONSOLE_ENABLED=False))
     assert requests.get(f"{off.url}/console/login").status_code == 404
+
+
+def test_a_sign_in_posted_from_another_site_is_refused(site):
+    """Login CSRF: a form on another site signs the victim in as the attacker. Without the
+    sign-in form's cookie (SameSite=Strict: never sent from another site), or with a field that
+    does not match it, nothing is signed in and no session is written."""
+    attacker = token("mallory")
+    forged = requests.post(f"{site.url}/console/login", data={"credential": attacker}, allow_redirects=False)
+    assert forged.status_code == 403 and "tollgate_console" not in forged.cookies
+    guessed = requests.post(f"{site.url}/console/login", data={"credential": attacker, "csrf_token": "x" * 43},
+                            cookies={"tollgate_login": "y" * 43}, allow_redirects=False)
+    assert guessed.status_code == 403 and ConsoleSession.select().count() == 0
+    visitor = requests.Session()  # the real form, cookie and field together: signed in
+    field = re.search(r'name="csrf_token" value="([^"]+)"',
+                      visitor.get(f"{site.url}/console/login").text).group(1)
+    signed = visitor.post(f"{site.url}/console/login", data={"credential": attacker, "csrf_token": field},
+                          allow_redirects=False)
+    assert signed.status_code == 302 and ConsoleSession.select().count() == 1

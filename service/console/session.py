@@ -13,6 +13,7 @@ from service.auth import Caller, _from_jwt, _from_key
 from service.db import ConsoleSession, utcnow
 
 COOKIE = "tollgate_console"
+LOGIN_COOKIE = "tollgate_login"  # the sign-in form's token (double submit: cookie and field)
 
 
 def _hash(token: str) -> str:
@@ -57,3 +58,12 @@ def sign_out() -> None:
 
 def csrf_ok(row: ConsoleSession, sent: str | None) -> bool:
     return bool(sent) and hmac.compare_digest(row.csrf, sent)
+
+
+def new_login_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def login_token_ok(cookie: str | None, sent: str | None) -> bool:
+    """The sign-in form came from this site: its field matches the cookie set with the form."""
+    return bool(cookie) and bool(sent) and hmac.compare_digest(cookie, sent)

@@ -64,18 +64,33 @@ def _credits_filter(micro):
     return credits(micro)
 
 
+def _login_page(status: int = 200, **values):
+    """The sign-in form with a fresh token, also set in a cookie only this site's pages send back:
+    a sign-in posted from another site (to log the victim into the attacker's account) has no
+    cookie and is refused."""
+    token = session.new_login_token()
+    body, status = page("login.html", status, login_token=token, **values)
+    response = current_app.make_response((body, status))
+    response.set_cookie(session.LOGIN_COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure,
+                        path="/console/login", max_age=3600)
+    return response
+
+
 @bp.get("/login")
 def login():
-    return page("login.html")
+    return _login_page()
 
 
 @bp.post("/login")
 def login_post():
+    if not session.login_token_ok(request.cookies.get(session.LOGIN_COOKIE), request.form.get("csrf_token")):
+        return _login_page(403, error=i18n.t("bad_csrf"))
     try:
         token, _ = session.sign_in(request.form.get("credential", ""))
     except GatewayError as err:
-        return page("login.html", 401, error=err.message)
+        return _login_page(401, error=err.message)
     response = redirect(url_for("console.overview"))
+    response.delete_cookie(session.LOGIN_COOKIE, path="/console/login")
     response.set_cookie(session.COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure,
                         path="/console", max_age=current_app.config.get("CONSOLE_SESSION_HOURS", 12) * 3600)
     return response
