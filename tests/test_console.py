@@ -8,6 +8,7 @@ import re
 import pytest
 import requests
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
@@ -46,7 +47,9 @@ def browser(tmp_path):
 
 
 def wait(driver, condition, seconds: float = 15):
-    return WebDriverWait(driver, seconds).until(condition)
+    # a page being replaced may answer a lookup with "Node ... does not belong to the document"
+    # (Chromium 156): polled again, like a missing element; the condition must still come true
+    return WebDriverWait(driver, seconds, ignored_exceptions=(WebDriverException,)).until(condition)
 
 
 def shot(driver, name: str) -> None:
@@ -98,7 +101,9 @@ def test_an_operators_top_up_appears_on_the_users_page(site, browser):
     browser.find_element(By.LINK_TEXT, "alice").click()
     browser.find_element(By.ID, "amount").send_keys("5.5")
     browser.find_element(By.ID, "note").send_keys("thanks")
+    before = browser.find_element(By.ID, "balance")
     browser.find_element(By.CSS_SELECTOR, "#top-up button").click()
+    wait(browser, ready.staleness_of(before))  # the page after the post, not the one before
     wait(browser, ready.text_to_be_present_in_element((By.ID, "balance"), "105.5"))
     shot(browser, "admin-account")
     browser.get(f"{site.url}/console/admin/models")
