@@ -62,6 +62,7 @@ bench-peer: install-test services wrk
 	@test -x $(PEER_VENV)/bin/litellm || { echo "bench-peer: installing litellm[proxy]==$(LITELLM_VERSION) into $(PEER_VENV)"; \
 	  $(PYTHON) -m venv $(PEER_VENV) && $(PEER_VENV)/bin/pip install -q 'litellm[proxy]==$(LITELLM_VERSION)'; }
 	BENCH_PEER=$(PEER_VENV)/bin/litellm $(PY) -m bench.run
+	BENCH_PEER=$(PEER_VENV)/bin/litellm $(PY) -m bench.streams
 
 wrk:
 	@command -v wrk >/dev/null 2>&1 || { echo "bench: installing wrk from Debian's packages"; \

@@ -2,14 +2,17 @@
 chunked paced upstream, direct and through one gateway process with its default settings
 (PostgreSQL, Redis, auth, billing, limits on); wall time, first-token p50/p99, chunks out =
 chunks in, RSS and CPU. Writes bench/streams.md and bench/streams.json (with
-BENCH_STREAM_WORKERS=N: bench/streams-workersN.*)."""
+BENCH_STREAM_WORKERS=N: bench/streams-workersN.*). With BENCH_PEER (`make bench-peer`), LiteLLM's
+proxy runs the same streams after the gateway: bench/streams-peer.*."""
 from __future__ import annotations
 
 import asyncio
 import json
 import os
 import re
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -17,7 +20,8 @@ from pathlib import Path
 
 import jwt
 
-from bench.run import PY, ROOT, Stack, await_port, flask, free_port, gateway_env, prepare_database, versions
+from bench.run import (PEER, PEER_KEY, PY, ROOT, Stack, await_port, flask, free_port, gateway_env, litellm,
+                       prepare_database, versions)
 
 STREAMS = int(os.environ.get("BENCH_STREAMS", "1000"))
 TOKENS = int(os.environ.get("BENCH_TOKENS", "40"))
@@ -119,25 +123,49 @@ async def gateway_run(port: int, pid: int, tokens: list[str]) -> dict:
 
 
 def render(res: dict) -> str:
-    d, g = res["direct"], res["gateway"]
+    d, g, peer = res["direct"], res["gateway"], res.get("litellm")
     added = round(g["ttft_p99_ms"] - d["ttft_p99_ms"], 1)
-    rows = [("wall time, s", d["wall_s"], g["wall_s"], f"within 1.5× of direct: {g['wall_s'] / d['wall_s']:.2f}×"),
-            ("first token p50, ms", d["ttft_p50_ms"], g["ttft_p50_ms"], ""),
-            ("first token p99, ms", d["ttft_p99_ms"], g["ttft_p99_ms"], f"added p99 {added} ms (target < 250)"),
-            ("streams complete", d["complete"], g["complete"], f"of {res['streams']}"),
-            ("chunks out / in", f"{d['chunks_out']} / {d['chunks_in']}", f"{g['chunks_out']} / {g['chunks_in']}", ""),
-            ("statuses", d["statuses"], g["statuses"], ""),
-            ("gateway RSS peak / after, MB", "", f"{g['rss_peak_mb']} / {g['rss_idle_mb']}", "target < 300"),
-            ("gateway CPU, s", "", g["cpu_s"], "")]
-    lines = [f"# make bench-streams — {res['when']}", "",
+    p = peer or {}
+    rows = [("wall time, s", d["wall_s"], g["wall_s"], p.get("wall_s"),
+             f"within 1.5× of direct: {g['wall_s'] / d['wall_s']:.2f}×"),
+            ("first token p50, ms", d["ttft_p50_ms"], g["ttft_p50_ms"], p.get("ttft_p50_ms"), ""),
+            ("first token p99, ms", d["ttft_p99_ms"], g["ttft_p99_ms"], p.get("ttft_p99_ms"),
+             f"added p99 {added} ms (target < 250)"),
+            ("streams complete", d["complete"], g["complete"], p.get("complete"), f"of {res['streams']}"),
+            ("chunks out / in", f"{d['chunks_out']} / {d['chunks_in']}", f"{g['chunks_out']} / {g['chunks_in']}",
+             f"{p['chunks_out']} / {p['chunks_in']}" if peer else None, ""),
+            ("statuses", d["statuses"], g["statuses"], p.get("statuses"), ""),
+            ("RSS peak / after, MB", "", f"{g['rss_peak_mb']} / {g['rss_idle_mb']}",
+             f"{p['rss_peak_mb']} / {p['rss_idle_mb']}" if peer else None, "target < 300"),
+            ("CPU, s", "", g["cpu_s"], p.get("cpu_s"), "")]
+    lines = [f"# make {'bench-peer' if peer else 'bench-streams'} (streams) — {res['when']}", "",
              f"{res['streams']} concurrent streams of {TOKENS} tokens {int(INTERVAL * 1000)} ms apart, chunked "
              f"upstream (bench/stream_upstream.py, asyncio); the gateway is "
              f"{'one process' if res.get('workers', 1) == 1 else str(res['workers']) + ' worker processes'} "
              f"with its default settings, PostgreSQL and Redis, auth, billing and limits on; streams spread over "
-             f"{ACCOUNTS} accounts. Machine: {res['versions']['machine']}.", "",
-             "| | direct | gateway | note |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {n} |" for a, b, c, n in rows]
+             f"{ACCOUNTS} accounts. Machine: {res['versions']['machine']}.", ""]
+    if peer:
+        lines += [f"LiteLLM {res['versions'].get('litellm', '?')}: its proxy from its own virtual environment, "
+                  "1 uvicorn worker, master key on, no database, logging off, on the same upstream, "
+                  "after the gateway was stopped.", ""]
+        lines += ["| | direct | gateway | LiteLLM proxy | note |", "|---|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} | {q} | {n} |" for a, b, c, q, n in rows]
+    else:
+        lines += ["| | direct | gateway | note |", "|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} | {n} |" for a, b, c, _, n in rows]
     return "\n".join(lines) + "\n"
+
+
+async def peer_run(stack: Stack, up: int) -> tuple[dict, str]:
+    """LiteLLM's proxy on the same upstream, the same streams (`make bench-peer`)."""
+    port = free_port()
+    proc = litellm(stack, port, up, up)
+    await asyncio.gather(*(one_stream(port, "/v1/chat/completions", PEER_KEY, b"[DONE]") for _ in range(20)))
+    out = await gateway_run(port, proc.pid, [PEER_KEY] * STREAMS)
+    version = subprocess.run([str(Path(PEER).parent / "python"), "-c",
+                              "import importlib.metadata as m; print(m.version('litellm'))"],
+                             capture_output=True, text=True).stdout.strip()
+    return out, version
 
 
 def main() -> None:
@@ -167,9 +195,14 @@ def main() -> None:
         res = {"streams": STREAMS, "workers": int(env.get("WORKERS", 1)), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "versions": versions(), "direct": summary(direct, wall),
                "gateway": asyncio.run(gateway_run(gw, gateway.pid, tokens))}
+        if PEER:  # the gateway stopped first: LiteLLM alone on the machine with the upstream
+            os.killpg(gateway.pid, signal.SIGTERM)
+            gateway.wait(30)
+            res["litellm"], res["versions"]["litellm"] = asyncio.run(peer_run(stack, up))
     finally:
         stack.stop()
     name = "streams" if res["workers"] == 1 else f"streams-workers{res['workers']}"
+    name += "-peer" if PEER else ""
     (ROOT / "bench" / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")
     (ROOT / "bench" / f"{name}.md").write_text(render(res))
     sys.stdout.write(render(res))
