@@ -33,7 +33,7 @@ class _WakingPool:
                         left = deadline - time.monotonic()
                         if left <= 0:
                             raise
-                        self._freed.wait(left)
+                        self._freed.wait(None if left == float("inf") else left)  # timeout=0: for ever
 
     def discard(self) -> None:
         """Close this thread's connection for good (after an error it may be dead). peewee's
