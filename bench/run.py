@@ -174,6 +174,13 @@ def litellm(stack: Stack, port: int, static_port: int, paced_port: int) -> subpr
     return proc
 
 
+def litellm_version() -> str:
+    """The version installed in LiteLLM's own virtual environment."""
+    return subprocess.run([str(Path(PEER).parent / "python"), "-c",
+                           "import importlib.metadata as m; print(m.version('litellm'))"],
+                          capture_output=True, text=True).stdout.strip()
+
+
 def peer(stack: Stack, ports: dict, results: dict) -> None:
     """LiteLLM's turn, last: started only now and stopped after, so its idle background work does
     not take CPU from the other measurements."""
@@ -183,9 +190,7 @@ def peer(stack: Stack, ports: dict, results: dict) -> None:
     results["load"]["litellm proxy"] = {c: wrk(url, c, headers["Authorization"]) for c in CONCURRENCY}
     stream_lags(url, headers, 3)
     results["stream"]["litellm proxy"] = stream_lags(url, headers, 60)
-    results["versions"]["litellm"] = subprocess.run(
-        [str(Path(PEER).parent / "python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
-        capture_output=True, text=True).stdout.strip()
+    results["versions"]["litellm"] = litellm_version()
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(30)
 

@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import jwt
 
 from bench.run import (PEER, PEER_KEY, PY, ROOT, Stack, await_port, flask, free_port, gateway_env, litellm,
-                       prepare_database, versions)
+                       litellm_version, prepare_database, versions)
 
 STREAMS = int(os.environ.get("BENCH_STREAMS", "1000"))
 TOKENS = int(os.environ.get("BENCH_TOKENS", "40"))
@@ -109,7 +108,8 @@ def summary(results: list[dict], wall: float) -> dict:
             "chunks_in": TOKENS * len(results), "chunks_out": sum(r["chunks"] for r in results)}
 
 
-async def gateway_run(port: int, pid: int, tokens: list[str]) -> dict:
+async def sampled_run(port: int, pid: int, tokens: list[str]) -> dict:
+    """One stream per token against `port`, with the RSS and CPU of process `pid` and its children."""
     sampler = Sampler(pid)
     task = asyncio.create_task(sampler.run())
     cpu = sampler.cpu()
@@ -161,11 +161,7 @@ async def peer_run(stack: Stack, up: int) -> tuple[dict, str]:
     port = free_port()
     proc = litellm(stack, port, up, up)
     await asyncio.gather(*(one_stream(port, "/v1/chat/completions", PEER_KEY, b"[DONE]") for _ in range(20)))
-    out = await gateway_run(port, proc.pid, [PEER_KEY] * STREAMS)
-    version = subprocess.run([str(Path(PEER).parent / "python"), "-c",
-                              "import importlib.metadata as m; print(m.version('litellm'))"],
-                             capture_output=True, text=True).stdout.strip()
-    return out, version
+    return await sampled_run(port, proc.pid, [PEER_KEY] * STREAMS), litellm_version()
 
 
 def main() -> None:
@@ -194,7 +190,7 @@ def main() -> None:
         direct, wall = asyncio.run(many(up, "/v1/chat/completions", [None] * STREAMS))
         res = {"streams": STREAMS, "workers": int(env.get("WORKERS", 1)), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "versions": versions(), "direct": summary(direct, wall),
-               "gateway": asyncio.run(gateway_run(gw, gateway.pid, tokens))}
+               "gateway": asyncio.run(sampled_run(gw, gateway.pid, tokens))}
         if PEER:  # the gateway stopped first: LiteLLM alone on the machine with the upstream
             os.killpg(gateway.pid, signal.SIGTERM)
             gateway.wait(30)

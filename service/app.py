@@ -15,13 +15,13 @@ from config import settings
 from service import alerts, billing, idempotency, migrations
 from service.breaker import Breakers
 from service.cache import Cache
-from service.db import give_back, open_database
+from service.db import db, give_back, open_database
 from service.journal import Journal
 from service.jsonout import ExactJSONProvider
 from service.slots import Slots
 from service.metrics import ALERTS
 from service.errors import keep_error_headers, register_error_handlers
-from service.extensions import cors, db, jwt, limiter
+from service.extensions import cors, jwt, limiter
 from service.limit_storage import OneTripRedisStorage
 from service.limits import TokenBudget
 from service.registry import Registry

@@ -4,10 +4,8 @@ from __future__ import annotations
 from flask_cors import CORS
 from flask_jwt_extended import JWTManager
 from flask_limiter import Limiter
-from service.db import db  # noqa: F401 - the app binds it with the extensions
-from service.limits import limit_key
 
-__all__ = ["db", "jwt", "cors", "limiter"]
+from service.limits import limit_key
 
 jwt = JWTManager()
 cors = CORS()

@@ -31,8 +31,7 @@ class _LiveState:
         self.app = app
 
     def collect(self):
-        from service.db import Hold
-        from service.db import db
+        from service.db import Hold, db
 
         ext = self.app.extensions["tollgate"]
         breakers = GaugeMetricFamily("tollgate_breaker_state", "0 closed, 1 half-open, 2 open",

@@ -125,7 +125,7 @@ def _call(chat, conf, embedding: bool = False) -> Call:
             raise ProviderUnavailable(f"{model.provider} is not configured on this gateway "
                                       f"({model.api_key_env} is not set)",
                                       code=f"{model.provider.lower()}_unavailable")
-    base = model.base_url or (conf.get(adapter.base_setting) if adapter.base_setting else None) or adapter.default_base
+    base = model.base_url or conf.get(adapter.base_setting) or adapter.default_base
     return Call(adapter, chat, base.rstrip("/"), api_key, model.connect_timeout or conf["UPSTREAM_CONNECT_TIMEOUT"],
                 model.read_timeout or conf["UPSTREAM_READ_TIMEOUT"])
 

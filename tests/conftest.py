@@ -11,8 +11,7 @@ import redis
 from pytest_httpserver import HTTPServer
 
 from service import create_app
-from service.db import SchemaVersion, TABLES, is_postgres
-from service.extensions import db
+from service.db import SchemaVersion, TABLES, db, is_postgres
 from tests.fakes import openai as fake_openai
 
 SECRET = "test-secret-key-that-is-long-enough-for-hs256"

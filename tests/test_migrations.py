@@ -5,10 +5,8 @@ from service import billing, migrations
 from service.auth import create_key
 from service.db import (
     AIModel, Account, AlertOutbox, ApiKey, ConsoleSession, IdempotentCall, LedgerEntry, ModelPrice, SchemaVersion, StoredResponse,
-    TABLES,
-    open_database,
+    TABLES, db, open_database,
 )
-from service.extensions import db
 
 
 def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):

@@ -11,8 +11,7 @@ from werkzeug import Response
 
 from service import billing
 from service.app import keep_money
-from service.db import Hold, open_database
-from service.extensions import db
+from service.db import Hold, db, open_database
 from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
 from tests.fakes.tcp_proxy import TcpProxy

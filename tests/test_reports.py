@@ -9,8 +9,7 @@ import tracemalloc
 
 import pytest
 
-from service.db import Account, LedgerEntry
-from service.extensions import db
+from service.db import Account, LedgerEntry, db
 from tests.conftest import auth
 
 DAY = dt.datetime(2026, 3, 1, 12, 0)

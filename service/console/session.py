@@ -56,8 +56,12 @@ def sign_out() -> None:
         ConsoleSession.delete().where(ConsoleSession.token_hash == _hash(token)).execute()
 
 
+def _matches(expected: str | None, sent: str | None) -> bool:
+    return bool(expected) and bool(sent) and hmac.compare_digest(expected, sent)
+
+
 def csrf_ok(row: ConsoleSession, sent: str | None) -> bool:
-    return bool(sent) and hmac.compare_digest(row.csrf, sent)
+    return _matches(row.csrf, sent)
 
 
 def new_login_token() -> str:
@@ -66,4 +70,4 @@ def new_login_token() -> str:
 
 def login_token_ok(cookie: str | None, sent: str | None) -> bool:
     """The sign-in form came from this site: its field matches the cookie set with the form."""
-    return bool(cookie) and bool(sent) and hmac.compare_digest(cookie, sent)
+    return _matches(cookie, sent)
