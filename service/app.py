@@ -13,6 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import settings
 from service import alerts, billing, idempotency, migrations
+from service.admission import Admission, add_headers
 from service.breaker import Breakers
 from service.cache import Cache
 from service.db import db, give_back, open_database
@@ -41,6 +42,7 @@ class Tollgate:
     journal: Journal
     owner: str  # this process, as the owner of the holds its calls take
     slots: Slots
+    admission: Admission
     stopping: threading.Event = field(default_factory=threading.Event)  # set: end open streams
     accounts: dict = field(default_factory=dict)  # account name -> Caller (ids never change)
     verified: dict = field(default_factory=dict)  # JWT -> its verified claims
@@ -137,6 +139,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.teardown_appcontext(_give_back_connection)
 
     app.after_request(keep_error_headers)  # before the limiter's, so it runs after it
+    app.after_request(add_headers)  # the chat call's rate-limit headers (service/admission.py)
     jwt.init_app(app)
     cors.init_app(app, origins=conf["CORS_ORIGINS"], expose_headers=[
         "X-Request-ID", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"])
@@ -147,12 +150,13 @@ def create_app(overrides: dict | None = None) -> Flask:
     # flask-limiter retries a dead Redis on its own backoff (up to 32 s); our cache notices sooner
     cache.on_recovery.append(lambda: setattr(limiter, "_storage_dead", False))
     owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    budget = TokenBudget(conf.get("TOKEN_LIMIT_PER_MINUTE", 0), conf["REDIS_URL"], cache)
+    slots = Slots(cache, conf["CONCURRENCY_LEASE_SECONDS"])
     app.extensions["tollgate"] = Tollgate(
         cache, Registry(cache),
         Transport(conf["WAITRESS_THREADS"] * 2, conf["UPSTREAM_RETRIES"], conf["UPSTREAM_BACKOFF"],
                   Breakers(conf["BREAKER_THRESHOLD"], conf["BREAKER_COOLDOWN"])),
-        TokenBudget(conf.get("TOKEN_LIMIT_PER_MINUTE", 0), conf["REDIS_URL"], cache),
-        Journal(conf["DATA_DIR"], owner), owner, Slots(cache, conf["CONCURRENCY_LEASE_SECONDS"]))
+        budget, Journal(conf["DATA_DIR"], owner), owner, slots, Admission(cache, slots, budget))
 
     from service import account, admin, catalog, chat, cli, embeddings, health, messages, observe, responses
 

@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from core import chat as chat_request
 from core import transcript
-from service import idempotency, observe, relay
+from service import admission, idempotency, observe, relay
 from service.auth import authenticate
 from service.body import json_object
 from service.errors import Forbidden, InvalidRequest
@@ -15,9 +15,7 @@ from service.db import give_back
 from service.extensions import limiter
 from service.registry import CHAT_MAX_AGE
 from service.slots import Cap
-from service.limits import (
-    default_limit, key_key, key_limit, model_key, model_limit, no_key_limit, no_model_limit,
-)
+from service.limits import limit_key
 
 bp = Blueprint("chat", __name__)
 STREAM_PATH = "/api/chat/stream"
@@ -54,12 +52,45 @@ def prepare_body(body: dict, force_stream: bool = False) -> None:
 @bp.post("/api/v1/chat/completions")
 @bp.post("/v1/chat/completions")
 @bp.post(STREAM_PATH)
-@limiter.limit(key_limit, key_func=key_key, exempt_when=no_key_limit)
-@limiter.limit(model_limit, key_func=model_key, exempt_when=no_model_limit)
-@limiter.limit(default_limit)
 def completions():
-    chat, ext, conf = g.chat, current_app.extensions["tollgate"], current_app.config
-    return idempotently(chat, lambda: _call(chat, ext, conf))
+    return admitted(g.chat, chat_rates())
+
+
+@limiter.request_filter
+def _admitted_here() -> bool:
+    """flask-limiter skips the chat call's routes: admitted() takes their limits."""
+    return request.blueprint in ("chat", "messages", "responses")
+
+
+def chat_rates() -> list[admission.Rate]:
+    """The chat call's rate limits, keyed as flask-limiter keys them: the default (per account),
+    the model's rpm (per account per model) and the API key's rpm."""
+    conf, caller, model, key = current_app.config, limit_key(), g.model, g.api_key
+    specs = [(conf["RATE_LIMIT_DEFAULT"], caller)]
+    if model.rpm:
+        specs.append((f"{model.rpm}/minute", f"{caller}:model:{model.id}"))
+    if key is not None and key.rpm:
+        specs.append((f"{key.rpm}/minute", f"{caller}:key:{key.id}"))
+    return admission.rates(specs, conf["RATELIMIT_KEY_PREFIX"], request.endpoint)
+
+
+def admitted(req, rates: list[admission.Rate], answer=relay.complete):
+    """The call past its rate limits, token budget and caps (one Redis round trip), then run once
+    per idempotency key; its slots are given back however it ends."""
+    ext, conf = current_app.extensions["tollgate"], current_app.config
+    lease = ext.admission.admit(req.request_id, rates, g.account.name, caps(g.account, g.api_key, conf))
+    ran = False
+
+    def run():
+        nonlocal ran
+        ran = True
+        return _call(req, ext, conf, lease, answer)
+
+    try:
+        return idempotently(req, run)
+    finally:
+        if not ran:  # a replayed answer, or a refused idempotency key
+            ext.slots.give_back(lease)
 
 
 def idempotently(chat, run):
@@ -115,16 +146,14 @@ def _recorded(events, account_id: int, key: str):
             give_back()
 
 
-def _call(chat, ext, conf, answer=relay.complete):
-    """The call under the caller's budget and concurrency caps: answer(chat, ctx) for a body, or
-    the stream."""
+def _call(chat, ext, conf, lease, answer):
+    """The admitted call: answer(chat, ctx) for a body, or the stream; the lease is given back
+    when it ends."""
     name = g.account.name
-    ext.budget.check(name)
     record = observe.outcome()
     record.update(request_id=chat.request_id, model=chat.model.name)
     ctx = relay.Context(g.account.id, ext, conf, lambda tokens: ext.budget.spend(name, tokens), record)
     headers = {"X-Request-ID": chat.request_id}
-    lease = ext.slots.take(chat.request_id, caps(g.account, g.api_key, conf))
     if not chat.stream:
         try:
             return answer(chat, ctx), 200, headers

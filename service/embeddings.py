@@ -44,5 +44,4 @@ def prepare() -> None:
 @limiter.limit(model_limit, key_func=model_key, exempt_when=no_model_limit)
 @limiter.limit(default_limit)
 def create():
-    req, ext, conf = g.chat, current_app.extensions["tollgate"], current_app.config
-    return chat.idempotently(req, lambda: chat._call(req, ext, conf, relay.embed))
+    return chat.admitted(g.chat, [], relay.embed)  # its rate limits: flask-limiter's, above

@@ -69,17 +69,20 @@ class TokenBudget:
                 self.cache.failed(exc)
         return fn(self.local)
 
-    def check(self, account: str) -> None:
-        """429 once this minute's tokens are spent."""
-        if self.item is None:
-            return
-        key = f"tpm:{account}"
-        if self._run(lambda lim: lim.test(self.item, key)):
-            return
-        reset = self._run(lambda lim: lim.get_window_stats(self.item, key)).reset_time
-        wait = max(1, math.ceil(reset - time.time()))
-        raise RateLimited(f"Token limit exceeded: {self.item.amount} tokens per minute",
-                          headers={"Retry-After": str(wait)})
+    def key(self, account: str) -> str:
+        """The counter's key (limits' fixed window key for this account)."""
+        return self.item.key_for(f"tpm:{account}")
+
+    def refusal(self, wait: int) -> RateLimited:
+        return RateLimited(f"Token limit exceeded: {self.item.amount} tokens per minute",
+                           headers={"Retry-After": str(wait)})
+
+    def local_wait(self, account: str) -> int:
+        """0 while this minute's tokens last (counted in process), else the seconds to wait."""
+        if self.item is None or self.local.test(self.item, f"tpm:{account}"):
+            return 0
+        reset = self.local.get_window_stats(self.item, f"tpm:{account}").reset_time
+        return max(1, math.ceil(reset - time.time()))
 
     def spend(self, account: str, tokens: int) -> None:
         if self.item is not None and tokens > 0:

@@ -14,20 +14,23 @@ from dataclasses import dataclass, field
 
 from core.errors import RateLimited
 
-# KEYS: one sorted set per cap; ARGV: request id, lease seconds, then each cap's limit.
-# Returns 0 when every slot was taken, else the 1-based index of the cap that is full.
-ACQUIRE = """
-local now = redis.call('TIME')
-local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
-for i, key in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', t)
-  if redis.call('ZCARD', key) >= tonumber(ARGV[2 + i]) then return i end
+# Takes a slot under every cap or none: 0, else the 1-based index of the cap that is full.
+# (service/admission.py runs it in the same script as the call's rate limits.)
+TAKE_SLOTS = """
+local function take_slots(keys, rid, lease, limits)
+  if #keys == 0 then return 0 end
+  local now = redis.call('TIME')
+  local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+  for i, key in ipairs(keys) do
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', t)
+    if redis.call('ZCARD', key) >= tonumber(limits[i]) then return i end
+  end
+  for _, key in ipairs(keys) do
+    redis.call('ZADD', key, t + lease, rid)
+    redis.call('EXPIRE', key, math.ceil(lease) + 60)
+  end
+  return 0
 end
-for _, key in ipairs(KEYS) do
-  redis.call('ZADD', key, t + tonumber(ARGV[2]), ARGV[1])
-  redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[2])) + 60)
-end
-return 0
 """
 # KEYS: sorted sets; ARGV: lease seconds, then one request id per key: push each lease's end.
 RENEW = """
@@ -64,42 +67,26 @@ class Slots:
     """Take, renew and give back the slots of calls in flight."""
 
     def __init__(self, cache, lease_seconds: float, prefix: str = "tollgate:inflight:"):
-        self.cache, self.lease, self.prefix = cache, lease_seconds, prefix
+        self.cache, self.lease_seconds, self.prefix = cache, lease_seconds, prefix
         self._lock = threading.Lock()
         self._local: dict[str, set] = {}  # cap key -> request ids (in process)
         self._open: dict[str, Lease] = {}  # this process's leases, for renewal
         client = cache.client
-        self._acquire = client.register_script(ACQUIRE) if client is not None else None
         self._renew = client.register_script(RENEW) if client is not None else None
 
-    def take(self, rid: str, caps: list[Cap]) -> Lease | None:
-        """A slot under each cap, or 429 `concurrency_limit_exceeded` naming the full cap."""
+    def lease(self, rid: str, caps: list[Cap]) -> Lease | None:
+        """The slots a call needs (none when no cap is set); taken by service/admission.py."""
         caps = [c for c in caps if c.limit > 0]
-        if not caps:
-            return None
-        lease = Lease(rid, caps, keys=[self.prefix + c.key for c in caps])
-        full = self._take_remote(lease) if self._acquire is not None and self.cache.up else None
-        if full is None:
-            full = self._take_local(lease)
-        if full:
-            cap = caps[full - 1]
-            raise ConcurrencyLimited(f"Too many calls in flight for {cap.label}: at most {cap.limit} "
-                                     "at once; retry when one finishes", headers={"Retry-After": "1"})
-        with self._lock:
-            self._open[rid] = lease
-        return lease
+        return Lease(rid, caps, keys=[self.prefix + c.key for c in caps]) if caps else None
 
-    def _take_remote(self, lease: Lease) -> int | None:
-        try:
-            full = int(self._acquire(keys=lease.keys, args=[lease.rid, self.lease,
-                                                            *[c.limit for c in lease.caps]]))
-        except Exception as exc:  # noqa: BLE001 - Redis down: count in process instead
-            self.cache.failed(exc)
-            return None
-        lease.remote = not full
-        return full
+    def opened(self, lease: Lease | None) -> None:
+        """The lease was taken: renewed on every tick until it is given back."""
+        if lease is not None:
+            with self._lock:
+                self._open[lease.rid] = lease
 
-    def _take_local(self, lease: Lease) -> int:
+    def take_local(self, lease: Lease) -> int:
+        """A slot under each cap counted in process: 0, else the 1-based index of the full cap."""
         with self._lock:
             for i, cap in enumerate(lease.caps):
                 if len(self._local.get(cap.key, ())) >= cap.limit:
@@ -139,6 +126,6 @@ class Slots:
         keys = [k for lease in remote for k in lease.keys]
         rids = [lease.rid for lease in remote for _ in lease.keys]
         try:
-            self._renew(keys=keys, args=[self.lease, *rids])
+            self._renew(keys=keys, args=[self.lease_seconds, *rids])
         except Exception as exc:  # noqa: BLE001 - retried on the next tick
             self.cache.failed(exc)

@@ -184,10 +184,17 @@ def live_factory():
 
 
 @pytest.fixture
-def limited(make_app, redis_url, upstream):
-    """An app on the real Redis with models m1 (rpm 2) and m2 behind a fake OpenAI upstream."""
+def store(request, redis_url):
+    """Where limits are counted: the real Redis (default), or in process (`memory`: no Redis)."""
+    return None if getattr(request, "param", "redis") == "memory" else redis_url
+
+
+@pytest.fixture
+def limited(make_app, store, upstream):
+    """An app on the real Redis (or counting in process, see `store`) with models m1 (rpm 2) and m2
+    behind a fake OpenAI upstream."""
     def build(**extra):
-        app = make_app(REDIS_URL=redis_url, **extra)
+        app = make_app(REDIS_URL=store, **extra)
         client = app.test_client()
         for row in ({"id": 1, "name": "m1", "rpm": 2}, {"id": 2, "name": "m2"}):
             r = client.post("/api/admin/models", headers=auth("root", True),

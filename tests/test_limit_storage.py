@@ -9,8 +9,6 @@ from limits.storage import RedisStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from service.limit_storage import OneTripRedisStorage
-from tests.conftest import auth
-from tests.test_limits import chat
 
 
 def evalsha_calls(client: redis.Redis) -> int:
@@ -61,16 +59,3 @@ def test_a_stale_or_other_keys_window_is_not_reused(redis_url):
     before = evalsha_calls(client)
     assert ours.get_moving_window("a", 10, 60)[1] == 2  # fresh: no round trip
     assert evalsha_calls(client) == before
-
-
-def test_a_limited_call_costs_one_redis_script_call(limited):
-    # concurrency caps off: this counts the rate limiter's own script calls
-    app, client = limited(RATE_LIMIT_DEFAULT="5/minute", MAX_CONCURRENT_PER_ACCOUNT=0)
-    chat(client)  # warm: catalogue caches, scripts loaded
-    r = redis.Redis.from_url(app.config["REDIS_URL"])
-    before = evalsha_calls(r)
-    remaining = [chat(client).headers["X-RateLimit-Remaining"] for _ in range(4)]
-    assert remaining == ["3", "2", "1", "0"]
-    assert evalsha_calls(r) - before == 4
-    assert chat(client).status_code == 429
-    assert chat(client, headers=auth("bob")).headers["X-RateLimit-Remaining"] == "4"

@@ -16,6 +16,7 @@ from tests.process import Gateway
 from tests.helpers import wait_for
 
 MSGS = [{"role": "user", "content": "hi"}]
+BOTH_STORES = pytest.mark.parametrize("store", ["redis", "memory"], indirect=True)
 
 
 def chat(client, model="m2", headers=None, **extra):
@@ -30,6 +31,7 @@ def assert_429(r):
     assert int(r.headers["Retry-After"]) >= 1
 
 
+@BOTH_STORES
 def test_default_limit_with_headers_and_retry_after(limited):
     app, client = limited(RATE_LIMIT_DEFAULT="3/minute")
     first = chat(client)
@@ -43,10 +45,12 @@ def test_default_limit_with_headers_and_retry_after(limited):
     assert_429(r)
     assert r.json["error"]["code"] == "rate_limit_exceeded" and 50 <= int(r.headers["Retry-After"]) <= 60
     assert chat(client, headers=auth("other")).status_code == 200  # per account
-    keys = redis.Redis.from_url(app.config["REDIS_URL"]).keys("*")
-    assert [k for k in keys if k.startswith(b"LIMITS:") and b"tollgate" in k], keys
+    if app.config["REDIS_URL"]:
+        keys = redis.Redis.from_url(app.config["REDIS_URL"]).keys("*")
+        assert [k for k in keys if k.startswith(b"LIMITS:") and b"tollgate" in k], keys
 
 
+@BOTH_STORES
 def test_model_rpm_is_per_account_per_model(limited):
     _, client = limited()
     assert chat(client, "m1").status_code == 200 and chat(client, "m1").status_code == 200
@@ -55,6 +59,7 @@ def test_model_rpm_is_per_account_per_model(limited):
     assert chat(client, "m1", headers=auth("bob")).status_code == 200
 
 
+@BOTH_STORES
 def test_api_key_rpm(limited):
     _, client = limited()
     key = client.post("/api/admin/keys", json={"account": "kay", "rpm": 1}, headers=auth("root", True)).json
@@ -63,6 +68,7 @@ def test_api_key_rpm(limited):
     assert_429(chat(client, headers=headers))
 
 
+@BOTH_STORES
 def test_tokens_per_minute_limit(limited):
     _, client = limited(TOKEN_LIMIT_PER_MINUTE=20)
     assert chat(client).status_code == 200  # spends 25 tokens (10 + 15)

@@ -1,0 +1,86 @@
+"""A call's rate limits, token budget and caps taken by one Redis script (service/admission.py),
+with flask-limiter's keys and order; embeddings keep flask-limiter for their rate limits."""
+from __future__ import annotations
+
+import json
+
+import redis
+
+from tests.conftest import auth
+from tests.test_limit_storage import evalsha_calls
+from tests.test_limits import assert_429, chat
+
+
+def window(r: redis.Redis, caller: str, amount: int, scope: str = "chat.completions") -> int:
+    """Entries in flask-limiter's moving-window list for this caller and limit."""
+    return r.llen(f"LIMITS:LIMITER/tollgate/{caller}/{scope}/{amount}/1/minute")
+
+
+def test_a_chat_calls_limits_budget_and_caps_take_one_script_call(limited):
+    app, client = limited(RATE_LIMIT_DEFAULT="5/minute", TOKEN_LIMIT_PER_MINUTE=1000,
+                          MAX_CONCURRENT_PER_ACCOUNT=4, MAX_CONCURRENT_PER_KEY=2)
+    made = client.post("/api/admin/keys", json={"account": "kay", "rpm": 3}, headers=auth("root", True)).json
+    key = {"Authorization": f"Bearer {made['key']}"}
+    r = redis.Redis.from_url(app.config["REDIS_URL"])
+    assert chat(client, "m1", headers=key).status_code == 200  # warm: catalogue cached, script loaded
+    before = evalsha_calls(r)
+    second = chat(client, "m1", headers=key)
+    assert second.status_code == 200
+    # one to admit it (default, model and key rpm, the token budget, both caps), one to count its tokens
+    assert evalsha_calls(r) - before == 2
+    assert (second.headers["X-RateLimit-Limit"], second.headers["X-RateLimit-Remaining"]) == ("5", "3")
+    caller = "acct:kay"
+    assert (window(r, caller, 5), window(r, f"{caller}:model:1", 2), window(r, f"{caller}:key:{made['id']}", 3)) \
+        == (2, 2, 2)
+    assert int(r.get("LIMITS:LIMITER/tpm:kay/1000/1/minute")) == 50  # 25 tokens a call
+    assert r.zcard("tollgate:inflight:acct:kay") == 0 and r.zcard(f"tollgate:inflight:key:{made['id']}") == 0
+
+    third = chat(client, "m1", headers=key)  # m1's rpm (2) is spent
+    assert_429(third)
+    assert third.json["error"]["message"] == "Rate limit exceeded: 2 per 1 minute"
+    assert (third.headers["X-RateLimit-Limit"], third.headers["X-RateLimit-Remaining"]) == ("2", "0")
+    assert 50 <= int(third.headers["Retry-After"]) <= 60
+    # flask-limiter's order: the default's entry was taken before the breach, the key's was not
+    assert (window(r, caller, 5), window(r, f"{caller}:model:1", 2), window(r, f"{caller}:key:{made['id']}", 3)) \
+        == (3, 2, 2)
+    assert r.zcard("tollgate:inflight:acct:kay") == 0
+
+
+def test_a_spent_token_budget_is_refused_after_the_rate_limits_and_takes_no_slot(limited):
+    app, client = limited(RATE_LIMIT_DEFAULT="5/minute", TOKEN_LIMIT_PER_MINUTE=20, MAX_CONCURRENT_PER_ACCOUNT=4)
+    r = redis.Redis.from_url(app.config["REDIS_URL"])
+    assert chat(client).status_code == 200  # 25 tokens: this minute's 20 are spent
+    refused = chat(client)
+    assert_429(refused)
+    assert refused.json["error"]["message"] == "Token limit exceeded: 20 tokens per minute"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert (refused.headers["X-RateLimit-Limit"], refused.headers["X-RateLimit-Remaining"]) == ("5", "3")
+    assert window(r, "acct:alice", 5) == 2 and r.zcard("tollgate:inflight:acct:alice") == 0
+
+
+def test_the_messages_door_is_admitted_under_its_own_scope(limited):
+    app, client = limited(RATE_LIMIT_DEFAULT="2/minute")
+    body = {"model": "m2", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    for remaining in ("1", "0"):
+        r = client.post("/v1/messages", json=body, headers=auth())
+        assert r.status_code == 200 and r.headers["X-RateLimit-Remaining"] == remaining
+    refused = client.post("/v1/messages", json=body, headers=auth())
+    assert refused.status_code == 429 and refused.json["type"] == "error"  # Anthropic's error shape
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert chat(client).status_code == 200  # the chat route's window is its own, as with flask-limiter
+    assert window(redis.Redis.from_url(app.config["REDIS_URL"]), "acct:alice", 2, "messages.create") == 2
+
+
+def test_embeddings_keep_flask_limiter_for_their_rate_limits(limited, upstream):
+    app, client = limited(RATE_LIMIT_DEFAULT="1/minute", MAX_CONCURRENT_PER_ACCOUNT=4)
+    client.post("/api/admin/models", headers=auth("root", True), json={
+        "id": 3, "name": "e1", "api": "openai", "kind": "embedding", "base_url": upstream.url_for("/v1")})
+    upstream.expect_request("/v1/embeddings").respond_with_data(json.dumps({
+        "object": "list", "model": "e", "usage": {"prompt_tokens": 2, "total_tokens": 2},
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.5]}]}), content_type="application/json")
+    first = client.post("/v1/embeddings", json={"model": "e1", "input": "hi"}, headers=auth())
+    assert first.status_code == 200 and first.headers["X-RateLimit-Remaining"] == "0"
+    assert_429(client.post("/v1/embeddings", json={"model": "e1", "input": "hi"}, headers=auth()))
+    r = redis.Redis.from_url(app.config["REDIS_URL"])
+    assert window(r, "acct:alice", 1, "embeddings.create") == 1
+    assert r.zcard("tollgate:inflight:acct:alice") == 0
