@@ -69,6 +69,8 @@ def load() -> dict:
         "CLIENT_WRITE_TIMEOUT": float(env("CLIENT_WRITE_TIMEOUT", "30")),
         "STREAM_BUFFER_BYTES": int(env("STREAM_BUFFER_BYTES", str(1 << 20))),
         "WORKERS": int(env("WORKERS", "1")),
+        # the server's log is written every this many seconds (warnings and errors at once); 0: per line
+        "LOG_FLUSH_SECONDS": float(env("LOG_FLUSH_SECONDS", "0.2")),
         "WORKER_MIN_UPTIME": float(env("WORKER_MIN_UPTIME", "10")),
         "WORKER_BACKOFF": float(env("WORKER_BACKOFF", "0.5")),
         "WORKER_MAX_FAILURES": int(env("WORKER_MAX_FAILURES", "5")),

@@ -34,7 +34,7 @@ from waitress import create_server
 from werkzeug.wsgi import ClosingIterator
 
 from config import settings
-from service import create_app
+from service import create_app, logsink
 
 log = logging.getLogger("tollgate")
 
@@ -287,9 +287,9 @@ class QueueDepthSummary(logging.Filter):
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("waitress.queue").addFilter(QueueDepthSummary())
     conf = settings.load()
+    logsink.configure(conf["LOG_FLUSH_SECONDS"])
+    logging.getLogger("waitress.queue").addFilter(QueueDepthSummary())
     if conf["WORKERS"] > 1:
         supervise(conf)
     else:
