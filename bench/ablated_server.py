@@ -1,8 +1,9 @@
 """`make bench` only, never to serve: the gateway with some of its per-call work switched off, to
 show what each part costs. BENCH_OFF is a comma list of:
 
-* `limits`  - flask-limiter disabled (no Redis round trip, no X-RateLimit-* headers);
-* `redis-limits` - flask-limiter kept, counting in process memory (its own work, no Redis);
+* `limits`  - no admission: no rate limits, token budget or caps (no Redis round trip, no
+  X-RateLimit-* headers);
+* `redis-limits` - the same admission, counted in process memory (its own work, no Redis);
 * `billing` - no credit hold and no settle (no PostgreSQL round trips, nothing charged);
 * `log`     - no access log line.
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 
-from service import app as app_factory, billing, server
+from service import admission, billing, server
 
 OFF = set(filter(None, os.environ.get("BENCH_OFF", "").split(",")))
 UNKNOWN = OFF - {"limits", "redis-limits", "billing", "log"}
@@ -21,18 +22,9 @@ if UNKNOWN:
     raise SystemExit(f"BENCH_OFF: unknown part(s) {sorted(UNKNOWN)}")
 
 if "limits" in OFF:
-    from service.extensions import limiter
-
-    build = server.create_app
-
-    def create_app(*args, **kwargs):
-        app = build(*args, **kwargs)
-        limiter.enabled = False
-        return app
-
-    server.create_app = create_app
+    admission.Admission.admit = lambda self, *args, **kwargs: None
 if "redis-limits" in OFF:
-    app_factory.limit_storage_uri = lambda redis_url: "memory://"
+    admission.Admission._remote = lambda self, *args, **kwargs: None
 if "billing" in OFF:
     billing.hold = lambda *args, **kwargs: None
     billing.settle = lambda *args, **kwargs: True
