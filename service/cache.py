@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 import threading
 import time
 
@@ -11,13 +13,44 @@ log = logging.getLogger("tollgate")
 RETRY_AFTER = 2.0  # seconds between attempts while Redis is down
 
 
+TIMEOUT = 0.25  # seconds a Redis command may take before the call goes on without Redis
+
+
+class KernelTimedConnection(redis.Connection):
+    """A blocking socket whose send and receive deadlines the kernel keeps (SO_SNDTIMEO,
+    SO_RCVTIMEO). With a Python-level timeout CPython polls before every send and receive: two
+    more places per command where a request thread lets go of the interpreter, each a context
+    switch under load. A deadline that passes is an OSError, which redis-py raises as a
+    ConnectionError."""
+
+    def __init__(self, *args, deadline: float = TIMEOUT, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def _connect(self):
+        sock = super()._connect()
+        seconds = int(self.deadline)
+        limit = struct.pack("ll", seconds, int((self.deadline - seconds) * 1_000_000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+        return sock
+
+
+def client(url: str) -> redis.Redis:
+    """redis-py on kernel-timed sockets (redis:// only; rediss:// and unix sockets keep Python's timeout)."""
+    if url.startswith("redis://"):
+        pool = redis.ConnectionPool.from_url(url, connection_class=KernelTimedConnection,
+                                             socket_timeout=None, socket_connect_timeout=TIMEOUT)
+        return redis.Redis(connection_pool=pool)
+    return redis.Redis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
+
+
 class Cache:
     """A thin guard around redis-py: short timeouts, one warning per outage, quick recovery."""
 
     def __init__(self, url: str | None):
         self.url = url
-        self.client = (redis.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25)
-                       if url else None)
+        self.client = client(url) if url else None
         self.down_since: float | None = None
         self.on_recovery: list = []
         self._lock = threading.Lock()

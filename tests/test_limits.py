@@ -1,6 +1,8 @@
 """Rate limits and caches (SPEC §10) on the real Redis; shared across processes; Redis outages."""
 from __future__ import annotations
 
+import socket
+import threading
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
@@ -146,3 +148,32 @@ def test_redis_outage_keeps_serving_and_recovers(make_app, redis_url, upstream):
         assert [k for k in real.keys("*") if b"tollgate" in k], "limits are not back in Redis"
     finally:
         proxy.close()
+
+
+def test_a_redis_that_stops_answering_delays_a_call_by_its_timeout_not_for_ever(make_app, upstream):
+    """Redis accepts connections but never answers: every command ends at its deadline (the
+    kernel's, service/cache.py), the call is served with in-process limits, /readyz degrades."""
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(64)  # connections complete in the kernel's backlog; nothing is ever read or sent
+    try:
+        app = make_app(REDIS_URL=f"redis://127.0.0.1:{hung.getsockname()[1]}/0",
+                       RATE_LIMIT_DEFAULT="1000/minute", MAX_CONCURRENT_PER_ACCOUNT=4)
+        client = app.test_client()
+        upstream.expect_request("/v1/chat/completions").respond_with_json(fake_openai.completion())
+        answers = []
+
+        def call():
+            client.post("/api/admin/models", headers=auth("root", True),
+                        json={"id": 1, "name": "m1", "api": "openai", "base_url": upstream.url_for("/v1")})
+            answers.append(chat(client, "m1"))
+            answers.append(client.get("/readyz").json)
+
+        worker = threading.Thread(target=call, daemon=True)
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive(), "a call waited on a silent Redis without a deadline"
+        assert answers[0].status_code == 200 and "X-RateLimit-Limit" in answers[0].headers
+        assert answers[1]["checks"]["redis"] == "down"
+    finally:
+        hung.close()
