@@ -107,6 +107,8 @@ class Admission:
         """Take an entry under each rate limit, check the account's tokens this minute, take a slot
         under each cap; the rate-limit headers go to g.rate_headers for every answer."""
         lease = self.slots.lease(rid, caps)
+        if not rates and lease is None and self.budget.item is None:
+            return None  # nothing to take: no round trip
         verdict = self._remote(rates, account, lease) if self._script is not None else None
         if verdict is None:
             verdict = self._local(rates, account, lease)
