@@ -15,7 +15,9 @@ from service.db import give_back
 from service.extensions import limiter
 from service.registry import CHAT_MAX_AGE
 from service.slots import Cap
-from service.limits import limit_key
+from service.limits import (
+    default_limit, key_key, key_limit, limit_key, model_key, model_limit, no_key_limit, no_model_limit,
+)
 
 bp = Blueprint("chat", __name__)
 STREAM_PATH = "/api/chat/stream"
@@ -63,15 +65,14 @@ def _admitted_here() -> bool:
 
 
 def chat_rates() -> list[admission.Rate]:
-    """The chat call's rate limits, keyed as flask-limiter keys them: the default (per account),
-    the model's rpm (per account per model) and the API key's rpm."""
-    conf, caller, model, key = current_app.config, limit_key(), g.model, g.api_key
-    specs = [(conf["RATE_LIMIT_DEFAULT"], caller)]
-    if model.rpm:
-        specs.append((f"{model.rpm}/minute", f"{caller}:model:{model.id}"))
-    if key is not None and key.rpm:
-        specs.append((f"{key.rpm}/minute", f"{caller}:key:{key.id}"))
-    return admission.rates(specs, conf["RATELIMIT_KEY_PREFIX"], request.endpoint)
+    """The chat call's rate limits, with the limit and key functions flask-limiter is given for
+    embeddings: the default (per account), the model's rpm (per account per model) and the API
+    key's rpm."""
+    specs = [(default_limit(), limit_key())]
+    for limit, key, exempt in ((model_limit, model_key, no_model_limit), (key_limit, key_key, no_key_limit)):
+        if not exempt():
+            specs.append((limit(), key()))
+    return admission.rates(specs, current_app.config["RATELIMIT_KEY_PREFIX"], request.endpoint)
 
 
 def admitted(req, rates: list[admission.Rate], answer=relay.complete):
