@@ -388,7 +388,7 @@ def _events(chat, call, resp, ctx: Context):
         _settled_stream(chat, ctx, state, tally, False)
         ctx.record["error"] = "client_disconnected"
         raise
-    resp.close()
+    resp.finish()
     _settled_stream(chat, ctx, state, tally, True)
     if chat.include_usage:
         yield sse.chunk(chat.request_id, created, chat.model.name, [], usage=state.extra.get("usage"))

@@ -25,6 +25,8 @@ from core.errors import (
 )
 
 RETRY_CAP = 10.0  # seconds: a provider asking us to wait longer gets its 429 passed on instead
+FINISH_GRACE = 0.05  # seconds: how long a finished stream waits for the rest of its body (the last chunk)
+FINISH_BYTES = 65536  # what a finished stream reads past its last event before giving up the connection
 TLS = {"cert_reqs": "CERT_REQUIRED", "ca_certs": DEFAULT_CA_BUNDLE_PATH}
 
 
@@ -51,6 +53,8 @@ class Stream:
 
     def __init__(self, resp: urllib3.BaseHTTPResponse, provider: str):
         self.resp, self.provider = resp, provider
+        self._pieces = self._reads()  # one reader for lines() and finish(): urllib3 drops the
+        # connection when a chunked body's reader is abandoned midway
 
     def lines(self):
         """Lines as each network read arrives (none held back, whatever the framing: chunked,
@@ -58,7 +62,7 @@ class Stream:
         UpstreamTimeout, a broken connection a ProviderError."""
         pending = None
         try:
-            for chunk in self._reads():
+            for chunk in self._pieces:
                 if pending is not None:
                     chunk = pending + chunk
                 lines = chunk.splitlines()
@@ -80,8 +84,28 @@ class Stream:
         while data := self.resp.read1(65536, decode_content=True):
             yield data
 
+    def finish(self) -> None:
+        """The answer is complete (its last event came): read the end of the body if it is on its
+        way — a chunked body's closing chunk, which servers send with the last event — so the
+        connection goes back to the pool and the next call to this upstream skips the TCP (and TLS)
+        handshake; else close it. A body that ends when the connection closes is not waited for."""
+        conn = self.resp.connection
+        if conn is not None and conn.sock is not None and (
+                self.resp.chunked or self.resp.length_remaining is not None):
+            try:
+                conn.sock.settimeout(FINISH_GRACE)
+                left = FINISH_BYTES
+                for chunk in self._pieces:
+                    left -= len(chunk)
+                    if left < 0:
+                        break
+            except (HTTPError, OSError):
+                pass  # late or broken: the connection is closed below
+        self.close()
+
     def close(self) -> None:
-        self.resp.close()  # unread data: the connection is closed, not reused
+        """Drop the connection unless the whole body was read (then it is already back in the pool)."""
+        self.resp.close()
         self.resp.release_conn()
 
 

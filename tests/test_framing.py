@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import threading
 
 import pytest
 
@@ -112,4 +113,45 @@ def test_hang_up_after_three_pieces_pays_for_three(framed, live, api, framing):
     row = charges("alice")[0]
     assert row.completion_tokens <= 3 and row.estimated
     assert account("alice").held == 0
+    invariant("alice")
+
+
+def whole_response(live) -> bytes:
+    """One streamed call read to the end of the gateway's chunked body."""
+    sock = open_stream(live)
+    buf = b""
+    while not (b"[DONE]" in buf and buf.endswith(b"\r\n0\r\n\r\n")):
+        data = sock.recv(65536)
+        assert data, "the gateway closed the connection before the end of the body"
+        buf += data
+    sock.close()
+    return buf
+
+
+@pytest.mark.parametrize("framing", ["chunked", "length"])
+@pytest.mark.parametrize("api", list(APIS))
+def test_finished_streams_reuse_the_upstream_connection(framed, live, api, framing):
+    """A stream that ended reads the end of the body (a chunked body's closing chunk comes after
+    the last event) so its connection serves the next call: with an HTTPS provider, no new TLS
+    handshake per streamed call."""
+    fake = framed(api, framing, delay=0.0, keep_alive=True)
+    for _ in range(3):
+        assert words_in(whole_response(live)) == WORDS
+    assert fake.connections == 1
+    wait_for(lambda: len(charges("alice")) == 3 and holds() == 0)
+    invariant("alice")
+
+
+def test_a_late_closing_chunk_is_not_waited_for(framed, live):
+    """An upstream that holds its closing chunk back: the client gets its whole answer without
+    it, and the connection is dropped (the next call opens another)."""
+    hold_end = threading.Event()
+    fake = framed("openai", "chunked", delay=0.0, keep_alive=True, hold_end=hold_end)
+    try:
+        assert words_in(whole_response(live)) == WORDS  # the fake still holds its closing chunk
+    finally:
+        hold_end.set()
+    assert words_in(whole_response(live)) == WORDS
+    assert fake.connections == 2
+    wait_for(lambda: len(charges("alice")) == 2 and holds() == 0)
     invariant("alice")
