@@ -126,6 +126,9 @@ def serve(sock: socket.socket | None = None) -> None:
     """One waitress process: on its own port, or on a listening socket it shares."""
     app = create_app()
     conf = app.config
+    # a thread waiting for the interpreter wakes every switch interval to ask for it: with a
+    # thousand streams at the 5 ms default those wake-ups cost more than relaying the streams
+    sys.setswitchinterval(conf["SWITCH_INTERVAL"])
     inflight = InFlight(app.wsgi_app)
     app.wsgi_app = inflight
     where = {"sockets": [sock]} if sock is not None else {"host": conf["HOST"], "port": conf["PORT"]}

@@ -254,3 +254,28 @@ def test_supervisor_backs_off_then_gives_up(tmp_path):
     assert elapsed >= 0.2 + 0.4  # the backoff was waited out
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()  # the port is closed again
+
+
+def test_the_server_sets_the_switch_interval(monkeypatch, tmp_path):
+    """SWITCH_INTERVAL reaches the interpreter before waitress starts: every thread waiting for the
+    interpreter wakes once per interval, and at Python's 5 ms with a thousand streams open those
+    wake-ups cost more CPU than the relaying (bench/streams.md)."""
+    from service import server
+
+    class Started(Exception):
+        pass
+
+    def create_server(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr(server, "create_server", create_server)  # waitress's, not ours: stop there
+    for key, value in base_env(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path, SWITCH_INTERVAL="0.037",
+                               HOLD_REAP_INTERVAL_SECONDS="0").items():
+        monkeypatch.setenv(key, value)
+    before = sys.getswitchinterval()
+    try:
+        with pytest.raises(Started):
+            server.serve()
+        assert sys.getswitchinterval() == pytest.approx(0.037)
+    finally:
+        sys.setswitchinterval(before)
