@@ -1,8 +1,12 @@
 """The floor our stack allows: Flask + waitress passing the body through with a pooled
-requests.Session, no auth, no billing, no limits (same worker/thread layout as the gateway)."""
+requests.Session, no auth, no billing, no limits (same worker/thread layout and server settings as
+the gateway: waitress's poll loop, the threads asked for, the gateway's switch interval). A streamed
+call (`"stream": true`) is relayed piece by piece as each upstream chunk arrives."""
 from __future__ import annotations
 
+import json
 import os
+import resource
 import socket
 import sys
 
@@ -11,17 +15,22 @@ from flask import Flask, Response, request
 from waitress import create_server
 
 UPSTREAM = os.environ["BARE_UPSTREAM"]
+SWITCH_INTERVAL = 0.05  # the gateway's default (config/settings.py)
 
 
-def make_app() -> Flask:
+def make_app(threads: int) -> Flask:
     app = Flask(__name__)
     session = requests.Session()
-    session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=64))
+    session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=max(64, threads)))
 
     @app.post("/v1/chat/completions")
     def relay():
-        upstream = session.post(UPSTREAM, data=request.get_data(),
-                                headers={"Content-Type": "application/json"}, timeout=30)
+        body = request.get_data()
+        streamed = json.loads(body).get("stream") is True
+        upstream = session.post(UPSTREAM, data=body, headers={"Content-Type": "application/json"},
+                                timeout=30, stream=streamed)
+        if streamed:
+            return Response(upstream.iter_content(None), upstream.status_code, content_type="text/event-stream")
         return Response(upstream.content, upstream.status_code, content_type="application/json")
 
     return app
@@ -29,14 +38,18 @@ def make_app() -> Flask:
 
 def main() -> None:
     port, workers, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # two descriptors per open stream
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1 << 20 if hard == resource.RLIM_INFINITY else hard, hard))
+    sys.setswitchinterval(SWITCH_INTERVAL)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
-    sock.listen(1024)
+    sock.listen(4096)
     for _ in range(workers - 1):
         if os.fork() == 0:
             break
-    create_server(make_app(), sockets=[sock], threads=threads).run()
+    create_server(make_app(threads), sockets=[sock], threads=threads, asyncore_use_poll=True,
+                  connection_limit=10000, channel_request_lookahead=1).run()
 
 
 if __name__ == "__main__":

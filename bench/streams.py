@@ -1,5 +1,6 @@
 """`make bench-streams`: N concurrent paced streams (default 1000, 40 tokens 50 ms apart) against a
-chunked paced upstream, direct and through one gateway process with its default settings
+chunked paced upstream, direct, through the bare relay (the stack's floor: bench/bare_proxy.py) and
+through one gateway process with its default settings
 (PostgreSQL, Redis, auth, billing, limits on); wall time, first-token p50/p99, chunks out =
 chunks in, RSS and CPU. Writes bench/streams.md and bench/streams.json (with
 BENCH_STREAM_WORKERS=N: bench/streams-workersN.*). With BENCH_PEER (`make bench-peer`), LiteLLM's
@@ -18,6 +19,8 @@ import time
 from pathlib import Path
 
 import jwt
+
+from config import settings
 
 from bench.run import (PEER, PEER_KEY, PY, ROOT, Stack, await_port, flask, free_port, gateway_env, litellm,
                        litellm_version, prepare_database, versions)
@@ -124,36 +127,61 @@ async def sampled_run(port: int, pid: int, tokens: list[str]) -> dict:
 
 def render(res: dict) -> str:
     d, g, peer = res["direct"], res["gateway"], res.get("litellm")
+    b = res.get("bare") or {}
     added = round(g["ttft_p99_ms"] - d["ttft_p99_ms"], 1)
     p = peer or {}
-    rows = [("wall time, s", d["wall_s"], g["wall_s"], p.get("wall_s"),
-             f"within 1.5× of direct: {g['wall_s'] / d['wall_s']:.2f}×"),
-            ("first token p50, ms", d["ttft_p50_ms"], g["ttft_p50_ms"], p.get("ttft_p50_ms"), ""),
-            ("first token p99, ms", d["ttft_p99_ms"], g["ttft_p99_ms"], p.get("ttft_p99_ms"),
-             f"added p99 {added} ms (target < 250)"),
-            ("streams complete", d["complete"], g["complete"], p.get("complete"), f"of {res['streams']}"),
-            ("chunks out / in", f"{d['chunks_out']} / {d['chunks_in']}", f"{g['chunks_out']} / {g['chunks_in']}",
-             f"{p['chunks_out']} / {p['chunks_in']}" if peer else None, ""),
-            ("statuses", d["statuses"], g["statuses"], p.get("statuses"), ""),
-            ("RSS peak / after, MB", "", f"{g['rss_peak_mb']} / {g['rss_idle_mb']}",
-             f"{p['rss_peak_mb']} / {p['rss_idle_mb']}" if peer else None, "target < 300"),
-            ("CPU, s", "", g["cpu_s"], p.get("cpu_s"), "")]
+
+    def chunks(r):
+        return f"{r['chunks_out']} / {r['chunks_in']}" if r else None
+
+    def rss(r):
+        return f"{r['rss_peak_mb']} / {r['rss_idle_mb']}" if r else None
+
+    rows = [("wall time, s", d["wall_s"], b.get("wall_s"), g["wall_s"], p.get("wall_s"),
+             f"within 1.5× of direct: {g['wall_s'] / d['wall_s']:.2f}×" + (
+                 f"; the bare relay {b['wall_s'] / d['wall_s']:.2f}×" if b else "")),
+            ("first token p50, ms", d["ttft_p50_ms"], b.get("ttft_p50_ms"), g["ttft_p50_ms"], p.get("ttft_p50_ms"), ""),
+            ("first token p99, ms", d["ttft_p99_ms"], b.get("ttft_p99_ms"), g["ttft_p99_ms"], p.get("ttft_p99_ms"),
+             f"added p99 {added} ms (target < 250)" + (
+                 f"; the bare relay {round(b['ttft_p99_ms'] - d['ttft_p99_ms'], 1)} ms" if b else "")),
+            ("streams complete", d["complete"], b.get("complete"), g["complete"], p.get("complete"),
+             f"of {res['streams']}"),
+            ("chunks out / in", chunks(d), chunks(b), chunks(g), chunks(peer), ""),
+            ("statuses", d["statuses"], b.get("statuses"), g["statuses"], p.get("statuses"), ""),
+            ("RSS peak / after, MB", "", rss(b), rss(g), rss(peer), "target < 300"),
+            ("CPU, s", "", b.get("cpu_s"), g["cpu_s"], p.get("cpu_s"), "")]
     lines = [f"# make {'bench-peer' if peer else 'bench-streams'} (streams) — {res['when']}", "",
              f"{res['streams']} concurrent streams of {TOKENS} tokens {int(INTERVAL * 1000)} ms apart, chunked "
              f"upstream (bench/stream_upstream.py, asyncio); the gateway is "
              f"{'one process' if res.get('workers', 1) == 1 else str(res['workers']) + ' worker processes'} "
              f"with its default settings, PostgreSQL and Redis, auth, billing and limits on; streams spread over "
              f"{ACCOUNTS} accounts. Machine: {res['versions']['machine']}.", ""]
+    if b:
+        lines += ["The bare relay is the floor this stack allows (bench/bare_proxy.py): Flask and waitress with "
+                  "the gateway's server settings (poll loop, the same threads, its switch interval) passing each "
+                  "upstream chunk through with requests, no auth, billing, limits or rewriting.", ""]
     if peer:
         lines += [f"LiteLLM {res['versions'].get('litellm', '?')}: its proxy from its own virtual environment, "
                   "1 uvicorn worker, master key on, no database, logging off, on the same upstream, "
                   "after the gateway was stopped.", ""]
-        lines += ["| | direct | gateway | LiteLLM proxy | note |", "|---|---|---|---|---|"]
-        lines += [f"| {a} | {b} | {c} | {q} | {n} |" for a, b, c, q, n in rows]
-    else:
-        lines += ["| | direct | gateway | note |", "|---|---|---|---|"]
-        lines += [f"| {a} | {b} | {c} | {n} |" for a, b, c, _, n in rows]
+    head = ["direct", "bare relay", "gateway"] + (["LiteLLM proxy"] if peer else [])
+    lines += ["| | " + " | ".join(head) + " | note |", "|---" * (len(head) + 2) + "|"]
+    lines += [f"| {row[0]} | " + " | ".join("" if v is None else str(v) for v in row[1:1 + len(head)])
+              + f" | {row[-1]} |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+async def bare_run(stack: Stack, up: int, workers: int) -> dict:
+    """The same streams through the bare relay (the stack's floor), stopped before the gateway runs."""
+    port = free_port()
+    proc = stack.start([PY, "-m", "bench.bare_proxy", str(port), str(workers), str(settings.load()["WAITRESS_THREADS"])],
+                       env={"BARE_UPSTREAM": f"http://127.0.0.1:{up}/v1/chat/completions"}, name="bare")
+    await_port(port)
+    await many(port, "/v1/chat/completions", [None] * 20)
+    out = await sampled_run(port, proc.pid, [None] * STREAMS)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(30)
+    return out
 
 
 async def peer_run(stack: Stack, up: int) -> tuple[dict, str]:
@@ -190,6 +218,7 @@ def main() -> None:
         direct, wall = asyncio.run(many(up, "/v1/chat/completions", [None] * STREAMS))
         res = {"streams": STREAMS, "workers": int(env.get("WORKERS", 1)), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "versions": versions(), "direct": summary(direct, wall),
+               "bare": asyncio.run(bare_run(stack, up, int(env.get("WORKERS", 1)))),
                "gateway": asyncio.run(sampled_run(gw, gateway.pid, tokens))}
         if PEER:  # the gateway stopped first: LiteLLM alone on the machine with the upstream
             os.killpg(gateway.pid, signal.SIGTERM)
