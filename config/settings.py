@@ -70,7 +70,7 @@ def load() -> dict:
         "STREAM_BUFFER_BYTES": int(env("STREAM_BUFFER_BYTES", str(1 << 20))),
         "WORKERS": int(env("WORKERS", "1")),
         # how long a running thread keeps the interpreter before it must hand it on (Python's 5 ms
-        # default wakes every waiting thread every 5 ms: with a thousand streams, most of the CPU)
+        # default wakes every waiting thread every 5 ms: with a thousand streams, a third of the CPU)
         "SWITCH_INTERVAL": float(env("SWITCH_INTERVAL", "0.05")),
         # the server's log is written every this many seconds (warnings and errors at once); 0: per line
         "LOG_FLUSH_SECONDS": float(env("LOG_FLUSH_SECONDS", "0.2")),
