@@ -14,8 +14,9 @@ import requests
 from flask import Flask, Response, request
 from waitress import create_server
 
+from config import settings
+
 UPSTREAM = os.environ["BARE_UPSTREAM"]
-SWITCH_INTERVAL = 0.05  # the gateway's default (config/settings.py)
 
 
 def make_app(threads: int) -> Flask:
@@ -40,7 +41,7 @@ def main() -> None:
     port, workers, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # two descriptors per open stream
     resource.setrlimit(resource.RLIMIT_NOFILE, (1 << 20 if hard == resource.RLIM_INFINITY else hard, hard))
-    sys.setswitchinterval(SWITCH_INTERVAL)
+    sys.setswitchinterval(settings.load()["SWITCH_INTERVAL"])  # the gateway's, default or set
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))

@@ -69,9 +69,13 @@ class TokenBudget:
                 self.cache.failed(exc)
         return fn(self.local)
 
+    @staticmethod
+    def _counter(account: str) -> str:
+        return f"tpm:{account}"
+
     def key(self, account: str) -> str:
         """The counter's key (limits' fixed window key for this account)."""
-        return self.item.key_for(f"tpm:{account}")
+        return self.item.key_for(self._counter(account))
 
     def refusal(self, wait: int) -> RateLimited:
         return RateLimited(f"Token limit exceeded: {self.item.amount} tokens per minute",
@@ -79,11 +83,11 @@ class TokenBudget:
 
     def local_wait(self, account: str) -> int:
         """0 while this minute's tokens last (counted in process), else the seconds to wait."""
-        if self.item is None or self.local.test(self.item, f"tpm:{account}"):
+        if self.item is None or self.local.test(self.item, self._counter(account)):
             return 0
-        reset = self.local.get_window_stats(self.item, f"tpm:{account}").reset_time
+        reset = self.local.get_window_stats(self.item, self._counter(account)).reset_time
         return max(1, math.ceil(reset - time.time()))
 
     def spend(self, account: str, tokens: int) -> None:
         if self.item is not None and tokens > 0:
-            self._run(lambda lim: lim.hit(self.item, f"tpm:{account}", cost=tokens))
+            self._run(lambda lim: lim.hit(self.item, self._counter(account), cost=tokens))
