@@ -1,6 +1,7 @@
 """The floor our stack allows: Flask + waitress passing the body through with a pooled
 requests.Session, no auth, no billing, no limits (same worker/thread layout and server settings as
-the gateway: waitress's poll loop, the threads asked for, the gateway's switch interval). A streamed
+the gateway: waitress's poll loop, the threads asked for, the gateway's switch interval and CPU
+pinning, claimed in the bare proxy's own DATA_DIR). A streamed
 call (`"stream": true`) is relayed piece by piece as each upstream chunk arrives."""
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from flask import Flask, Response, request
 from waitress import create_server
 
 from config import settings
+from service import cpus
 
 UPSTREAM = os.environ["BARE_UPSTREAM"]
 
@@ -41,7 +43,8 @@ def main() -> None:
     port, workers, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # two descriptors per open stream
     resource.setrlimit(resource.RLIMIT_NOFILE, (1 << 20 if hard == resource.RLIM_INFINITY else hard, hard))
-    sys.setswitchinterval(settings.load()["SWITCH_INTERVAL"])  # the gateway's, default or set
+    conf = settings.load()  # the gateway's server settings, default or set
+    sys.setswitchinterval(conf["SWITCH_INTERVAL"])
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
@@ -49,6 +52,9 @@ def main() -> None:
     for _ in range(workers - 1):
         if os.fork() == 0:
             break
+    if conf["PIN_WORKERS"]:
+        os.makedirs(conf["DATA_DIR"], exist_ok=True)
+        cpus.pin(conf["DATA_DIR"])
     create_server(make_app(threads), sockets=[sock], threads=threads, asyncore_use_poll=True,
                   connection_limit=10000, channel_request_lookahead=1).run()
 

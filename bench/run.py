@@ -340,7 +340,8 @@ def measure() -> dict:
         auth = f"Bearer {token}"
         gateway = stack.start([PY, "-m", "service.server"], env=env, name="gateway")
         stack.start([PY, "-m", "bench.bare_proxy", str(ports["bare"]), str(WORKERS), str(THREADS)],
-                    env={"BARE_UPSTREAM": f"http://127.0.0.1:{ports['static']}/v1/chat/completions"}, name="bare")
+                    env={"BARE_UPSTREAM": f"http://127.0.0.1:{ports['static']}/v1/chat/completions",
+                         "DATA_DIR": str(tmp / "bare")}, name="bare")
         await_port(ports["gateway"])
         await_port(ports["bare"])
         urls = {"upstream": f"http://127.0.0.1:{ports['static']}/v1/chat/completions",

@@ -175,7 +175,8 @@ async def bare_run(stack: Stack, up: int, workers: int) -> dict:
     """The same streams through the bare relay (the stack's floor), stopped before the gateway runs."""
     port = free_port()
     proc = stack.start([PY, "-m", "bench.bare_proxy", str(port), str(workers), str(settings.load()["WAITRESS_THREADS"])],
-                       env={"BARE_UPSTREAM": f"http://127.0.0.1:{up}/v1/chat/completions"}, name="bare")
+                       env={"BARE_UPSTREAM": f"http://127.0.0.1:{up}/v1/chat/completions",
+                            "DATA_DIR": str(stack.tmp / "bare")}, name="bare")
     await_port(port)
     await many(port, "/v1/chat/completions", [None] * 20)
     out = await sampled_run(port, proc.pid, [None] * STREAMS)

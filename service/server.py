@@ -34,7 +34,7 @@ from waitress import create_server
 from werkzeug.wsgi import ClosingIterator
 
 from config import settings
-from service import create_app, logsink
+from service import cpus, create_app, logsink
 
 log = logging.getLogger("tollgate")
 
@@ -129,6 +129,7 @@ def serve(sock: socket.socket | None = None) -> None:
     # a thread waiting for the interpreter wakes every switch interval to ask for it: with a
     # thousand streams at the 5 ms default the switching took a third of the process's CPU
     sys.setswitchinterval(conf["SWITCH_INTERVAL"])
+    cpu = cpus.pin(conf["DATA_DIR"]) if conf["PIN_WORKERS"] else None
     inflight = InFlight(app.wsgi_app)
     app.wsgi_app = inflight
     where = {"sockets": [sock]} if sock is not None else {"host": conf["HOST"], "port": conf["PORT"]}
@@ -162,8 +163,9 @@ def serve(sock: socket.socket | None = None) -> None:
     # the drain ends the loop with interrupt_main(): SIGINT must raise here even when this process
     # inherited it ignored (started in the background) or a supervisor's handler (forked later)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    log.warning("tollgate serving on http://%s:%s (pid %d, %d threads)", conf["HOST"],
-                server.effective_port, os.getpid(), conf["WAITRESS_THREADS"])
+    log.warning("tollgate serving on http://%s:%s (pid %d, %d threads, %s)", conf["HOST"],
+                server.effective_port, os.getpid(), conf["WAITRESS_THREADS"],
+                "any CPU" if cpu is None else f"CPU {cpu}")
     try:
         server.run()
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -270,7 +271,7 @@ def test_the_server_sets_the_switch_interval(monkeypatch, tmp_path):
 
     monkeypatch.setattr(server, "create_server", create_server)  # waitress's, not ours: stop there
     for key, value in base_env(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path, SWITCH_INTERVAL="0.037",
-                               HOLD_REAP_INTERVAL_SECONDS="0").items():
+                               HOLD_REAP_INTERVAL_SECONDS="0", PIN_WORKERS="false").items():
         monkeypatch.setenv(key, value)
     before = sys.getswitchinterval()
     try:
@@ -279,3 +280,51 @@ def test_the_server_sets_the_switch_interval(monkeypatch, tmp_path):
         assert sys.getswitchinterval() == pytest.approx(0.037)
     finally:
         sys.setswitchinterval(before)
+
+
+def _cpus_of(pid: int) -> set[int]:
+    """The CPUs any thread of a process may run on."""
+    return set().union(*(os.sched_getaffinity(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")))
+
+
+def _workers_of(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_each_serving_process_runs_on_a_cpu_of_its_own(tmp_path):
+    """Worker processes claim CPUs through files in their data directory: the workers of one
+    gateway, and other gateways on the host, each run every thread on a CPU no other holds; with
+    every CPU claimed a process runs unpinned; a CPU comes free when its process ends."""
+    allowed = os.sched_getaffinity(0)
+    assert len(allowed) >= 2, "this test needs two CPUs"
+    env = base_env(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path, HOLD_REAP_INTERVAL_SECONDS="0")
+    first = Gateway({**env, "WORKERS": "2"}, tmp_path / "first.log")
+    try:
+        def both_pinned():  # a worker pins itself before it serves; the other may still start
+            workers = _workers_of(first.proc.pid)
+            return len(workers) == 2 and all(len(_cpus_of(pid)) == 1 for pid in workers)
+
+        wait_for(both_pinned, 20)
+        pinned = [_cpus_of(pid) for pid in _workers_of(first.proc.pid)]
+        assert pinned[0] != pinned[1]
+        taken = pinned[0] | pinned[1]
+        second = Gateway(env, tmp_path / "second.log")
+        try:
+            if len(allowed) == 2:  # every CPU claimed: the kernel places it
+                assert _cpus_of(second.proc.pid) == allowed
+            else:
+                assert len(_cpus_of(second.proc.pid)) == 1 and not _cpus_of(second.proc.pid) & taken
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+    third = Gateway(env, tmp_path / "third.log")
+    try:
+        assert len(_cpus_of(third.proc.pid)) == 1  # the first gateway's CPUs came free
+    finally:
+        third.stop()
+    off = Gateway({**env, "PIN_WORKERS": "false"}, tmp_path / "off.log")
+    try:
+        assert _cpus_of(off.proc.pid) == allowed
+    finally:
+        off.stop()
