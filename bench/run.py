@@ -443,7 +443,7 @@ Produced by `make {'bench-peer' if PEER else 'bench'}` (bench/run.py) on {time.s
   bottleneck). Paced upstreams: a waitress app streaming 20 chunks 10 ms apart (chunked), and
   bench/stream_upstream.py sending the same stream with a Content-Length and close-delimited;
   each chunk stamped with its emission time (CLOCK_MONOTONIC, shared by every process).
-* bare proxy: Flask + waitress, same processes and threads, a pooled `requests.Session` passing the
+* bare proxy: Flask + waitress, same processes, threads and CPU pinning, a pooled `requests.Session` passing the
   body through: no auth, no billing, no limits — the floor our stack allows.
 * load: wrk, {r['settings']['seconds']} s per run, `-t min(2, c)`; everything (load generator
   included) shares the same {os.cpu_count()} cores, so absolute numbers are lower than on a separate load host.

@@ -158,7 +158,7 @@ def render(res: dict) -> str:
              f"{ACCOUNTS} accounts. Machine: {res['versions']['machine']}.", ""]
     if b:
         lines += ["The bare relay is the floor this stack allows (bench/bare_proxy.py): Flask and waitress with "
-                  "the gateway's server settings (poll loop, the same threads, its switch interval) passing each "
+                  "the gateway's server settings (poll loop, the same threads, its switch interval, one CPU of its own) passing each "
                   "upstream chunk through with requests, no auth, billing, limits or rewriting.", ""]
     if peer:
         lines += [f"LiteLLM {res['versions'].get('litellm', '?')}: its proxy from its own virtual environment, "
