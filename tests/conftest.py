@@ -159,7 +159,14 @@ class Live:
         self.thread.start()
 
     def close(self):
-        self.server.close()
+        """Close every connection and the listener on the loop thread, between two polls (closed
+        from here, a descriptor could vanish under the loop's select()), and let the loop end."""
+        def stop():
+            for channel in list(self.server._map.values()):
+                channel.close()
+
+        self.server.trigger.pull_trigger(stop)
+        self.thread.join(10)
 
 
 @pytest.fixture
