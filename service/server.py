@@ -4,7 +4,8 @@ Sized for LLM traffic, where a call lasts seconds to minutes and capacity is the
 open at once: waitress's poll() loop (no 1024-descriptor ceiling), a thread per call in flight
 (WAITRESS_THREADS), MAX_CONNECTIONS open connections, the descriptor limit raised to what the
 system allows. A client that stops reading is cut after CLIENT_WRITE_TIMEOUT seconds without
-progress, and at most STREAM_BUFFER_BYTES wait in one connection's buffer.
+progress, and at most STREAM_BUFFER_BYTES wait in one connection's buffer. Each serving process
+runs on a CPU of its own (PIN_WORKERS, service/cpus.py).
 
 WORKERS > 1 binds the port once per worker (SO_REUSEPORT: the kernel spreads connections
 evenly) and forks that many waitress processes (Python runs one thread at a time per process;
