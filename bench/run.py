@@ -207,8 +207,12 @@ def ablation(stack: Stack, env: dict, auth: str, bare_url: str) -> dict:
     out = {}
     for label, off in ABLATIONS:
         port = free_port()
-        proc = stack.start([PY, "-m", "bench.ablated_server"], env={**env, "PORT": str(port), "BENCH_OFF": off},
-                           name=f"ablated-{off.replace(',', '-') or 'none'}")
+        # a data directory of its own: it claims the same CPU as the gateway and the bare proxy
+        # (the gateway, idle meanwhile, keeps its claim on the first one in the shared directory)
+        name = f"ablated-{off.replace(',', '-') or 'none'}"
+        (stack.tmp / name).mkdir()
+        proc = stack.start([PY, "-m", "bench.ablated_server"], name=name,
+                           env={**env, "PORT": str(port), "BENCH_OFF": off, "DATA_DIR": str(stack.tmp / name)})
         await_port(port)
         url = f"http://127.0.0.1:{port}/api/v1/chat/completions"
         fire(url, auth, 500)  # warm-up
