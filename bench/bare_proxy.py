@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import socket
 import sys
 
@@ -16,7 +15,7 @@ from flask import Flask, Response, request
 from waitress import create_server
 
 from config import settings
-from service import cpus
+from service import cpus, server
 
 UPSTREAM = os.environ["BARE_UPSTREAM"]
 
@@ -41,8 +40,7 @@ def make_app(threads: int) -> Flask:
 
 def main() -> None:
     port, workers, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # two descriptors per open stream
-    resource.setrlimit(resource.RLIMIT_NOFILE, (1 << 20 if hard == resource.RLIM_INFINITY else hard, hard))
+    server.raise_descriptor_limit()  # two descriptors per open stream, as the gateway
     conf = settings.load()  # the gateway's server settings, default or set
     sys.setswitchinterval(conf["SWITCH_INTERVAL"])
     sock = socket.socket()
@@ -53,7 +51,6 @@ def main() -> None:
         if os.fork() == 0:
             break
     if conf["PIN_WORKERS"]:
-        os.makedirs(conf["DATA_DIR"], exist_ok=True)
         cpus.pin(conf["DATA_DIR"])
     create_server(make_app(threads), sockets=[sock], threads=threads, asyncore_use_poll=True,
                   connection_limit=10000, channel_request_lookahead=1).run()

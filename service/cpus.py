@@ -20,19 +20,20 @@ import os
 from pathlib import Path
 
 log = logging.getLogger("tollgate")
-_claim: dict = {}  # cpu -> the claim file's descriptor, held open for the process's life
+_claimed: list[int] = []  # the CPU this process claimed, once it has (its claim file stays open)
 
 
 def pin(directory: str | Path) -> int | None:
     """Claim a CPU no other process with this data directory holds, and move every thread of this
     process onto it (threads started later inherit it); the CPU, or None (none free, or the
     system cannot pin)."""
-    if _claim:
-        return next(iter(_claim))
+    if _claimed:
+        return _claimed[0]
     if not hasattr(os, "sched_setaffinity"):
         return None
     for cpu in sorted(os.sched_getaffinity(0)):
         try:
+            Path(directory).mkdir(parents=True, exist_ok=True)
             fd = os.open(Path(directory) / f"cpu-{cpu}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             log.warning("not pinned to a CPU: cannot write claim files in %s (%s)", directory, exc.strerror)
@@ -42,7 +43,7 @@ def pin(directory: str | Path) -> int | None:
         except OSError:
             os.close(fd)  # another process runs on it
             continue
-        _claim[cpu] = fd
+        _claimed.append(cpu)  # `fd` stays open: the lock lasts as long as the process
         for tid in os.listdir("/proc/self/task"):
             try:
                 os.sched_setaffinity(int(tid), {cpu})
