@@ -165,7 +165,11 @@ class Live:
             for channel in list(self.server._map.values()):
                 channel.close()
 
-        self.server.trigger.pull_trigger(stop)
+        try:
+            self.server.trigger.pull_trigger(stop)
+        except OSError:  # the loop's wake-up pipe is gone already: close from here, as waitress does
+            self.server.close()
+            return
         self.thread.join(10)
 
 
