@@ -20,9 +20,9 @@ from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from core.errors import RateLimited
+from service.limits import STORAGE_PREFIX
 from service.slots import TAKE_SLOTS, Cap, ConcurrencyLimited, Lease
 
-STORAGE_PREFIX = "LIMITS"  # limits' RedisStorage prefix: the keys flask-limiter uses for the same limits
 
 
 def _on_key(script: bytes) -> str:

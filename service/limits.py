@@ -11,6 +11,8 @@ from limits.strategies import FixedWindowRateLimiter
 
 from service.errors import RateLimited
 
+STORAGE_PREFIX = "LIMITS"  # limits' RedisStorage prefix: the keys flask-limiter uses for the same limits
+
 
 def limit_key() -> str:
     """The caller: its account when authenticated, else its client address."""
@@ -88,6 +90,20 @@ class TokenBudget:
         reset = self.local.get_window_stats(self.item, self._counter(account)).reset_time
         return max(1, math.ceil(reset - time.time()))
 
-    def spend(self, account: str, tokens: int) -> None:
-        if self.item is not None and tokens > 0:
-            self._run(lambda lim: lim.hit(self.item, self._counter(account), cost=tokens))
+    def spend(self, account: str, tokens: int, lease=None) -> None:
+        """Count a call's tokens; with the call's Redis lease still out, in the same round trip
+        that gives its slots back (service/slots.py)."""
+        if self.item is None or tokens <= 0:
+            return
+        if lease is not None and lease.remote and not lease.returned:
+            lease.then.append((lambda pipe: self._send(pipe, account, tokens),
+                               lambda: self.local.hit(self.item, self._counter(account), cost=tokens)))
+            return
+        self._run(lambda lim: lim.hit(self.item, self._counter(account), cost=tokens))
+
+    def _send(self, pipe, account: str, tokens: int) -> None:
+        """limits' fixed-window hit as plain commands (its script in a pipeline would cost a SCRIPT
+        EXISTS round trip): the counter, made with the window's expiry when it is new."""
+        key = f"{STORAGE_PREFIX}:{self.key(account)}"
+        pipe.set(key, 0, ex=self.item.get_expiry(), nx=True)
+        pipe.incrby(key, tokens)

@@ -61,6 +61,10 @@ class Lease:
     caps: list[Cap]
     remote: bool = False
     keys: list[str] = field(default_factory=list)
+    # more for the give-back's round trip: (send(pipeline), instead()) pairs; instead() runs when
+    # Redis fails (service/limits.py's token spend)
+    then: list = field(default_factory=list)
+    returned: bool = False
 
 
 class Slots:
@@ -101,6 +105,7 @@ class Slots:
             return
         with self._lock:
             self._open.pop(lease.rid, None)
+            lease.returned = True
             if not lease.remote:
                 for cap in lease.caps:
                     members = self._local.get(cap.key)
@@ -110,12 +115,17 @@ class Slots:
                             del self._local[cap.key]
                 return
         try:
-            pipe = self.cache.client.pipeline(transaction=False)
+            # MULTI/EXEC: still one round trip, and no key expires between two of its commands
+            pipe = self.cache.client.pipeline(transaction=bool(lease.then))
             for key in lease.keys:
                 pipe.zrem(key, lease.rid)
+            for send, _ in lease.then:
+                send(pipe)
             pipe.execute()
         except Exception as exc:  # noqa: BLE001 - the lease ends on its own
             self.cache.failed(exc)
+            for _, instead in lease.then:
+                instead()
 
     def renew(self) -> None:
         """Extend the leases of this process's calls in flight (the maintenance tick)."""

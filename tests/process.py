@@ -38,7 +38,10 @@ class Gateway:
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"gateway exited: {Path(self.log.name).read_text()}"
             try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                # the port is bound before the workers start: a connection may wait in its
+                # queue until a worker has started, so the answer may take the whole start-up
+                wait = max(1.0, deadline - time.monotonic())
+                if requests.get(f"{self.url}/healthz", timeout=(1, wait)).status_code == 200:
                     return
             except requests.ConnectionError:
                 time.sleep(0.05)

@@ -3,11 +3,17 @@ with flask-limiter's keys and order; embeddings keep flask-limiter for their rat
 from __future__ import annotations
 
 import json
+import threading
+import urllib.parse
 
 import redis
+from werkzeug import Response
+
+import service.chat
 
 from tests.conftest import auth
-from tests.test_limit_storage import evalsha_calls
+from tests.fakes import openai as fake_openai
+from tests.fakes.tcp_proxy import TcpProxy
 from tests.test_limits import assert_429, chat
 
 
@@ -16,18 +22,32 @@ def window(r: redis.Redis, caller: str, amount: int, scope: str = "chat.completi
     return r.llen(f"LIMITS:LIMITER/tollgate/{caller}/{scope}/{amount}/1/minute")
 
 
-def test_a_chat_calls_limits_budget_and_caps_take_one_script_call(limited):
+def calls(info: dict, command: str) -> int:
+    return info.get(f"cmdstat_{command}", {}).get("calls", 0)
+
+
+def round_trips(before: dict, after: dict) -> int:
+    """The requests Redis read between two `INFO all` (the later one not counted)."""
+    return after["total_reads_processed"] - before["total_reads_processed"] - 1
+
+
+def test_a_chat_calls_limits_budget_and_caps_take_one_script_call(limited, monkeypatch):
+    # the catalogue's version check (a GET at most once a second) out of the round trips counted
+    monkeypatch.setattr(service.chat, "CHAT_MAX_AGE", 3600)
     app, client = limited(RATE_LIMIT_DEFAULT="5/minute", TOKEN_LIMIT_PER_MINUTE=1000,
                           MAX_CONCURRENT_PER_ACCOUNT=4, MAX_CONCURRENT_PER_KEY=2)
     made = client.post("/api/admin/keys", json={"account": "kay", "rpm": 3}, headers=auth("root", True)).json
     key = {"Authorization": f"Bearer {made['key']}"}
     r = redis.Redis.from_url(app.config["REDIS_URL"])
     assert chat(client, "m1", headers=key).status_code == 200  # warm: catalogue cached, script loaded
-    before = evalsha_calls(r)
+    before = r.info("all")
     second = chat(client, "m1", headers=key)
     assert second.status_code == 200
-    # one to admit it (default, model and key rpm, the token budget, both caps), one to count its tokens
-    assert evalsha_calls(r) - before == 2
+    after = r.info("all")
+    # one script to admit it (default, model and key rpm, the token budget, both caps) and one
+    # round trip after it: its slots given back and its tokens counted together
+    assert calls(after, "evalsha") - calls(before, "evalsha") == 1
+    assert round_trips(before, after) == 2
     assert (second.headers["X-RateLimit-Limit"], second.headers["X-RateLimit-Remaining"]) == ("5", "3")
     caller = "acct:kay"
     assert (window(r, caller, 5), window(r, f"{caller}:model:1", 2), window(r, f"{caller}:key:{made['id']}", 3)) \
@@ -44,6 +64,79 @@ def test_a_chat_calls_limits_budget_and_caps_take_one_script_call(limited):
     assert (window(r, caller, 5), window(r, f"{caller}:model:1", 2), window(r, f"{caller}:key:{made['id']}", 3)) \
         == (3, 2, 2)
     assert r.zcard("tollgate:inflight:acct:kay") == 0
+
+
+def gated_stream(upstream, gate: threading.Event):
+    """The upstream streams its first chunk, then the rest (7 + 2 tokens) once `gate` is set."""
+    def handler(request):
+        def events():
+            yield fake_openai.chunk({"role": "assistant", "content": ""})
+            gate.wait(10)
+            yield fake_openai.chunk({"content": "hi there"}, finish="stop")
+            yield fake_openai.chunk({}, usage={"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
+                                    choices=False)
+            yield b"data: [DONE]\n\n"
+        return Response(events(), mimetype="text/event-stream")
+
+    upstream.clear_all_handlers()
+    upstream.expect_request("/v1/chat/completions").respond_with_handler(handler)
+
+
+def streamed(client, then=None):
+    """A streamed chat read to its end and closed (its slots given back on close), then()
+    called once its first chunk is in."""
+    r = client.post("/api/v1/chat/completions", headers=auth(), buffered=False,
+                    json={"model": "m2", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+    assert r.status_code == 200
+    pieces = iter(r.response)
+    body = next(pieces)
+    if then is not None:
+        then()
+    body += b"".join(pieces)
+    r.close()
+    assert body.endswith(b"data: [DONE]\n\n")
+
+
+def test_a_streamed_call_counts_its_tokens_in_the_give_back_round_trip(limited, upstream, monkeypatch):
+    monkeypatch.setattr(service.chat, "CHAT_MAX_AGE", 3600)  # no version check among the round trips
+    app, client = limited(TOKEN_LIMIT_PER_MINUTE=1000, MAX_CONCURRENT_PER_ACCOUNT=4)
+    r = redis.Redis.from_url(app.config["REDIS_URL"])
+    gate = threading.Event()
+    gate.set()
+    gated_stream(upstream, gate)
+    streamed(client)  # warm
+    before = r.info("all")
+    streamed(client)
+    after = r.info("all")
+    assert round_trips(before, after) == 2  # the admission's script, then slots and tokens together
+    assert int(r.get("LIMITS:LIMITER/tpm:alice/1000/1/minute")) == 18
+    assert r.zcard("tollgate:inflight:acct:alice") == 0
+
+
+def test_tokens_whose_give_back_finds_redis_gone_are_counted_in_process(make_app, redis_url, upstream):
+    """Redis goes away during a streamed call: the round trip that would give its slots back and
+    count its tokens fails, so the tokens count in process, where the next call is refused."""
+    target = urllib.parse.urlparse(redis_url)
+    proxy = TcpProxy(target.hostname, target.port or 6379)
+    try:
+        app = make_app(REDIS_URL=f"redis://127.0.0.1:{proxy.port}{target.path}", TOKEN_LIMIT_PER_MINUTE=5,
+                       MAX_CONCURRENT_PER_ACCOUNT=4, RATE_LIMIT_DEFAULT="1000/minute")
+        client = app.test_client()
+        client.post("/api/admin/models", headers=auth("root", True),
+                    json={"id": 2, "name": "m2", "api": "openai", "base_url": upstream.url_for("/v1")})
+        gate = threading.Event()
+        gated_stream(upstream, gate)
+
+        def cut():
+            proxy.cut()
+            gate.set()
+
+        streamed(client, then=cut)  # admitted through Redis; 9 tokens, counted in process
+        refused = chat(client)
+        assert_429(refused)
+        assert refused.json["error"]["message"] == "Token limit exceeded: 5 tokens per minute"
+    finally:
+        proxy.close()
 
 
 def test_a_spent_token_budget_is_refused_after_the_rate_limits_and_takes_no_slot(limited):
