@@ -31,7 +31,11 @@ class Gateway:
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "service.server"], cwd=ROOT, env=full,
                                      stdout=self.log, stderr=subprocess.STDOUT)
-        self._await_ready()
+        try:
+            self._await_ready()
+        except BaseException:  # not left running: the caller has nothing to stop
+            self.stop()
+            raise
 
     def _await_ready(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
