@@ -55,7 +55,7 @@ class Registry:
                         index.setdefault(alias, row)
                 self._rows, self._index, self._version = rows, index, version
                 self._prices = history
-                self._loaded = time.monotonic()
+                self._loaded = self._checked = time.monotonic()  # the version was just read
         return self._rows
 
     @property
