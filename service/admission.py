@@ -24,7 +24,6 @@ from service.limits import STORAGE_PREFIX
 from service.slots import TAKE_SLOTS, Cap, ConcurrencyLimited, Lease
 
 
-
 def _on_key(script: bytes) -> str:
     """One of limits' scripts as a Lua function of its key (the scripts read KEYS[1])."""
     return script.decode().replace("KEYS[1]", "key")
@@ -141,7 +140,7 @@ class Admission:
         for rate in rates:
             args += [rate.item.amount, rate.item.get_expiry()]
         if tokens:
-            keys.append(f"{STORAGE_PREFIX}:{self.budget.key(account)}")
+            keys.append(self.budget.key(account))
             args.append(self.budget.item.amount)
         if lease is not None:
             keys += lease.keys

@@ -76,8 +76,8 @@ class TokenBudget:
         return f"tpm:{account}"
 
     def key(self, account: str) -> str:
-        """The counter's key (limits' fixed window key for this account)."""
-        return self.item.key_for(self._counter(account))
+        """The counter's Redis key (limits' fixed-window key for this account, with its prefix)."""
+        return f"{STORAGE_PREFIX}:{self.item.key_for(self._counter(account))}"
 
     def refusal(self, wait: int) -> RateLimited:
         return RateLimited(f"Token limit exceeded: {self.item.amount} tokens per minute",
@@ -95,15 +95,18 @@ class TokenBudget:
         that gives its slots back (service/slots.py)."""
         if self.item is None or tokens <= 0:
             return
+
+        def hit(limiter):
+            return limiter.hit(self.item, self._counter(account), cost=tokens)
+
         if lease is not None and lease.remote and not lease.returned:
-            lease.then.append((lambda pipe: self._send(pipe, account, tokens),
-                               lambda: self.local.hit(self.item, self._counter(account), cost=tokens)))
+            lease.then.append((lambda pipe: self._send(pipe, account, tokens), lambda: hit(self.local)))
             return
-        self._run(lambda lim: lim.hit(self.item, self._counter(account), cost=tokens))
+        self._run(hit)
 
     def _send(self, pipe, account: str, tokens: int) -> None:
         """limits' fixed-window hit as plain commands (its script in a pipeline would cost a SCRIPT
         EXISTS round trip): the counter, made with the window's expiry when it is new."""
-        key = f"{STORAGE_PREFIX}:{self.key(account)}"
+        key = self.key(account)
         pipe.set(key, 0, ex=self.item.get_expiry(), nx=True)
         pipe.incrby(key, tokens)

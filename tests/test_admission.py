@@ -124,30 +124,21 @@ def test_a_streamed_call_counts_its_tokens_in_the_give_back_round_trip(limited, 
     assert r.zcard("tollgate:inflight:acct:alice") == 0
 
 
-def test_tokens_whose_give_back_finds_redis_gone_are_counted_in_process(make_app, redis_url, upstream):
+def test_tokens_whose_give_back_finds_redis_gone_are_counted_in_process(limited, upstream, redis_proxy):
     """Redis goes away during a streamed call: the round trip that would give its slots back and
     count its tokens fails, so the tokens count in process, where the next call is refused."""
-    target = urllib.parse.urlparse(redis_url)
-    proxy = TcpProxy(target.hostname, target.port or 6379)
-    try:
-        app = make_app(REDIS_URL=f"redis://127.0.0.1:{proxy.port}{target.path}", TOKEN_LIMIT_PER_MINUTE=5,
-                       MAX_CONCURRENT_PER_ACCOUNT=4, RATE_LIMIT_DEFAULT="1000/minute")
-        client = app.test_client()
-        client.post("/api/admin/models", headers=auth("root", True),
-                    json={"id": 2, "name": "m2", "api": "openai", "base_url": upstream.url_for("/v1")})
-        gate = threading.Event()
-        gated_stream(upstream, gate)
+    _, client = limited(TOKEN_LIMIT_PER_MINUTE=5, MAX_CONCURRENT_PER_ACCOUNT=4, RATE_LIMIT_DEFAULT="1000/minute")
+    gate = threading.Event()
+    gated_stream(upstream, gate)
 
-        def cut():
-            proxy.cut()
-            gate.set()
+    def cut():
+        redis_proxy.cut()
+        gate.set()
 
-        streamed(client, then=cut)  # admitted through Redis; 9 tokens, counted in process
-        refused = chat(client)
-        assert_429(refused)
-        assert refused.json["error"]["message"] == "Token limit exceeded: 5 tokens per minute"
-    finally:
-        proxy.close()
+    streamed(client, then=cut)  # admitted through Redis; 9 tokens, counted in process
+    refused = chat(client)
+    assert_429(refused)
+    assert refused.json["error"]["message"] == "Token limit exceeded: 5 tokens per minute"
 
 
 def test_a_spent_token_budget_is_refused_after_the_rate_limits_and_takes_no_slot(limited):
