@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import threading
+import urllib.parse
 
 import jwt as pyjwt
 import pytest
@@ -13,6 +14,7 @@ from pytest_httpserver import HTTPServer
 from service import create_app
 from service.db import SchemaVersion, TABLES, db, is_postgres
 from tests.fakes import openai as fake_openai
+from tests.fakes.tcp_proxy import TcpProxy
 
 SECRET = "test-secret-key-that-is-long-enough-for-hs256"
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -143,6 +145,17 @@ def redis_url():
     client.flushdb()
     yield REDIS_URL
     client.flushdb()
+
+
+@pytest.fixture
+def redis_proxy(redis_url):
+    """A TCP proxy in front of the test Redis: cut it for an outage, count its round trips;
+    `redis_proxy.url` reaches the test's Redis database through it."""
+    target = urllib.parse.urlparse(redis_url)
+    proxy = TcpProxy(target.hostname, target.port or 6379)
+    proxy.url = f"redis://127.0.0.1:{proxy.port}{target.path}"
+    yield proxy
+    proxy.close()
 
 
 class Live:

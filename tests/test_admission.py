@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import urllib.parse
 
 import pytest
 import redis
@@ -14,7 +13,6 @@ import service.chat
 
 from tests.conftest import auth
 from tests.fakes import openai as fake_openai
-from tests.fakes.tcp_proxy import TcpProxy
 from tests.test_limits import assert_429, chat
 
 
@@ -24,18 +22,10 @@ def window(r: redis.Redis, caller: str, amount: int, scope: str = "chat.completi
 
 
 @pytest.fixture
-def redis_proxy(redis_url):
-    target = urllib.parse.urlparse(redis_url)
-    proxy = TcpProxy(target.hostname, target.port or 6379)
-    yield proxy
-    proxy.close()
-
-
-@pytest.fixture
-def store(redis_proxy, redis_url):
+def store(redis_proxy):
     """This module's apps reach Redis through a proxy that counts their round trips (Redis's own
     counters would count every other client's too)."""
-    return f"redis://127.0.0.1:{redis_proxy.port}{urllib.parse.urlparse(redis_url).path}"
+    return redis_proxy.url
 
 
 def calls(info: dict, command: str) -> int:

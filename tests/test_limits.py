@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -13,7 +12,6 @@ import requests
 from tests import schemas
 from tests.conftest import SECRET, auth, token
 from tests.fakes import openai as fake_openai
-from tests.fakes.tcp_proxy import TcpProxy
 from tests.process import Gateway
 from tests.helpers import wait_for
 
@@ -121,33 +119,27 @@ def test_two_processes_share_limits_and_catalogue(make_app, db_url, redis_url, u
             gw.stop()
 
 
-def test_redis_outage_keeps_serving_and_recovers(make_app, redis_url, upstream):
-    target = urllib.parse.urlparse(redis_url)
-    proxy = TcpProxy(target.hostname, target.port or 6379)
-    via_proxy = f"redis://127.0.0.1:{proxy.port}{target.path}"
-    try:
-        app = make_app(REDIS_URL=via_proxy, RATE_LIMIT_DEFAULT="1000/minute")
-        client = app.test_client()
-        client.post("/api/admin/models", headers=auth("root", True),
-                    json={"id": 1, "name": "m1", "api": "openai", "base_url": upstream.url_for("/v1")})
-        upstream.expect_request("/v1/chat/completions").respond_with_json(fake_openai.completion())
-        assert chat(client, "m1").status_code == 200
-        assert client.get("/readyz").json["status"] == "ok"
-        proxy.cut()
-        for _ in range(5):
-            r = chat(client, "m1")
-            assert r.status_code == 200 and "X-RateLimit-Limit" in r.headers
-        assert client.get("/api/v1/models", headers=auth()).status_code == 200
-        ready = client.get("/readyz").json
-        assert ready["status"] == "degraded" and ready["checks"]["redis"] == "down"
-        proxy.restore()
-        wait_for(lambda: client.get("/readyz").json["status"] == "ok", timeout=10)
-        real = redis.Redis.from_url(redis_url)
-        real.flushdb()
-        assert chat(client, "m1").status_code == 200
-        assert [k for k in real.keys("*") if b"tollgate" in k], "limits are not back in Redis"
-    finally:
-        proxy.close()
+def test_redis_outage_keeps_serving_and_recovers(make_app, redis_url, redis_proxy, upstream):
+    app = make_app(REDIS_URL=redis_proxy.url, RATE_LIMIT_DEFAULT="1000/minute")
+    client = app.test_client()
+    client.post("/api/admin/models", headers=auth("root", True),
+                json={"id": 1, "name": "m1", "api": "openai", "base_url": upstream.url_for("/v1")})
+    upstream.expect_request("/v1/chat/completions").respond_with_json(fake_openai.completion())
+    assert chat(client, "m1").status_code == 200
+    assert client.get("/readyz").json["status"] == "ok"
+    redis_proxy.cut()
+    for _ in range(5):
+        r = chat(client, "m1")
+        assert r.status_code == 200 and "X-RateLimit-Limit" in r.headers
+    assert client.get("/api/v1/models", headers=auth()).status_code == 200
+    ready = client.get("/readyz").json
+    assert ready["status"] == "degraded" and ready["checks"]["redis"] == "down"
+    redis_proxy.restore()
+    wait_for(lambda: client.get("/readyz").json["status"] == "ok", timeout=10)
+    real = redis.Redis.from_url(redis_url)
+    real.flushdb()
+    assert chat(client, "m1").status_code == 200
+    assert [k for k in real.keys("*") if b"tollgate" in k], "limits are not back in Redis"
 
 
 def test_a_redis_that_stops_answering_delays_a_call_by_its_timeout_not_for_ever(make_app, upstream):

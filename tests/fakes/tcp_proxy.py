@@ -29,12 +29,13 @@ class TcpProxy:
                 client.close()
                 continue
             upstream = socket.create_connection(self.target)
+            pair = [client, upstream]
             with self.lock:
-                self.open += [client, upstream]
+                self.open += pair
             for a, b, counted in ((client, upstream, True), (upstream, client, False)):
-                threading.Thread(target=self._pump, args=(a, b, counted), daemon=True).start()
+                threading.Thread(target=self._pump, args=(a, b, counted, pair), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, counted: bool) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, counted: bool, pair: list) -> None:
         try:
             while data := src.recv(65536):
                 if counted:  # before it is passed on: the client cannot have its answer yet
@@ -43,23 +44,21 @@ class TcpProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            with self.lock:
+                for s in (src, dst):
+                    _shut(s)
+                pair.pop()
+                if not pair:  # the second pump out closes both: no descriptor is freed while
+                    for s in (src, dst):  # the other pump may still use it (a reused number
+                        self.open.remove(s)  # would be read or written by the wrong owner)
+                        s.close()
 
     def cut(self) -> None:
-        """Refuse new connections and drop the open ones."""
+        """Refuse new connections and drop the open ones (their pumps see the end and close them)."""
         self.up = False
         with self.lock:
             for s in self.open:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                    s.close()
-                except OSError:
-                    pass
-            self.open.clear()
+                _shut(s)
 
     def restore(self) -> None:
         self.up = True
@@ -67,3 +66,10 @@ class TcpProxy:
     def close(self) -> None:
         self.cut()
         self.listener.close()
+
+
+def _shut(s: socket.socket) -> None:
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
