@@ -59,6 +59,9 @@ def load() -> dict:
         "UPSTREAM_READ_TIMEOUT": float(env("UPSTREAM_READ_TIMEOUT", "120")),
         "UPSTREAM_RETRIES": int(env("UPSTREAM_RETRIES", "2")),
         "UPSTREAM_BACKOFF": float(env("UPSTREAM_BACKOFF", "0.25")),
+        # the most read of an answer that is not streamed, or of one line of a stream (256 MiB:
+        # 2048 embeddings of 3072 floats as JSON are ~130 MB)
+        "UPSTREAM_MAX_BYTES": int(env("UPSTREAM_MAX_BYTES", str(256 << 20))),
         "BREAKER_THRESHOLD": int(env("BREAKER_THRESHOLD", "5")),
         "BREAKER_COOLDOWN": float(env("BREAKER_COOLDOWN", "30")),
         "OLLAMA_HOST": env("OLLAMA_HOST", "http://localhost:11434"),

@@ -155,7 +155,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.extensions["tollgate"] = Tollgate(
         cache, Registry(cache),
         Transport(conf["WAITRESS_THREADS"] * 2, conf["UPSTREAM_RETRIES"], conf["UPSTREAM_BACKOFF"],
-                  Breakers(conf["BREAKER_THRESHOLD"], conf["BREAKER_COOLDOWN"])),
+                  Breakers(conf["BREAKER_THRESHOLD"], conf["BREAKER_COOLDOWN"]), conf["UPSTREAM_MAX_BYTES"]),
         budget, Journal(conf["DATA_DIR"], owner), owner, slots, Admission(cache, slots, budget))
 
     from service import account, admin, catalog, chat, cli, embeddings, health, messages, observe, responses

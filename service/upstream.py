@@ -27,6 +27,7 @@ from core.errors import (
 RETRY_CAP = 10.0  # seconds: a provider asking us to wait longer gets its 429 passed on instead
 FINISH_GRACE = 0.05  # seconds: how long a finished stream waits for the rest of its body (the last chunk)
 FINISH_BYTES = 65536  # what a finished stream reads past its last event before giving up the connection
+MAX_BYTES = 256 << 20  # the most read of one answer that is not streamed, or of one line of a stream
 TLS = {"cert_reqs": "CERT_REQUIRED", "ca_certs": DEFAULT_CA_BUNDLE_PATH}
 
 
@@ -51,35 +52,45 @@ def retryable(err: GatewayError) -> bool:
 class Stream:
     """An open streaming answer: its lines as they arrive; `close()` drops the connection."""
 
-    def __init__(self, resp: urllib3.BaseHTTPResponse, provider: str):
-        self.resp, self.provider = resp, provider
+    def __init__(self, resp: urllib3.BaseHTTPResponse, provider: str, max_bytes: int = MAX_BYTES):
+        self.resp, self.provider, self.max_bytes = resp, provider, max_bytes
         self._pieces = self._reads()  # one reader for lines() and finish(): urllib3 drops the
         # connection when a chunked body's reader is abandoned midway
 
     def lines(self):
         """Lines as each network read arrives (none held back, whatever the framing: chunked,
         Content-Length, or a body that ends when the connection closes); a stall is an
-        UpstreamTimeout, a broken connection a ProviderError."""
-        pending = None
+        UpstreamTimeout, a broken connection or a line over `max_bytes` a ProviderError."""
+        pending, size = [], 0  # the start of a line that goes on in a later read
         try:
             for chunk in self._pieces:
-                if pending is not None:
-                    chunk = pending + chunk
-                lines = chunk.splitlines()
-                pending = lines.pop() if lines and chunk[-1:] not in (b"\n", b"\r") else None
+                if b"\n" not in chunk and b"\r" not in chunk:
+                    lines, rest = [], chunk  # all of it goes on: kept as it is, not copied
+                else:
+                    lines = chunk.splitlines()
+                    rest = None if chunk[-1:] in (b"\n", b"\r") else lines.pop()
+                if pending and lines:
+                    lines[0] = b"".join((*pending, lines[0]))  # each piece copied once: no
+                    pending, size = [], 0  # quadratic cost on a line that spans many reads
                 yield from lines
+                if rest is not None:
+                    pending.append(rest)
+                    size += len(rest)
+                    if size > self.max_bytes:
+                        raise ProviderError(f"{self.provider} sent a stream line over "
+                                            f"{self.max_bytes} bytes; the stream was cut")
         except ReadTimeoutError:
             raise UpstreamTimeout(f"{self.provider} stalled mid-stream") from None
         except (HTTPError, OSError):
             raise ProviderError(f"{self.provider} dropped the stream") from None
-        if pending is not None:
-            yield pending
+        if pending:
+            yield b"".join(pending)
 
     def _reads(self):
         """Each chunk of a chunked body as it comes; else whatever one socket read returns
         (urllib3's stream() would wait for the whole body of a non-chunked answer)."""
-        if self.resp.chunked:
-            yield from self.resp.stream(None, decode_content=True)
+        if self.resp.chunked:  # a chunk at a time, a long one in 64 KiB pieces
+            yield from self.resp.stream(65536, decode_content=True)
             return
         while data := self.resp.read1(65536, decode_content=True):
             yield data
@@ -113,8 +124,8 @@ class Transport:
     """Owns the connection pool, retries and circuit breakers; each process has one."""
 
     def __init__(self, pool_size: int = 32, retries: int = 2, backoff: float = 0.25,
-                 breakers: Breakers | None = None):
-        self.retries, self.backoff = retries, backoff
+                 breakers: Breakers | None = None, max_bytes: int = MAX_BYTES):
+        self.retries, self.backoff, self.max_bytes = retries, backoff, max_bytes
         self.breakers = breakers or Breakers()
         self.session = requests.Session()
         self.session.trust_env = False  # never route provider calls through ambient proxies
@@ -166,7 +177,8 @@ class Transport:
         return self.backoff * (2 ** attempt) * random.uniform(0.5, 1.5)
 
     def _post_once(self, call: Call, stream: bool) -> urllib3.BaseHTTPResponse:
-        """One POST; the whole body read unless `stream`. Failures as our errors."""
+        """One POST; the whole body read into `body` unless `stream` (at most `max_bytes`: an
+        upstream that sends more is a ProviderError, its connection dropped). Failures as our errors."""
         adapter, model = call.adapter, call.chat.model
         url = adapter.url(call.base, model, stream)
         body = json.dumps(adapter.request(call.chat), ensure_ascii=False).encode()
@@ -175,8 +187,10 @@ class Transport:
                 # origin-form request line (path?query), as requests sends: not every server routes absolute URLs
                 "POST", urllib3.util.parse_url(url).request_uri, body=body,
                 headers=adapter.headers(call.api_key), retries=False,
-                redirect=False, assert_same_host=False, preload_content=not stream,
+                redirect=False, assert_same_host=False, preload_content=False,
                 timeout=urllib3.Timeout(connect=call.connect_timeout, read=call.read_timeout))
+            if not stream or resp.status >= 400:
+                resp.body = self._body(resp, model.provider)
         except UrllibTimeout as exc:
             if isinstance(exc, NewConnectionError):  # refused, unresolvable
                 raise adapter.unavailable(model.provider) from None
@@ -184,13 +198,8 @@ class Transport:
         except (HTTPError, OSError, ValueError):  # reset, TLS, protocol garbage, bad URL
             raise adapter.unavailable(model.provider) from None
         if resp.status >= 400:
-            try:
-                text = (resp.data if not stream else resp.read()).decode("utf-8", "replace")
-            except (HTTPError, OSError):
-                text = ""
-            resp.close()
-            resp.release_conn()
-            err = scrub(adapter.error(resp.status, text, model.provider), [call.api_key])
+            err = scrub(adapter.error(resp.status, resp.body.decode("utf-8", "replace"), model.provider),
+                        [call.api_key])
             if resp.status == 429 and "Retry-After" in resp.headers:
                 err.headers["Retry-After"] = resp.headers["Retry-After"]
             raise err
@@ -200,9 +209,23 @@ class Transport:
         """One non-streaming call: the completion and the upstream latency in seconds."""
         started = time.perf_counter()
         resp = self._post(call, stream=False)
-        return call.adapter.response(parse_json(resp.data), call.chat), time.perf_counter() - started
+        return call.adapter.response(parse_json(resp.body), call.chat), time.perf_counter() - started
 
     def open_stream(self, call: Call) -> Stream:
         """Start a streaming call; the caller reads `lines()` and must `close()` it."""
-        return Stream(self._post(call, stream=True), call.chat.model.provider)
+        return Stream(self._post(call, stream=True), call.chat.model.provider, self.max_bytes)
+
+    def _body(self, resp: urllib3.BaseHTTPResponse, provider: str) -> bytes:
+        """The whole body, its connection back in the pool; over `max_bytes` (declared or read) a
+        ProviderError, the connection dropped unread."""
+        declared = resp.length_remaining
+        body = b"" if declared is not None and declared > self.max_bytes else resp.read(self.max_bytes + 1)
+        if declared is not None and declared > self.max_bytes or len(body) > self.max_bytes:
+            resp.close()
+            resp.release_conn()
+            err = ProviderError(f"{provider} answered with more than {self.max_bytes} bytes")
+            err.retry = False  # it would send as much again
+            raise err
+        resp.release_conn()
+        return body
 

@@ -8,7 +8,9 @@ import socket
 import threading
 
 import pytest
+from hypothesis import given, strategies as st
 
+from service.upstream import Stream
 from tests.conftest import token
 from tests.fakes.framed import FramedUpstream
 from tests.helpers import account, charges, holds, invariant, wait_for
@@ -155,3 +157,18 @@ def test_a_late_closing_chunk_is_not_waited_for(framed, live):
     assert fake.connections == 2
     wait_for(lambda: len(charges("alice")) == 2 and holds() == 0)
     invariant("alice")
+
+
+LINE = st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b""))
+
+
+@given(lines=st.lists(LINE, max_size=20), tail=LINE, cuts=st.lists(st.integers(0, 4000), max_size=30))
+def test_lines_come_whole_however_the_reads_split_them(lines, tail, cuts):
+    """A line split over any number of reads is yielded once, whole; what follows the last
+    line break comes when the body ends."""
+    body = b"".join(line + b"\n" for line in lines) + tail
+    points = sorted({cut % (len(body) + 1) for cut in cuts})
+    reads = [body[a:b] for a, b in zip([0, *points], [*points, len(body)]) if b > a]
+    stream = Stream.__new__(Stream)  # what lines() reads: the network reads, no socket
+    stream.provider, stream.max_bytes, stream._pieces = "up", 1 << 20, iter(reads)
+    assert list(stream.lines()) == lines + ([tail] if tail else [])
