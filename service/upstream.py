@@ -28,6 +28,7 @@ RETRY_CAP = 10.0  # seconds: a provider asking us to wait longer gets its 429 pa
 FINISH_GRACE = 0.05  # seconds: how long a finished stream waits for the rest of its body (the last chunk)
 FINISH_BYTES = 65536  # what a finished stream reads past its last event before giving up the connection
 MAX_BYTES = 256 << 20  # the most read of one answer that is not streamed, or of one line of a stream
+READ_BYTES = 1 << 20  # one read of an answer that is not streamed
 TLS = {"cert_reqs": "CERT_REQUIRED", "ca_certs": DEFAULT_CA_BUNDLE_PATH}
 
 
@@ -216,16 +217,21 @@ class Transport:
         return Stream(self._post(call, stream=True), call.chat.model.provider, self.max_bytes)
 
     def _body(self, resp: urllib3.BaseHTTPResponse, provider: str) -> bytes:
-        """The whole body, its connection back in the pool; over `max_bytes` (declared or read) a
-        ProviderError, the connection dropped unread."""
+        """The whole body, its connection back in the pool; over `max_bytes` (declared, or read
+        after decoding) a ProviderError, the connection dropped unread. Read in pieces of at most
+        1 MiB: one read of `max_bytes` would ask for that much memory on every call."""
+        pieces, size = [], 0
         declared = resp.length_remaining
-        body = b"" if declared is not None and declared > self.max_bytes else resp.read(self.max_bytes + 1)
-        if declared is not None and declared > self.max_bytes or len(body) > self.max_bytes:
+        if declared is None or declared <= self.max_bytes:
+            while size <= self.max_bytes and (piece := resp.read(READ_BYTES)):
+                pieces.append(piece)
+                size += len(piece)
+        if size > self.max_bytes or declared is not None and declared > self.max_bytes:
             resp.close()
             resp.release_conn()
             err = ProviderError(f"{provider} answered with more than {self.max_bytes} bytes")
             err.retry = False  # it would send as much again
             raise err
         resp.release_conn()
-        return body
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 

@@ -3,6 +3,7 @@ ends, a body without end. The gateway stops reading at the bound, drops the conn
 with the contract's error, and charges nothing for what it did not deliver."""
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -26,8 +27,8 @@ def gateway(make_app, live_factory):
     requests.post(f"{live.url}/api/admin/accounts/alice/credits", json={"amount": 100}, headers=admin,
                   timeout=10).raise_for_status()
 
-    def serve(pieces: list[bytes], framing: str, content_type: str = "application/json") -> FramedUpstream:
-        fake = FramedUpstream(pieces, framing, content_type, awaited=set())
+    def serve(pieces: list[bytes], framing: str, content_type: str = "application/json", **kwargs) -> FramedUpstream:
+        fake = FramedUpstream(pieces, framing, content_type, awaited=set(), **kwargs)
         requests.post(f"{live.url}/api/admin/models", headers=admin, timeout=10, json={
             "id": 10, "name": "big", "api": "openai", "base_url": fake.url + "/v1",
             "cost_per_1k_tokens": "1"}).raise_for_status()
@@ -77,6 +78,17 @@ def test_an_answer_over_the_bound_is_502_and_read_no_further(gateway, framing):
     assert fake.closed.wait(10), "the upstream connection was not dropped"
     assert fake.sent < MANY // 2, f"the gateway read on: {fake.sent} of {MANY} pieces sent"
     assert len(fake.requests) == 1  # not retried: another try would send as much again
+    nothing_charged()
+
+
+def test_the_bound_counts_the_answer_decompressed(gateway):
+    """A gzip body of 32 KiB that inflates to 32 MiB: the bound is on what it inflates to."""
+    bomb = gzip.compress(b'{"id": "up", "pad": "' + FILL * MANY + b'"}')
+    assert len(bomb) < LIMIT // 8
+    gateway([bomb], "length", headers={"Content-Encoding": "gzip"})
+    answer = call(gateway.url, stream=False)
+    assert answer.status_code == 502
+    assert answer.json()["error"]["message"] == f"openai answered with more than {LIMIT} bytes"
     nothing_charged()
 
 

@@ -15,7 +15,7 @@ import time
 class FramedUpstream:
     def __init__(self, pieces: list[bytes], framing: str, content_type: str = "text/event-stream",
                  delay: float | None = None, awaited: set | None = None, keep_alive: bool = False,
-                 hold_end: threading.Event | None = None):
+                 hold_end: threading.Event | None = None, headers: dict | None = None):
         """Lockstep with the test after each piece in `awaited` (indices; default all), or, given
         `delay`, paced by the fake's own clock. With `keep_alive` a connection serves one answer
         after another (chunked and Content-Length bodies), as real servers do; with `hold_end` a chunked
@@ -32,6 +32,7 @@ class FramedUpstream:
         self.closed = threading.Event()  # the answer ended (sent whole, or the gateway hung up)
         self.requests: list[bytes] = []
         self.keep_alive, self.hold_end, self.connections = keep_alive, hold_end, 0  # connections accepted
+        self.headers = headers or {}  # more response headers
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -71,6 +72,7 @@ class FramedUpstream:
     def _answer_one(self, conn: socket.socket) -> None:
         self._read_request(conn)
         head = f"HTTP/1.1 200 OK\r\nContent-Type: {self.content_type}\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in self.headers.items())
         if self.framing == "chunked":
             head += "Transfer-Encoding: chunked\r\n"
         elif self.framing == "length":
