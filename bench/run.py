@@ -267,6 +267,55 @@ def rss_mb(parent: subprocess.Popen) -> float:
     return total / 1024
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree(pid: int) -> list[int]:
+    """A process and every process it forked (a gateway's workers)."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [pid, *(p for child in children for p in tree(int(child)))]
+
+
+def usage(pids) -> dict[int, tuple[float, int]]:
+    """pid -> (CPU seconds, user + system; context switches, voluntary + not), all its threads."""
+    out = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            switches = sum(int(n) for task in Path(f"/proc/{pid}/task").iterdir()
+                           for n in re.findall(r"ctxt_switches:\s+(\d+)", (task / "status").read_text()))
+        except OSError:
+            continue  # gone meanwhile
+        out[pid] = ((int(fields[11]) + int(fields[12])) / TICK, switches)
+    return out
+
+
+def services() -> dict[str, list[int]]:
+    """Every PostgreSQL and Redis process of the machine (nothing else uses them during a bench)."""
+    found = {}
+    for label, name in (("PostgreSQL", "postgres"), ("Redis", "redis-server")):
+        found[label] = [int(p) for p in subprocess.run(["pgrep", "-x", name], capture_output=True,
+                                                       text=True).stdout.split()]
+    return found
+
+
+def metered(url: str, conc: int, auth: str, proc: subprocess.Popen) -> dict:
+    """wrk's numbers plus the CPU per call (ms) of the target's processes, PostgreSQL and Redis, and
+    the target's context switches per call, read from /proc around the run."""
+    groups = {"own": tree(proc.pid), **services()}
+    before = {name: usage(pids) for name, pids in groups.items()}
+    result = wrk(url, conc, auth)
+    groups.update(services())  # a backend that started during the run counts from zero
+    calls = max(result["requests"], 1)
+    for name, pids in groups.items():
+        after, was = usage(pids), before[name]
+        cpu = sum(c - was.get(pid, (0, 0))[0] for pid, (c, _) in after.items())
+        result[f"cpu {name}"] = cpu / calls * 1000
+        if name == "own":
+            result["switches"] = sum(n - was.get(pid, (0, 0))[1] for pid, (_, n) in after.items()) / calls
+    return result
+
+
 def lines(raw):
     """An SSE body's lines as each arrives: per chunk when chunked, else per socket read
     (requests' iter_lines would wait for the whole of a Content-Length or close-delimited body)."""
@@ -343,7 +392,7 @@ def measure() -> dict:
         token = seed(tmp, env, ports["static"], ports["paced"], framed)
         auth = f"Bearer {token}"
         gateway = stack.start([PY, "-m", "service.server"], env=env, name="gateway")
-        stack.start([PY, "-m", "bench.bare_proxy", str(ports["bare"]), str(WORKERS), str(THREADS)],
+        bare = stack.start([PY, "-m", "bench.bare_proxy", str(ports["bare"]), str(WORKERS), str(THREADS)],
                     env={"BARE_UPSTREAM": f"http://127.0.0.1:{ports['static']}/v1/chat/completions",
                          "DATA_DIR": str(tmp / "bare")}, name="bare")
         await_port(ports["gateway"])
@@ -357,7 +406,9 @@ def measure() -> dict:
         results["memory"]["after 2 000"] = (warm, rss_mb(gateway))
         more = fire(urls["gateway"], auth, 18000)
         results["memory"]["after 20 000"] = (warm + more, rss_mb(gateway))
-        results["load"] = {name: {c: wrk(url, c, auths.get(name, "")) for c in CONCURRENCY}
+        procs = {"gateway": gateway, "bare proxy": bare}
+        results["load"] = {name: {c: metered(url, c, auths.get(name, ""), procs[name]) if name in procs
+                                  else wrk(url, c) for c in CONCURRENCY}
                            for name, url in urls.items()}
         results["ablation"] = ablation(stack, env, auth, urls["bare proxy"])
         results["stream"] = {}
@@ -377,6 +428,24 @@ def measure() -> dict:
     finally:
         stack.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cpu_lines(r: dict) -> str:
+    rows = "\n".join(
+        f"| {name} | {c} | {m['cpu own']:.2f} | {m['switches']:.1f} | {m['cpu PostgreSQL']:.2f} | {m['cpu Redis']:.2f} |"
+        for name, by_c in r["load"].items() for c, m in by_c.items() if "cpu own" in m)
+    return f"""
+## CPU per call, by process (the same runs)
+
+CPU time (user + system) from /proc around each run, divided by its calls; PostgreSQL and Redis
+count all their processes. A lone call (concurrency 1) costs more CPU than one among many: the
+group commit shares PostgreSQL's statements and commits only between calls that overlap, and a
+process that idles at each round trip resumes on cold caches.
+
+| target | concurrency | its own CPU, ms | its context switches | PostgreSQL CPU, ms | Redis CPU, ms |
+|---|---|---|---|---|---|
+{rows}
+"""
 
 
 def peer_lines(r: dict) -> str:
@@ -460,7 +529,7 @@ Produced by `make {'bench-peer' if PEER else 'bench'}` (bench/run.py) on {time.s
 
 * gateway / bare proxy throughput at concurrency 32: **{ratio:.0%}** (target ≥ 75%: {ok(ratio >= 0.75)})
 * added p50 latency at concurrency 1 (gateway − upstream): **{added_c1:.2f} ms** (target < 1.5 ms: {ok(added_c1 < 1.5)})
-{peer_lines(r)}{ablation_lines(r)}
+{cpu_lines(r)}{peer_lines(r)}{ablation_lines(r)}
 ## Streaming (60 streams each way, 20 chunks 10 ms apart, three upstream framings)
 
 | path | TTFT p50 ms | TTFT p99 ms | chunk lag p50 ms | chunk lag p99 ms | chunks per stream |
