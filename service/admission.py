@@ -50,7 +50,9 @@ for i = 1, rates do
   at = at + 2
   local taken = acquire(KEYS[i], {{now, amount, expiry, 1}})
   if i == 1 or not taken then
-    local seen = window(KEYS[i], {{now - expiry, amount}})
+    -- limits' search for the window's oldest entry, over the entries there are (not the limit's
+    -- amount: a large limit cost ~log2(amount) LINDEX calls for a short list)
+    local seen = window(KEYS[i], {{now - expiry, math.min(amount, redis.call('llen', KEYS[i]))}})
     if seen then oldest, count = seen[1], seen[2] else oldest, count = false, 0 end
   end
   if not taken then return {{1, i, oldest, count, 0}} end
