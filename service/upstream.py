@@ -222,11 +222,12 @@ class Transport:
         1 MiB: one read of `max_bytes` would ask for that much memory on every call."""
         pieces, size = [], 0
         declared = resp.length_remaining
-        if declared is None or declared <= self.max_bytes:
-            while size <= self.max_bytes and (piece := resp.read(READ_BYTES)):
-                pieces.append(piece)
-                size += len(piece)
-        if size > self.max_bytes or declared is not None and declared > self.max_bytes:
+        over = declared is not None and declared > self.max_bytes
+        while not over and (piece := resp.read(READ_BYTES)):
+            pieces.append(piece)
+            size += len(piece)
+            over = size > self.max_bytes
+        if over:
             resp.close()
             resp.release_conn()
             err = ProviderError(f"{provider} answered with more than {self.max_bytes} bytes")
