@@ -23,7 +23,7 @@ import jwt
 from config import settings
 
 from bench.run import (PEER, PEER_KEY, PY, ROOT, Stack, await_port, flask, free_port, gateway_env, litellm,
-                       litellm_version, prepare_database, versions)
+                       litellm_version, prepare_database, usage, versions)
 
 STREAMS = int(os.environ.get("BENCH_STREAMS", "1000"))
 TOKENS = int(os.environ.get("BENCH_TOKENS", "40"))
@@ -83,11 +83,7 @@ class Sampler:
         return [self.pid, *map(int, children)]
 
     def cpu(self) -> float:
-        total = 0
-        for pid in self.pids():
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+        return sum(seconds for seconds, _ in usage(self.pids()).values())
 
     def rss(self) -> float:
         total = 0
