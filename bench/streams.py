@@ -1,7 +1,8 @@
 """`make bench-streams`: N concurrent paced streams (default 1000, 40 tokens 50 ms apart) against a
-chunked paced upstream, direct, through the bare relay (the stack's floor: bench/bare_proxy.py) and
-through one gateway process with its default settings
-(PostgreSQL, Redis, auth, billing, limits on); wall time, first-token p50/p99, chunks out =
+chunked paced upstream, direct, through the bare relay (a thread per stream with no gateway work:
+bench/bare_proxy.py), through one gateway process with its default settings (PostgreSQL, Redis,
+auth, billing, limits on) and, with one process, through the event relay (one loop thread for every
+stream, no gateway work: bench/event_relay.py); wall time, first-token p50/p99, chunks out =
 chunks in, RSS and CPU. Writes bench/streams.md and bench/streams.json (with
 BENCH_STREAM_WORKERS=N: bench/streams-workersN.*). With BENCH_PEER (`make bench-peer`), LiteLLM's
 proxy runs the same streams after the gateway: bench/streams-peer.*."""
