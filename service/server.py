@@ -1,8 +1,9 @@
 """`python -m service.server` (make serve / make run): waitress, with a graceful stop on SIGTERM.
 
 Sized for LLM traffic, where a call lasts seconds to minutes and capacity is the number of calls
-open at once: waitress's poll() loop (no 1024-descriptor ceiling), a thread per call in flight
-(WAITRESS_THREADS), MAX_CONNECTIONS open connections, the descriptor limit raised to what the
+open at once: waitress on an epoll loop (service/eventloop.py: no 1024-descriptor ceiling, and
+idle connections cost a wake-up nothing; waitress's poll() loop where there is no epoll), a thread
+per call in flight (WAITRESS_THREADS), MAX_CONNECTIONS open connections, the descriptor limit raised to what the
 system allows. A client that stops reading is cut after CLIENT_WRITE_TIMEOUT seconds without
 progress, and at most STREAM_BUFFER_BYTES wait in one connection's buffer. Each serving process
 runs on a CPU of its own (PIN_WORKERS, service/cpus.py).
@@ -35,7 +36,7 @@ from waitress import create_server
 from werkzeug.wsgi import ClosingIterator
 
 from config import settings
-from service import cpus, create_app, logsink
+from service import cpus, create_app, eventloop, logsink
 
 log = logging.getLogger("tollgate")
 
@@ -142,6 +143,7 @@ def serve(sock: socket.socket | None = None) -> None:
                            clear_untrusted_proxy_headers=True, asyncore_use_poll=True,
                            outbuf_high_watermark=conf["STREAM_BUFFER_BYTES"],
                            cleanup_interval=max(1, int(conf["CLIENT_WRITE_TIMEOUT"] // 3)), **where)
+    eventloop.install(server)
     cut_stalled_clients(server, conf["CLIENT_WRITE_TIMEOUT"])
 
     def on_term(signum, frame):

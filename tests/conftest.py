@@ -11,7 +11,7 @@ import pytest
 import redis
 from pytest_httpserver import HTTPServer
 
-from service import create_app
+from service import create_app, eventloop
 from service.db import SchemaVersion, TABLES, db, is_postgres
 from tests.fakes import openai as fake_openai
 from tests.fakes.tcp_proxy import TcpProxy
@@ -166,6 +166,7 @@ class Live:
 
         self.server = create_server(app, host="127.0.0.1", port=0, threads=8,
                                     channel_request_lookahead=1)
+        eventloop.install(self.server)  # the gateway's loop, as service.server runs it
         self.port = self.server.effective_port
         self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.run, daemon=True)
