@@ -20,6 +20,8 @@ from pathlib import Path
 
 import requests
 
+from service.server import raise_descriptor_limit
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 DB = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tollgate_bench")
@@ -28,6 +30,7 @@ REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 WORKERS, THREADS = int(os.environ.get("BENCH_WORKERS", "1")), int(os.environ.get("BENCH_THREADS", "32"))
 DURATION = int(os.environ.get("BENCH_SECONDS", "10"))
 CONCURRENCY = (1, 8, 32)
+IDLE = int(os.environ.get("BENCH_IDLE", "4000"))  # keep-alive connections left open beside a lone caller
 PEER = os.environ.get("BENCH_PEER")  # LiteLLM's `litellm` command (`make bench-peer`), or unset
 PEER_KEY = "sk-bench-peer-master-key-0123456789abcdef"  # LiteLLM refuses to start without one
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "Say hello in one word."}]}
@@ -258,6 +261,19 @@ def wrk(url: str, conc: int, auth: str = "", seconds: int = DURATION) -> dict:
             "errors": int(errors.group(1)) if errors else 0}
 
 
+def with_idle(url: str, auth: str, count: int) -> dict:
+    """wrk at concurrency 1 while `count` idle keep-alive connections are open to the same server
+    (an nginx pool, SDK clients between calls)."""
+    raise_descriptor_limit()
+    address = url.split("/")[2].split(":")
+    idle = [socket.create_connection((address[0], int(address[1]))) for _ in range(count)]
+    try:
+        return wrk(url, 1, auth)
+    finally:
+        for sock in idle:
+            sock.close()
+
+
 def rss_mb(parent: subprocess.Popen) -> float:
     pids = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()
     total = 0
@@ -410,6 +426,7 @@ def measure() -> dict:
         results["load"] = {name: {c: metered(url, c, auths.get(name, ""), procs[name]) if name in procs
                                   else wrk(url, c) for c in CONCURRENCY}
                            for name, url in urls.items()}
+        results["idle"] = {name: with_idle(urls[name], auths.get(name, ""), IDLE) for name in procs}
         results["ablation"] = ablation(stack, env, auth, urls["bare proxy"])
         results["stream"] = {}
         for label, framing in FRAMINGS:  # the same stream, framed three ways
@@ -444,6 +461,25 @@ process that idles at each round trip resumes on cold caches.
 
 | target | concurrency | its own CPU, ms | its context switches | PostgreSQL CPU, ms | Redis CPU, ms |
 |---|---|---|---|---|---|
+{rows}
+"""
+
+
+def idle_lines(r: dict) -> str:
+    """A lone caller beside IDLE open keep-alive connections, against the same caller alone."""
+    if "idle" not in r:
+        return ""
+    rows = "\n".join(f"| {name} | {idle} | {res['rps']:.0f} | {res['p50']:.2f} | {res['p99']:.2f} |"
+                     for name in r["idle"] for idle, res in ((0, r["load"][name][1]), (IDLE, r["idle"][name])))
+    return f"""
+## Idle connections (concurrency 1)
+
+A lone caller while other clients hold keep-alive connections open and idle. The gateway's loop
+(service/eventloop.py, epoll) looks only at connections that changed; the bare proxy runs
+waitress's own poll() loop, which asks every open connection on every wake-up.
+
+| target | idle connections | requests/s | p50 ms | p99 ms |
+|---|---|---|---|---|
 {rows}
 """
 
@@ -529,7 +565,7 @@ Produced by `make {'bench-peer' if PEER else 'bench'}` (bench/run.py) on {time.s
 
 * gateway / bare proxy throughput at concurrency 32: **{ratio:.0%}** (target ≥ 75%: {ok(ratio >= 0.75)})
 * added p50 latency at concurrency 1 (gateway − upstream): **{added_c1:.2f} ms** (target < 1.5 ms: {ok(added_c1 < 1.5)})
-{cpu_lines(r)}{peer_lines(r)}{ablation_lines(r)}
+{cpu_lines(r)}{idle_lines(r)}{peer_lines(r)}{ablation_lines(r)}
 ## Streaming (60 streams each way, 20 chunks 10 ms apart, three upstream framings)
 
 | path | TTFT p50 ms | TTFT p99 ms | chunk lag p50 ms | chunk lag p99 ms | chunks per stream |
