@@ -10,6 +10,7 @@ from waitress import create_server
 from waitress.channel import HTTPChannel
 
 from service import eventloop
+from tests.helpers import wait_for
 
 
 def hello(environ, start_response):
@@ -35,6 +36,7 @@ def serve():
         servers.append((server, thread))
         return server.effective_port
 
+    start.servers = servers
     yield start
     for server, thread in servers:
         server.trigger.pull_trigger(lambda server=server: [c.close() for c in list(server._map.values())])
@@ -123,3 +125,33 @@ def test_an_idle_connection_is_closed_after_the_channel_timeout(serve):
         get(sock)
         assert read_response(reader) == b"hello"
         assert reader.read(1) == b""  # closed by the server (a timeout here raises)
+
+
+def test_connections_that_come_and_go_are_answered_and_leave_nothing_registered(serve):
+    """3000 connections from 20 threads: a third hang up at once, a third after asking, a third
+    read their answer. Closed descriptors' numbers are reused at once by the next connections;
+    each must be served as itself, and nothing stays registered once they are gone."""
+    port = serve()
+    answered, errors = [], []
+
+    def client(count: int) -> None:
+        for i in range(count):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as sock, \
+                        sock.makefile("rb") as reader:
+                    if i % 3:
+                        get(sock)
+                    if i % 3 == 2:
+                        answered.append(read_response(reader))
+            except OSError as exc:
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=client, args=(150,)) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert answered == [b"hello"] * 1000
+    server = next(s for s, _ in serve.servers)
+    wait_for(lambda: len(server.event_loop.registered) == len(server.event_loop.fixed))  # listener, trigger
