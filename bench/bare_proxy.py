@@ -1,7 +1,7 @@
 """The floor our stack allows: Flask + waitress passing the body through with a pooled
 requests.Session, no auth, no billing, no limits (same worker/thread layout and server settings as
-the gateway: waitress's poll loop, the threads asked for, the gateway's switch interval and CPU
-pinning, claimed in the bare proxy's own DATA_DIR). A streamed
+the gateway: its epoll loop (`BARE_LOOP=waitress`: waitress's own poll loop), the threads asked for,
+the gateway's switch interval and CPU pinning, claimed in the bare proxy's own DATA_DIR). A streamed
 call (`"stream": true`) is relayed piece by piece as each upstream chunk arrives."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from flask import Flask, Response, request
 from waitress import create_server
 
 from config import settings
-from service import cpus, server
+from service import cpus, eventloop, server
 
 UPSTREAM = os.environ["BARE_UPSTREAM"]
 
@@ -52,8 +52,11 @@ def main() -> None:
             break
     if conf["PIN_WORKERS"]:
         cpus.pin(conf["DATA_DIR"])
-    create_server(make_app(threads), sockets=[sock], threads=threads, asyncore_use_poll=True,
-                  connection_limit=10000, channel_request_lookahead=1).run()
+    bare = create_server(make_app(threads), sockets=[sock], threads=threads, asyncore_use_poll=True,
+                         connection_limit=10000, channel_request_lookahead=1)
+    if os.environ.get("BARE_LOOP") != "waitress":  # the gateway's loop, unless asked for waitress's own
+        eventloop.install(bare)
+    bare.run()
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from flask import Flask, Response, request
 from waitress import create_server
 
 from config import settings
-from service import cpus, server
+from service import cpus, eventloop, server
 
 UPSTREAM = urlsplit(os.environ["BARE_UPSTREAM"])
 THREADED = os.environ.get("EVENT_RELAY_THREADED") == "1"
@@ -193,9 +193,11 @@ def main() -> None:
     sys.setswitchinterval(conf["SWITCH_INTERVAL"])
     if conf["PIN_WORKERS"]:
         cpus.pin(conf["DATA_DIR"])
-    create_server(make_app(conf["STREAM_BUFFER_BYTES"]), host="127.0.0.1", port=port, threads=threads,
-                  asyncore_use_poll=True, connection_limit=10000, channel_request_lookahead=1,
-                  outbuf_high_watermark=conf["STREAM_BUFFER_BYTES"]).run()
+    relay = create_server(make_app(conf["STREAM_BUFFER_BYTES"]), host="127.0.0.1", port=port, threads=threads,
+                          asyncore_use_poll=True, connection_limit=10000, channel_request_lookahead=1,
+                          outbuf_high_watermark=conf["STREAM_BUFFER_BYTES"])
+    eventloop.install(relay)  # the gateway's server loop
+    relay.run()
 
 
 if __name__ == "__main__":

@@ -274,6 +274,22 @@ def with_idle(url: str, auth: str, count: int) -> dict:
             sock.close()
 
 
+def waitress_loop(stack: Stack, static_port: int) -> dict:
+    """The bare proxy on waitress's own poll() loop, alone and beside IDLE idle connections."""
+    port = free_port()
+    proc = stack.start([PY, "-m", "bench.bare_proxy", str(port), str(WORKERS), str(THREADS)],
+                       env={"BARE_UPSTREAM": f"http://127.0.0.1:{static_port}/v1/chat/completions",
+                            "BARE_LOOP": "waitress", "DATA_DIR": str(stack.tmp / "bare-waitress")},
+                       name="bare-waitress")
+    await_port(port)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    try:
+        return {0: wrk(url, 1), IDLE: with_idle(url, "", IDLE)}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
 def rss_mb(parent: subprocess.Popen) -> float:
     pids = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()
     total = 0
@@ -426,7 +442,9 @@ def measure() -> dict:
         results["load"] = {name: {c: metered(url, c, auths.get(name, ""), procs[name]) if name in procs
                                   else wrk(url, c) for c in CONCURRENCY}
                            for name, url in urls.items()}
-        results["idle"] = {name: with_idle(urls[name], auths.get(name, ""), IDLE) for name in procs}
+        results["idle"] = {name: {0: load[1], IDLE: with_idle(urls[name], auths.get(name, ""), IDLE)}
+                           for name, load in results["load"].items() if name in procs}
+        results["idle"]["bare proxy on waitress's loop"] = waitress_loop(stack, ports["static"])
         results["ablation"] = ablation(stack, env, auth, urls["bare proxy"])
         results["stream"] = {}
         for label, framing in FRAMINGS:  # the same stream, framed three ways
@@ -470,13 +488,14 @@ def idle_lines(r: dict) -> str:
     if "idle" not in r:
         return ""
     rows = "\n".join(f"| {name} | {idle} | {res['rps']:.0f} | {res['p50']:.2f} | {res['p99']:.2f} |"
-                     for name in r["idle"] for idle, res in ((0, r["load"][name][1]), (IDLE, r["idle"][name])))
+                     for name, runs in r["idle"].items() for idle, res in runs.items())
     return f"""
 ## Idle connections (concurrency 1)
 
-A lone caller while other clients hold keep-alive connections open and idle. The gateway's loop
-(service/eventloop.py, epoll) looks only at connections that changed; the bare proxy runs
-waitress's own poll() loop, which asks every open connection on every wake-up.
+A lone caller while other clients hold keep-alive connections open and idle (an nginx pool, SDK
+clients between calls). The gateway and the bare proxy run on the gateway's loop
+(service/eventloop.py, epoll), which looks only at the connections that changed; the last rows are
+the bare proxy on waitress's own poll() loop, which asks every open connection on every wake-up.
 
 | target | idle connections | requests/s | p50 ms | p99 ms |
 |---|---|---|---|---|
