@@ -571,8 +571,8 @@ Produced by `make {'bench-peer' if PEER else 'bench'}` (bench/run.py) on {time.s
   bottleneck). Paced upstreams: a waitress app streaming 20 chunks 10 ms apart (chunked), and
   bench/stream_upstream.py sending the same stream with a Content-Length and close-delimited;
   each chunk stamped with its emission time (CLOCK_MONOTONIC, shared by every process).
-* bare proxy: Flask + waitress, same processes, threads and CPU pinning, a pooled `requests.Session` passing the
-  body through: no auth, no billing, no limits — the floor our stack allows.
+* bare proxy: Flask + waitress, same processes, threads, CPU pinning and server loop (service/eventloop.py), a
+  pooled `requests.Session` passing the body through: no auth, no billing, no limits — the floor our stack allows.
 * load: wrk, {r['settings']['seconds']} s per run, `-t min(2, c)`; everything (load generator
   included) shares the same {os.cpu_count()} cores, so absolute numbers are lower than on a separate load host.
 
@@ -582,7 +582,7 @@ Produced by `make {'bench-peer' if PEER else 'bench'}` (bench/run.py) on {time.s
 |---|---|---|---|---|---|---|
 {rows}
 
-* gateway / bare proxy throughput at concurrency 32: **{ratio:.0%}** (target ≥ 75%: {ok(ratio >= 0.75)})
+* gateway / bare proxy throughput at concurrency 32: **{ratio:.1%}** (target ≥ 75%: {ok(ratio >= 0.75)})
 * added p50 latency at concurrency 1 (gateway − upstream): **{added_c1:.2f} ms** (target < 1.5 ms: {ok(added_c1 < 1.5)})
 {cpu_lines(r)}{idle_lines(r)}{peer_lines(r)}{ablation_lines(r)}
 ## Streaming (60 streams each way, 20 chunks 10 ms apart, three upstream framings)
