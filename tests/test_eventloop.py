@@ -3,6 +3,7 @@ changed, and waitress's behaviour is kept (keep-alive, pipelining, slow readers,
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 
 import pytest
@@ -155,3 +156,26 @@ def test_connections_that_come_and_go_are_answered_and_leave_nothing_registered(
     assert answered == [b"hello"] * 1000
     server = next(s for s, _ in serve.servers)
     wait_for(lambda: len(server.event_loop.registered) == len(server.event_loop.fixed))  # listener, trigger
+
+
+def test_the_gateway_serves_on_this_loop(monkeypatch, tmp_path):
+    """service.server's serve() puts the waitress server it creates on this loop before it runs."""
+    from service import server as gateway
+
+    class Installed(Exception):
+        pass
+
+    def install(server):
+        assert hasattr(server, "run") and hasattr(server, "trigger")  # a waitress server, not yet run
+        raise Installed
+
+    monkeypatch.setattr(gateway.eventloop, "install", install)
+    for key, value in {"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}", "DATA_DIR": str(tmp_path),
+                       "PORT": "0", "PIN_WORKERS": "false", "HOLD_REAP_INTERVAL_SECONDS": "0"}.items():
+        monkeypatch.setenv(key, value)
+    before = sys.getswitchinterval()
+    try:
+        with pytest.raises(Installed):
+            gateway.serve()
+    finally:
+        sys.setswitchinterval(before)
