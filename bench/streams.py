@@ -149,7 +149,7 @@ def render(res: dict) -> str:
              f"{ACCOUNTS} accounts. Machine: {res['versions']['machine']}.", ""]
     if b:
         lines += ["The bare relay is the floor of a thread per stream on this stack (bench/bare_proxy.py): Flask and "
-                  "waitress with the gateway's server settings (poll loop, the same threads, its switch interval, one "
+                  "waitress with the gateway's server settings (its epoll loop, the same threads, its switch interval, one "
                   "CPU of its own) passing each upstream chunk through with requests, no auth, billing, limits or "
                   "rewriting.", ""]
     if e:
