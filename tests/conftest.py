@@ -161,11 +161,11 @@ def redis_proxy(redis_url):
 class Live:
     """The app served by waitress on a loopback port, in a thread."""
 
-    def __init__(self, app):
+    def __init__(self, app, **adj):
         from waitress import create_server
 
-        self.server = create_server(app, host="127.0.0.1", port=0, threads=8,
-                                    channel_request_lookahead=1)
+        self.server = create_server(app, host="127.0.0.1", port=0, **{"threads": 8, "channel_request_lookahead": 1,
+                                                                      **adj})
         eventloop.install(self.server)  # the gateway's loop, as service.server runs it
         self.port = self.server.effective_port
         self.url = f"http://127.0.0.1:{self.port}"

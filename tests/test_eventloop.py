@@ -7,10 +7,9 @@ import sys
 import threading
 
 import pytest
-from waitress import create_server
 from waitress.channel import HTTPChannel
 
-from service import eventloop
+from tests.conftest import Live
 from tests.helpers import wait_for
 
 
@@ -25,24 +24,20 @@ def hello(environ, start_response):
 
 @pytest.fixture
 def serve():
-    """A waitress server on the epoll loop, in a thread; stopped afterwards."""
+    """A waitress server on the epoll loop, in a thread (conftest's Live); stopped afterwards."""
     servers = []
 
     def start(**adj):
-        server = create_server(hello, host="127.0.0.1", port=0, threads=4, channel_request_lookahead=1,
-                               connection_limit=1000, **adj)
-        assert eventloop.install(server)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        return server.effective_port
+        live = Live(hello, threads=4, connection_limit=1000, **adj)
+        assert live.server.event_loop is not None  # on this loop, not waitress's own
+        servers.append(live)
+        return live.port
 
     start.servers = servers
     yield start
-    for server, thread in servers:
-        server.trigger.pull_trigger(lambda server=server: [c.close() for c in list(server._map.values())])
-        thread.join(10)
-        assert not thread.is_alive()
+    for live in servers:
+        live.close()
+        assert not live.thread.is_alive()
 
 
 def get(sock: socket.socket, path: str = "/") -> None:
@@ -154,7 +149,7 @@ def test_connections_that_come_and_go_are_answered_and_leave_nothing_registered(
         thread.join()
     assert not errors
     assert answered == [b"hello"] * 1000
-    server = next(s for s, _ in serve.servers)
+    server = serve.servers[0].server
     wait_for(lambda: len(server.event_loop.registered) == len(server.event_loop.fixed))  # listener, trigger
 
 
