@@ -44,11 +44,12 @@ seed-models: install
 services:
 	@scripts/services.sh
 
-# the local model is stopped afterwards when this run started it
+# the import contracts (.importlinter), then pytest; the local model is stopped afterwards when
+# this run started it
 test: install-test services
 	@started=0; scripts/local_model.sh running || started=1; \
 	scripts/local_model.sh start || exit 1; \
-	$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	$(VENV)/bin/lint-imports --no-cache && $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$started = 1 ]; then scripts/local_model.sh stop; fi; \
 	exit $$status
 
