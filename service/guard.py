@@ -142,31 +142,46 @@ class GuardedChannel(Channel):
         super().del_channel(map)
 
 
+ACCEPT_BATCH = 64  # connections taken per wake-up of the listener (waitress takes one)
+
+
 def _accept(listener):
-    """waitress's handle_accept, with the per-address cap before a channel is made."""
+    """waitress's handle_accept, taking up to ACCEPT_BATCH waiting connections at once (a flood of
+    connects must not fill the listen queue, where the kernel drops other clients' SYNs: a second
+    each), with the per-address cap applied before a channel is made."""
     def handle_accept():
-        try:
-            pair = listener.accept()
-            if pair is None:
+        for _ in range(ACCEPT_BATCH):
+            if not _accept_one(listener):
                 return
-            conn, addr = pair
-            listener.set_socket_options(conn)
-        except OSError:
-            return  # the peer left before we took it (waitress logs and goes on likewise)
-        addr = listener.fix_addr(addr)
-        host = addr[0] if isinstance(addr, tuple) else str(addr)
-        guard = listener.guard
-        if not guard.admit(host):
-            conn.close()
-            return
-        try:
-            channel = listener.channel_class(listener, conn, addr, listener.adj, map=listener._map)
-        except BaseException:
-            guard.release(host)
-            raise
-        if not (guard.per_ip <= 0 or guard.exempt(host)):
-            channel.counted = host
+            if len(listener._map) >= listener.adj.connection_limit:
+                return  # readable() stops listening at the limit; it is asked between wake-ups
     return handle_accept
+
+
+def _accept_one(listener) -> bool:
+    """Take one waiting connection; False when none was waiting."""
+    try:
+        pair = listener.accept()
+        if pair is None:
+            return False
+        conn, addr = pair
+        listener.set_socket_options(conn)
+    except OSError:
+        return True  # the peer left before we took it (waitress logs and goes on likewise)
+    addr = listener.fix_addr(addr)
+    host = addr[0] if isinstance(addr, tuple) else str(addr)
+    guard = listener.guard
+    if not guard.admit(host):
+        conn.close()
+        return True
+    try:
+        channel = listener.channel_class(listener, conn, addr, listener.adj, map=listener._map)
+    except BaseException:
+        guard.release(host)
+        raise
+    if not (guard.per_ip <= 0 or guard.exempt(host)):
+        channel.counted = host
+    return True
 
 
 def _maintenance(listener, guard: Guard):

@@ -138,6 +138,7 @@ def make_server(app, conf: dict, files: int, **where):
                            outbuf_high_watermark=conf["STREAM_BUFFER_BYTES"],
                            # a body over the limit is refused before it is read (waitress: 1 GB to a temp file)
                            max_request_body_size=conf["MAX_CONTENT_LENGTH"] + 1,
+                           backlog=4096,  # as listeners() binds for WORKERS > 1 (capped by net.core.somaxconn)
                            cleanup_interval=interval, **where)
     eventloop.install(server)
     cut_stalled_clients(server, conf["CLIENT_WRITE_TIMEOUT"])

@@ -3,6 +3,7 @@ refused before they are read, request heads that never end closed, connections p
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
 import time
@@ -236,3 +237,59 @@ def test_the_cap_applies_beside_proxies_named_by_address(guarded):
         with connect(live) as two:
             assert closed_within(two, 5) is not None
         assert get(live, "127.0.0.2").startswith(b"HTTP/1.1 200")
+
+
+SLOW = 10_000
+
+
+def call_from_elsewhere(live, headers: str) -> float:
+    """One call from 127.0.0.2 (connect, ask, read the whole answer): seconds it took."""
+    start = time.monotonic()
+    with connect(live, "127.0.0.2") as sock:
+        sock.sendall(f"GET /api/v1/account HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n".encode())
+        answer = read_answer(sock, 30)
+    took = time.monotonic() - start
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    return took
+
+
+def test_ten_thousand_slow_connections_from_one_address_do_not_lock_out_another(guarded):
+    """10 000 connections from 127.0.0.1, each a partial head and a header line every second (in a
+    child process: its 10 000 descriptors are not ours), with the defaults of MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_IP and REQUEST_HEAD_TIMEOUT: 50 calls from 127.0.0.2 meanwhile, p99 < 1 s."""
+    import subprocess
+    import sys
+
+    from tests.conftest import auth
+    from tests.process import ROOT
+
+    live = guarded()
+    headers = "".join(f"{k}: {v}\r\n" for k, v in auth().items())
+    call_from_elsewhere(live, headers)  # the account exists before the flood
+    child = subprocess.Popen([sys.executable, "-m", "tests.slowloris", str(live.port), str(SLOW), "1"],
+                             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        times = []
+        for _ in range(50):  # from the start of the flood on, paced to span its connects and trickles (not awaiting anything)
+            times.append(call_from_elsewhere(live, headers))
+            time.sleep(0.06)
+        line = child.stdout.readline()  # the child says when every connection is settled
+        assert line.startswith("ready "), line
+        ready = json.loads(line.split(" ", 1)[1])
+        held = live.server.guard.open.get("127.0.0.1", 0)
+        files = {"test process (server)": len(os.listdir("/proc/self/fd")),
+                 "child (clients)": len(os.listdir(f"/proc/{child.pid}/fd"))}
+        times += [call_from_elsewhere(live, headers) for _ in range(50)]  # and 50 with the flood settled
+        held_after = live.server.guard.open.get("127.0.0.1", 0)
+    finally:
+        child.stdin.close()
+        done = child.stdout.readline()
+        child.wait(30)
+    during, after = sorted(times[:50]), sorted(times[50:])
+    for name, times in (("during the connects", during), ("settled", after)):
+        print(f"{name}: p50 {times[24] * 1000:.1f} ms, p99 (of 50: the slowest) {times[-1] * 1000:.1f} ms")
+    print(f"flood: {ready}\n{done.strip()}\nserver held {held} then {held_after} from 127.0.0.1, "
+          f"refused {live.server.guard.refused}; descriptors open: {files}")
+    assert ready["connected"] + ready["failed"] + ready["closed_by_server"] >= SLOW * 0.99
+    assert held == held_after == 512  # the default cap, full the whole time
+    assert during[-1] < 1.0 and after[-1] < 1.0, (during, after)  # p99 of 50 calls (nearest rank): the slowest
