@@ -71,3 +71,19 @@ def json_object() -> dict:
         raise InvalidRequest("Request body must be a JSON object", code="invalid_json")
     check_tree(body)
     return body
+
+
+def no_nul_characters() -> None:
+    """400 for a NUL character (U+0000) in the path, a query parameter or a header value, before
+    any view: no legitimate request carries one, and no stored text may hold one (PostgreSQL
+    refuses it, which would otherwise be a 500 wherever the value reaches a query)."""
+    where = None
+    if "\x00" in request.path:
+        where = "path"
+    elif any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
+        where = "query"
+    elif any("\x00" in v for v in request.headers.values()):
+        where = "header"
+    if where:
+        raise InvalidRequest(f"The request's {where} contains a NUL character", code="invalid_request")
+
