@@ -6,6 +6,7 @@ import re
 
 from flask import request
 
+from core.errors import clip
 from service.errors import GatewayError, InvalidRequest
 
 
@@ -17,7 +18,7 @@ def _no_duplicates(pairs: list) -> dict:
     seen = {}
     for key, value in pairs:
         if key in seen:
-            raise ValueError(f"duplicate key {key!r}")
+            raise ValueError(f"duplicate key {clip(repr(key))}")
         seen[key] = value
     return seen
 
@@ -58,7 +59,7 @@ def json_object() -> dict:
     duplicate keys, nesting too deep to parse, or anything but an object."""
     mimetype = request.mimetype
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise UnsupportedMediaType(f"Content-Type must be application/json, got {mimetype}")
+        raise UnsupportedMediaType(f"Content-Type must be application/json, got {clip(mimetype)}")
     raw = request.get_data(cache=True)
     try:
         body = json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)

@@ -200,3 +200,35 @@ def test_the_server_log_is_json_lines():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     (line,) = out.stderr.splitlines()
     assert json.loads(line)["message"] == 'bad head \n{"status": 201}'
+
+
+LONG = "m" * 100_000
+
+
+def echoed(r) -> int:
+    """The longest run of the client's long value in the answer."""
+    text = r.get_data(as_text=True)
+    assert len(text) < 2000, f"{len(text)} bytes of error body"
+    return max((len(part) for part in text.replace('"', " ").replace("'", " ").split()), default=0)
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/api/v1/chat/completions", {"model": LONG, "messages": [MSG]}),
+    ("/v1/messages", {"model": LONG, "max_tokens": 5, "messages": [MSG]}),
+    ("/v1/responses", {"model": LONG, "input": "hi"}),
+    ("/v1/embeddings", {"model": LONG, "input": "hi"}),
+    ("/v1/responses", {"model": "m", "input": "hi", LONG: 1}),
+    ("/v1/messages", {"model": "m", "max_tokens": 5, "messages": [MSG], LONG: 1}),
+    ("/v1/embeddings", {"model": "m", "input": "hi", LONG: 1}),
+], ids=["chat", "messages", "responses", "embeddings", "responses-field", "messages-field", "embeddings-field"])
+def test_a_long_value_is_echoed_at_most_200_characters(gw, path, body):
+    r = gw.post(path, json=body, headers=auth())
+    assert 400 <= r.status_code < 500
+    assert echoed(r) <= 210  # 200 characters of the value, and the quotes or words around it
+
+
+def test_a_long_value_in_a_path_is_echoed_at_most_200_characters(gw, admin_headers):
+    for path, headers in ((f"/v1/responses/{LONG}", auth()), (f"/api/admin/accounts/{LONG}", admin_headers),
+                          (f"/api/v1/models/{LONG}", auth())):
+        r = gw.get(path, headers=headers)
+        assert 400 <= r.status_code < 500 and echoed(r) <= 210, path[:40]
