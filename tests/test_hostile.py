@@ -232,3 +232,22 @@ def test_a_long_value_in_a_path_is_echoed_at_most_200_characters(gw, admin_heade
                           (f"/api/v1/models/{LONG}", auth())):
         r = gw.get(path, headers=headers)
         assert 400 <= r.status_code < 500 and echoed(r) <= 210, path[:40]
+
+
+@pytest.mark.parametrize("query", ["to=0001-01-02", "from=0001-01-01T00:00:00%2B01:00",
+                                   "to=9999-12-31T23:59:59-01:00", "from=99999999999999999999",
+                                   "to=1969-12-31", "from=9999-12-31T23:59:59"])
+@pytest.mark.parametrize("path", ["/api/v1/usage/summary", "/api/v1/usage/export.csv",
+                                  "/api/admin/accounts/alice/usage/summary",
+                                  "/api/admin/accounts/alice/usage/export.csv", "/api/admin/usage/export.csv"])
+def test_times_out_of_range_are_400(client, admin_headers, topup, path, query):
+    topup("alice", 1)
+    r = client.get(f"{path}?{query}", headers=admin_headers if "/admin/" in path else auth())
+    error = refused(r)
+    assert error["code"] == "invalid_parameter" and error["param"] in ("from", "to")
+
+
+def test_the_earliest_and_latest_times_are_served(client):
+    for query in ("from=1970-01-01&to=9999-12-31", "to=1970-01-02", "from=9999-12-30&to=9999-12-31"):
+        r = client.get(f"/api/v1/usage/summary?{query}", headers=auth())
+        assert r.status_code == 200, (query, r.json)
