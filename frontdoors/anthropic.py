@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from core.errors import GatewayError, InvalidRequest
+from core.errors import GatewayError, InvalidRequest, clip
 from frontdoors.common import bad, function_tools
 
 FIELDS = {"model", "messages", "max_tokens", "system", "stop_sequences", "stream", "temperature", "top_p",
@@ -166,7 +166,7 @@ def to_chat(body: dict, counting: bool = False) -> dict:
     equivalent is a 400, never dropped; `metadata` is informational and not forwarded)."""
     unknown = sorted(set(body) - FIELDS)
     if unknown:
-        raise bad(unknown[0], f"'{unknown[0]}' is not supported by this gateway's Messages API")
+        raise bad(unknown[0], f"'{clip(unknown[0])}' is not supported by this gateway's Messages API")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise bad("model", "'model' is required")
     chat = {"model": body["model"], "messages": _messages(body)}

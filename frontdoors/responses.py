@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 
+from core.errors import clip
 from frontdoors.common import bad, function_tools
 from core.transcript import Transcript
 
@@ -81,7 +82,7 @@ def messages_of(items, where: str = "input") -> list[dict]:
         elif kind == "reasoning":
             continue
         else:
-            raise bad(at, f"'{at}.type' {kind!r} is not supported by this gateway")
+            raise bad(at, f"'{at}.type' {clip(repr(kind))} is not supported by this gateway")
     return out
 
 
@@ -116,7 +117,7 @@ def _format(text) -> dict | None:
 def check(body: dict) -> None:
     unknown = sorted(set(body) - FIELDS)
     if unknown:
-        raise bad(unknown[0], f"'{unknown[0]}' is not supported by this gateway's Responses API")
+        raise bad(unknown[0], f"'{clip(unknown[0])}' is not supported by this gateway's Responses API")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise bad("model", "'model' is required")
     if body.get("truncation") not in (None, "disabled"):

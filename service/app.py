@@ -14,6 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from config import settings
 from service import alerts, billing, idempotency, migrations
 from service.admission import Admission, add_headers
+from service.body import no_nul_characters
 from service.breaker import Breakers
 from service.cache import Cache
 from service.db import db, give_back, open_database
@@ -163,6 +164,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     from service import account, admin, catalog, chat, cli, embeddings, health, messages, observe, responses
 
     observe.init_app(app)
+    app.before_request(no_nul_characters)  # after observe's: the refusal is timed and logged
     for module in (chat, messages, responses, embeddings, catalog, account, admin, health, observe):
         app.register_blueprint(module.bp)
     if conf.get("CONSOLE_ENABLED", True):

@@ -11,6 +11,7 @@ from service import chat
 from service.auth import authenticate
 from service.body import json_object
 from service.db import StoredResponse, give_back
+from core.errors import clip
 from service.errors import NotFound
 
 bp = Blueprint("responses", __name__)
@@ -20,7 +21,7 @@ def _stored(response_id: str) -> StoredResponse:
     found = StoredResponse.get_or_none((StoredResponse.response_id == response_id)
                                        & (StoredResponse.account == g.account.id))
     if found is None:
-        raise NotFound(f"No response with id {response_id}", param="response_id", code="response_not_found")
+        raise NotFound(f"No response with id {clip(response_id)}", param="response_id", code="response_not_found")
     return found
 
 
