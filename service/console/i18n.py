@@ -51,6 +51,16 @@ WORDS = {
     "forbidden": ("Operators only.", "仅限管理员。"),
     "bad_csrf": ("This form is stale or forged; reload the page and try again.", "表单已过期或无效，请刷新后重试。"),
     "expires": ("Expires", "过期时间"),
+    "bound_by_key": ("This session was opened with an API key: a key made here is no broader than",
+                     "此会话使用 API 密钥登录：在此创建的密钥不会超出该密钥的权限："),
+    "key_models": ("Models (comma-separated; blank: all allowed)", "模型（逗号分隔；留空：全部允许的模型）"),
+    "rpm": ("Requests per minute", "每分钟请求数"),
+    "max_concurrent": ("Calls at once", "并发调用数"),
+    "any": ("any", "全部"),
+    "session_ended": ("Your session has ended: its credential was revoked or has expired. Sign in again.",
+                      "会话已结束：登录凭据已吊销或过期，请重新登录。"),
+    "not_your_key": ("A session opened with an API key may revoke only that key and the keys made from it.",
+                     "使用 API 密钥登录的会话只能吊销该密钥及由它创建的密钥。"),
 }
 
 

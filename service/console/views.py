@@ -9,10 +9,10 @@ from flask import Blueprint, abort, current_app, g, redirect, render_template, r
 from core import prices as price_classes
 from service import billing, chat, reports, seed
 from service.account import breakdown
-from service.auth import create_key
-from service.console import i18n, session
+from service.auth import LINEAGE_MAX, create_key, lineage
+from service.console import i18n, keys as minting, session, signin
 from service.db import Account, ApiKey, Hold, LedgerEntry, epoch, utcnow
-from service.errors import GatewayError
+from service.errors import AuthenticationFailed, GatewayError, RateLimited
 from service.health import readiness
 
 bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
@@ -21,6 +21,16 @@ bp = Blueprint("console", __name__, url_prefix="/console", template_folder="temp
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 PUBLIC = {"console.login", "console.login_post", "console.static"}
+JSON_ENDPOINTS = {"console.playground_chat"}  # fetched by script: errors in the contract's body
+
+
+@bp.record_once
+def _wire(state) -> None:
+    """The sign-in throttle, counting in Redis when the app has it."""
+    conf = state.app.config
+    state.app.extensions["tollgate_signin"] = signin.Throttle(
+        state.app.extensions["tollgate"].cache, conf["CONSOLE_SIGNIN_BACKOFF_SECONDS"],
+        conf["CONSOLE_SIGNIN_BACKOFF_MAX_SECONDS"], conf["CONSOLE_SIGNIN_WINDOW_SECONDS"])
 
 
 @bp.before_request
@@ -29,7 +39,10 @@ def guard():
     if request.endpoint in PUBLIC:
         return None
     if g.console is None:
-        return redirect(url_for("console.login"))
+        if request.endpoint in JSON_ENDPOINTS:
+            raise AuthenticationFailed("No console session (it ended with its credential, or never began); "
+                                       "sign in again")
+        return redirect(url_for("console.login", ended=1 if g.get("session_ended") else None))
     if request.method == "POST":
         sent = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token")
         if not session.csrf_ok(g.console, sent):
@@ -64,15 +77,17 @@ def _credits_filter(micro):
     return credits(micro)
 
 
-def _login_page(status: int = 200, **values):
-    """The sign-in form with a fresh token, also set in a cookie only this site's pages send back:
-    a sign-in posted from another site (to log the victim into the attacker's account) has no
-    cookie and is refused."""
-    token = session.new_login_token()
+def _login_page(status: int = 200, headers: dict | None = None, **values):
+    """The sign-in form with a fresh signed token, also set in a cookie only this site's pages
+    send back: a sign-in posted from another site (to log the victim into the attacker's account)
+    has no cookie and is refused, and each token is good for one try."""
+    token = signin.form_token()
+    if request.args.get("ended"):
+        values.setdefault("error", i18n.t("session_ended"))
     body, status = page("login.html", status, login_token=token, **values)
-    response = current_app.make_response((body, status))
+    response = current_app.make_response((body, status, headers or {}))
     response.set_cookie(session.LOGIN_COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure,
-                        path="/console/login", max_age=3600)
+                        path="/console/login", max_age=signin.FORM_TOKEN_SECONDS)
     return response
 
 
@@ -81,14 +96,33 @@ def login():
     return _login_page()
 
 
+def _too_many(wait: int):
+    """429 too_many_sign_ins with Retry-After: the contract's body for a client that asks for
+    JSON, the form with a readable message otherwise."""
+    err = RateLimited(f"Too many failed sign-ins; try again in {wait} s", code="too_many_sign_ins",
+                      arg=str(wait), headers={"Retry-After": str(wait)})
+    if request.accept_mimetypes.best_match(["text/html", "application/json"]) == "application/json":
+        raise err
+    g.error_headers, g.error_code = err.headers, err.code  # keep_error_headers keeps Retry-After
+    return _login_page(429, err.headers, error=err.body(i18n.lang())["message"])
+
+
 @bp.post("/login")
 def login_post():
-    if not session.login_token_ok(request.cookies.get(session.LOGIN_COOKIE), request.form.get("csrf_token")):
+    throttle = current_app.extensions["tollgate_signin"]
+    credential = (request.form.get("credential") or "").strip()
+    tries = signin.identities(request.remote_addr, credential)
+    wait = throttle.wait(tries)
+    if wait:
+        return _too_many(wait)
+    if not signin.form_token_ok(throttle, request.cookies.get(session.LOGIN_COOKIE), request.form.get("csrf_token")):
         return _login_page(403, error=i18n.t("bad_csrf"))
     try:
-        token, _ = session.sign_in(request.form.get("credential", ""))
+        token, _ = session.sign_in(credential)
     except GatewayError as err:
-        return _login_page(401, error=err.message)
+        throttle.failed(tries)
+        return _login_page(401, error=err.body(i18n.lang())["message"])
+    throttle.cleared(list(tries)[1])
     response = redirect(url_for("console.overview"))
     response.delete_cookie(session.LOGIN_COOKIE, path="/console/login")
     response.set_cookie(session.COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure,
@@ -144,19 +178,45 @@ def _keys(account_id: int) -> list[ApiKey]:
 
 
 @bp.get("/keys")
-def keys():
-    return page("keys.html", keys=_keys(g.account.id))
+def keys(error: str | None = None, status: int = 200):
+    return page("keys.html", status, keys=_keys(g.account.id), new_key=session.take_flash(g.console),
+                error=error, form=request.form, parent=g.api_key)
 
 
 @bp.post("/keys")
 def create_key_post():
-    name = (request.form.get("name") or "").strip()[:255] or None
-    _, plain = create_key(Account.get_by_id(g.account.id), name)
-    return page("keys.html", keys=_keys(g.account.id), new_key=plain)
+    """A new key (no broader than the session's own key, service/console/keys.py), shown once on
+    the page the answer redirects to: a refresh there makes no second key."""
+    try:
+        asked = minting.parse(request.form)
+        limits = minting.narrowed(asked, g.api_key, current_app.config["MAX_CONCURRENT_PER_KEY"])
+    except GatewayError as err:
+        return keys(err.body(i18n.lang())["message"], 400)
+    _, plain = create_key(Account.get_by_id(g.account.id), limits["name"], limits["rpm"], limits["models"],
+                          limits["expires_at"], limits["max_concurrent"],
+                          g.api_key.id if g.api_key is not None else None)
+    session.flash(g.console, plain)
+    return redirect(url_for("console.keys"))
+
+
+def _revocable(key_id: int) -> bool:
+    """A JWT's session may revoke any of its account's keys; a key's session only itself and the
+    keys minted from it (no more than the key could do)."""
+    if g.api_key is None:
+        return True
+    seen, current = 0, ApiKey.get_or_none((ApiKey.id == key_id) & (ApiKey.account == g.account.id))
+    while current is not None and seen <= LINEAGE_MAX:
+        if current.id == g.api_key.id:
+            return True
+        current = ApiKey.get_or_none(ApiKey.id == current.parent_id) if current.parent_id else None
+        seen += 1
+    return False
 
 
 @bp.post("/keys/<int:key_id>/revoke")
 def revoke_key(key_id: int):
+    if not _revocable(key_id):
+        return page("message.html", 403, message=i18n.t("not_your_key"))
     (ApiKey.update(revoked_at=utcnow())
      .where((ApiKey.id == key_id) & (ApiKey.account == g.account.id) & ApiKey.revoked_at.is_null()).execute())
     return redirect(url_for("console.keys"))
@@ -173,18 +233,25 @@ def models():
     return page("models.html", models=_models(), classes=price_classes.COLUMNS)
 
 
+def _allowed(name: str) -> bool:
+    """The session's key (and the keys it was minted under) may use this model."""
+    return all(not k.models or name in k.models for k in lineage(g.api_key))
+
+
 @bp.get("/playground")
 def playground():
-    return page("playground.html", models=[m["row"] for m in _models() if getattr(m["row"], "kind", "chat") == "chat"])
+    return page("playground.html", models=[m["row"] for m in _models()
+                                           if getattr(m["row"], "kind", "chat") == "chat" and _allowed(m["row"].name)])
 
 
 @bp.post("/playground/chat")
 def playground_chat():
-    """The chat call itself (streamed), paid by the signed-in account."""
+    """The chat call itself (streamed), paid by the signed-in account, admitted as the API admits
+    it: a key's session takes the key's models, rpm and caps (counted with its API calls)."""
     body = request.get_json(silent=True) or {}
     chat.prepare_body({"model": body.get("model"), "messages": [{"role": "user", "content": body.get("prompt") or ""}],
                        "stream": True, "stream_options": {"include_usage": True}})
-    return chat.completions()
+    return chat.admitted(g.chat, chat.chat_rates("chat.completions"))
 
 
 # operators
@@ -218,7 +285,7 @@ def admin_credit(name: str):
     acct = _account(name)
     try:
         note = (request.form.get("note") or "").strip() or None
-        billing.credit(acct.id, billing.to_micro(request.form.get("amount", ""), "amount"), note)
+        billing.credit(acct.id, billing.to_micro(request.form.get("amount", ""), "amount"), note, g.account.name)
     except GatewayError as err:
         return admin_account(name, err.message, 400)
     return redirect(url_for("console.admin_account", name=name))
