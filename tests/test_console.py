@@ -116,7 +116,7 @@ def test_an_operators_top_up_appears_on_the_users_page(site, browser):
     price.clear()
     price.send_keys("0.5")
     price.submit()
-    wait(browser, ready.url_to_be(f"{site.url}/console/admin/models"))
+    wait(browser, ready.url_to_be(f"{site.url}/console/admin/models#model-1"))  # back at its row
     assert AIModel.get_by_id(1).cost_per_1k_input_tokens == 500_000
     browser.get(f"{site.url}/console/admin/live")
     assert browser.find_element(By.ID, "ready").text in ("ok", "degraded")
