@@ -113,6 +113,13 @@ def load() -> dict:
         # the web console at /console (off: no route answers there)
         "CONSOLE_ENABLED": _bool(env("CONSOLE_ENABLED"), True),
         "CONSOLE_SESSION_HOURS": int(env("CONSOLE_SESSION_HOURS", "12")),
+        # failed console sign-ins: free ones per client address and per credential, then each try
+        # waits BACKOFF seconds, doubling up to BACKOFF_MAX; failures are forgotten after WINDOW
+        "CONSOLE_SIGNIN_FREE_PER_IP": int(env("CONSOLE_SIGNIN_FREE_PER_IP", "10")),
+        "CONSOLE_SIGNIN_FREE_PER_CREDENTIAL": int(env("CONSOLE_SIGNIN_FREE_PER_CREDENTIAL", "5")),
+        "CONSOLE_SIGNIN_BACKOFF_SECONDS": float(env("CONSOLE_SIGNIN_BACKOFF_SECONDS", "1")),
+        "CONSOLE_SIGNIN_BACKOFF_MAX_SECONDS": float(env("CONSOLE_SIGNIN_BACKOFF_MAX_SECONDS", "900")),
+        "CONSOLE_SIGNIN_WINDOW_SECONDS": float(env("CONSOLE_SIGNIN_WINDOW_SECONDS", "3600")),
         # provider keys are read through this mapping only, by the variable name a row names
         "PROVIDER_KEYS": {k: v for k, v in os.environ.items() if k.endswith("_API_KEY")},
     }

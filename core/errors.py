@@ -14,6 +14,7 @@ ZH = {
     "forbidden": "权限不足",
     "request_too_large": "请求体过大",
     "rate_limit_exceeded": "请求过于频繁，请稍后再试",
+    "too_many_sign_ins": "登录失败次数过多，请 {} 秒后再试",
     "upstream_timeout": "模型服务响应超时",
     "generation_failed": "生成响应失败",
     "internal_error": "服务器内部错误",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, g
 from peewee import fn
 
 from service import billing, reports, seed
@@ -110,7 +110,7 @@ def credits(name: str):
     if note is not None and not isinstance(note, str):
         raise InvalidRequest("'note' must be a string", param="note")
     acct = billing.account(name, current_app.config["NEW_ACCOUNT_CREDITS_MICRO"])
-    return account_body(billing.credit(acct.id, billing.to_micro(body["amount"]), note))
+    return account_body(billing.credit(acct.id, billing.to_micro(body["amount"]), note, g.account.name))
 
 
 @bp.get("/accounts/<name>")

@@ -144,7 +144,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.after_request(keep_error_headers)  # before the limiter's, so it runs after it
     app.after_request(add_headers)  # the chat call's rate-limit headers (service/admission.py)
     jwt.init_app(app)
-    cors.init_app(app, origins=conf["CORS_ORIGINS"], expose_headers=[
+    # the API's CORS; never on console pages (their forms and cookies are for this site only)
+    cors.init_app(app, resources={r"^/(?!console(/|$)).*": {}}, origins=conf["CORS_ORIGINS"], expose_headers=[
         "X-Request-ID", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"])
     limiter.init_app(app)
     if not conf["REDIS_URL"]:

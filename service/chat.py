@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app, g, request
 from core import chat as chat_request
 from core import transcript
 from service import admission, idempotency, observe, relay
-from service.auth import authenticate
+from service.auth import authenticate, lineage
 from service.body import json_object
 from service.errors import Forbidden, InvalidRequest
 from service.db import give_back
@@ -39,9 +39,9 @@ def prepare_body(body: dict, force_stream: bool = False) -> None:
     messages = chat_request.messages_of(body)
     model = ext.registry.find(chat_request.model_ref(body, current_app.config["DEFAULT_MODEL"]),
                               CHAT_MAX_AGE)
-    key = g.api_key
-    if key is not None and key.models and model.name not in key.models:
-        raise Forbidden(f"This API key may not use model {model.name}", param="model")
+    for key in lineage(g.api_key):
+        if key.models and model.name not in key.models:
+            raise Forbidden(f"This API key may not use model {model.name}", param="model")
     stream, include_usage = chat_request.stream_flags(body, force_stream)
     if getattr(model, "kind", "chat") != "chat":
         raise InvalidRequest(f"{model.name} is an embedding model; call /v1/embeddings", param="model")
@@ -69,15 +69,18 @@ def _admitted_here() -> bool:
 CALL_SCOPE = "chat.completions"
 
 
-def chat_rates() -> list[admission.Rate]:
+def chat_rates(scope: str | None = None) -> list[admission.Rate]:
     """The chat call's rate limits, with the limit and key functions flask-limiter is given for
     embeddings: the default (per account), the model's rpm (per account per model) and the API
-    key's rpm."""
+    key's rpm (and the rpm of the keys a key was minted from), in the calls' shared windows."""
     specs = [(default_limit(), limit_key())]
     for limit, key, exempt in ((model_limit, model_key, no_model_limit), (key_limit, key_key, no_key_limit)):
         if not exempt():
             specs.append((limit(), key()))
-    return admission.rates(specs, current_app.config["RATELIMIT_KEY_PREFIX"], CALL_SCOPE)
+    for parent in lineage(g.api_key)[1:]:  # a key minted from a key's session shares its rpm
+        if parent.rpm:
+            specs.append((f"{parent.rpm}/minute", f"{limit_key()}:key:{parent.id}"))
+    return admission.rates(specs, current_app.config["RATELIMIT_KEY_PREFIX"], scope or CALL_SCOPE)
 
 
 def admitted(req, rates: list[admission.Rate], answer=relay.complete):
@@ -179,7 +182,7 @@ def _call(chat, ext, conf, lease, answer):
 def caps(account, key, conf) -> list[Cap]:
     """The caller's caps on calls in flight: its account's, and its API key's."""
     found = [Cap(f"acct:{account.name}", conf["MAX_CONCURRENT_PER_ACCOUNT"], f"account {account.name}")]
-    if key is not None:
-        limit = key.max_concurrent or conf["MAX_CONCURRENT_PER_KEY"]
-        found.append(Cap(f"key:{key.id}", limit, f"API key {key.prefix}… (id {key.id})"))
+    for each in lineage(key):  # a key minted from a key's session: its parents' caps too
+        limit = each.max_concurrent or conf["MAX_CONCURRENT_PER_KEY"]
+        found.append(Cap(f"key:{each.id}", limit, f"API key {each.prefix}… (id {each.id})"))
     return found

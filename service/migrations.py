@@ -283,10 +283,25 @@ def _v9_one_schema() -> None:
         migrate(SqliteMigrator(db.obj).add_column_default("ledgerentry", "absorbed", 0))
 
 
+V10_COLUMNS = (("console_session", "key_id", "INTEGER"), ("console_session", "flash", "TEXT"),
+              ("api_key", "parent_id", "INTEGER"),
+              ("ledgerentry", "operator", "VARCHAR(255)"))
+
+
+def _v10_sessions_keep_their_credential() -> None:
+    """A console session remembers the API key it was opened with (its limits apply, its
+    revocation ends the session), a key minted there its parent key, and top-ups and
+    corrections the operator who made them."""
+    for table, column, kind in V10_COLUMNS:
+        if column not in {c.name for c in db.get_columns(table)}:
+            db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
 STEPS = [(1, _v1_initial), (2, _v2_ledger_page_index), (3, _v3_batch_functions),
          (4, _v4_owned_holds_overruns_checks), (5, _v5_key_concurrency),
          (6, _v6_token_classes_idempotency_alerts), (7, _v7_model_kind_stored_responses),
-         (8, _v8_console_sessions), (9, _v9_one_schema)]
+         (8, _v8_console_sessions), (9, _v9_one_schema),
+         (10, _v10_sessions_keep_their_credential)]
 
 
 def current_version() -> int:
