@@ -31,7 +31,9 @@ _json = json_answer
 def _charged_matches(usage) -> None:
     """1 credit per 1k tokens in the gateway fixture: 1000 micro-credits a token."""
     row = charges("alice")[-1]
-    assert row.delta == -(usage.input_tokens + usage.cache_read_input_tokens + usage.output_tokens) * 1000
+    tokens = (usage.input_tokens + (usage.cache_read_input_tokens or 0)
+              + (usage.cache_creation_input_tokens or 0) + usage.output_tokens)
+    assert row.delta == -tokens * 1000
     assert holds() == 0
     invariant("alice")
 
