@@ -26,6 +26,7 @@ ACCEPTED = {"metadata", "service_tier", "cache_control", "context_management", "
 FIELDS = MAPPED | ACCEPTED
 EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
 TOOL_KEYS = {"name", "description", "input_schema", "type", "cache_control", "strict", "eager_input_streaming"}
+DELTA_USAGE = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
 STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
         "content_filter": "refusal"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
@@ -431,9 +432,10 @@ def events(chunks):
             return
         if block is not None:
             yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
+        counted = usage(last_usage)  # message_delta's usage: the counts, not the tier or the split
         yield _event("message_delta", {"type": "message_delta",
                                        "delta": {"stop_reason": stop[0], "stop_sequence": stop[1]},
-                                       "usage": usage(last_usage)})
+                                       "usage": {k: counted[k] for k in DELTA_USAGE}})
         yield _event("message_stop", {"type": "message_stop"})
     finally:
         close = getattr(chunks, "close", None)
