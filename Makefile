@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-FLASK := $(VENV)/bin/flask --app wsgi
+TOLLGATE := $(VENV)/bin/tollgate
 export REDIS_URL_TEST := $(or $(REDIS_URL),redis://127.0.0.1:6379/15)
 
 LOCAL_MODEL ?= 1
@@ -34,10 +34,9 @@ claude-code: $(AGENTS)/.claude-code-$(CLAUDE_CODE_VERSION)
 
 run: install
 	@if [ "$(LOCAL_MODEL)" != "0" ]; then \
-	  echo "Starting the local model (Gemma 3 270M); the first start builds llama.cpp and takes several minutes. LOCAL_MODEL=0 skips it."; \
 	  scripts/local_model.sh start || echo "local model: not available (reason above); the gateway starts without it"; \
 	fi
-	$(FLASK) demo
+	$(TOLLGATE) demo
 	$(PY) -m service.server
 
 local-model:
@@ -50,13 +49,18 @@ serve: install
 	$(PY) -m service.server
 
 seed-models: install
-	$(FLASK) seed-models $(if $(FILE),--file $(FILE))
+	$(TOLLGATE) seed-models $(if $(FILE),--file $(FILE))
 
 services:
 	@scripts/services.sh
 
-test: install-test services local-model claude-code
-	$(PY) -m pytest $(PYTEST_ARGS)
+# the local model is stopped afterwards when this run started it
+test: install-test services claude-code
+	@started=0; scripts/local_model.sh running || started=1; \
+	scripts/local_model.sh start || exit 1; \
+	$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$started = 1 ]; then scripts/local_model.sh stop; fi; \
+	exit $$status
 
 bench: install-test services wrk
 	$(PY) -m bench.run

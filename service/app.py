@@ -25,6 +25,7 @@ from service.errors import keep_error_headers, register_error_handlers
 from service.extensions import cors, jwt, limiter
 from service.limit_storage import OneTripRedisStorage
 from service.limits import TokenBudget
+from service.readiness import Reachability
 from service.registry import Registry
 from service.upstream import Transport
 
@@ -46,6 +47,7 @@ class Tollgate:
     stopping: threading.Event = field(default_factory=threading.Event)  # set: end open streams
     accounts: dict = field(default_factory=dict)  # account name -> Caller (ids never change)
     verified: dict = field(default_factory=dict)  # JWT -> its verified claims
+    reach: Reachability = field(default_factory=Reachability)  # upstreams' last TCP probes
 
 
 def limit_storage_uri(redis_url: str | None) -> str:

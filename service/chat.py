@@ -71,6 +71,11 @@ def _admitted_here() -> bool:
     return request.blueprint in ("chat", "messages", "responses")
 
 
+# One window per limit shared by chat, Messages and Responses (SPEC §13): a door is a way to ask,
+# not a second allowance. The chat route's flask-limiter scope, so windows survive the upgrade.
+CALL_SCOPE = "chat.completions"
+
+
 def chat_rates() -> list[admission.Rate]:
     """The chat call's rate limits, with the limit and key functions flask-limiter is given for
     embeddings: the default (per account), the model's rpm (per account per model) and the API
@@ -79,7 +84,7 @@ def chat_rates() -> list[admission.Rate]:
     for limit, key, exempt in ((model_limit, model_key, no_model_limit), (key_limit, key_key, no_key_limit)):
         if not exempt():
             specs.append((limit(), key()))
-    return admission.rates(specs, current_app.config["RATELIMIT_KEY_PREFIX"], request.endpoint)
+    return admission.rates(specs, current_app.config["RATELIMIT_KEY_PREFIX"], CALL_SCOPE)
 
 
 def admitted(req, rates: list[admission.Rate], answer=relay.complete):

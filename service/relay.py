@@ -124,7 +124,8 @@ def _call(chat, conf, embedding: bool = False) -> Call:
         if not api_key:
             raise ProviderUnavailable(f"{model.provider} is not configured on this gateway "
                                       f"({model.api_key_env} is not set)",
-                                      code=f"{model.provider.lower()}_unavailable")
+                                      code=f"{model.provider.lower()}_unavailable",
+                                      headers={"x-should-retry": "false"})  # no retry sets it
     base = model.base_url or conf.get(adapter.base_setting) or adapter.default_base
     return Call(adapter, chat, base.rstrip("/"), api_key, model.connect_timeout or conf["UPSTREAM_CONNECT_TIMEOUT"],
                 model.read_timeout or conf["UPSTREAM_READ_TIMEOUT"])

@@ -153,10 +153,14 @@ class Transport:
             try:
                 resp = self._post_once(call, stream)
             except GatewayError as err:
-                if not retryable(err):
-                    self.breakers.success(key)  # the upstream answered; the request was at fault
-                    raise
-                self.breakers.failure(key)
+                if not retryable(err) or isinstance(err, UpstreamRateLimited):
+                    # the upstream answered: the request was at fault, or the provider's limit was
+                    # reached (its limit, not its failure: a 429 never opens the breaker)
+                    self.breakers.success(key)
+                    if not retryable(err):
+                        raise
+                else:
+                    self.breakers.failure(key)
                 wait = self._wait(err, attempt)
                 if attempt == self.retries or wait is None:
                     raise
