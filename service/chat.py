@@ -125,7 +125,7 @@ def idempotently(chat, run):
         idempotency.abandon(account_id, key)
         raise
     if isinstance(answer, Response):  # a stream: its answer is known when it ends
-        answer.response = _recorded(answer.response, account_id, key)
+        answer.response = _recorded(answer.response, account_id, key, chat.request_id)
         return answer
     idempotency.finish(account_id, key, answer[0])
     return answer
@@ -141,7 +141,7 @@ def _replayed(chat, stored: dict):
                     headers=headers)
 
 
-def _recorded(events, account_id: int, key: str):
+def _recorded(events, account_id: int, key: str, request_id: str):
     """The stream's events as they go; a stream that ended properly is stored for its key, any
     other gives the key back."""
     heard = transcript.Transcript()
@@ -152,7 +152,7 @@ def _recorded(events, account_id: int, key: str):
     finally:
         try:
             if heard.finished:
-                idempotency.finish(account_id, key, heard.body())
+                idempotency.finish(account_id, key, {"id": request_id, **heard.body()})
             else:
                 idempotency.abandon(account_id, key)
         finally:

@@ -48,7 +48,9 @@ def prepare() -> None:
 def request_id(response):
     """Anthropic's `request-id` header (the SDKs' `_request_id`), the id of the gateway's call."""
     if request.method != "OPTIONS":
-        response.headers["request-id"] = f"req_{g.get('request_hex') or uuid.uuid4().hex}"
+        ours = response.headers.get("X-Request-ID", "")  # the call's id (a replay's: the first call's)
+        hex_id = ours.removeprefix("chatcmpl-") if ours.startswith("chatcmpl-") else g.get("request_hex")
+        response.headers["request-id"] = f"req_{hex_id or uuid.uuid4().hex}"
     return response
 
 

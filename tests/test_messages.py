@@ -359,3 +359,15 @@ def test_every_answer_has_a_request_id(sdk):
     with pytest.raises(anthropic.NotFoundError) as err:
         sdk.messages.create(model="nope", max_tokens=5, messages=[{"role": "user", "content": "Hi"}])
     assert err.value.request_id and err.value.request_id == err.value.body["request_id"]
+
+
+def test_an_anthropic_rows_stream_replays_for_its_idempotency_key(gateway, upstream):
+    upstream.expect_request(PATHS["anthropic"]).respond_with_handler(
+        lambda request: Response(fixture("anthropic", "cache.sse"), mimetype="text/event-stream"))
+    first = _post(gateway, {**NATIVE, "stream": True}, **{"Idempotency-Key": "k-native-1"})
+    heard = first.data  # the stream runs to its end
+    again = _post(gateway, {**NATIVE, "stream": True}, **{"Idempotency-Key": "k-native-1"})
+    assert first.status_code == again.status_code == 200
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.data == heard and again.headers["request-id"] == first.headers["request-id"]
+    assert len(upstream.log) == 1 and len(charges("alice")) == 1
