@@ -26,7 +26,8 @@ ACCEPTED = {"metadata", "service_tier", "cache_control", "context_management", "
 FIELDS = MAPPED | ACCEPTED
 EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
 TOOL_KEYS = {"name", "description", "input_schema", "type", "cache_control", "strict", "eager_input_streaming"}
-DELTA_USAGE = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
+DELTA_USAGE = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens",
+               "output_tokens_details")
 STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
         "content_filter": "refusal"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
@@ -329,10 +330,14 @@ def usage(openai_usage: dict | None) -> dict:
     translated row writes no Anthropic cache)."""
     u = openai_usage or {}
     cached = ((u.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0
-    return {"input_tokens": max((u.get("prompt_tokens") or 0) - cached, 0),
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached,
-            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
-            "output_tokens": u.get("completion_tokens") or 0, "service_tier": "standard"}
+    out = {"input_tokens": max((u.get("prompt_tokens") or 0) - cached, 0),
+           "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached,
+           "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+           "output_tokens": u.get("completion_tokens") or 0, "service_tier": "standard"}
+    thought = (u.get("completion_tokens_details") or {}).get("reasoning_tokens")
+    if thought:  # the output tokens spent reasoning, as Anthropic splits them out
+        out["output_tokens_details"] = {"thinking_tokens": thought}
+    return out
 
 
 def stop_of(choice: dict) -> tuple[str, str | None]:
@@ -435,7 +440,7 @@ def events(chunks):
         counted = usage(last_usage)  # message_delta's usage: the counts, not the tier or the split
         yield _event("message_delta", {"type": "message_delta",
                                        "delta": {"stop_reason": stop[0], "stop_sequence": stop[1]},
-                                       "usage": {k: counted[k] for k in DELTA_USAGE}})
+                                       "usage": {k: counted[k] for k in DELTA_USAGE if k in counted}})
         yield _event("message_stop", {"type": "message_stop"})
     finally:
         close = getattr(chunks, "close", None)

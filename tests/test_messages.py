@@ -371,3 +371,26 @@ def test_an_anthropic_rows_stream_replays_for_its_idempotency_key(gateway, upstr
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.data == heard and again.headers["request-id"] == first.headers["request-id"]
     assert len(upstream.log) == 1 and len(charges("alice")) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_reasoning_tokens_are_thinking_tokens(gateway, upstream, stream):
+    """OpenAI's reasoning tokens as Anthropic's output_tokens_details.thinking_tokens."""
+    if stream:
+        upstream.expect_request(PATHS["openai"]).respond_with_handler(
+            lambda request: Response(fixture("openai", "cached_reasoning.sse"), mimetype="text/event-stream"))
+    else:
+        upstream.expect_request(PATHS["openai"]).respond_with_handler(_json(fixture("openai", "cached_reasoning.json")))
+    r = _post(gateway, {"model": "m-openai", "max_tokens": 400, "stream": stream,
+                        "messages": [{"role": "user", "content": "x" * 9000}]})
+    assert r.status_code == 200
+    if stream:
+        events = _sse(r.data)
+        for event in events:
+            anthropic_shape("event", event)
+        counted = events[-2]["usage"]
+    else:
+        anthropic_shape("message", r.json)
+        counted = r.json["usage"]
+    assert counted["output_tokens_details"] == {"thinking_tokens": 192}
+    assert (counted["input_tokens"], counted["cache_read_input_tokens"]) == (2006 - 1920, 1920)
