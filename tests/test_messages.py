@@ -16,7 +16,7 @@ from tests.providers import fixture
 TOOL = {"name": "get_weather", "description": "Weather now",
         "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
 PATHS = {"openai": "/v1/chat/completions", "gemini": "/v1beta/models/up:generateContent",
-         "anthropic": "/v1/messages"}
+         "anthropic": "/v1/messages", "ollama": "/api/chat"}
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def _post(gateway, body: dict, **headers):
 
 
 ANSWERS = {"openai": _json(fake_openai.completion("Hello from GPT", 9, 3)),
-           "gemini": _json(fixture("gemini", "generate.json"))}
+           "gemini": _json(fixture("gemini", "generate.json")), "ollama": _json(fixture("ollama", "chat.json"))}
 # what Claude Code 2.1.197 sends on every call, besides model, messages, max_tokens, stream, system, tools
 CLAUDE_CODE = {"metadata": {"user_id": '{"device_id":"d1","session_id":"s1"}'}, "thinking": {"type": "adaptive"},
                "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
@@ -242,7 +242,7 @@ SCREENSHOT = [{"role": "user", "content": "Take a screenshot"},
                   {"type": "text", "text": "What is on it?"}]}]
 
 
-@pytest.mark.parametrize("api", ["openai", "gemini"])
+@pytest.mark.parametrize("api", ["openai", "ollama", "gemini"])
 def test_an_image_in_a_tool_result_reaches_the_provider(gateway, upstream, api):
     """It was dropped: only the result's text went upstream."""
     upstream.expect_request(PATHS[api]).respond_with_handler(ANSWERS[api])
@@ -255,6 +255,9 @@ def test_an_image_in_a_tool_result_reaches_the_provider(gateway, upstream, api):
         assert sent["messages"][3] == {"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
             {"type": "text", "text": "What is on it?"}]}
+    elif api == "ollama":
+        assert sent["messages"][2] == {"role": "tool", "content": "the screen"}
+        assert sent["messages"][3] == {"role": "user", "content": "What is on it?", "images": [PNG]}
     else:
         parts = sent["contents"][-1]["parts"]
         assert "functionResponse" in parts[0]
