@@ -7,7 +7,7 @@ export REDIS_URL_TEST := $(or $(REDIS_URL),redis://127.0.0.1:6379/15)
 
 LOCAL_MODEL ?= 1
 
-.PHONY: install install-test run serve test services seed-models bench bench-streams bench-peer wrk soak lint clean local-model local-model-stop
+.PHONY: install install-test claude-code run serve test services seed-models bench bench-streams bench-peer wrk soak lint clean local-model local-model-stop
 
 $(VENV)/.base: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,16 @@ $(VENV)/.test: $(VENV)/.base
 
 install: $(VENV)/.base
 install-test: $(VENV)/.test
+
+# Claude Code, the real client tests/test_claude_code.py runs (docs/agents.md), pinned, into .agents/
+CLAUDE_CODE_VERSION ?= 2.1.197
+AGENTS ?= .agents
+$(AGENTS)/.claude-code-$(CLAUDE_CODE_VERSION):
+	@command -v npm >/dev/null 2>&1 || { echo "test: npm is needed to install Claude Code (apt-get install npm)" >&2; exit 1; }
+	@npm install --prefix $(AGENTS) --no-audit --no-fund --no-update-notifier --loglevel=error \
+	  @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION) >/dev/null
+	@touch $@
+claude-code: $(AGENTS)/.claude-code-$(CLAUDE_CODE_VERSION)
 
 run: install
 	@if [ "$(LOCAL_MODEL)" != "0" ]; then \
@@ -46,7 +56,7 @@ services:
 
 # the import contracts (.importlinter), then pytest; the local model is stopped afterwards when
 # this run started it
-test: install-test services
+test: install-test services claude-code
 	@started=0; scripts/local_model.sh running || started=1; \
 	scripts/local_model.sh start || exit 1; \
 	$(VENV)/bin/lint-imports --no-cache && $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \

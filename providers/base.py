@@ -157,6 +157,10 @@ class Adapter(ABC):
     def headers(self, api_key: str | None) -> dict:
         return {"Content-Type": "application/json"}
 
+    def call_headers(self, chat, api_key: str | None) -> dict:
+        """The headers of one call: the provider's, plus what a native call passes on."""
+        return self.headers(api_key)
+
     # Embeddings (core/embedding.py): where, what to send, and (vectors, prompt tokens or None)
     def embed_url(self, base: str, model) -> str:
         raise NotImplementedByProvider(f"Embeddings are not offered by the {self.name} provider", param="model")

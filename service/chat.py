@@ -32,13 +32,19 @@ def prepare() -> None:
     prepare_body(json_object(), request.path == STREAM_PATH)
 
 
-def prepare_body(body: dict, force_stream: bool = False) -> None:
-    """The chat call of an OpenAI-shaped body (every front door's, once translated) as g.chat,
-    and its model as g.model for the limits."""
+def find_model(body: dict):
+    """The catalogue row a body names (`id`, `model`, else the default)."""
     ext = current_app.extensions["tollgate"]
-    messages = chat_request.messages_of(body)
-    model = ext.registry.find(chat_request.model_ref(body, current_app.config["DEFAULT_MODEL"]),
-                              CHAT_MAX_AGE)
+    return ext.registry.find(chat_request.model_ref(body, current_app.config["DEFAULT_MODEL"]), CHAT_MAX_AGE)
+
+
+def prepare_body(body: dict, force_stream: bool = False, native: dict | None = None,
+                 native_api: str = "", native_headers: dict | None = None) -> None:
+    """The chat call of an OpenAI-shaped body (every front door's, once translated) as g.chat,
+    and its model as g.model for the limits. A `native` call carries the door's own body, sent
+    as it came to a row that speaks `native_api` (`body` then holds the door's messages and cap)."""
+    messages = body["messages"] if native is not None else chat_request.messages_of(body)
+    model = find_model(body)
     for key in lineage(g.api_key):
         if key.models and model.name not in key.models:
             raise Forbidden(f"This API key may not use model {model.name}", param="model")
@@ -48,7 +54,8 @@ def prepare_body(body: dict, force_stream: bool = False) -> None:
     g.model = model
     g.chat = chat_request.ChatRequest(model, messages, chat_request.params_of(body), stream,
                                       include_usage, f"chatcmpl-{uuid.uuid4().hex}",
-                                      body.get("stream_options") or {})
+                                      body.get("stream_options") or {}, native, native_api,
+                                      native_headers or {})
 
 
 @bp.post("/api/v1/chat/completions")
@@ -121,7 +128,7 @@ def idempotently(chat, run):
         idempotency.abandon(account_id, key)
         raise
     if isinstance(answer, Response):  # a stream: its answer is known when it ends
-        answer.response = _recorded(answer.response, account_id, key)
+        answer.response = _recorded(answer.response, account_id, key, chat.request_id)
         return answer
     idempotency.finish(account_id, key, answer[0])
     return answer
@@ -137,7 +144,7 @@ def _replayed(chat, stored: dict):
                     headers=headers)
 
 
-def _recorded(events, account_id: int, key: str):
+def _recorded(events, account_id: int, key: str, request_id: str):
     """The stream's events as they go; a stream that ended properly is stored for its key, any
     other gives the key back."""
     heard = transcript.Transcript()
@@ -148,7 +155,7 @@ def _recorded(events, account_id: int, key: str):
     finally:
         try:
             if heard.finished:
-                idempotency.finish(account_id, key, heard.body())
+                idempotency.finish(account_id, key, {"id": request_id, **heard.body()})
             else:
                 idempotency.abandon(account_id, key)
         finally:

@@ -191,7 +191,7 @@ class Transport:
             resp = self._pool(call.base, url).urlopen(
                 # origin-form request line (path?query), as requests sends: not every server routes absolute URLs
                 "POST", urllib3.util.parse_url(url).request_uri, body=body,
-                headers=adapter.headers(call.api_key), retries=False,
+                headers=adapter.call_headers(call.chat, call.api_key), retries=False,
                 redirect=False, assert_same_host=False, preload_content=False,
                 timeout=urllib3.Timeout(connect=call.connect_timeout, read=call.read_timeout))
             if not stream or resp.status >= 400:
