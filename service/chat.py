@@ -35,20 +35,26 @@ def prepare() -> None:
 def prepare_body(body: dict, force_stream: bool = False) -> None:
     """The chat call of an OpenAI-shaped body (every front door's, once translated) as g.chat,
     and its model as g.model for the limits."""
-    ext = current_app.extensions["tollgate"]
     messages = chat_request.messages_of(body)
+    model = chosen_model(body)
+    stream, include_usage = chat_request.stream_flags(body, force_stream)
+    g.model = model
+    g.chat = chat_request.ChatRequest(model, messages, chat_request.params_of(body), stream,
+                                      include_usage, f"chatcmpl-{uuid.uuid4().hex}",
+                                      body.get("stream_options") or {})
+
+
+def chosen_model(body: dict):
+    """The catalogue row a body names (SPEC §7), if the caller's key may use it for chat."""
+    ext = current_app.extensions["tollgate"]
     model = ext.registry.find(chat_request.model_ref(body, current_app.config["DEFAULT_MODEL"]),
                               CHAT_MAX_AGE)
     key = g.api_key
     if key is not None and key.models and model.name not in key.models:
         raise Forbidden(f"This API key may not use model {model.name}", param="model")
-    stream, include_usage = chat_request.stream_flags(body, force_stream)
     if getattr(model, "kind", "chat") != "chat":
         raise InvalidRequest(f"{model.name} is an embedding model; call /v1/embeddings", param="model")
-    g.model = model
-    g.chat = chat_request.ChatRequest(model, messages, chat_request.params_of(body), stream,
-                                      include_usage, f"chatcmpl-{uuid.uuid4().hex}",
-                                      body.get("stream_options") or {})
+    return model
 
 
 @bp.post("/api/v1/chat/completions")
