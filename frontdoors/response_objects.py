@@ -54,9 +54,10 @@ class Meta:
                 "temperature": _number(b.get("temperature"), 1.0), "top_p": _number(b.get("top_p"), 1.0),
                 "presence_penalty": 0.0, "frequency_penalty": 0.0,
                 "text": {"format": text.get("format") or {"type": "text"}, "verbosity": text.get("verbosity") or "medium"},
-                "tool_choice": b.get("tool_choice", "auto"), "tools": b.get("tools") or [],
+                "tool_choice": b.get("tool_choice", "auto"), "tools": _tools(b.get("tools")),
                 "top_logprobs": b.get("top_logprobs") or 0, "truncation": b.get("truncation") or "disabled",
-                "usage": None, "user": b.get("user"), "metadata": b.get("metadata") or {}}
+                "metadata": b.get("metadata") or {},  # usage: set once known (an object, never null)
+                **({"user": b["user"]} if isinstance(b.get("user"), str) else {})}  # a string when present
 
     def call_names(self, flat: str | None) -> dict:
         """A function call's `name` (and `namespace`) from the name the chat model used."""
@@ -64,6 +65,14 @@ class Meta:
             namespace, name = self.names[flat]
             return {"namespace": namespace, "name": name}
         return {"name": flat}
+
+
+def _tools(tools) -> list:
+    """The tools echoed as OpenAI echoes them: a function tool's `strict` and `parameters` present."""
+    if not isinstance(tools, list):
+        return []
+    return [{**t, "strict": t.get("strict"), "parameters": t.get("parameters")}
+            if isinstance(t, dict) and t.get("type") == "function" else t for t in tools]
 
 
 def usage(u: dict | None) -> dict:

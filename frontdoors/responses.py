@@ -79,8 +79,9 @@ def check(body: dict, native: bool = False) -> None:
     _kind("max_output_tokens", body.get("max_output_tokens"), lambda v: _int(v) and v >= 1, "a positive integer")
     _kind("context_management", body.get("context_management"), lambda v: isinstance(v, list), "a list")
     include = body.get("include")
-    _kind("include", include, lambda v: isinstance(v, list) and all(i in INCLUDE for i in v),
-          "a list of: " + ", ".join(sorted(INCLUDE)))
+    if not native:  # a native row takes the entries its provider knows
+        _kind("include", include, lambda v: isinstance(v, list) and all(i in INCLUDE for i in v),
+              "a list of: " + ", ".join(sorted(INCLUDE)))
 
 
 def native(body: dict, history: list[dict], cap: int) -> dict:
@@ -225,7 +226,10 @@ def _tools(body: dict, names: dict) -> list[dict]:
         where, kind = f"tools[{i}]", t.get("type") if isinstance(t, dict) else None
         if kind == "function":
             out.append(_function(t, where))
-        elif kind in HOSTED_SEARCH and forced.get("type") != kind:
+        elif kind in HOSTED_SEARCH:
+            if forced.get("type") == kind:
+                raise bad("tool_choice", f"'tool_choice' requires {kind}, a hosted tool that no provider behind "
+                                         "this model runs")
             continue
         elif kind == "namespace" and isinstance(t.get("name"), str) and isinstance(t.get("tools"), list):
             for j, inner in enumerate(t["tools"]):
