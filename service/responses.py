@@ -101,7 +101,11 @@ def create():
             answer.response = door.events(answer.response, meta, stored)
         return answer
     completion, status, headers = answer
-    done = completion if isinstance(g.chat, PassThrough) else door.response(completion, meta)
+    if isinstance(g.chat, PassThrough):
+        if not headers.get("Idempotent-Replayed"):  # a replay is the Response already stored
+            keep(completion)
+        return completion, status, headers
+    done = door.response(completion, meta)
     keep(done)
     return done, status, headers
 

@@ -251,6 +251,15 @@ def test_a_responses_row_streams_every_event_with_the_cost_in_the_last(native, u
     assert native.get(f"/v1/responses/{last['id']}", headers=auth()).status_code == 200
 
 
+def test_a_responses_row_answers_a_retried_idempotent_call_once(native, upstream):
+    upstream.expect_request("/v1/responses").respond_with_handler(json_answer(fake_responses.response("Once")))
+    first = post(native, {"model": "m-native", "input": "Hi"}, **{"Idempotency-Key": "k-1"})
+    again = post(native, {"model": "m-native", "input": "Hi"}, **{"Idempotency-Key": "k-1"})
+    assert first.status_code == again.status_code == 200, again.json
+    assert again.json["id"] == first.json["id"] and again.headers["Idempotent-Replayed"] == "true"
+    assert len(upstream.log) == 1 and len(charges("alice")) == 1
+
+
 def test_a_responses_row_refuses_chat_completions_with_501(native, upstream):
     r = native.post("/v1/chat/completions", json={"model": "m-native", "messages": [{"role": "user", "content": "x"}]},
                     headers=auth())
@@ -258,8 +267,25 @@ def test_a_responses_row_refuses_chat_completions_with_501(native, upstream):
     assert not upstream.log and holds() == 0
 
 
-def test_the_catalogue_takes_the_new_api(tmp_path):
-    from service import seed
-    row = seed.validate({"id": 7, "name": "gpt-r", "api": "openai_responses", "provider": "openai",
-                         "api_key_env": "OPENAI_API_KEY", "cost_per_1k_tokens": "0.01"}, "row 7")
-    assert row["api"] == "openai_responses"
+def test_seed_models_and_the_admin_api_take_the_new_api(app, tmp_path, client):
+    path = tmp_path / "models.toml"
+    path.write_text('''
+[[models]]
+id = 70
+name = "gpt-5-responses"
+provider = "openai"
+api = "openai_responses"
+upstream_model = "gpt-5"
+api_key_env = "OPENAI_API_KEY"
+cost_per_1k_tokens = "0.01"
+''')
+    done = app.test_cli_runner().invoke(args=["seed-models", "--file", str(path)])
+    assert done.exit_code == 0, done.output
+    from service.db import AIModel
+    assert AIModel.get(AIModel.id == 70).api == "openai_responses"
+    r = client.post("/api/admin/models", headers=auth("root", True), json={
+        "id": 71, "name": "azure-r", "provider": "azure", "api": "openai_responses", "cost_per_1k_tokens": "0.01"})
+    assert r.status_code == 201 and r.json["api"] == "openai_responses"
+    r = client.post("/api/admin/models", headers=auth("root", True), json={
+        "id": 72, "name": "x", "provider": "x", "api": "openai_response", "cost_per_1k_tokens": "0.01"})
+    assert r.status_code == 400 and "openai_responses" in r.json["error"]["message"]
