@@ -383,7 +383,7 @@ def _passed(chat, call, resp, ctx: Context):
     the call is settled, so that its usage carries the cost."""
     state, tally = StreamState(), _Tally()
     try:
-        for delta in call.adapter.stream_events(resp.lines(), state):
+        for delta in call.adapter.passed_events(resp.lines(), state):
             if ctx.ext.stopping.is_set():
                 raise ProviderUnavailable("The gateway is shutting down; retry the call", code="shutting_down")
             _count(delta, tally, ctx)

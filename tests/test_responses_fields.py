@@ -260,11 +260,61 @@ def test_a_responses_row_answers_a_retried_idempotent_call_once(native, upstream
     assert len(upstream.log) == 1 and len(charges("alice")) == 1
 
 
-def test_a_responses_row_refuses_chat_completions_with_501(native, upstream):
-    r = native.post("/v1/chat/completions", json={"model": "m-native", "messages": [{"role": "user", "content": "x"}]},
-                    headers=auth())
-    assert r.status_code == 501 and "/v1/responses" in r.json["error"]["message"]
-    assert not upstream.log and holds() == 0
+def test_a_responses_row_serves_chat_completions_translated(native, upstream):
+    upstream.expect_ordered_request("/v1/responses").respond_with_handler(json_answer(fake_responses.response(
+        call={"name": "get_weather", "arguments": '{"city": "Paris"}'})))
+    upstream.expect_ordered_request("/v1/responses").respond_with_handler(json_answer(
+        fake_responses.response("18 degrees", 30, 4, status="incomplete")))
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": TOOL["parameters"]}}
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"}]
+    first = native.post("/v1/chat/completions", headers=auth(), json={
+        "model": "m-native", "messages": messages, "tools": [tool], "temperature": 0.2, "max_tokens": 50})
+    assert first.status_code == 200, first.json
+    sent = upstream.log[-1][0].get_json()
+    assert sent["input"] == [{"type": "message", "role": "system", "content": "Be brief."},
+                             {"type": "message", "role": "user", "content": "Weather in Paris?"}]
+    assert sent["tools"][0]["name"] == "get_weather" and sent["store"] is False
+    assert (sent["temperature"], sent["max_output_tokens"], sent["model"]) == (0.2, 50, "up")
+    message = first.json["choices"][0]["message"]
+    assert first.json["choices"][0]["finish_reason"] == "tool_calls"
+    assert message["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    messages += [message, {"role": "tool", "tool_call_id": message["tool_calls"][0]["id"], "content": "18C"}]
+    second = native.post("/v1/chat/completions", headers=auth(), json={
+        "model": "m-native", "messages": messages, "tools": [tool]})
+    sent = upstream.log[-1][0].get_json()
+    assert sent["input"][2:] == [{"type": "function_call", "call_id": "call_up1", "name": "get_weather",
+                                  "arguments": '{"city": "Paris"}'},
+                                 {"type": "function_call_output", "call_id": "call_up1", "output": "18C"}]
+    assert second.json["choices"][0]["message"]["content"] == "18 degrees"
+    assert second.json["choices"][0]["finish_reason"] == "length"
+    assert charges("alice")[-1].delta == -34 * 1000 and holds() == 0
+
+
+def test_a_responses_row_streams_chat_and_refuses_what_it_has_no_field_for(native, upstream):
+    done = fake_responses.response("Hello there", 10, 3)
+    upstream.expect_request("/v1/responses").respond_with_handler(
+        lambda request: Response(fake_responses.stream(done, ["Hello", " there"]), mimetype="text/event-stream"))
+    r = native.post("/v1/chat/completions", headers=auth(), json={
+        "model": "m-native", "messages": [{"role": "user", "content": "Hi"}], "stream": True,
+        "stream_options": {"include_usage": True}})
+    chunks = [json.loads(line[6:]) for line in r.data.decode().splitlines()
+              if line.startswith("data: {")]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "Hello there"
+    assert chunks[-1]["usage"]["prompt_tokens"] == 10 and chunks[-1]["usage"]["completion_tokens"] == 3
+    assert charges("alice")[-1].delta == -13 * 1000
+    r = native.post("/v1/chat/completions", headers=auth(), json={
+        "model": "m-native", "messages": [{"role": "user", "content": "Hi"}], "stop": ["x"]})
+    assert r.status_code == 400 and r.json["error"]["param"] == "stop"
+    assert len(upstream.log) == 1 and holds() == 0
+
+
+def test_a_responses_row_serves_the_messages_door_through_the_chat_call(native, upstream):
+    upstream.expect_request("/v1/responses").respond_with_handler(json_answer(fake_responses.response("Bonjour", 7, 2)))
+    r = native.post("/v1/messages", headers=auth(), json={
+        "model": "m-native", "max_tokens": 20, "messages": [{"role": "user", "content": "Hi"}]})
+    assert r.status_code == 200, r.json
+    assert r.json["content"][0]["text"] == "Bonjour" and r.json["usage"]["input_tokens"] == 7
+    assert upstream.log[-1][0].get_json()["input"] == [{"type": "message", "role": "user", "content": "Hi"}]
 
 
 def test_seed_models_and_the_admin_api_take_the_new_api(app, tmp_path, client):
