@@ -5,7 +5,8 @@ A row with `api = "openai_responses"` serves /v1/responses by pass-through: the 
 upstream as sent (the model renamed to the upstream name, the row's `max_output_tokens` set as the
 cap when the client set none, `previous_response_id` already expanded by the gateway, which keeps
 conversations itself), and the answer and every stream event come back whole. Usage is read from
-the Response's `usage` (input, cached input, output, reasoning tokens). Such a row does not serve
+the Response's `usage` (input, cached input, output, reasoning tokens).
+
 Chat Completions and Messages (which runs on the chat call) are translated: messages become
 input items (tool calls `function_call`, tool results `function_call_output`), each chat parameter
 maps to its Responses field or is a 400 naming it (`stop`, penalties, `seed`, `logit_bias` have
