@@ -1,7 +1,8 @@
 """The real clients of /v1/responses (issue 33), run as their users run them against a live gateway
 and fake providers speaking each format: Codex CLI (`codex exec`, installed by `make agents-codex`)
 and the OpenAI Agents SDK (`Runner.run`, `Runner.run_streamed`, its default Responses model), each
-with a function-call turn, on an openai, an anthropic and a gemini row. Each run asserts that the
+with a function-call turn, on an openai, an anthropic and a gemini row (translated) and an
+openai_responses row (pass-through). Each run asserts that the
 text the fake produced (quoting the tool's result) reached the client and that the ledger charged
 exactly what the fake's usage said."""
 from __future__ import annotations
@@ -14,17 +15,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import token
+from tests.conftest import auth, token
 from tests.fakes import agent as fake
 from tests.helpers import charges, holds, invariant
 
 ROOT = Path(__file__).resolve().parent.parent
 CODEX = ROOT / ".agents" / "node_modules" / ".bin" / "codex"
-APIS = ["openai", "anthropic", "gemini"]
+APIS = ["openai", "anthropic", "gemini", "openai_responses"]
 
 
 @pytest.fixture
-def live_gateway(gateway, live_factory):
+def live_gateway(gateway, live_factory, upstream):
+    """The gateway's rows m-openai, m-anthropic, m-gemini, and m-openai_responses (pass-through)."""
+    r = gateway.post("/api/admin/models", headers=auth("root", True), json={
+        "id": 9, "name": "m-openai_responses", "api": "openai_responses", "provider": "openai",
+        "upstream_model": "up", "base_url": upstream.url_for("/v1").rstrip("/"), "api_key_env": "FAKE_API_KEY",
+        "cost_per_1k_tokens": "1", "max_output_tokens": 64})
+    assert r.status_code == 201, r.json
     return live_factory(gateway.application)
 
 

@@ -10,6 +10,8 @@ import threading
 
 from werkzeug import Request, Response
 
+from tests.fakes import responses as fake_responses
+
 PROMPT, COMPLETION = 40, 8  # the usage the fake reports for every answer
 
 
@@ -24,7 +26,7 @@ class AgentModel:
     def _offered(self, body: dict) -> bool:
         if self.api == "openai":
             return any((t.get("function") or {}).get("name") == self.tool for t in body.get("tools") or ())
-        if self.api == "anthropic":
+        if self.api in ("anthropic", "openai_responses"):
             return any(t.get("name") == self.tool for t in body.get("tools") or ())
         return any(d.get("name") == self.tool for t in body.get("tools") or ()
                    for d in t.get("functionDeclarations") or ())
@@ -33,6 +35,9 @@ class AgentModel:
         """Every tool result in the conversation, as text."""
         if self.api == "openai":
             return " ".join(str(m.get("content")) for m in body.get("messages") or () if m.get("role") == "tool")
+        if self.api == "openai_responses":
+            return " ".join(json.dumps(i.get("output")) for i in body.get("input") or ()
+                            if isinstance(i, dict) and i.get("type") == "function_call_output")
         if self.api == "anthropic":
             return " ".join(json.dumps(b.get("content")) for m in body.get("messages") or ()
                             if isinstance(m.get("content"), list) for b in m["content"] if b.get("type") == "tool_result")
@@ -58,6 +63,12 @@ class AgentModel:
         with self.lock:
             self.answers.append({"stream": stream, "tool": tool, "text": text, "body": body})
         make = getattr(self, f"_{self.api}")
+        if self.api == "openai_responses":
+            answer = make(tool, text)
+            if stream:
+                return Response(fake_responses.stream(answer, re.findall(r"\S+\s*", text) or None),
+                                mimetype="text/event-stream")
+            return Response(json.dumps(answer), content_type="application/json")
         if stream:
             return Response(make(tool, text, True), mimetype="text/event-stream")
         return Response(json.dumps(make(tool, text, False)), content_type="application/json")
@@ -88,6 +99,10 @@ class AgentModel:
         else:
             pieces += [chunk({"content": word}) for word in re.findall(r"\S+\s*", text)]
         return pieces + [chunk({}, finish), chunk({}, usage=usage), b"data: [DONE]\n\n"]
+
+    def _openai_responses(self, tool, text):
+        call = {"name": tool, "arguments": json.dumps(self.args)} if tool else None
+        return fake_responses.response(text, PROMPT, COMPLETION, call=call)
 
     def _anthropic(self, tool, text, stream):
         block = {"type": "tool_use", "id": "toolu_fake1", "name": tool, "input": self.args} if tool else \
@@ -121,7 +136,7 @@ class AgentModel:
         return [b"data: " + json.dumps(answer).encode() + b"\r\n\r\n"] if stream else answer
 
 
-PATHS = {"openai": ["/v1/chat/completions"], "anthropic": ["/v1/messages"],
+PATHS = {"openai": ["/v1/chat/completions"], "openai_responses": ["/v1/responses"], "anthropic": ["/v1/messages"],
          "gemini": ["/v1beta/models/up:generateContent", "/v1beta/models/up:streamGenerateContent"]}
 
 
