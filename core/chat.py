@@ -223,12 +223,15 @@ class PassThrough(ChatRequest):
     """A call on a row that speaks the front door's own API (`api = "openai_responses"` behind
     /v1/responses): `body` goes upstream as the client sent it, `render(event, usage)` turns each
     provider event into the client's bytes (the cost in the last one's usage), `answer(raw, usage)`
-    the provider's whole answer into the client's body."""
+    the provider's whole answer into the client's body; `transcript` and `replay` store and replay
+    a stream for an idempotent retry."""
 
     body: dict = field(default_factory=dict)
     cap_field: str = "max_output_tokens"
     render: object = None
     answer: object = None
+    transcript: object = None  # () -> what gathers the client's stream back into its answer (idempotency)
+    replay: object = None  # (stored answer, include_usage) -> that answer as the client's stream again
 
     def output_cap(self, row) -> int:
         return self.body.get(self.cap_field) or row.max_output_tokens

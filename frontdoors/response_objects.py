@@ -291,3 +291,41 @@ class NativeEvents:
             body = {**self.last, "status": "failed", "error": body["error"], "completed_at": None}
         return Emitter(self.seq)("response.failed", response=body)
 
+
+
+class Heard:
+    """The final Response of a stream of Responses events (the client's bytes), for an idempotent
+    retry: `finished` once it ended with an answer (completed or incomplete)."""
+
+    def __init__(self):
+        self.finished, self.done = False, None
+
+    def feed(self, piece: bytes) -> None:
+        for line in piece.split(b"\n"):
+            if line.startswith(b"data: {"):
+                event = json.loads(line[6:])
+                if event.get("type") in ("response.completed", "response.incomplete"):
+                    self.finished, self.done = True, event["response"]
+
+    def body(self) -> dict:
+        return self.done
+
+
+def replay(done: dict, include_usage: bool = False):
+    """A stored Response as the events of a stream again: created, each output item whole (a
+    message's text as one delta), the terminal event."""
+    emit = Emitter()
+    shell = {k: v for k, v in done.items() if k != "usage"} | {"status": "in_progress", "output": [],
+                                                                "completed_at": None}
+    yield emit("response.created", response=shell)
+    for i, item in enumerate(done.get("output") or []):
+        yield emit("response.output_item.added", output_index=i, item=item)
+        if item.get("type") == "message":
+            for j, part in enumerate(item.get("content") or []):
+                if part.get("type") == "output_text":
+                    yield emit("response.output_text.delta", item_id=item.get("id"), output_index=i,
+                               content_index=j, delta=part.get("text", ""), logprobs=[])
+                    yield emit("response.output_text.done", item_id=item.get("id"), output_index=i,
+                               content_index=j, text=part.get("text", ""), logprobs=[])
+        yield emit("response.output_item.done", output_index=i, item=item)
+    yield emit(TERMINAL.get(done.get("status"), "response.completed"), response=done)

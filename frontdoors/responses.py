@@ -14,9 +14,9 @@ The objects and events that go back are built in frontdoors/response_objects.py.
 from __future__ import annotations
 
 from frontdoors.common import bad
-from frontdoors.response_objects import Meta, NativeEvents, events, new_id, passed, response
+from frontdoors.response_objects import Heard, Meta, NativeEvents, events, new_id, passed, replay, response
 
-__all__ = ["Meta", "NativeEvents", "events", "new_id", "passed", "response", "check", "native", "to_chat",
+__all__ = ["Heard", "Meta", "NativeEvents", "events", "new_id", "passed", "replay", "response", "check", "native", "to_chat",
            "items_of", "messages_of", "renamed"]
 
 # accepted on translated rows because they cannot change the answer (docs/responses-fields.md)

@@ -119,7 +119,7 @@ def idempotently(chat, run):
         idempotency.abandon(account_id, key)
         raise
     if isinstance(answer, Response):  # a stream: its answer is known when it ends
-        answer.response = _recorded(answer.response, account_id, key)
+        answer.response = _recorded(answer.response, account_id, key, getattr(chat, "transcript", None))
         return answer
     idempotency.finish(account_id, key, answer[0])
     return answer
@@ -131,14 +131,15 @@ def _replayed(chat, stored: dict):
     if not chat.stream:
         return stored, 200, headers
     headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return Response(transcript.replay(stored, chat.include_usage), mimetype="text/event-stream",
+    replay = getattr(chat, "replay", None) or transcript.replay  # a pass-through call's own format
+    return Response(replay(stored, chat.include_usage), mimetype="text/event-stream",
                     headers=headers)
 
 
-def _recorded(events, account_id: int, key: str):
+def _recorded(events, account_id: int, key: str, listener=None):
     """The stream's events as they go; a stream that ended properly is stored for its key, any
-    other gives the key back."""
-    heard = transcript.Transcript()
+    other gives the key back (`listener`: a pass-through call's own transcript)."""
+    heard = listener() if listener else transcript.Transcript()
     try:
         for piece in events:
             heard.feed(piece)

@@ -48,7 +48,8 @@ def prepare() -> None:
         g.model = model
         g.chat = PassThrough(model, [], {}, stream, False, meta.id, body=door.native(body, history,
                                                                                     model.max_output_tokens),
-                             render=door.NativeEvents(meta), answer=lambda raw, bill: door.passed(raw, meta, bill))
+                             render=door.NativeEvents(meta), answer=lambda raw, bill: door.passed(raw, meta, bill),
+                             transcript=door.Heard, replay=door.replay)
         return
     chat_body, items, names = door.to_chat(body, history, model.api)
     g.conversation = history + items

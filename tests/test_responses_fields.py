@@ -260,6 +260,20 @@ def test_a_responses_row_answers_a_retried_idempotent_call_once(native, upstream
     assert len(upstream.log) == 1 and len(charges("alice")) == 1
 
 
+def test_a_responses_row_replays_a_retried_idempotent_stream_once(native, upstream):
+    done = fake_responses.response("Once streamed", 10, 3)
+    upstream.expect_request("/v1/responses").respond_with_handler(
+        lambda request: Response(fake_responses.stream(done), mimetype="text/event-stream"))
+    body = {"model": "m-native", "input": "Hi", "stream": True}
+    first = events_of(post(native, body, **{"Idempotency-Key": "k-2"}).data)
+    again = post(native, body, **{"Idempotency-Key": "k-2"})
+    assert again.headers["Idempotent-Replayed"] == "true"
+    replayed = events_of(again.data)
+    assert replayed[-1] == {**first[-1], "sequence_number": replayed[-1]["sequence_number"]}
+    assert "".join(e["delta"] for e in replayed if e["type"] == "response.output_text.delta") == "Once streamed"
+    assert len(upstream.log) == 1 and len(charges("alice")) == 1
+
+
 def test_a_responses_row_serves_chat_completions_translated(native, upstream):
     upstream.expect_ordered_request("/v1/responses").respond_with_handler(json_answer(fake_responses.response(
         call={"name": "get_weather", "arguments": '{"city": "Paris"}'})))
