@@ -7,7 +7,7 @@ export REDIS_URL_TEST := $(or $(REDIS_URL),redis://127.0.0.1:6379/15)
 
 LOCAL_MODEL ?= 1
 
-.PHONY: install install-test claude-code run serve test services seed-models bench bench-streams bench-peer wrk soak lint clean local-model local-model-stop
+.PHONY: install install-test claude-code agents-codex run serve test services seed-models bench bench-streams bench-peer wrk soak lint clean local-model local-model-stop
 
 $(VENV)/.base: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,12 +56,23 @@ services:
 
 # the import contracts (.importlinter), then pytest; the local model is stopped afterwards when
 # this run started it
-test: install-test services claude-code
+test: install-test services claude-code agents-codex
 	@started=0; scripts/local_model.sh running || started=1; \
 	scripts/local_model.sh start || exit 1; \
 	$(VENV)/bin/lint-imports --no-cache && $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$started = 1 ]; then scripts/local_model.sh stop; fi; \
 	exit $$status
+
+# Codex CLI at a pinned version for the real-client tests (tests/test_agents_openai.py); once, quietly
+CODEX_VERSION ?= 0.171.0
+AGENTS_DIR ?= .agents
+agents-codex: $(AGENTS_DIR)/.codex-$(CODEX_VERSION)
+
+$(AGENTS_DIR)/.codex-$(CODEX_VERSION):
+	@command -v npm >/dev/null 2>&1 || { echo "agents-codex: npm is needed to install @openai/codex" >&2; exit 1; }
+	@mkdir -p $(AGENTS_DIR)
+	@npm install --prefix $(AGENTS_DIR) --no-audit --no-fund --loglevel=error @openai/codex@$(CODEX_VERSION) >/dev/null
+	@touch $@
 
 bench: install-test services wrk
 	$(PY) -m bench.run
