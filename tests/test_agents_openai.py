@@ -1,5 +1,5 @@
 """The real clients of /v1/responses (issue 33), run as their users run them against a live gateway
-and fake providers speaking each format: Codex CLI (`codex exec`, installed by `make agents-codex`)
+and fake providers speaking each format: Codex CLI (`codex exec`, installed by `make agents`)
 and the OpenAI Agents SDK (`Runner.run`, `Runner.run_streamed`, its default Responses model), each
 with a function-call turn, on an openai, an anthropic and a gemini row (translated) and an
 openai_responses row (pass-through). Each run asserts that the
@@ -51,7 +51,7 @@ def _ledger_matches(model: fake.AgentModel) -> None:
 
 @pytest.fixture
 def agents_sdk(live_gateway):
-    agents = pytest.importorskip("agents")
+    import agents
     from openai import AsyncOpenAI
 
     agents.set_tracing_disabled(True)
@@ -120,7 +120,7 @@ stream_max_retries = 0
 @pytest.mark.parametrize("api", APIS)
 def test_codex_exec_runs_a_shell_command_the_model_asked_for(live_gateway, upstream, tmp_path, api):
     if not CODEX.exists():
-        pytest.fail(f"Codex CLI is not installed at {CODEX}: run `make agents-codex`")
+        pytest.fail(f"Codex CLI is not installed at {CODEX}: run `make agents`")
     model = fake.serve(upstream, api, "exec_command", {"cmd": "echo tollgate-ok-$((40+2))"}, "tollgate-ok-42")
     work = tmp_path / "work"
     work.mkdir()
@@ -138,7 +138,7 @@ def test_codex_exec_runs_a_shell_command_the_model_asked_for(live_gateway, upstr
 
 def test_codex_is_the_pinned_version():
     if not CODEX.exists() or shutil.which("node") is None:
-        pytest.fail("Codex CLI is not installed: run `make agents-codex`")
+        pytest.fail("Codex CLI is not installed: run `make agents`")
     out = subprocess.run([str(CODEX), "--version"], capture_output=True, text=True, timeout=60).stdout
     pinned = next(line.split("=", 1)[1].strip() for line in (ROOT / "Makefile").read_text().splitlines()
                   if line.startswith("CODEX_VERSION"))

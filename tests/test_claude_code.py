@@ -17,7 +17,12 @@ from tests.fakes.agents import PATHS, ScriptedModel
 from tests.helpers import charges, holds, invariant
 
 CLAUDE = Path(__file__).resolve().parent.parent / ".agents" / "node_modules" / ".bin" / "claude"
-pytestmark = pytest.mark.skipif(not CLAUDE.exists(), reason="Claude Code is installed by `make test` (.agents/)")
+
+
+@pytest.fixture(autouse=True)
+def installed():
+    """Never skipped: `make test` installs Claude Code (make agents); a run without it fails here."""
+    assert CLAUDE.exists(), f"Claude Code is not installed at {CLAUDE}: run `make agents`"
 
 
 def _claude(tmp_path: Path, base_url: str, model: str, prompt: str) -> dict:
