@@ -353,3 +353,21 @@ cost_per_1k_tokens = "0.01"
     r = client.post("/api/admin/models", headers=auth("root", True), json={
         "id": 72, "name": "x", "provider": "x", "api": "openai_response", "cost_per_1k_tokens": "0.01"})
     assert r.status_code == 400 and "openai_responses" in r.json["error"]["message"]
+
+
+def test_conversations_stored_as_chat_messages_before_still_continue():
+    from frontdoors.responses import items_of, messages_of
+    old = [{"role": "user", "content": "Weather?"},
+           {"role": "assistant", "content": None, "tool_calls": [
+               {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+           {"role": "tool", "tool_call_id": "c1", "content": "18C"}, {"role": "assistant", "content": "18 degrees"}]
+    items = items_of(old)
+    assert [i["type"] for i in items] == ["message", "function_call", "function_call_output", "message"]
+    assert messages_of(items) == old
+
+
+def test_a_namespaced_call_sent_back_is_the_flat_name_the_chat_model_knows():
+    from frontdoors.responses import messages_of
+    out = messages_of([{"type": "function_call", "call_id": "c1", "namespace": "multi", "name": "spawn",
+                        "arguments": "{}"}])
+    assert out[0]["tool_calls"][0]["function"]["name"] == "multi__spawn"
