@@ -51,7 +51,7 @@ def _ledger_matches(model: fake.AgentModel) -> None:
 
 @pytest.fixture
 def agents_sdk(live_gateway):
-    agents = pytest.importorskip("agents")
+    import agents  # the test extra pins it: missing is an error, never a skip
     from openai import AsyncOpenAI
 
     agents.set_tracing_disabled(True)
