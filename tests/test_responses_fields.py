@@ -220,6 +220,26 @@ def test_a_responses_row_gets_the_body_as_sent_and_answers_whole(native, upstrea
     invariant("alice")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_responses_row_bills_each_token_class_its_usage_reports(native, upstream, stream):
+    native.patch("/api/admin/models/9", headers=auth("root", True), json={
+        "cost_per_1k_input_tokens": "2", "cost_per_1k_cached_input_tokens": "0.5",
+        "cost_per_1k_output_tokens": "8", "cost_per_1k_reasoning_tokens": "10"})
+    done = fake_responses.response("Priced", 1000, 200, cached=400, reasoning=50)
+    upstream.expect_request("/v1/responses").respond_with_handler(
+        (lambda request: Response(fake_responses.stream(done), mimetype="text/event-stream")) if stream
+        else json_answer(done))
+    r = post(native, {"model": "m-native", "input": "word " * 1000, "max_output_tokens": 300, "stream": stream})
+    found = events_of(r.data)[-1]["response"] if stream else r.json
+    # input 600 x 2 + cached 400 x 0.5 + output 150 x 8 + reasoning 50 x 10, per 1000 tokens
+    assert found["usage"]["cost_details"] == {"input": 1.2, "cached_input": 0.2, "cache_write_5m": 0.0,
+                                              "cache_write_1h": 0.0, "output": 1.2, "reasoning": 0.5}
+    assert found["usage"]["cost"] == 3.1 and charges("alice")[-1].delta == -3_100_000
+    assert found["usage"]["input_tokens"] == 1000 and found["usage"]["output_tokens_details"]["reasoning_tokens"] == 50
+    assert holds() == 0
+    invariant("alice")
+
+
 def test_a_responses_row_continues_the_gateways_conversation(native, upstream):
     upstream.expect_ordered_request("/v1/responses").respond_with_handler(
         json_answer(fake_responses.response("Hi Ann", reasoning=1)))
