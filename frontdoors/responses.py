@@ -346,14 +346,16 @@ def to_chat(body: dict, history: list[dict], api: str) -> tuple[dict, list[dict]
 
 
 CHAT_NAMES = {"max_tokens": "max_output_tokens", "reasoning_effort": "reasoning.effort", "logprobs": "top_logprobs",
-              "response_format": "text.format", "verbosity": "text.verbosity", "messages": "input"}
+              "response_format": "text.format", "verbosity": "text.verbosity"}
 
 
 def renamed(err):
     """A chat-call refusal named in the Responses API's terms (`max_tokens` -> `max_output_tokens` …)."""
     param = err.param or ""
     head = param.split("[")[0].split(".")[0]
-    if head in CHAT_NAMES:
+    if head == "messages":  # the chat messages' positions are not the input's (instructions, history)
+        err.param = "input"
+    elif head in CHAT_NAMES:
         err.param = CHAT_NAMES[head] + param[len(head):]
         err.message = err.message.replace(f"'{head}'", f"'{CHAT_NAMES[head]}'")
     return err

@@ -391,3 +391,14 @@ def test_a_namespaced_call_sent_back_is_the_flat_name_the_chat_model_knows():
     out = messages_of([{"type": "function_call", "call_id": "c1", "namespace": "multi", "name": "spawn",
                         "arguments": "{}"}])
     assert out[0]["tool_calls"][0]["function"]["name"] == "multi__spawn"
+
+
+def test_a_refusal_from_the_provider_adapter_names_the_responses_field(gateway, upstream):
+    r = post(gateway, {"model": "m-ollama", "input": "Hi", "parallel_tool_calls": False, "tools": [TOOL]})
+    assert r.status_code == 400 and r.json["error"]["param"] == "parallel_tool_calls"
+    r = post(gateway, {"model": "m-ollama", "input": [{"role": "user", "content": [
+        {"type": "input_file", "file_data": "data:application/x-nothing;base64,AAAA", "filename": "x.bin"}]}]})
+    assert r.status_code in (400, 501) and r.json["error"]["param"] == "input", r.json
+    r = post(gateway, {"model": "m-anthropic", "input": "Hi", "reasoning": {"effort": "high"}, "max_output_tokens": 100})
+    assert r.status_code == 400 and r.json["error"]["param"] == "max_output_tokens", r.json
+    assert not upstream.log and holds() == 0
