@@ -271,6 +271,17 @@ def test_a_responses_row_streams_every_event_with_the_cost_in_the_last(native, u
     assert native.get(f"/v1/responses/{last['id']}", headers=auth()).status_code == 200
 
 
+def test_a_responses_row_stream_without_usage_or_content_is_not_charged(native, upstream):
+    done = fake_responses.response("")
+    done["output"] = []
+    done.pop("usage")
+    upstream.expect_request("/v1/responses").respond_with_handler(
+        lambda request: Response(fake_responses.stream(done), mimetype="text/event-stream"))
+    found = events_of(post(native, {"model": "m-native", "input": "Hi", "stream": True}).data)
+    assert found[-1]["type"] == "response.completed" and found[-1]["response"]["usage"]["cost"] == 0
+    assert not charges("alice") and holds() == 0
+
+
 def test_a_responses_row_answers_a_retried_idempotent_call_once(native, upstream):
     upstream.expect_request("/v1/responses").respond_with_handler(json_answer(fake_responses.response("Once")))
     first = post(native, {"model": "m-native", "input": "Hi"}, **{"Idempotency-Key": "k-1"})
