@@ -333,7 +333,7 @@ def to_chat(body: dict, history: list[dict], api: str) -> tuple[dict, list[dict]
     if body.get("tool_choice") is not None and chat.get("tools"):
         chat["tool_choice"] = _tool_choice(body["tool_choice"], names)
     elif body.get("tool_choice") not in (None, "auto", "none"):
-        raise bad("tool_choice", "'tool_choice' names a tool that is not offered")
+        raise bad("tool_choice", "'tool_choice' requires a tool, and no tool this model can use is offered")
     if body.get("parallel_tool_calls") is False and chat.get("tools"):
         chat["parallel_tool_calls"] = False
     _text(chat, body.get("text") or {}, api)
