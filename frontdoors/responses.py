@@ -349,12 +349,15 @@ CHAT_NAMES = {"max_tokens": "max_output_tokens", "reasoning_effort": "reasoning.
               "response_format": "text.format", "verbosity": "text.verbosity"}
 
 
-def renamed(err):
+def renamed(err, body: dict | None = None):
     """A chat-call refusal named in the Responses API's terms (`max_tokens` -> `max_output_tokens` …)."""
     param = err.param or ""
     head = param.split("[")[0].split(".")[0]
     if head == "messages":  # the chat messages' positions are not the input's (instructions, history)
         err.param = "input"
+    elif head in ("logprobs", "top_logprobs") and not (body or {}).get("top_logprobs"):
+        err.param = "include"  # asked for by `include: ["message.output_text.logprobs"]`
+        err.message = err.message.replace(f"'{head}'", "'include' message.output_text.logprobs")
     elif head in CHAT_NAMES:
         err.param = CHAT_NAMES[head] + param[len(head):]
         err.message = err.message.replace(f"'{head}'", f"'{CHAT_NAMES[head]}'")

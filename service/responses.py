@@ -96,7 +96,7 @@ def create():
     try:
         answer = chat.completions()
     except (InvalidRequest, NotImplementedByProvider) as err:
-        raise door.renamed(err)
+        raise door.renamed(err, body)
     if isinstance(answer, Response):
         if not isinstance(g.chat, PassThrough):
             answer.response = door.events(answer.response, meta, stored)

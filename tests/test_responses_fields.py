@@ -410,6 +410,8 @@ def test_a_refusal_from_the_provider_adapter_names_the_responses_field(gateway, 
     r = post(gateway, {"model": "m-ollama", "input": [{"role": "user", "content": [
         {"type": "input_file", "file_data": "data:application/x-nothing;base64,AAAA", "filename": "x.bin"}]}]})
     assert r.status_code in (400, 501) and r.json["error"]["param"] == "input", r.json
+    r = post(gateway, {"model": "m-gemini", "input": "Hi", "include": ["message.output_text.logprobs"]})
+    assert r.status_code == 501 and r.json["error"]["param"] == "include", r.json
     r = post(gateway, {"model": "m-anthropic", "input": "Hi", "reasoning": {"effort": "high"}, "max_output_tokens": 100})
     assert r.status_code == 400 and r.json["error"]["param"] == "max_output_tokens", r.json
     assert not upstream.log and holds() == 0
