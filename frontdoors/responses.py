@@ -334,7 +334,7 @@ def to_chat(body: dict, history: list[dict], api: str) -> tuple[dict, list[dict]
     if body.get("tool_choice") is not None and chat.get("tools"):
         chat["tool_choice"] = _tool_choice(body["tool_choice"], names)
     elif body.get("tool_choice") not in (None, "auto", "none"):
-        raise bad("tool_choice", "'tool_choice' names a tool that is not offered")
+        raise bad("tool_choice", "'tool_choice' requires a tool, and no tool this model can use is offered")
     if body.get("parallel_tool_calls") is False and chat.get("tools"):
         chat["parallel_tool_calls"] = False
     _text(chat, body.get("text") or {}, api)
@@ -347,14 +347,19 @@ def to_chat(body: dict, history: list[dict], api: str) -> tuple[dict, list[dict]
 
 
 CHAT_NAMES = {"max_tokens": "max_output_tokens", "reasoning_effort": "reasoning.effort", "logprobs": "top_logprobs",
-              "response_format": "text.format", "verbosity": "text.verbosity", "messages": "input"}
+              "response_format": "text.format", "verbosity": "text.verbosity"}
 
 
-def renamed(err):
+def renamed(err, body: dict | None = None):
     """A chat-call refusal named in the Responses API's terms (`max_tokens` -> `max_output_tokens` …)."""
     param = err.param or ""
     head = param.split("[")[0].split(".")[0]
-    if head in CHAT_NAMES:
+    if head == "messages":  # the chat messages' positions are not the input's (instructions, history)
+        err.param = "input"
+    elif head in ("logprobs", "top_logprobs") and not (body or {}).get("top_logprobs"):
+        err.param = "include"  # asked for by `include: ["message.output_text.logprobs"]`
+        err.message = err.message.replace(f"'{head}'", "'include' message.output_text.logprobs")
+    elif head in CHAT_NAMES:
         err.param = CHAT_NAMES[head] + param[len(head):]
         err.message = err.message.replace(f"'{head}'", f"'{CHAT_NAMES[head]}'")
     return err

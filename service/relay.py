@@ -404,7 +404,7 @@ def _passed(chat, call, resp, ctx: Context):
             if state.done:
                 resp.finish()
                 _settled_stream(chat, ctx, state, tally, True)
-                yield chat.render(delta.chunk, state.extra["usage"])
+                yield chat.render(delta.chunk, state.extra.get("usage") or {})  # {}: nothing was charged
                 return
             yield chat.render(delta.chunk)
         raise ProviderError(f"{chat.model.provider} closed the stream before it finished")

@@ -41,20 +41,25 @@ def prepare() -> None:
     if body.get("previous_response_id") is not None:
         history = door.items_of(_stored(body["previous_response_id"]).conversation)
     model = chat.chosen_model(body)
-    stream = body.get("stream") is True
     if model.api == NATIVE:
-        g.conversation = history + door.items_of(body.get("input"))
-        meta = g.response_meta = door.Meta(body, model.name)
-        g.model = model
-        g.chat = PassThrough(model, [], {}, stream, False, meta.id, body=door.native(body, history,
-                                                                                    model.max_output_tokens),
-                             render=door.NativeEvents(meta), answer=lambda raw, bill: door.passed(raw, meta, bill),
-                             transcript=door.Heard, replay=door.replay)
+        _pass_through(body, model, history)
         return
     chat_body, items, names = door.to_chat(body, history, model.api)
     g.conversation = history + items
     chat.prepare_body(chat_body)
     g.response_meta = door.Meta(body, g.chat.model.name, names)
+
+
+def _pass_through(body: dict, model, history: list[dict]) -> None:
+    """g.chat for a row that speaks the Responses API: the body as sent (the stored conversation
+    put before its input), rendered back whole under the gateway's id."""
+    g.conversation = history + door.items_of(body.get("input"))
+    meta = g.response_meta = door.Meta(body, model.name)
+    g.model = model
+    g.chat = PassThrough(model, [], {}, body.get("stream") is True, False, meta.id,
+                         body=door.native(body, history, model.max_output_tokens),
+                         render=door.NativeEvents(meta), answer=lambda raw, bill: door.passed(raw, meta, bill),
+                         transcript=door.Heard, replay=door.replay)
 
 
 def _keeper(body: dict, account_id: int, conversation: list[dict], meta: door.Meta):
@@ -70,14 +75,9 @@ def _keeper(body: dict, account_id: int, conversation: list[dict], meta: door.Me
             if item.get("type") == "message" and isinstance(item.get("content"), str):
                 item["content"] = [{"type": "input_text", "text": item["content"]}]
         StoredResponse.create(account=account_id, response_id=done["id"],
-                              conversation=conversation + [_replayable(o) for o in done.get("output") or []],
+                              conversation=conversation + list(done.get("output") or []),
                               input_items=listed, body=done)
     return keep
-
-
-def _replayable(item: dict) -> dict:
-    """An output item as it goes back in as input (statuses and ids the provider made are kept)."""
-    return {k: v for k, v in item.items() if k != "status" or item.get("type") != "message"}
 
 
 @bp.post("/v1/responses")
@@ -96,7 +96,7 @@ def create():
     try:
         answer = chat.completions()
     except (InvalidRequest, NotImplementedByProvider) as err:
-        raise door.renamed(err)
+        raise door.renamed(err, body)
     if isinstance(answer, Response):
         if not isinstance(g.chat, PassThrough):
             answer.response = door.events(answer.response, meta, stored)

@@ -51,7 +51,7 @@ def _ledger_matches(model: fake.AgentModel) -> None:
 
 @pytest.fixture
 def agents_sdk(live_gateway):
-    import agents
+    import agents  # the test extra pins it: missing is an error, never a skip
     from openai import AsyncOpenAI
 
     agents.set_tracing_disabled(True)
@@ -133,6 +133,13 @@ def test_codex_exec_runs_a_shell_command_the_model_asked_for(live_gateway, upstr
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "The fake provider saw: tollgate-ok-42." in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
     assert [a["tool"] for a in model.answers] == ["exec_command", None] and all(a["stream"] for a in model.answers)
+    if api == "openai_responses":  # Codex's own body, as sent: its hosted web search included
+        sent = model.answers[0]["body"]
+        assert {"client_metadata", "prompt_cache_key", "include"} <= set(sent)
+        assert {"web_search", "namespace"} <= {t["type"] for t in sent["tools"]}
+    elif api == "openai":  # translated: namespaced functions flattened, the optional web search left out
+        names = [t["function"]["name"] for t in model.answers[0]["body"]["tools"]]
+        assert "exec_command" in names and any("__" in n for n in names) and "web_search" not in names
     _ledger_matches(model)
 
 

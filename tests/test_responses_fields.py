@@ -220,6 +220,26 @@ def test_a_responses_row_gets_the_body_as_sent_and_answers_whole(native, upstrea
     invariant("alice")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_responses_row_bills_each_token_class_its_usage_reports(native, upstream, stream):
+    native.patch("/api/admin/models/9", headers=auth("root", True), json={
+        "cost_per_1k_input_tokens": "2", "cost_per_1k_cached_input_tokens": "0.5",
+        "cost_per_1k_output_tokens": "8", "cost_per_1k_reasoning_tokens": "10"})
+    done = fake_responses.response("Priced", 1000, 200, cached=400, reasoning=50)
+    upstream.expect_request("/v1/responses").respond_with_handler(
+        (lambda request: Response(fake_responses.stream(done), mimetype="text/event-stream")) if stream
+        else json_answer(done))
+    r = post(native, {"model": "m-native", "input": "word " * 1000, "max_output_tokens": 300, "stream": stream})
+    found = events_of(r.data)[-1]["response"] if stream else r.json
+    # input 600 x 2 + cached 400 x 0.5 + output 150 x 8 + reasoning 50 x 10, per 1000 tokens
+    assert found["usage"]["cost_details"] == {"input": 1.2, "cached_input": 0.2, "cache_write_5m": 0.0,
+                                              "cache_write_1h": 0.0, "output": 1.2, "reasoning": 0.5}
+    assert found["usage"]["cost"] == 3.1 and charges("alice")[-1].delta == -3_100_000
+    assert found["usage"]["input_tokens"] == 1000 and found["usage"]["output_tokens_details"]["reasoning_tokens"] == 50
+    assert holds() == 0
+    invariant("alice")
+
+
 def test_a_responses_row_continues_the_gateways_conversation(native, upstream):
     upstream.expect_ordered_request("/v1/responses").respond_with_handler(
         json_answer(fake_responses.response("Hi Ann", reasoning=1)))
@@ -249,6 +269,17 @@ def test_a_responses_row_streams_every_event_with_the_cost_in_the_last(native, u
     assert last["usage"]["cost"] == 0.013
     _charged(last["usage"])
     assert native.get(f"/v1/responses/{last['id']}", headers=auth()).status_code == 200
+
+
+def test_a_responses_row_stream_without_usage_or_content_is_not_charged(native, upstream):
+    done = fake_responses.response("")
+    done["output"] = []
+    done.pop("usage")
+    upstream.expect_request("/v1/responses").respond_with_handler(
+        lambda request: Response(fake_responses.stream(done), mimetype="text/event-stream"))
+    found = events_of(post(native, {"model": "m-native", "input": "Hi", "stream": True}).data)
+    assert found[-1]["type"] == "response.completed" and found[-1]["response"]["usage"]["cost"] == 0
+    assert not charges("alice") and holds() == 0
 
 
 def test_a_responses_row_answers_a_retried_idempotent_call_once(native, upstream):
@@ -353,3 +384,34 @@ cost_per_1k_tokens = "0.01"
     r = client.post("/api/admin/models", headers=auth("root", True), json={
         "id": 72, "name": "x", "provider": "x", "api": "openai_response", "cost_per_1k_tokens": "0.01"})
     assert r.status_code == 400 and "openai_responses" in r.json["error"]["message"]
+
+
+def test_conversations_stored_as_chat_messages_before_still_continue():
+    from frontdoors.responses import items_of, messages_of
+    old = [{"role": "user", "content": "Weather?"},
+           {"role": "assistant", "content": None, "tool_calls": [
+               {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+           {"role": "tool", "tool_call_id": "c1", "content": "18C"}, {"role": "assistant", "content": "18 degrees"}]
+    items = items_of(old)
+    assert [i["type"] for i in items] == ["message", "function_call", "function_call_output", "message"]
+    assert messages_of(items) == old
+
+
+def test_a_namespaced_call_sent_back_is_the_flat_name_the_chat_model_knows():
+    from frontdoors.responses import messages_of
+    out = messages_of([{"type": "function_call", "call_id": "c1", "namespace": "multi", "name": "spawn",
+                        "arguments": "{}"}])
+    assert out[0]["tool_calls"][0]["function"]["name"] == "multi__spawn"
+
+
+def test_a_refusal_from_the_provider_adapter_names_the_responses_field(gateway, upstream):
+    r = post(gateway, {"model": "m-ollama", "input": "Hi", "parallel_tool_calls": False, "tools": [TOOL]})
+    assert r.status_code == 400 and r.json["error"]["param"] == "parallel_tool_calls"
+    r = post(gateway, {"model": "m-ollama", "input": [{"role": "user", "content": [
+        {"type": "input_file", "file_data": "data:application/x-nothing;base64,AAAA", "filename": "x.bin"}]}]})
+    assert r.status_code in (400, 501) and r.json["error"]["param"] == "input", r.json
+    r = post(gateway, {"model": "m-gemini", "input": "Hi", "include": ["message.output_text.logprobs"]})
+    assert r.status_code == 501 and r.json["error"]["param"] == "include", r.json
+    r = post(gateway, {"model": "m-anthropic", "input": "Hi", "reasoning": {"effort": "high"}, "max_output_tokens": 100})
+    assert r.status_code == 400 and r.json["error"]["param"] == "max_output_tokens", r.json
+    assert not upstream.log and holds() == 0
