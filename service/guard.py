@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 
+from waitress.parser import HTTPRequestParser
 from waitress.task import ErrorTask
 
 from core.errors import GatewayError
@@ -55,6 +56,17 @@ class ContractErrorTask(ErrorTask):
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
+
+
+class Parser(HTTPRequestParser):
+    """waitress's parser; a request it refused at its head (a declared body over the limit) is not
+    answered `100 Continue` first, which would invite the client to send the body."""
+
+    def received(self, data):
+        consumed = super().received(data)
+        if self.error is not None:
+            self.expect_continue = False
+        return consumed
 
 
 class Exempt:
@@ -118,6 +130,7 @@ class GuardedChannel(Channel):
     """A connection that counts against its address and keeps the clock of its request head."""
 
     error_task_class = ContractErrorTask
+    parser_class = Parser
     counted = None  # the address this connection is counted against, until it closes
     head_since = None  # monotonic time its current head began; None: no head in progress
 
