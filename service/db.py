@@ -259,7 +259,7 @@ def epoch(value: dt.datetime | None) -> int:
     return int(value.replace(tzinfo=dt.timezone.utc).timestamp()) if value else 0
 
 
-CONNECTIONS_BESIDE_POOL = 3  # per process, beyond its pool: start-up and migrations, the hold keeper, alerts
+CONNECTIONS_BESIDE_POOL = 3  # per process, beyond its pool: group commit, the hold keeper, the alert sender
 
 
 def connection_budget(workers: int, pool_size: int) -> tuple[int, int] | None:

@@ -318,3 +318,32 @@ def test_waitress_refusals_have_the_contract_body(guarded):
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n")
         head, _, body = read_answer(sock).partition(b"\r\n\r\n")
     assert head.split(b" ")[1] == b"400" and json.loads(body)["success"] is False
+
+
+def test_the_deployed_server_is_guarded(tmp_path, db_url):
+    """`python -m service.server` reads the settings and serves with the guards."""
+    from tests.conftest import SECRET
+    from tests.process import Gateway
+
+    gateway = Gateway({"DATABASE_URL": f"sqlite:///{tmp_path / 'g.db'}", "DATA_DIR": str(tmp_path),
+                       "JWT_SECRET_KEY": SECRET, "WAITRESS_THREADS": "4", "PIN_WORKERS": "false",
+                       "REQUEST_HEAD_TIMEOUT": "1", "MAX_CONNECTIONS_PER_IP": "2", "MAX_CONTENT_LENGTH": "1000"},
+                      tmp_path / "gw.log")
+    try:
+        live = type("Deployed", (), {"port": gateway.port})
+        with connect(live) as sock:
+            sock.sendall(HEAD + b"Content-Length: 1001\r\n\r\n")
+            contract_413(read_answer(sock))
+        with connect(live) as one, connect(live) as two:
+            took = closed_within(one, 10)
+            assert took is not None and took <= 3.5  # the silent head's deadline
+            wait_for(lambda: closed_within(two, 0.01) is not None)
+        held = [connect(live) for _ in range(2)]
+        with connect(live) as third:
+            assert closed_within(third, 0.9) is not None  # closed at once, not by the deadline
+        for sock in held:
+            sock.close()
+    finally:
+        gateway.stop()
+    lines = (tmp_path / "gw.log").read_text().splitlines()
+    assert lines and all(isinstance(json.loads(line), dict) for line in lines)
