@@ -59,10 +59,14 @@ class ContractErrorTask(ErrorTask):
 
 
 class Parser(HTTPRequestParser):
-    """waitress's parser; a request it refused at its head (a declared body over the limit) is not
-    answered `100 Continue` first, which would invite the client to send the body."""
+    """waitress's parser, with two changes. A chunked body is given at most what is left of the
+    limit (waitress checks the limit after taking a whole read: up to 8 KiB more was written to the
+    body's buffer). A request refused at its head (a declared body over the limit) is not answered
+    `100 Continue` first, which would invite the client to send the body."""
 
     def received(self, data):
+        if self.body_rcv is not None and self.chunked:
+            data = data[:max(self.adj.max_request_body_size - self.body_bytes_received, 0)]
         consumed = super().received(data)
         if self.error is not None:
             self.expect_continue = False

@@ -19,24 +19,34 @@ LIMIT = 4194304  # MAX_CONTENT_LENGTH's default
 
 
 @pytest.fixture
-def guarded(make_app, monkeypatch):
+def guarded(make_app, monkeypatch, tmp_path):
     """Serve an app as service.server serves it (server.make_server); `received` counts the bytes
-    the server read from its clients."""
+    the server read from its clients, `spooled()` the sizes of the temporary files waitress wrote
+    request bodies to (kept in a directory of the test's instead of unlinked at once)."""
+    from waitress.buffers import TempfileBasedBuffer
+
     made = []
     received = []
     recv = guard.GuardedChannel.recv
+    spool = tmp_path / "spool"
+    spool.mkdir()
 
     def counting(self, size):
         data = recv(self, size)
         received.append(len(data))
         return data
 
+    def newfile(self):
+        return open(spool / f"body{len(list(spool.iterdir()))}", "w+b")
+
     monkeypatch.setattr(guard.GuardedChannel, "recv", counting)
+    monkeypatch.setattr(TempfileBasedBuffer, "newfile", newfile)
 
     def start(**conf):
         app = make_app(WAITRESS_THREADS=8, **conf)
         live = Live(app, server=server.make_server(app, app.config, 20000, host="127.0.0.1", port=0))
         live.received = received
+        live.spooled = lambda: [path.stat().st_size for path in spool.iterdir()]
         made.append(live)
         return live
 
@@ -137,8 +147,10 @@ def test_a_declared_gigabyte_is_refused_before_its_body_is_read(guarded):
         sock.sendall(HEAD + b"Content-Length: 999999999\r\n\r\n")
         sent, answer = flood(sock, b"\0" * 65536, 1 << 30)
     read = sum(live.received)
-    print(f"declared 999999999: the client sent {sent} bytes, the server read {read}")
+    print(f"declared 999999999: the client sent {sent} bytes, the server read {read}, "
+          f"temporary files {live.spooled()}")
     assert read < 300_000, read  # the head, and at most waitress's header limit of what followed
+    assert live.spooled() == []  # nothing written anywhere
     assert sent < 5_000_000, sent  # what loopback's socket buffers took, at most
     if answer:  # the answer may be lost to the reset of a connection closed with unread data
         contract_413(answer)
@@ -159,8 +171,9 @@ def test_a_chunked_gigabyte_is_cut_at_the_limit(guarded):
         sock.sendall(HEAD + b"Transfer-Encoding: chunked\r\n\r\n")
         sent, answer = flood(sock, piece, 1 << 30)
     read = sum(live.received)
-    print(f"chunked: the client sent {sent} bytes, the server read {read}")
+    print(f"chunked: the client sent {sent} bytes, the server read {read}, temporary files {live.spooled()}")
     assert read <= LIMIT + 2 * len(piece), read
+    assert sum(live.spooled()) <= LIMIT + 1  # written: the limit at most
     assert read < 5_000_000 and sent < 16_000_000
     if answer:
         contract_413(answer)
@@ -347,3 +360,16 @@ def test_the_deployed_server_is_guarded(tmp_path, db_url):
         gateway.stop()
     lines = (tmp_path / "gw.log").read_text().splitlines()
     assert lines and all(isinstance(json.loads(line), dict) for line in lines)
+
+
+def test_a_chunked_body_under_the_limit_reaches_the_app(guarded):
+    from tests.conftest import auth
+
+    live = guarded()
+    body = json.dumps({"model": "nope", "messages": [{"role": "user", "content": "x" * 100_000}]}).encode()
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 7000]), body[i:i + 7000]) for i in range(0, len(body), 7000))
+    with connect(live) as sock:
+        sock.sendall(HEAD + f"Authorization: {auth()['Authorization']}\r\nConnection: close\r\n".encode()
+                     + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+        head, _, answer = read_answer(sock).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404") and json.loads(answer)["error"]["code"] == "model_not_found"
