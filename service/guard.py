@@ -8,7 +8,7 @@ MAX_CONNECTIONS_PER_IP connections from one client address.
   (`request_too_large`), not waitress's text page, and the connection is closed.
 * **Heads.** The clock starts when a connection opens, and again when the first byte of a later
   request's head arrives; a head not complete REQUEST_HEAD_TIMEOUT seconds later (silent or
-  trickling) closes the connection. A kept-alive connection that sends nothing between requests
+  trickling) closes the connection, unless an earlier request on it is still being answered. A kept-alive connection that sends nothing between requests
   is waitress's idle timeout's (channel_timeout), as before.
 * **Addresses.** A connection from an address that already holds MAX_CONNECTIONS_PER_IP is closed
   at once, before anything is read from it (a TCP close; no answer: under a flood an answer costs
@@ -212,7 +212,9 @@ def _maintenance(listener, guard: Guard):
         cutoff = time.monotonic() - guard.head_timeout
         for channel in list(listener._map.values()):
             since = getattr(channel, "head_since", None)
-            if since is not None and since < cutoff and not channel.will_close:
+            # a connection whose earlier request is still being answered (a stream) is left be: a
+            # pipelined head behind it cannot be served before then anyway
+            if since is not None and since < cutoff and not channel.will_close and not channel.requests:
                 guard.timed_out += 1
                 channel.will_close = True  # closed by the loop on its next pass
     return maintenance

@@ -373,3 +373,27 @@ def test_a_chunked_body_under_the_limit_reaches_the_app(guarded):
                      + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
         head, _, answer = read_answer(sock).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 404") and json.loads(answer)["error"]["code"] == "model_not_found"
+
+
+def test_a_head_pipelined_behind_a_running_answer_waits_for_it(guarded):
+    """A stream being answered is not cut because the client began its next request's head."""
+    import threading
+
+    live = guarded(REQUEST_HEAD_TIMEOUT=1)
+    release = threading.Event()
+    app = live.server.application
+
+    def slow(environ, start_response):
+        if environ["PATH_INFO"] == "/slow":
+            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+            return iter([b"a", release.wait(10) and b"b"])
+        return app(environ, start_response)
+
+    live.server.application = slow
+    with connect(live) as sock:
+        sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\n")  # the next head begun
+        assert closed_within(sock, 2.5) is None  # past the deadline: still open, the answer running
+        release.set()
+        sock.sendall(b"Host: x\r\nConnection: close\r\n\r\n")
+        answer = read_answer(sock)
+    assert answer.count(b"HTTP/1.1 200") == 2
