@@ -87,6 +87,7 @@ class Exempt:
             ip = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
             return False
+        ip = getattr(ip, "ipv4_mapped", None) or ip  # ::ffff:10.0.0.5 on a dual-stack listener
         return any(ip in net for net in self.networks)
 
 

@@ -397,3 +397,11 @@ def test_a_head_pipelined_behind_a_running_answer_waits_for_it(guarded):
         sock.sendall(b"Host: x\r\nConnection: close\r\n\r\n")
         answer = read_answer(sock)
     assert answer.count(b"HTTP/1.1 200") == 2
+
+
+@pytest.mark.parametrize("host,exempt", [("10.0.0.5", True), ("::ffff:10.0.0.5", True), ("10.0.1.5", False),
+                                         ("fe80::1%eth0", True), ("2001:db8::1", False), ("garbage", False)])
+def test_which_peers_are_exempt(host, exempt, db_url):
+    assert guard.Exempt(1, ["10.0.0.0/24", "fe80::/10"])(host) is exempt
+    assert guard.Exempt(1, [])(host) is True  # TRUSTED_PROXIES without addresses: every peer
+    assert guard.Exempt(0, [])(host) is False
