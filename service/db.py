@@ -262,3 +262,19 @@ def is_postgres(database) -> bool:
 def epoch(value: dt.datetime | None) -> int:
     """Unix seconds of a stored (naive UTC) time."""
     return int(value.replace(tzinfo=dt.timezone.utc).timestamp()) if value else 0
+
+
+CONNECTIONS_BESIDE_POOL = 3  # per process, beyond its pool: group commit, the hold keeper, the alert sender
+
+
+def connection_budget(workers: int, pool_size: int) -> tuple[int, int] | None:
+    """(connections the gateway's processes may open, the server's max_connections) on PostgreSQL;
+    None elsewhere or when the server cannot say."""
+    if not is_postgres(db):
+        return None
+    try:
+        (most,) = db.execute_sql("SHOW max_connections").fetchone()
+    except Exception:  # a start-up check: never the reason a start fails
+        return None
+    return workers * (pool_size + CONNECTIONS_BESIDE_POOL), int(most)
+

@@ -8,7 +8,7 @@ MAX_CONNECTIONS_PER_IP connections from one client address.
   (`request_too_large`), not waitress's text page, and the connection is closed.
 * **Heads.** The clock starts when a connection opens, and again when the first byte of a later
   request's head arrives; a head not complete REQUEST_HEAD_TIMEOUT seconds later (silent or
-  trickling) closes the connection. A kept-alive connection that sends nothing between requests
+  trickling) closes the connection, unless an earlier request on it is still being answered. A kept-alive connection that sends nothing between requests
   is waitress's idle timeout's (channel_timeout), as before.
 * **Addresses.** A connection from an address that already holds MAX_CONNECTIONS_PER_IP is closed
   at once, before anything is read from it (a TCP close; no answer: under a flood an answer costs
@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 
+from waitress.parser import HTTPRequestParser
 from waitress.task import ErrorTask
 
 from core.errors import GatewayError
@@ -57,6 +58,21 @@ class ContractErrorTask(ErrorTask):
         self.write(body)
 
 
+class Parser(HTTPRequestParser):
+    """waitress's parser, with two changes. A chunked body is given at most what is left of the
+    limit (waitress checks the limit after taking a whole read: up to 8 KiB more was written to the
+    body's buffer). A request refused at its head (a declared body over the limit) is not answered
+    `100 Continue` first, which would invite the client to send the body."""
+
+    def received(self, data):
+        if self.body_rcv is not None and self.chunked:
+            data = data[:max(self.adj.max_request_body_size - self.body_bytes_received, 0)]
+        consumed = super().received(data)
+        if self.error is not None:
+            self.expect_continue = False
+        return consumed
+
+
 class Exempt:
     """Which peers the per-address cap does not apply to."""
 
@@ -71,6 +87,7 @@ class Exempt:
             ip = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
             return False
+        ip = getattr(ip, "ipv4_mapped", None) or ip  # ::ffff:10.0.0.5 on a dual-stack listener
         return any(ip in net for net in self.networks)
 
 
@@ -118,6 +135,7 @@ class GuardedChannel(Channel):
     """A connection that counts against its address and keeps the clock of its request head."""
 
     error_task_class = ContractErrorTask
+    parser_class = Parser
     counted = None  # the address this connection is counted against, until it closes
     head_since = None  # monotonic time its current head began; None: no head in progress
 
@@ -195,7 +213,9 @@ def _maintenance(listener, guard: Guard):
         cutoff = time.monotonic() - guard.head_timeout
         for channel in list(listener._map.values()):
             since = getattr(channel, "head_since", None)
-            if since is not None and since < cutoff and not channel.will_close:
+            # a connection whose earlier request is still being answered (a stream) is left be: a
+            # pipelined head behind it cannot be served before then anyway
+            if since is not None and since < cutoff and not channel.will_close and not channel.requests:
                 guard.timed_out += 1
                 channel.will_close = True  # closed by the loop on its next pass
     return maintenance
