@@ -144,7 +144,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.after_request(add_headers)  # the chat call's rate-limit headers (service/admission.py)
     jwt.init_app(app)
     cors.init_app(app, origins=conf["CORS_ORIGINS"], expose_headers=[
-        "X-Request-ID", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"])
+        "X-Request-ID", "X-Cache", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"])
     limiter.init_app(app)
     if not conf["REDIS_URL"]:
         log.warning("REDIS_URL is not set: rate limits and caches are per process (in memory)")
@@ -160,7 +160,9 @@ def create_app(overrides: dict | None = None) -> Flask:
                   Breakers(conf["BREAKER_THRESHOLD"], conf["BREAKER_COOLDOWN"]), conf["UPSTREAM_MAX_BYTES"]),
         budget, Journal(conf["DATA_DIR"], owner), owner, slots, Admission(cache, slots, budget))
 
-    from service import account, admin, catalog, chat, cli, embeddings, health, messages, observe, responses
+    from service import account, admin, answer_cache, catalog, chat, cli, embeddings, health, messages, observe, responses
+
+    answer_cache.init_app(app)
 
     observe.init_app(app)
     for module in (chat, messages, responses, embeddings, catalog, account, admin, health, observe):

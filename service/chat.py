@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from core import chat as chat_request
 from core import transcript
-from service import admission, idempotency, observe, relay
+from service import admission, answer_cache, idempotency, observe, relay
 from service.auth import authenticate
 from service.body import json_object
 from service.errors import Forbidden, InvalidRequest
@@ -159,14 +159,16 @@ def _call(chat, ext, conf, lease, answer):
     record = observe.outcome()
     record.update(request_id=chat.request_id, model=chat.model.name)
     ctx = relay.Context(g.account.id, ext, conf, lambda tokens: ext.budget.spend(name, tokens, lease), record)
-    headers = {"X-Request-ID": chat.request_id}
+    cached = answer_cache.Lookup(current_app.extensions["tollgate_answers"], chat, g.account.id,
+                                 request.headers.get("Cache-Control"))
+    headers = {"X-Request-ID": chat.request_id, **cached.headers}
     if not chat.stream:
         try:
-            return answer(chat, ctx), 200, headers
+            return cached.complete(ctx, answer), 200, headers
         finally:
             ext.slots.give_back(lease)
     try:
-        events = relay.stream(chat, ctx)
+        events = cached.stream(ctx, relay.stream)
     except BaseException:
         ext.slots.give_back(lease)
         raise

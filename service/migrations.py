@@ -260,10 +260,28 @@ def _v8_console_sessions() -> None:
     db.create_tables([ConsoleSession], safe=True)
 
 
+def v13_columns() -> tuple:
+    """Migration 13's columns as (table, column, type), in this database's dialect."""
+    flag = "BOOLEAN" if is_postgres(db) else "INTEGER"
+    return (("ai_model", "cache_ttl", "INTEGER"),
+            ("ai_model", "cache_scope", "VARCHAR(255) NOT NULL DEFAULT 'account'"),
+            ("ai_model", "cost_per_1k_cache_hit_tokens", "BIGINT"),
+            ("ledgerentry", "cache_hit", f"{flag} NOT NULL DEFAULT FALSE"),
+            ("ledgerentry", "parallel_group", "VARCHAR(255)"))
+
+
+def _v13_answer_cache_parallel() -> None:
+    """Catalogue rows may cache answers (SPEC §16); ledger rows say a cache hit and the parallel
+    request they belong to."""
+    for table, column, kind in v13_columns():
+        if column not in {c.name for c in db.get_columns(table)}:
+            db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
 STEPS = [(1, _v1_initial), (2, _v2_ledger_page_index), (3, _v3_batch_functions),
          (4, _v4_owned_holds_overruns_checks), (5, _v5_key_concurrency),
          (6, _v6_token_classes_idempotency_alerts), (7, _v7_model_kind_stored_responses),
-         (8, _v8_console_sessions)]
+         (8, _v8_console_sessions), (13, _v13_answer_cache_parallel)]
 
 
 def current_version() -> int:
