@@ -262,10 +262,10 @@ def _v8_console_sessions() -> None:
 
 def v13_columns() -> tuple:
     """Migration 13's columns as (table, column, type), in this database's dialect."""
-    flag = "BOOLEAN" if is_postgres(db) else "INTEGER"
+    flag, big = ("BOOLEAN", "BIGINT") if is_postgres(db) else ("INTEGER", "INTEGER")  # as peewee makes them
     return (("ai_model", "cache_ttl", "INTEGER"),
             ("ai_model", "cache_scope", "VARCHAR(255) NOT NULL DEFAULT 'account'"),
-            ("ai_model", "cost_per_1k_cache_hit_tokens", "BIGINT"),
+            ("ai_model", "cost_per_1k_cache_hit_tokens", big),
             ("ledgerentry", "cache_hit", f"{flag} NOT NULL DEFAULT FALSE"),
             ("ledgerentry", "parallel_group", "VARCHAR(255)"))
 

@@ -27,6 +27,7 @@ from core.errors import GatewayError, ProviderError
 from service import billing, relay
 from service.db import give_back
 from service.ledger_marks import mark
+from service.metrics import CHARGED, TOKENS
 
 log = logging.getLogger("tollgate")
 MODES = ("all", "first")
@@ -141,8 +142,14 @@ def _cut(stream) -> None:
 
 
 def _finish(leg: Leg, gid: str) -> None:
-    """A leg has ended: its ledger row (if it was charged) joins the group; its slots go back."""
+    """A leg has ended: its ledger row (if it was charged) joins the group, its tokens and
+    credits are counted under its model; its slots go back."""
     try:
+        record = leg.ctx.record
+        if "prompt_tokens" in record:
+            TOKENS.labels(leg.name, "prompt").inc(record["prompt_tokens"])
+            TOKENS.labels(leg.name, "completion").inc(record["completion_tokens"])
+            CHARGED.labels(leg.name).inc(record.get("cost_micro", 0))
         mark(leg.chat.request_id, parallel_group=gid)
     finally:
         leg.give_back()

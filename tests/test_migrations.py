@@ -51,3 +51,18 @@ def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):
     assert {"owner"} <= {c.name for c in db.get_columns("hold")}
     assert {"cached_tokens", "prices"} <= {c.name for c in db.get_columns("ledgerentry")}
     assert db.table_exists("model_price") and db.table_exists("alert_outbox")
+
+
+def test_migration_13_columns_match_a_fresh_database(app, db_url):
+    """The columns migration 13 adds to an existing database are those a fresh one is made with."""
+    def described():
+        return {(t, c.name): (c.data_type.lower(), c.null, str(c.default).lower().strip("'"))
+                for t in ("ai_model", "ledgerentry") for c in db.get_columns(t)
+                if (t, c.name) in {(t2, c2) for t2, c2, _ in migrations.v13_columns()}}
+
+    fresh = described()
+    assert len(fresh) == 5
+    for table, column, _ in migrations.v13_columns():
+        db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
+    migrations._v13_answer_cache_parallel()
+    assert described() == fresh
