@@ -309,3 +309,28 @@ def test_two_processes_share_one_redis_cache(make_app, db_url, tmp_path, cached,
     assert [c.headers["X-Cache"] for c in calls] == ["MISS", "HIT"]
     assert calls[1].json()["choices"] == calls[0].json()["choices"]
     assert len(cached.log) == 1
+
+
+def test_entries_live_in_redis_with_the_rows_ttl_and_an_outage_is_a_miss(make_app, cached, redis_url,
+                                                                      redis_proxy):
+    import redis
+
+    client = make_app(REDIS_URL=redis_proxy.url).test_client()
+    answer_with(cached, "Four.")
+    assert ask(client).headers["X-Cache"] == "MISS"
+    keys = redis.Redis.from_url(redis_url).keys("tollgate:answer:*")
+    assert len(keys) == 1 and 0 < redis.Redis.from_url(redis_url).ttl(keys[0]) <= 60
+    redis_proxy.cut()
+    down = ask(client)  # Redis gone: answered by the provider, not refused
+    assert down.status_code == 200 and down.headers["X-Cache"] == "MISS" and len(cached.log) == 2
+    redis_proxy.restore()
+
+
+def test_the_responses_door_hits_too(client, cached):
+    answer_with(cached, "Four.")
+    body = {"model": "cached", "input": "What is 2 + 2?", "store": False}
+    first = client.post("/v1/responses", json=body, headers=auth())
+    second = client.post("/v1/responses", json=body, headers=auth())
+    assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("MISS", "HIT")
+    assert second.json["output"][0]["content"][0]["text"] == "Four." and second.json["id"] != first.json["id"]
+    assert len(cached.log) == 1

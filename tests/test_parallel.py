@@ -305,3 +305,27 @@ def test_money_invariant_after_random_parallel_calls_hangups_and_failures(client
     invariant("alice")
     for e in charges("alice"):
         assert e.id in before or e.parallel_group == r.headers.get("X-Request-ID")
+
+
+def test_each_models_call_goes_through_its_rows_cache(client, rows, admin_headers):
+    client.patch("/api/admin/models/30", json={"cache_ttl": 60}, headers=admin_headers)
+    answers(rows, "a", "Red.")
+    answers(rows, "b", "Blue.")
+    ask(client)
+    again = ask(client).json
+    assert [c["message"]["content"] for c in again["choices"]] == ["Red.", "Blue."]
+    assert [m["cost"] for m in again["usage"]["by_model"]] == [0, 0.03]  # a's answer was a free hit
+    assert len([e for e in rows.log if e[0].path.startswith("/a/")]) == 1
+    assert [(e.model, e.cache_hit) for e in charges("alice")][2:] in ([("a", True), ("b", False)],
+                                                                    [("b", False), ("a", True)])
+
+
+def test_each_model_takes_a_slot_under_the_caps(make_app, rows):
+    client = make_app(MAX_CONCURRENT_PER_ACCOUNT=1).test_client()
+    answers(rows, "a", "Red.")
+    answers(rows, "b", "Blue.")
+    refused = ask(client)
+    assert refused.status_code == 429 and refused.json["error"]["code"] == "concurrency_limit_exceeded"
+    assert rows.log == [] and holds() == 0
+    assert client.post("/v1/chat/completions", headers=auth(),
+                       json={"model": "a", "messages": MSGS}).status_code == 200  # the slot was given back
