@@ -19,11 +19,13 @@ WORDS = ["Deep ", "sea ", "blue."]
 
 @pytest.fixture
 def rows(add_model, upstream, topup):
-    """Rows `a` (1 credit per 1k), `b` (2 credits per 1k) and `c` (1 credit per 1k), each behind
-    its own path of the fake server; alice has 100 credits."""
+    """Rows `a` (1 credit per 1k), `b` (2 credits per 1k) and `c` (1 credit per 1k, its answers
+    cached, hits at 0.5 per 1k), each behind its own path of the fake server; alice has 100
+    credits."""
     for i, (name, price) in enumerate((("a", "1"), ("b", "2"), ("c", "1"))):
+        cache = {"cache_ttl": 60, "cost_per_1k_cache_hit_tokens": "0.5"} if name == "c" else {}
         add_model(id=30 + i, name=name, api="openai", base_url=upstream.url_for(f"/{name}/v1"),
-                  cost_per_1k_tokens=price, max_output_tokens=100)
+                  cost_per_1k_tokens=price, max_output_tokens=100, **cache)
     topup("alice", 100)
     return upstream
 
@@ -273,40 +275,6 @@ def test_a_parallel_request_is_idempotent(client, rows):
     assert len(charges("alice")) == 2
 
 
-def _upstream_for(rows, name: str, kind: str):
-    if kind in ("ok", "cut"):
-        fake = fake_openai.Stream(WORDS, drop_after=1 if kind == "cut" else None)
-        rows.expect_request(f"/{name}/v1/chat/completions").respond_with_handler(fake.handler)
-    else:
-        fails(rows, name, 500 if kind == "down" else 400)
-
-
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kinds=st.lists(st.sampled_from(["ok", "cut", "down", "bad"]), min_size=2, max_size=3),
-       mode=st.sampled_from(["all", "first"]), stream=st.booleans(), hang_up=st.none() | st.integers(0, 4))
-def test_money_invariant_after_random_parallel_calls_hangups_and_failures(client, rows, kinds, mode, stream,
-                                                                         hang_up):
-    rows.clear()
-    before = {e.id for e in charges("alice")}
-    names = "abc"[:len(kinds)]
-    for name, kind in zip(names, kinds):
-        _upstream_for(rows, name, kind)
-    r = client.post("/v1/chat/completions", headers=auth(), buffered=not (stream and hang_up is not None),
-                    json={"models": list(names), "messages": MSGS, "stream": stream, "parallel": mode})
-    if stream and hang_up is not None and r.status_code == 200:
-        pieces = iter(r.response)
-        for _ in range(hang_up):
-            if next(pieces, None) is None:
-                break
-        r.close()
-    else:
-        r.get_data()
-    assert holds() == 0
-    invariant("alice")
-    for e in charges("alice"):
-        assert e.id in before or e.parallel_group == r.headers.get("X-Request-ID")
-
-
 def test_each_models_call_goes_through_its_rows_cache(client, rows, admin_headers):
     client.patch("/api/admin/models/30", json={"cache_ttl": 60}, headers=admin_headers)
     answers(rows, "a", "Red.")
@@ -329,3 +297,48 @@ def test_each_model_takes_a_slot_under_the_caps(make_app, rows):
     assert rows.log == [] and holds() == 0
     assert client.post("/v1/chat/completions", headers=auth(),
                        json={"model": "a", "messages": MSGS}).status_code == 200  # the slot was given back
+
+
+def _upstream_for(rows, name: str, kind: str):
+    if kind in ("ok", "cut"):
+        fake = fake_openai.Stream(WORDS, drop_after=1 if kind == "cut" else None)
+        rows.expect_request(f"/{name}/v1/chat/completions").respond_with_handler(fake.handler)
+    else:
+        fails(rows, name, 500 if kind == "down" else 400)
+
+
+@settings(max_examples=14, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=st.lists(st.sampled_from(["ok", "cut", "down", "bad"]), min_size=2, max_size=3),
+       mode=st.sampled_from(["all", "first"]), stream=st.booleans(), hang_up=st.none() | st.integers(0, 4),
+       cache=st.sampled_from(["warm", "use", "no-store"]))
+def test_money_invariant_after_random_parallel_calls_hangups_and_failures(client, rows, kinds, mode, stream,
+                                                                         hang_up, cache):
+    """Random mixes of models that answer, are cut, are down or refuse, in either mode, streamed
+    or not, with the client hanging up after a few events or not; model c (always one of them)
+    caches its answers: `warm` caches one first, `use` takes whatever is cached, `no-store` skips
+    the cache. Every hold is gone and the money adds up."""
+    rows.clear()
+    before = {e.id for e in charges("alice")}
+    names = "cab"[:len(kinds)]
+    if cache == "warm":
+        rows.expect_oneshot_request("/c/v1/chat/completions").respond_with_json(fake_openai.completion("Cyan."))
+        assert client.post("/v1/chat/completions", headers=auth(),
+                           json={"model": "c", "messages": MSGS}).status_code == 200
+        before = {e.id for e in charges("alice")}
+    for name, kind in zip(names, kinds):
+        _upstream_for(rows, name, kind)
+    headers = {**auth(), **({"Cache-Control": "no-store"} if cache == "no-store" else {})}
+    r = client.post("/v1/chat/completions", headers=headers, buffered=not (stream and hang_up is not None),
+                    json={"models": list(names), "messages": MSGS, "stream": stream, "parallel": mode})
+    if stream and hang_up is not None and r.status_code == 200:
+        pieces = iter(r.response)
+        for _ in range(hang_up):
+            if next(pieces, None) is None:
+                break
+        r.close()
+    else:
+        r.get_data()
+    assert holds() == 0
+    invariant("alice")
+    for e in charges("alice"):
+        assert e.id in before or e.parallel_group == r.headers.get("X-Request-ID")
