@@ -14,6 +14,7 @@ passes the client's `Cache-Control`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,6 +25,7 @@ from collections import OrderedDict
 
 from core import prices, transcript
 from core.sse import DONE
+from core.errors import GatewayError
 from core.usage import CLASSES, from_openai
 from service import billing
 from service.db import give_back
@@ -138,7 +140,7 @@ class Lookup:
         look, self.keep = policy(cache_control)
         self.key = key_of(req, self.row, account_id)
         found = store.get(self.key) if look else None
-        self.entry = json.loads(found) if found else None
+        self.entry = _entry(found)
         self.status = HIT if self.entry else MISS if look else BYPASS
         if look:
             (CACHE_HITS if self.entry else CACHE_MISSES).labels(self.row.name).inc()
@@ -149,9 +151,10 @@ class Lookup:
 
     def complete(self, ctx, answer) -> dict:
         """The answer body: the cached one, or answer(req, ctx)'s, then kept."""
-        if self.entry is not None:
-            return self._hit(ctx)
-        body = answer(self.req, ctx)
+        with self._said():
+            if self.entry is not None:
+                return self._hit(ctx)
+            body = answer(self.req, ctx)
         if self.keep and self.req.model is self.row:  # a fallback's answer is not this row's
             self._put(body)
         return body
@@ -159,6 +162,20 @@ class Lookup:
     def stream(self, ctx, open_stream):
         """The stream's events: the cached answer replayed, or open_stream(req, ctx)'s, gathered
         and kept once it ended normally."""
+        with self._said():
+            return self._stream(ctx, open_stream)
+
+    @contextlib.contextmanager
+    def _said(self):
+        """An error answer of a cached row says X-Cache too."""
+        try:
+            yield
+        except GatewayError as err:
+            if self.status:
+                err.headers.setdefault("X-Cache", self.status)
+            raise
+
+    def _stream(self, ctx, open_stream):
         if self.entry is not None:
             body = self._hit(ctx)
             return transcript.replay(body, self.req.include_usage)
@@ -207,6 +224,17 @@ class Lookup:
         body.update(id=req.request_id, created=int(time.time()), model=row.name,
                     usage=Bill(tokens, unit, costs, charge).usage(body.get("usage")))
         return body
+
+
+def _entry(found: bytes | None) -> dict | None:
+    """A stored entry, or None (nothing, or not an entry: then it is a miss, never a failure)."""
+    if not found:
+        return None
+    try:
+        entry = json.loads(found)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) and isinstance(entry.get("body"), dict) else None
 
 
 def _charge(req, ctx, tokens, unit: dict, charge: int) -> None:
