@@ -247,9 +247,11 @@ def _pump(leg: Leg, out: queue.Queue, begun: _Begun) -> None:
         events = leg.lookup.stream(leg.ctx, relay.stream)
     except BaseException as exc:  # noqa: BLE001
         out.put((leg.index, "failed", _failure(exc)))
-        _finish(leg, leg.group_id)
-        out.put((leg.index, "end", None))
         begun.count(False)
+        try:
+            _finish(leg, leg.group_id)
+        finally:
+            out.put((leg.index, "end", None))
         return
     begun.count(True)
     try:
