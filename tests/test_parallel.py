@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 import threading
 
 import pytest
@@ -9,9 +11,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from werkzeug import Response
 
 from tests import schemas
-from tests.conftest import auth
+from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
-from tests.helpers import account, charges, holds, invariant
+from tests.helpers import account, charges, holds, invariant, wait_for
 
 MSGS = [{"role": "user", "content": "Name a colour."}]
 WORDS = ["Deep ", "sea ", "blue."]
@@ -297,6 +299,30 @@ def test_each_model_takes_a_slot_under_the_caps(make_app, rows):
     assert rows.log == [] and holds() == 0
     assert client.post("/v1/chat/completions", headers=auth(),
                        json={"model": "a", "messages": MSGS}).status_code == 200  # the slot was given back
+
+
+def test_a_client_gone_from_a_live_server_closes_every_model(rows, live):
+    """Through waitress: a raw client reads a few chunks and closes its socket; every model's
+    upstream call is closed and each pays for the tokens it relayed, fewer than it had."""
+    fakes = {name: fake_openai.Stream(WORDS * 4, delay=0.05) for name in "ab"}
+    for name, fake in fakes.items():
+        rows.expect_request(f"/{name}/v1/chat/completions").respond_with_handler(fake.handler)
+    payload = json.dumps({"models": ["a", "b"], "messages": MSGS, "stream": True}).encode()
+    sock = socket.create_connection(("127.0.0.1", live.port))
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Authorization: Bearer {token()}\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    seen = b""
+    while len(re.findall(rb'"content":"[^"]', seen)) < 3:
+        data = sock.recv(65536)
+        assert data, "stream ended early"
+        seen += data
+    sock.close()
+    assert all(fake.closed.wait(5) for fake in fakes.values())
+    wait_for(lambda: holds() == 0 and len(charges("alice")) == 2)
+    billed = {e.model: e for e in charges("alice")}
+    assert all(e.estimated and 1 <= e.completion_tokens < len(WORDS) * 4 for e in billed.values())
+    assert not any(fake.finished.is_set() for fake in fakes.values())
+    invariant("alice")
 
 
 def _upstream_for(rows, name: str, kind: str):
