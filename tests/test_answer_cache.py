@@ -347,3 +347,12 @@ def test_an_entry_that_is_not_one_is_a_miss(make_app, cached, redis_url):
         real.set(key, b"not json", ex=60)
     again = ask(client)
     assert again.status_code == 200 and again.headers["X-Cache"] == "MISS"
+
+
+def test_a_hit_counts_against_the_rate_limit(make_app, cached):
+    client = make_app(RATE_LIMIT_DEFAULT="2/minute").test_client()
+    answer_with(cached, "Four.")
+    assert ask(client).headers["X-Cache"] == "MISS"
+    assert ask(client).headers["X-Cache"] == "HIT"
+    refused = ask(client)
+    assert refused.status_code == 429 and len(charges("alice")) == 2
