@@ -356,3 +356,23 @@ def test_a_hit_counts_against_the_rate_limit(make_app, cached):
     assert ask(client).headers["X-Cache"] == "HIT"
     refused = ask(client)
     assert refused.status_code == 429 and len(charges("alice")) == 2
+
+
+def test_a_streamed_messages_call_is_kept_and_replayed(client, cached):
+    cached.expect_request("/v1/chat/completions").respond_with_handler(
+        fake_openai.Stream(WORDS, prompt_tokens=7).handler)
+    body = {"model": "cached", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "What?"}]}
+
+    def said(response):
+        text, usage = "", None
+        for block in response.get_data().split(b"\n\n"):
+            for line in block.split(b"\n"):
+                if line.startswith(b"data: "):
+                    event = json.loads(line[6:])
+                    text += (event.get("delta") or {}).get("text", "")
+                    usage = event.get("usage", usage)
+        return response.headers["X-Cache"], text, usage["output_tokens"]
+
+    assert said(client.post("/v1/messages", json=body, headers=auth())) == ("MISS", "".join(WORDS), 5)
+    assert said(client.post("/v1/messages", json=body, headers=auth())) == ("HIT", "".join(WORDS), 5)
+    assert len(cached.log) == 1
