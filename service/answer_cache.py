@@ -193,13 +193,18 @@ class Lookup:
                 size += len(piece)
                 if size <= self.store.max_entry:
                     heard.feed(piece)
-                if piece == DONE and size <= self.store.max_entry and heard.finished and heard.usage and self.req.model is self.row:
+                if piece == DONE and self._complete(heard, size):
                     self._put(heard.body())
                 if not wanted and piece.startswith(b"data: {") and b'"choices":[],"usage":' in piece:
                     continue  # the usage chunk the client did not ask for
                 yield piece
         finally:
             events.close()  # a client gone: the relay bills what was delivered; nothing is kept
+
+    def _complete(self, heard, size: int) -> bool:
+        """Whether a stream that sent [DONE] is this row's whole answer, with its counts."""
+        return (size <= self.store.max_entry and heard.finished and bool(heard.usage)
+                and self.req.model is self.row)
 
     def _put(self, body: dict) -> None:
         value = json.dumps({"body": body}, ensure_ascii=False, separators=(",", ":")).encode()

@@ -77,7 +77,8 @@ def _parallel(plan):
         for i, chat in enumerate(plan.chats):
             g.model = chat.model  # the model's own rpm
             lease = ext.admission.admit(chat.request_id, chat_rates(), name, caps(g.account, g.api_key, conf))
-            ctx = relay.Context(g.account.id, ext, conf, lambda tokens, lease=lease: ext.budget.spend(name, tokens, lease))
+            meter = lambda tokens, lease=lease: ext.budget.spend(name, tokens, lease)  # noqa: E731
+            ctx = relay.Context(g.account.id, ext, conf, meter)
             lookup = answer_cache.Lookup(current_app.extensions["tollgate_answers"], chat, g.account.id,
                                          request.headers.get("Cache-Control"))
             legs.append(parallel.Leg(i, chat, ctx, lookup, lambda lease=lease: ext.slots.give_back(lease)))

@@ -159,11 +159,11 @@ class Slow:
         def events():
             try:
                 yield fake_openai.chunk({"role": "assistant", "content": ""})
-                for token in self.first:
-                    yield fake_openai.chunk({"content": token})
+                for word in self.first:
+                    yield fake_openai.chunk({"content": word})
                 self.release.wait(30)  # longer than the answer waits for a closed call
-                for token in ["late ", "words"]:
-                    yield fake_openai.chunk({"content": token})
+                for word in ["late ", "words"]:
+                    yield fake_openai.chunk({"content": word})
                 yield fake_openai.chunk({}, finish="stop")
                 yield b"data: [DONE]\n\n"
             finally:
@@ -205,7 +205,8 @@ def test_first_streamed_is_the_first_to_send_content_and_the_other_is_closed(cli
         for c in chunks[:-1]:
             schemas.check("CreateChatCompletionStreamResponse", c)
             assert c["model"] == "b"
-        assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks[:-1] if c["choices"]) == "".join(WORDS)
+        said = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks[:-1] if c["choices"])
+        assert said == "".join(WORDS)
         assert chunks[-2]["usage"]["completion_tokens"] == 3
         assert [e.model for e in charges("alice")] == ["b"]  # a sent no content: no charge
         assert holds() == 0
