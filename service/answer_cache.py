@@ -207,7 +207,7 @@ class Lookup:
                 and self.req.model is self.row)
 
     def _put(self, body: dict) -> None:
-        value = json.dumps({"body": body}, ensure_ascii=False, separators=(",", ":")).encode()
+        value = json.dumps({"body": body}, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
         if not self.store.put(self.key, value, self.row.cache_ttl):
             log.info("answer of %s not cached: %d bytes is over CACHE_MAX_ENTRY_BYTES",
                      self.req.request_id, len(value))
