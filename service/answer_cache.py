@@ -38,6 +38,7 @@ HIT, MISS, BYPASS = "HIT", "MISS", "BYPASS"
 PREFIX = "tollgate:answer:"
 UNANSWERING = ("user", "metadata")  # parameters that cannot change the answer
 OWN_FIELDS = {"request_id", "stream", "include_usage", "stream_options", "model", "_size", *UNANSWERING}
+KEPT = ("chat.completion", "list")  # the bodies a hit can rebuild: chat answers, embeddings
 MAX_ENTRY_BYTES = 1 << 20  # CACHE_MAX_ENTRY_BYTES' default
 MEMORY_BYTES = 64 << 20  # CACHE_MEMORY_BYTES' default: the in-process cache's bound
 
@@ -118,11 +119,13 @@ def policy(cache_control: str | None) -> tuple[bool, bool]:
 
 def key_of(req, row, account_id: int) -> str:
     """The cache key of a request on a row (see the module's docstring)."""
-    fields = {f.name: getattr(req, f.name) for f in dataclasses.fields(req) if f.name not in OWN_FIELDS}
+    found = ({f.name: getattr(req, f.name) for f in dataclasses.fields(req)} if dataclasses.is_dataclass(req)
+             else dict(vars(req)))
+    fields = {k: v for k, v in found.items() if k not in OWN_FIELDS}
     if isinstance(fields.get("params"), dict):
         fields["params"] = {k: v for k, v in fields["params"].items() if k not in UNANSWERING}
     material = {"kind": type(req).__name__, "row": [row.id, row.api, row.upstream_model, row.base_url],
-                "cap": req.output_cap(row), "account": None if row.cache_scope == "global" else account_id,
+                "cap": req.output_cap(row) if hasattr(req, "output_cap") else None, "account": None if row.cache_scope == "global" else account_id,
                 "request": fields}
     text = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
@@ -155,8 +158,8 @@ class Lookup:
             if self.entry is not None:
                 return self._hit(ctx)
             body = answer(self.req, ctx)
-        if self.keep and self.req.model is self.row:  # a fallback's answer is not this row's
-            self._put(body)
+        if self.keep and self.req.model is self.row and body.get("object") in KEPT:
+            self._put(body)  # (a fallback's answer is not this row's)
         return body
 
     def stream(self, ctx, open_stream):

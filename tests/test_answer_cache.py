@@ -376,3 +376,23 @@ def test_a_streamed_messages_call_is_kept_and_replayed(client, cached):
     assert said(client.post("/v1/messages", json=body, headers=auth())) == ("MISS", "".join(WORDS), 5)
     assert said(client.post("/v1/messages", json=body, headers=auth())) == ("HIT", "".join(WORDS), 5)
     assert len(cached.log) == 1
+
+
+def test_the_key_leaves_out_what_cannot_change_the_answer():
+    from types import SimpleNamespace
+
+    from core.chat import ChatRequest
+    from service.answer_cache import key_of
+
+    row = SimpleNamespace(id=1, api="openai", upstream_model="m", base_url=None, cache_scope="account",
+                          max_output_tokens=64)
+    base = ChatRequest(row, MSGS, {"temperature": 0}, False, False, "r1")
+    same = ChatRequest(row, MSGS, {"temperature": 0, "user": "u", "metadata": {"a": 1}}, True, True, "r2",
+                       {"include_usage": True})
+    assert key_of(base, row, 1) == key_of(same, row, 1)
+    assert key_of(base, row, 1) != key_of(base, row, 2)  # account scope
+    assert key_of(base, SimpleNamespace(**{**vars(row), "cache_scope": "global"}), 1) == \
+        key_of(base, SimpleNamespace(**{**vars(row), "cache_scope": "global"}), 2)
+    assert key_of(base, SimpleNamespace(**{**vars(row), "upstream_model": "n"}), 1) != key_of(base, row, 1)
+    native = SimpleNamespace(model=row, body={"messages": MSGS}, request_id="r3", stream=False)
+    assert key_of(native, row, 1) == key_of(SimpleNamespace(**{**vars(native), "request_id": "r4"}), row, 1)
