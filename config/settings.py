@@ -99,6 +99,9 @@ def load() -> dict:
         "HOLD_TTL_SECONDS": int(env("HOLD_TTL_SECONDS", "60")),
         "HOLD_REAP_INTERVAL_SECONDS": float(env("HOLD_REAP_INTERVAL_SECONDS", "20")),
         "IMAGE_TOKENS": int(env("IMAGE_TOKENS", "3000")),  # prompt tokens held per image part
+        # the response cache (SPEC §16): the largest answer kept, and the in-process cache's bound
+        "CACHE_MAX_ENTRY_BYTES": int(env("CACHE_MAX_ENTRY_BYTES", str(1 << 20))),
+        "CACHE_MEMORY_BYTES": int(env("CACHE_MEMORY_BYTES", str(64 << 20))),
         # JWTs: an `exp` claim is required unless JWT_ALLOW_NO_EXP; JWT_MAX_LIFETIME_SECONDS
         # (0: no cap) refuses tokens whose exp lies further from their iat (or now)
         "JWT_ALLOW_NO_EXP": _bool(env("JWT_ALLOW_NO_EXP"), False),

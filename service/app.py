@@ -158,7 +158,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     jwt.init_app(app)
     # the API's CORS; never on console pages (their forms and cookies are for this site only)
     cors.init_app(app, resources={r"^/(?!console(/|$)).*": {}}, origins=conf["CORS_ORIGINS"], expose_headers=[
-        "X-Request-ID", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"])
+        "X-Request-ID", "X-Cache", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"])
     limiter.init_app(app)
     if not conf["REDIS_URL"]:
         log.warning("REDIS_URL is not set: rate limits and caches are per process (in memory)")
@@ -174,7 +174,9 @@ def create_app(overrides: dict | None = None) -> Flask:
                   Breakers(conf["BREAKER_THRESHOLD"], conf["BREAKER_COOLDOWN"]), conf["UPSTREAM_MAX_BYTES"]),
         budget, Journal(conf["DATA_DIR"], owner), owner, slots, Admission(cache, slots, budget))
 
-    from service import account, admin, catalog, chat, cli, embeddings, health, messages, observe, responses
+    from service import account, admin, answer_cache, catalog, chat, cli, embeddings, health, messages, observe, responses
+
+    answer_cache.init_app(app)
 
     observe.init_app(app)
     app.before_request(no_nul_characters)  # after observe's: the refusal is timed and logged

@@ -65,6 +65,9 @@ class AIModel(Base):
     read_timeout = IntegerField(null=True)
     image_tokens = IntegerField(null=True)  # prompt tokens held per image part (None: IMAGE_TOKENS)
     kind = CharField(default="chat", constraints=[SQL("DEFAULT 'chat'")])  # chat | embedding
+    cache_ttl = IntegerField(null=True)  # seconds answers are cached (None or 0: no cache; SPEC §16)
+    cache_scope = CharField(default="account", constraints=[SQL("DEFAULT 'account'")])  # account | global
+    cost_per_1k_cache_hit_tokens = BigIntegerField(null=True)  # a cache hit's price (None: free)
     updated = DateTimeField(default=utcnow)
 
     class Meta:
@@ -120,6 +123,8 @@ class LedgerEntry(Base):
     cache_write_1h_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
     reasoning_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])  # completion tokens spent thinking
     prices = JSONField(null=True)  # the unit prices applied, per class (micro-credits per 1k)
+    cache_hit = BooleanField(default=False, constraints=[SQL("DEFAULT FALSE")])  # answered from the cache
+    parallel_group = CharField(null=True)  # the calls of one `models` request share it (SPEC §16)
     created = DateTimeField(default=utcnow, index=True)
 
     @property

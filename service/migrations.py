@@ -297,11 +297,29 @@ def _v10_sessions_keep_their_credential() -> None:
             db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
+def v11_columns() -> tuple:
+    """Migration 11's columns as (table, column, type), in this database's dialect."""
+    flag, big = ("BOOLEAN", "BIGINT") if is_postgres(db) else ("INTEGER", "INTEGER")  # as peewee makes them
+    return (("ai_model", "cache_ttl", "INTEGER"),
+            ("ai_model", "cache_scope", "VARCHAR(255) NOT NULL DEFAULT 'account'"),
+            ("ai_model", "cost_per_1k_cache_hit_tokens", big),
+            ("ledgerentry", "cache_hit", f"{flag} NOT NULL DEFAULT FALSE"),
+            ("ledgerentry", "parallel_group", "VARCHAR(255)"))
+
+
+def _v11_answer_cache_parallel() -> None:
+    """Catalogue rows may cache answers (SPEC §16); ledger rows say a cache hit and the parallel
+    request they belong to."""
+    for table, column, kind in v11_columns():
+        if column not in {c.name for c in db.get_columns(table)}:
+            db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
 STEPS = [(1, _v1_initial), (2, _v2_ledger_page_index), (3, _v3_batch_functions),
          (4, _v4_owned_holds_overruns_checks), (5, _v5_key_concurrency),
          (6, _v6_token_classes_idempotency_alerts), (7, _v7_model_kind_stored_responses),
          (8, _v8_console_sessions), (9, _v9_one_schema),
-         (10, _v10_sessions_keep_their_credential)]
+         (10, _v10_sessions_keep_their_credential), (11, _v11_answer_cache_parallel)]
 
 
 def current_version() -> int:

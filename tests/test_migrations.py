@@ -18,6 +18,8 @@ def first_schema() -> None:
     for table, column, _ in (*migrations.V4_COLUMNS, ("api_key", "max_concurrent", ""), *migrations.V6_COLUMNS):
         db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
     db.execute_sql("ALTER TABLE ai_model DROP COLUMN kind")
+    for table, column, _ in migrations.v11_columns():
+        db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
     db.drop_tables([ModelPrice, IdempotentCall, AlertOutbox, StoredResponse, ConsoleSession])
 
 
@@ -161,3 +163,18 @@ def test_a_database_created_fresh_before_migration_9_gets_the_default(make_app, 
     assert migrations.upgrade() == [v for v, _ in migrations.STEPS if v >= 9]
     differences = _differences(fresh, schema())
     assert not differences, "\n".join(differences)
+
+
+def test_migration_11_columns_match_a_fresh_database(app, db_url):
+    """The columns migration 11 adds to an existing database are those a fresh one is made with."""
+    def described():
+        return {(t, c.name): (c.data_type.lower(), c.null, str(c.default).lower().strip("'"))
+                for t in ("ai_model", "ledgerentry") for c in db.get_columns(t)
+                if (t, c.name) in {(t2, c2) for t2, c2, _ in migrations.v11_columns()}}
+
+    fresh = described()
+    assert len(fresh) == 5
+    for table, column, _ in migrations.v11_columns():
+        db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
+    migrations._v11_answer_cache_parallel()
+    assert described() == fresh
