@@ -23,13 +23,14 @@ def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):
     Account.update(balance=Account.balance - 420).where(Account.id == acct.id).execute()
     _, key = create_key(acct, "legacy")
     db.execute_sql("DROP INDEX IF EXISTS hold_owner")  # the first schema had none of migration 4's columns
-    for table, column, _ in (*migrations.V4_COLUMNS, ("api_key", "max_concurrent", ""), *migrations.V6_COLUMNS):
+    for table, column, _ in (*migrations.V4_COLUMNS, ("api_key", "max_concurrent", ""), *migrations.V6_COLUMNS,
+                             *migrations.V9_COLUMNS):
         db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
     db.execute_sql("ALTER TABLE ai_model DROP COLUMN kind")
     db.drop_tables([ModelPrice, IdempotentCall, AlertOutbox, StoredResponse, ConsoleSession])
 
     app = make_app()  # starting the app upgrades in place
-    assert migrations.current_version() == migrations.STEPS[-1][0] == 8
+    assert migrations.current_version() == migrations.STEPS[-1][0] == 9
     result = app.test_cli_runner().invoke(args=["db", "upgrade"])
     assert "nothing to do" in result.output
     assert AIModel.get_by_id(4).cost_per_1k_tokens == 14_000
@@ -49,3 +50,6 @@ def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):
     assert {"owner"} <= {c.name for c in db.get_columns("hold")}
     assert {"cached_tokens", "prices"} <= {c.name for c in db.get_columns("ledgerentry")}
     assert db.table_exists("model_price") and db.table_exists("alert_outbox")
+    assert {"parent_id"} <= {c.name for c in db.get_columns("api_key")}
+    assert {"operator"} <= {c.name for c in db.get_columns("ledgerentry")}
+    assert {"key_id", "flash"} <= {c.name for c in db.get_columns("console_session")}
