@@ -262,16 +262,44 @@ def _v8_console_sessions() -> None:
 
 V9_COLUMNS = (("console_session", "key_id", "INTEGER"), ("console_session", "flash", "TEXT"),
               ("api_key", "parent_id", "INTEGER"),
-              ("ledgerentry", "operator", "VARCHAR(255)"))
+              ("ledgerentry", "operator", "VARCHAR(255)"), ("hold", "model", "VARCHAR(255)"),
+              ("hold", "created", "TIMESTAMP"))
+
+# Migration 9: a hold records its call's model and when it was taken (operators see both).
+PG_FUNCTIONS_V9 = """
+DROP FUNCTION IF EXISTS tollgate_hold(text[], bigint[], bigint[], timestamp[], text[]);
+CREATE OR REPLACE FUNCTION tollgate_hold(rids text[], accounts bigint[], amounts bigint[],
+                                         expiries timestamp[], owners text[], models text[],
+                                         stamps timestamp[]) RETURNS boolean[]
+LANGUAGE plpgsql AS $$
+DECLARE
+  taken boolean[] := '{}';
+  ok boolean;
+BEGIN
+  FOR i IN 1 .. coalesce(array_length(rids, 1), 0) LOOP
+    UPDATE account SET held = held + amounts[i]
+      WHERE id = accounts[i] AND balance - held >= amounts[i];
+    ok := FOUND;
+    IF ok THEN
+      INSERT INTO hold (request_id, account_id, amount, expires_at, owner, model, created)
+        VALUES (rids[i], accounts[i], amounts[i], expiries[i], owners[i], models[i], stamps[i]);
+    END IF;
+    taken := taken || ok;
+  END LOOP;
+  RETURN taken;
+END $$;
+"""
 
 
 def _v9_sessions_keep_their_credential() -> None:
     """A console session remembers the API key it was opened with (its limits apply, its
-    revocation ends the session), a key minted there its parent key, and top-ups and
-    corrections the operator who made them."""
+    revocation ends the session), a key minted there its parent key, top-ups and corrections
+    the operator who made them, and holds their call's model and when they were taken."""
     for table, column, kind in V9_COLUMNS:
         if column not in {c.name for c in db.get_columns(table)}:
             db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    if is_postgres(db):
+        db.execute_sql(PG_FUNCTIONS_V9)
 
 
 STEPS = [(1, _v1_initial), (2, _v2_ledger_page_index), (3, _v3_batch_functions),

@@ -368,16 +368,24 @@ def test_tables_scroll_on_a_phone_with_a_hint(site, browser):
     assert not browser.find_element(By.CSS_SELECTOR, ".scroll-hint").is_displayed()
 
 
-def test_holds_show_their_time_zone_and_readiness_reads_as_text(site, browser):
-    billing.hold(account("alice").id, "chatcmpl-held", 250_000, 60)
+def test_holds_show_model_age_and_time_zone_and_readiness_reads_as_text(site, upstream, browser):
+    gate = threading.Event()
+    stream_on_gate(upstream, gate)
+    call = requests.post(f"{site.url}/v1/chat/completions", headers=auth("alice"), stream=True, json={
+        "model": "m-openai", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    next(call.iter_content(32))  # the call is in flight: its hold is taken
     sign_in(browser, site, token("root", admin=True))
     browser.get(f"{site.url}/console/admin/live")
-    held = browser.find_element(By.CSS_SELECTOR, "#holds tbody tr").text
-    assert "alice" in held and "chatcmpl-held" in held and held.endswith("UTC")
+    held = browser.find_element(By.CSS_SELECTOR, "#holds tbody tr")
+    assert held.find_element(By.CLASS_NAME, "model").text == "m-openai" and "alice" in held.text
+    assert re.fullmatch(r"\d+ s", held.find_element(By.CLASS_NAME, "age").text)
+    assert held.find_element(By.CLASS_NAME, "expires").text.endswith(" UTC")
     checks = browser.find_element(By.ID, "checks").text
     assert "Database" in checks and "Open circuit breakers" in checks
     assert "{" not in checks and "}" not in checks and "'" not in checks  # not a Python dict
     shot(browser, "admin-live")
+    gate.set()
+    call.close()
 
 
 def test_chinese_is_complete_and_switched_on_the_page(site, upstream, browser):

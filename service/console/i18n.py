@@ -53,6 +53,8 @@ WORDS = {
     "enabled": ("Enabled", "启用"),
     "holds": ("Holds (calls in flight)", "冻结（进行中的调用）"),
     "request_id": ("Request", "请求"),
+    "age": ("Age", "已持续"),
+    "taken_at": ("Taken (UTC)", "冻结时间（UTC）"),
     "hold_expires": ("Expires if its call stops (UTC)", "调用中断后的释放时间（UTC）"),
     "breakers": ("Circuit breakers", "熔断器"),
     "readiness": ("Readiness", "就绪状态"),

@@ -2,13 +2,15 @@
 catalogue form, calls in flight and health."""
 from __future__ import annotations
 
+import datetime as dt
+
 from flask import abort, current_app, g, redirect, request, url_for
 
 from service import billing, seed
 from service.console import i18n
 from service.console.user import cursor, ledger_rows
 from service.console.views import bp, page
-from service.db import Account, Hold
+from service.db import Account, Hold, utcnow
 from service.errors import GatewayError, InvalidRequest
 from service.health import readiness
 
@@ -37,10 +39,27 @@ def _account(name: str) -> Account:
 
 
 # <path:…>: an account name may hold a slash (a JWT `sub` such as "org/research")
+def _age(since: dt.datetime | None, now: dt.datetime) -> str:
+    """How long ago, as a person says it (seconds, minutes, hours); blank when unknown."""
+    if since is None:
+        return ""
+    seconds = max(0, int((now - since).total_seconds()))
+    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min" if seconds < 7200 else f"{seconds // 3600} h"
+
+
+def _holds(query) -> list[dict]:
+    """Holds as the operator reads them: whose, which call and model, how much, how old, until when."""
+    now = utcnow()
+    return [{"account": h.account.name, "request_id": h.request_id, "model": h.model or "",
+             "amount": h.amount, "age": _age(h.created, now),
+             "created": h.created.strftime("%Y-%m-%d %H:%M:%S") + " UTC" if h.created else "",
+             "expires": h.expires_at.strftime("%Y-%m-%d %H:%M:%S") + " UTC"} for h in query]
+
+
 @bp.get("/admin/accounts/<path:name>")
 def admin_account(name: str, error: str | None = None, status: int = 200):
     acct = _account(name)
-    holds = list(Hold.select().where(Hold.account == acct.id).order_by(Hold.id.desc()))
+    holds = _holds(Hold.select(Hold, Account).join(Account).where(Hold.account == acct.id).order_by(Hold.id.desc()))
     rows, older = ledger_rows(acct.id, cursor("before"))
     return page("admin_account.html", status, account=acct, holds=holds, rows=rows, older=older,
                 paged=cursor("before") is not None, error=error, form=request.form)
@@ -114,7 +133,7 @@ def _checks(ready: dict) -> list[tuple[str, str]]:
 @bp.get("/admin/live")
 def admin_live():
     ext = current_app.extensions["tollgate"]
-    holds = list(Hold.select(Hold, Account).join(Account).order_by(Hold.id.desc()).limit(200))
+    holds = _holds(Hold.select(Hold, Account).join(Account).order_by(Hold.id.desc()).limit(200))
     ready = readiness()
     return page("admin_live.html", holds=holds, breakers=ext.transport.breakers.states(), ready=ready,
                 checks=_checks(ready))

@@ -165,4 +165,6 @@ def _icon(state) -> None:
         bp.static_folder, "favicon.ico", mimetype="image/vnd.microsoft.icon", max_age=86400))
 
 
-from service.console import operator, user  # noqa: E402,F401 - their routes, on this blueprint
+from service.console import operator, user  # noqa: E402 - their routes are on bp, so they come after it
+
+PAGES = (user, operator)
