@@ -407,12 +407,18 @@ def test_chinese_is_complete_and_switched_on_the_page(site, upstream, browser):
     browser.get(f"{site.url}/console/admin/accounts/alice")
     browser.find_element(By.ID, "amount").send_keys("-1000")
     browser.find_element(By.CSS_SELECTOR, "#top-up button").click()
-    assert "参数无效" in wait(browser, ready.presence_of_element_located((By.ID, "error"))).text
+    assert "更正不能使余额低于冻结金额" in wait(browser, ready.presence_of_element_located((By.ID, "error"))).text
     ledger = browser.find_element(By.ID, "ledger").text  # alice's, on the page the error came back on
     assert "充值" in ledger and "词元" in ledger
     shot(browser, "ledger-zh")
+    browser.get(f"{site.url}/console/keys")
+    browser.find_element(By.ID, "key-rpm").send_keys("many")
+    browser.find_element(By.ID, "create-key").click()
+    assert wait(browser, ready.presence_of_element_located((By.ID, "error"))).text == "每分钟请求数必须是正整数"
+    assert browser.find_element(By.ID, "key-rpm").get_attribute("value") == "many"  # as typed
     browser.find_element(By.ID, "language").click()
     wait(browser, ready.text_to_be_present_in_element((By.TAG_NAME, "nav"), "Overview"))
+    assert browser.current_url == f"{site.url}/console/keys"  # the switch keeps the page
 
 
 def test_the_site_icon_is_served_and_console_pages_carry_no_cors(site, browser):
