@@ -2,12 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-FLASK := $(VENV)/bin/flask --app wsgi
+TOLLGATE := $(VENV)/bin/tollgate
 export REDIS_URL_TEST := $(or $(REDIS_URL),redis://127.0.0.1:6379/15)
 
 LOCAL_MODEL ?= 1
 
-.PHONY: install install-test run serve test services seed-models bench bench-streams bench-peer wrk soak lint clean local-model local-model-stop
+.PHONY: install install-test claude-code agents-codex run serve test services seed-models bench bench-streams bench-peer wrk soak lint clean local-model local-model-stop
 
 $(VENV)/.base: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,12 +22,21 @@ $(VENV)/.test: $(VENV)/.base
 install: $(VENV)/.base
 install-test: $(VENV)/.test
 
+# Claude Code, the real client tests/test_claude_code.py runs (docs/agents.md), pinned, into .agents/
+CLAUDE_CODE_VERSION ?= 2.1.197
+AGENTS ?= .agents
+$(AGENTS)/.claude-code-$(CLAUDE_CODE_VERSION):
+	@command -v npm >/dev/null 2>&1 || { echo "test: npm is needed to install Claude Code (apt-get install npm)" >&2; exit 1; }
+	@npm install --prefix $(AGENTS) --no-audit --no-fund --no-update-notifier --loglevel=error \
+	  @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION) >/dev/null
+	@touch $@
+claude-code: $(AGENTS)/.claude-code-$(CLAUDE_CODE_VERSION)
+
 run: install
 	@if [ "$(LOCAL_MODEL)" != "0" ]; then \
-	  echo "Starting the local model (Gemma 3 270M); the first start builds llama.cpp and takes several minutes. LOCAL_MODEL=0 skips it."; \
 	  scripts/local_model.sh start || echo "local model: not available (reason above); the gateway starts without it"; \
 	fi
-	$(FLASK) demo
+	$(TOLLGATE) demo
 	$(PY) -m service.server
 
 local-model:
@@ -40,13 +49,30 @@ serve: install
 	$(PY) -m service.server
 
 seed-models: install
-	$(FLASK) seed-models $(if $(FILE),--file $(FILE))
+	$(TOLLGATE) seed-models $(if $(FILE),--file $(FILE))
 
 services:
 	@scripts/services.sh
 
-test: install-test services local-model
-	$(PY) -m pytest $(PYTEST_ARGS)
+# the import contracts (.importlinter), then pytest; the local model is stopped afterwards when
+# this run started it
+test: install-test services claude-code agents-codex
+	@started=0; scripts/local_model.sh running || started=1; \
+	scripts/local_model.sh start || exit 1; \
+	$(VENV)/bin/lint-imports --no-cache && $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$started = 1 ]; then scripts/local_model.sh stop; fi; \
+	exit $$status
+
+# Codex CLI at a pinned version for the real-client tests (tests/test_agents_openai.py); once, quietly
+CODEX_VERSION ?= 0.171.0
+AGENTS_DIR ?= .agents
+agents-codex: $(AGENTS_DIR)/.codex-$(CODEX_VERSION)
+
+$(AGENTS_DIR)/.codex-$(CODEX_VERSION):
+	@command -v npm >/dev/null 2>&1 || { echo "agents-codex: npm is needed to install @openai/codex" >&2; exit 1; }
+	@mkdir -p $(AGENTS_DIR)
+	@npm install --prefix $(AGENTS_DIR) --no-audit --no-fund --loglevel=error @openai/codex@$(CODEX_VERSION) >/dev/null
+	@touch $@
 
 bench: install-test services wrk
 	$(PY) -m bench.run

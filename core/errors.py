@@ -25,6 +25,15 @@ ZH = {
 }
 
 
+ECHO_MAX = 200  # the most of a client's own input an error quotes back (SPEC §18)
+
+
+def clip(value, most: int = ECHO_MAX) -> str:
+    """A client's value as an error quotes it: at most `most` characters, an ellipsis where cut."""
+    text = str(value)
+    return text if len(text) <= most else text[:most - 1] + "…"
+
+
 class GatewayError(Exception):
     """Root of every error Tollgate answers with; subclasses fix status/type/code."""
 
@@ -36,8 +45,8 @@ class GatewayError(Exception):
                  arg: str | None = None, headers: dict | None = None):
         super().__init__(message)
         self.message = message
-        self.param = param
-        self.arg = arg
+        self.param = None if param is None else clip(param)  # often the name of a field the client sent
+        self.arg = None if arg is None else clip(arg)
         self.headers = headers or {}
         if code:
             self.code = code
@@ -59,7 +68,7 @@ class ModelNotFound(GatewayError):
     status, type, code = 404, "invalid_request_error", "model_not_found"
 
     def __init__(self, name):
-        super().__init__(f"Unsupported model: {name}", param="model", arg=str(name))
+        super().__init__(f"Unsupported model: {clip(name)}", param="model", arg=clip(name))
 
 
 class NotFound(GatewayError):

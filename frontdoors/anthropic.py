@@ -1,19 +1,33 @@
 """Anthropic's Messages API in and out (https://docs.anthropic.com/en/api/messages).
 
-`to_chat` turns a Messages request into a Chat Completions body; `message` turns a chat
-completion into a Messages response and `events` a chat chunk stream into Messages stream events
+On an `anthropic` row the body goes to the provider as sent (providers/anthropic.py, native
+calls); `native_chat` gives the gateway the model, the cap and the stream flag it needs.
+On other rows `to_chat` turns a Messages request into a Chat Completions body, every field of
+Anthropic's published request schema mapped, accepted (it cannot change the answer) or refused
+with a 400 naming it (docs/messages-fields.md); `message` turns a chat completion into a
+Messages response and `events` a chat chunk stream into Messages stream events
 (message_start, content_block_start/delta/stop with text_delta and input_json_delta,
-message_delta with the stop reason and usage, message_stop).
+message_delta with the stop reason and usage, message_stop), passing a native stream's events
+through as they came.
 """
 from __future__ import annotations
 
 import json
 
-from core.errors import GatewayError, InvalidRequest
+from core.errors import GatewayError, InvalidRequest, clip
 from frontdoors.common import bad, function_tools
 
-FIELDS = {"model", "messages", "max_tokens", "system", "stop_sequences", "stream", "temperature", "top_p",
-          "top_k", "tools", "tool_choice", "metadata", "thinking"}
+MAPPED = {"model", "messages", "max_tokens", "system", "stop_sequences", "stream", "temperature", "top_p",
+          "top_k", "tools", "tool_choice", "thinking", "output_config", "output_format"}
+# fields that cannot change the answer on a translated row: checked for shape, not forwarded
+ACCEPTED = {"metadata", "service_tier", "cache_control", "context_management", "container", "diagnostics",
+            "inference_geo", "speed", "fallback_credit_token", "user_profile_id", "workspace_id",
+            "billing_policy"}
+FIELDS = MAPPED | ACCEPTED
+EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
+TOOL_KEYS = {"name", "description", "input_schema", "type", "cache_control", "strict", "eager_input_streaming"}
+DELTA_USAGE = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens",
+               "output_tokens_details")
 STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
         "content_filter": "refusal"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
@@ -64,8 +78,37 @@ def _document(block: dict, where: str) -> dict:
     raise bad(where, f"'{where}.source' must be a base64 or text document")
 
 
+def _tool_result(b: dict, at: str) -> tuple[dict, list[dict]]:
+    """A tool_result as a `tool` message, and its images as parts for the user message that
+    follows (a Chat Completions tool message carries text only; the images go right after it)."""
+    content, images = b.get("content", ""), []
+    if isinstance(content, str):
+        text = content
+    elif isinstance(content, list):
+        texts = []
+        for j, c in enumerate(content):
+            kind = c.get("type") if isinstance(c, dict) else None
+            if kind == "text" and isinstance(c.get("text"), str):
+                texts.append(c["text"])
+            elif kind == "image":
+                images.append(_image(c, f"{at}.content[{j}]"))
+            elif kind == "document" and (c.get("source") or {}).get("type") == "text":
+                texts.append(_document(c, f"{at}.content[{j}]")["text"])
+            else:
+                raise bad(f"{at}.content[{j}]", f"'{at}.content[{j}]' must be a text, image or text "
+                                                "document block on this model (its provider cannot take "
+                                                f"a {kind} block in a tool result)")
+        text = "\n".join(texts)
+    else:
+        raise bad(f"{at}.content", f"'{at}.content' must be a string or a list of blocks")
+    if b.get("is_error"):
+        text = f"Error: {text}"
+    return {"role": "tool", "tool_call_id": b["tool_use_id"], "content": text}, images
+
+
 def _user(blocks: list, where: str) -> list[dict]:
-    """A user turn's blocks: tool results first (one `tool` message each), then the rest."""
+    """A user turn's blocks: tool results first (one `tool` message each), then one user message
+    with the images those results carried and the turn's other blocks, in order."""
     results, parts = [], []
     for i, b in enumerate(blocks):
         at = f"{where}[{i}]"
@@ -77,13 +120,9 @@ def _user(blocks: list, where: str) -> list[dict]:
         elif kind == "document":
             parts.append(_document(b, at))
         elif kind == "tool_result" and isinstance(b.get("tool_use_id"), str):
-            content = b.get("content", "")
-            text = content if isinstance(content, str) else "\n".join(
-                c.get("text", "") for c in content if isinstance(c, dict) and c.get("type") == "text") \
-                if isinstance(content, list) else json.dumps(content)
-            if b.get("is_error"):
-                text = f"Error: {text}"
-            results.append({"role": "tool", "tool_call_id": b["tool_use_id"], "content": text})
+            message, images = _tool_result(b, at)
+            results.append(message)
+            parts.extend(images)
         else:
             raise bad(at, f"'{at}' must be a text, image, document or tool_result block")
     if parts:
@@ -120,10 +159,13 @@ def _messages(body: dict) -> list[dict]:
         out.append({"role": "system", "content": _text(body["system"], "system")})
     for i, m in enumerate(messages):
         where = f"messages[{i}]"
-        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
-            raise InvalidRequest(f"'{where}.role' must be user or assistant", param=where, code="invalid_messages")
+        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant", "system"):
+            raise InvalidRequest(f"'{where}.role' must be user, assistant or system", param=where,
+                                 code="invalid_messages")
         content = m.get("content")
-        if isinstance(content, str):
+        if m["role"] == "system":  # a system message between turns (Claude Code sends them)
+            out.append({"role": "system", "content": _text(content, f"{where}.content")})
+        elif isinstance(content, str):
             out.append({"role": m["role"], "content": content})
         elif isinstance(content, list) and content:
             out.extend(_user(content, f"{where}.content") if m["role"] == "user"
@@ -135,10 +177,15 @@ def _messages(body: dict) -> list[dict]:
 
 
 def _tools(tools) -> list[dict]:
-    return function_tools(tools, lambda t: (t["name"], t.get("description"), t["input_schema"], None)
+    if isinstance(tools, list):
+        for i, t in enumerate(tools):
+            extra = sorted(set(t) - TOOL_KEYS) if isinstance(t, dict) else []
+            if extra:
+                raise bad(f"tools[{i}].{extra[0]}", f"'tools[{i}].{extra[0]}' is not supported on this model")
+    return function_tools(tools, lambda t: (t["name"], t.get("description"), t["input_schema"], t.get("strict"))
                           if "input_schema" in t and t.get("type") in (None, "custom") else None,
                           "a client tool with a name and an input_schema (server tools are not available "
-                          "through this gateway)")
+                          "on this model)")
 
 
 def _tool_choice(choice) -> str | dict:
@@ -161,14 +208,74 @@ def effort(budget) -> str:
     return "low" if budget <= 4096 else "medium" if budget <= 16384 else "high"
 
 
+REFUSED = {"mcp_servers": "MCP servers are called by Anthropic's own servers",
+           "compaction": "a compaction request answers with a summary block only Anthropic writes",
+           "fallbacks": "the gateway's fallbacks are the catalogue's (a row's `fallbacks`)",
+           "thread": "threads live on Anthropic's servers"}
+
+
+def _accepted(body: dict) -> None:
+    """Fields that cannot change a translated row's answer: their shape is checked, no more."""
+    tier = body.get("service_tier")
+    if tier is not None and tier not in ("auto", "standard_only"):
+        raise bad("service_tier", "'service_tier' must be auto or standard_only")
+    for name in ("metadata", "context_management", "diagnostics", "cache_control"):
+        if body.get(name) is not None and not isinstance(body[name], dict):
+            raise bad(name, f"'{name}' must be an object")
+    if body.get("cache_control") is not None and body["cache_control"].get("type") != "ephemeral":
+        raise bad("cache_control", "'cache_control.type' must be ephemeral")
+    policy = body.get("billing_policy")
+    if policy is not None and (not isinstance(policy, dict) or policy.get("bill_to", "self") != "self"):
+        raise bad("billing_policy", "'billing_policy' can only bill this gateway's own account (bill_to: self)")
+
+
+def _reasoning(body: dict) -> str | None:
+    """`thinking` and `output_config.effort` as a reasoning effort: a budget's size, or the effort
+    named; adaptive thinking leaves the provider its own default unless an effort is named."""
+    thinking, config = body.get("thinking"), body.get("output_config") or {}
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if thinking is not None and kind not in ("enabled", "disabled", "adaptive"):
+        raise bad("thinking", "'thinking' must be {type: enabled, budget_tokens}, {type: adaptive} or "
+                              "{type: disabled}")
+    named = config.get("effort")
+    if named is not None and named not in EFFORTS:
+        raise bad("output_config.effort", "'output_config.effort' must be low, medium, high, xhigh or max")
+    if kind == "enabled":
+        budget = effort(thinking.get("budget_tokens"))
+        return EFFORTS[named] if named else budget
+    if kind == "adaptive" and named:
+        return EFFORTS[named]
+    return None  # no thinking asked for: an effort then has nothing to steer on these providers
+
+
+def _output_format(body: dict) -> dict | None:
+    """`output_config.format` (or the older `output_format`) as a json_schema response format."""
+    config = body.get("output_config")
+    if config is not None and not isinstance(config, dict):
+        raise bad("output_config", "'output_config' must be an object")
+    extra = sorted(set(config or {}) - {"effort", "format"})
+    if extra:
+        raise bad(f"output_config.{extra[0]}", f"'output_config.{extra[0]}' is not supported on this model")
+    where, fmt = ("output_config.format", (config or {}).get("format"))
+    if fmt is None:
+        where, fmt = "output_format", body.get("output_format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+        raise bad(where, f"'{where}' must be {{type: json_schema, schema}}")
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"], "strict": True}}
+
+
 def to_chat(body: dict, counting: bool = False) -> dict:
-    """A Messages request as a Chat Completions body (validated on the way; a field with no
-    equivalent is a 400, never dropped; `metadata` is informational and not forwarded)."""
+    """A Messages request as a Chat Completions body for a translated row: each field mapped,
+    accepted (it cannot change the answer: not forwarded) or refused with a 400 naming it."""
     unknown = sorted(set(body) - FIELDS)
     if unknown:
-        raise bad(unknown[0], f"'{unknown[0]}' is not supported by this gateway's Messages API")
+        why = REFUSED.get(unknown[0])
+        raise bad(unknown[0], f"'{clip(unknown[0])}' is not supported on this model" + (f": {why}" if why else ""))
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise bad("model", "'model' is required")
+    _accepted(body)
     chat = {"model": body["model"], "messages": _messages(body)}
     if not counting:
         if isinstance(body.get("max_tokens"), bool) or not isinstance(body.get("max_tokens"), int):
@@ -177,19 +284,24 @@ def to_chat(body: dict, counting: bool = False) -> dict:
     for name in ("temperature", "top_p", "top_k"):
         if body.get(name) is not None:
             chat[name] = body[name]
-    if body.get("stop_sequences") is not None:
-        chat["stop"] = body["stop_sequences"]
+    stops = body.get("stop_sequences")
+    if stops is not None:
+        if not isinstance(stops, list) or not all(isinstance(x, str) for x in stops) or len(stops) > 4:
+            raise bad("stop_sequences", "'stop_sequences' must be a list of at most 4 strings on this model")
+        if stops:
+            chat["stop"] = stops
     if body.get("tools"):
         chat["tools"] = _tools(body["tools"])
     if body.get("tool_choice") is not None:
         chat["tool_choice"] = _tool_choice(body["tool_choice"])
         if isinstance(body["tool_choice"], dict) and body["tool_choice"].get("disable_parallel_tool_use"):
             chat["parallel_tool_calls"] = False
-    thinking = body.get("thinking")
-    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
-        chat["reasoning_effort"] = effort(thinking.get("budget_tokens"))
-    elif thinking is not None and not (isinstance(thinking, dict) and thinking.get("type") == "disabled"):
-        raise bad("thinking", "'thinking' must be {type: enabled, budget_tokens} or {type: disabled}")
+    fmt = _output_format(body)
+    if fmt:
+        chat["response_format"] = fmt
+    reasoning = _reasoning(body)
+    if reasoning:
+        chat["reasoning_effort"] = reasoning
     if body.get("stream") is not None:
         if not isinstance(body["stream"], bool):
             raise bad("stream", "'stream' must be a boolean")
@@ -199,11 +311,43 @@ def to_chat(body: dict, counting: bool = False) -> dict:
     return chat
 
 
+def native_chat(body: dict) -> dict:
+    """What the gateway itself reads of a Messages body sent as it came to an anthropic row:
+    the model, the messages (their size is held for), the output cap and the stream flag."""
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise bad("model", "'model' is required")
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        raise InvalidRequest("'messages' must be a non-empty array", param="messages", code="invalid_messages")
+    out = {"model": body["model"], "messages": body["messages"]}
+    for name in ("max_tokens", "stream"):
+        if body.get(name) is not None:
+            out[name] = body[name]
+    return out
+
+
 def usage(openai_usage: dict | None) -> dict:
+    """A chat usage object in Anthropic's current shape (cache reads apart from input; a
+    translated row writes no Anthropic cache)."""
     u = openai_usage or {}
     cached = ((u.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0
-    return {"input_tokens": max((u.get("prompt_tokens") or 0) - cached, 0), "output_tokens": u.get("completion_tokens") or 0,
-            "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
+    out = {"input_tokens": max((u.get("prompt_tokens") or 0) - cached, 0),
+           "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached,
+           "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+           "output_tokens": u.get("completion_tokens") or 0, "service_tier": "standard"}
+    thought = (u.get("completion_tokens_details") or {}).get("reasoning_tokens")
+    if thought:  # the output tokens spent reasoning, as Anthropic splits them out
+        out["output_tokens_details"] = {"thinking_tokens": thought}
+    return out
+
+
+def stop_of(choice: dict) -> tuple[str, str | None]:
+    """(stop_reason, stop_sequence) of a chat choice: a stop on one of the client's sequences
+    is known where the provider names it (vLLM's `stop_reason`); OpenAI, Gemini and Ollama say
+    only `stop`, which is end_turn."""
+    finish = choice.get("finish_reason")
+    if finish == "stop" and isinstance(choice.get("stop_reason"), str):
+        return "stop_sequence", choice["stop_reason"]
+    return STOP.get(finish, "end_turn"), None
 
 
 def message_id(chat_id: str) -> str:
@@ -211,7 +355,10 @@ def message_id(chat_id: str) -> str:
 
 
 def message(completion: dict) -> dict:
-    """A chat completion as a Messages response (the first choice)."""
+    """A chat completion as a Messages response (the first choice); a native call's message,
+    already one, as it came."""
+    if completion.get("type") == "message":
+        return completion
     choice = (completion.get("choices") or [{}])[0]
     msg = choice.get("message") or {}
     content = []
@@ -224,10 +371,10 @@ def message(completion: dict) -> dict:
         except ValueError:
             args = {"_raw": fn.get("arguments")}
         content.append({"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": args})
+    reason, sequence = stop_of(choice)
     return {"id": message_id(completion["id"]), "type": "message", "role": "assistant",
             "model": completion.get("model"), "content": content,
-            "stop_reason": STOP.get(choice.get("finish_reason"), "end_turn"), "stop_sequence": None,
-            "usage": usage(completion.get("usage"))}
+            "stop_reason": reason, "stop_sequence": sequence, "usage": usage(completion.get("usage"))}
 
 
 def _event(name: str, data: dict) -> bytes:
@@ -236,9 +383,12 @@ def _event(name: str, data: dict) -> bytes:
 
 def events(chunks):
     """Chat chunk events (SSE bytes) as Messages stream events."""
-    started, block, tool, index, stop, last_usage = False, None, None, -1, "end_turn", None
+    started, block, tool, index, stop, last_usage = False, None, None, -1, ("end_turn", None), None
     try:
         for piece in chunks:
+            if piece.startswith(b"event: "):  # a native call's event, as the provider sent it
+                yield piece
+                continue
             if not piece.startswith(b"data: {"):
                 continue
             event = json.loads(piece[6:])
@@ -282,13 +432,15 @@ def events(chunks):
                                                              "delta": {"type": "input_json_delta",
                                                                        "partial_json": fn["arguments"]}})
                 if c.get("finish_reason"):
-                    stop = STOP.get(c["finish_reason"], "end_turn")
+                    stop = stop_of(c)
         if not started:
             return
         if block is not None:
             yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
-        yield _event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
-                                       "usage": usage(last_usage)})
+        counted = usage(last_usage)  # message_delta's usage: the counts, not the tier or the split
+        yield _event("message_delta", {"type": "message_delta",
+                                       "delta": {"stop_reason": stop[0], "stop_sequence": stop[1]},
+                                       "usage": {k: counted[k] for k in DELTA_USAGE if k in counted}})
         yield _event("message_stop", {"type": "message_stop"})
     finally:
         close = getattr(chunks, "close", None)

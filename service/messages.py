@@ -1,7 +1,11 @@
 """POST /v1/messages (and /api/v1/messages, /v1/messages/count_tokens): Anthropic's Messages API
 in front of the same chat call — auth, limits, holds and settles, idempotency, ledger and logs
-are the chat call's (frontdoors/anthropic.py translates both ways)."""
+are the chat call's. An `anthropic` row gets the body as sent and its answer goes back whole;
+other rows are translated both ways (frontdoors/anthropic.py). Every answer has a `request-id`
+header, as Anthropic's do."""
 from __future__ import annotations
+
+import uuid
 
 from flask import Blueprint, Response, g, request
 
@@ -11,6 +15,8 @@ from service.auth import authenticate
 from service.body import json_object
 
 bp = Blueprint("messages", __name__)
+NATIVE_API = "anthropic"
+PASSED_HEADERS = ("anthropic-version", "anthropic-beta")  # a native call's protocol headers
 
 
 def anthropic_auth() -> None:
@@ -23,11 +29,29 @@ def anthropic_auth() -> None:
 def prepare() -> None:
     if request.method == "OPTIONS":
         return
-    g.error_body = anthropic.error_body
+    g.request_hex = uuid.uuid4().hex
+    g.error_body = lambda err: anthropic.error_body(err, f"req_{g.request_hex}")
     anthropic_auth()
     authenticate()
     counting = request.path.endswith("/count_tokens")
-    chat.prepare_body(anthropic.to_chat(json_object(), counting))
+    body = json_object()
+    if not counting and chat.find_model(anthropic.native_chat(body)).api == NATIVE_API:
+        headers = {k: request.headers[k] for k in PASSED_HEADERS if k in request.headers}
+        chat.prepare_body(anthropic.native_chat(body), native=body, native_api=NATIVE_API,
+                          native_headers=headers)
+    else:
+        chat.prepare_body(anthropic.to_chat(body, counting))
+    g.request_hex = g.chat.request_id.removeprefix("chatcmpl-")
+
+
+@bp.after_request
+def request_id(response):
+    """Anthropic's `request-id` header (the SDKs' `_request_id`), the id of the gateway's call."""
+    if request.method != "OPTIONS":
+        ours = response.headers.get("X-Request-ID", "")  # the call's id (a replay's: the first call's)
+        hex_id = ours.removeprefix("chatcmpl-") if ours.startswith("chatcmpl-") else g.get("request_hex")
+        response.headers["request-id"] = f"req_{hex_id or uuid.uuid4().hex}"
+    return response
 
 
 @bp.post("/v1/messages")

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from core import prices, sse
+from core.chat import PassThrough
 from core.embedding import encode
 from core.usage import CLASSES, Usage
 from providers import ADAPTERS
@@ -124,7 +125,8 @@ def _call(chat, conf, embedding: bool = False) -> Call:
         if not api_key:
             raise ProviderUnavailable(f"{model.provider} is not configured on this gateway "
                                       f"({model.api_key_env} is not set)",
-                                      code=f"{model.provider.lower()}_unavailable")
+                                      code=f"{model.provider.lower()}_unavailable",
+                                      headers={"x-should-retry": "false"})  # no retry sets it
     base = model.base_url or conf.get(adapter.base_setting) or adapter.default_base
     return Call(adapter, chat, base.rstrip("/"), api_key, model.connect_timeout or conf["UPSTREAM_CONNECT_TIMEOUT"],
                 model.read_timeout or conf["UPSTREAM_READ_TIMEOUT"])
@@ -172,13 +174,18 @@ def embed(req, ctx: Context) -> dict:
 
 
 def candidates(chat, registry) -> list:
-    """The chosen model, then its enabled `fallbacks` in order."""
+    """The chosen model, then its enabled `fallbacks` in order (for a native call, those that
+    speak the door's API: the body is sent as it came)."""
     rows = [chat.model]
     for name in chat.model.fallbacks or []:
         try:
-            rows.append(registry.find(name))
+            row = registry.find(name)
         except ModelNotFound:
             continue
+        if chat.native is None or row.api == chat.native_api:
+            rows.append(row)
+    if isinstance(chat, PassThrough):  # a body as sent goes only where the same API is spoken
+        rows = [row for row in rows if row.api == chat.model.api]
     return rows
 
 
@@ -248,12 +255,17 @@ def complete(chat, ctx: Context) -> dict:
         raise
     bill = ctx.settle(chat, Usage(result.prompt_tokens, result.completion_tokens, **result.detail),
                       result.estimated)
+    if isinstance(chat, PassThrough):
+        return chat.answer(result.raw, bill.usage())
     return _completion(chat, result, bill)
 
 
 def _completion(chat, result: Completion, bill: Bill) -> dict:
     """The `chat.completion` body: an OpenAI-compatible provider's own, every field kept, with
-    our id, the catalogue's model name and the bill in its usage; else built."""
+    our id, the catalogue's model name and the bill in its usage; else built. A native call's
+    answer is the provider's own body, whole."""
+    if chat.native is not None:
+        return result.raw
     counted = bill.usage(result.usage)
     body = {**(result.raw or {}), "id": chat.request_id, "object": "chat.completion",
             "created": (result.raw or {}).get("created") or int(time.time()),
@@ -297,12 +309,19 @@ class _Tally:
 
 def _relay(chat, call, resp, state: StreamState, tally: _Tally, created: int, ctx: Context):
     rid, name = chat.request_id, chat.model.name
-    yield sse.chunk(rid, created, name, [sse.delta_choice(i, {"role": "assistant", "content": ""})
-                                         for i in range(chat.n)])
+    if chat.native is None:
+        yield sse.chunk(rid, created, name, [sse.delta_choice(i, {"role": "assistant", "content": ""})
+                                             for i in range(chat.n)])
+    else:
+        state.extra["native_model"] = name
     for delta in call.adapter.stream_events(resp.lines(), state):
         if ctx.ext.stopping.is_set():
             raise ProviderUnavailable("The gateway is shutting down; retry the call",
                                       code="shutting_down")
+        if delta.raw is not None:  # a native call's event, as the provider framed it
+            yield delta.raw
+            _count(delta, tally, ctx)
+            continue
         if delta.chunk is not None:  # an OpenAI-compatible chunk: relayed whole, renamed
             if _informative(delta.chunk):
                 yield sse.event({**delta.chunk, "id": rid, "object": "chat.completion.chunk",
@@ -373,7 +392,39 @@ def _settled_stream(chat, ctx: Context, state: StreamState, tally: _Tally, finis
         give_back()
 
 
+def _passed(chat, call, resp, ctx: Context):
+    """A pass-through stream: each provider event rendered as it comes; the terminal one after
+    the call is settled, so that its usage carries the cost."""
+    state, tally = StreamState(), _Tally()
+    try:
+        for delta in call.adapter.passed_events(resp.lines(), state):
+            if ctx.ext.stopping.is_set():
+                raise ProviderUnavailable("The gateway is shutting down; retry the call", code="shutting_down")
+            _count(delta, tally, ctx)
+            if state.done:
+                resp.finish()
+                _settled_stream(chat, ctx, state, tally, True)
+                yield chat.render(delta.chunk, state.extra["usage"])
+                return
+            yield chat.render(delta.chunk)
+        raise ProviderError(f"{chat.model.provider} closed the stream before it finished")
+    except GatewayError as err:
+        resp.close()
+        _settled_stream(chat, ctx, state, tally, False)
+        ctx.record["error"] = err.code
+        body = scrub(err, [call.api_key, *ctx.conf["PROVIDER_KEYS"].values()]).body()["error"]
+        yield chat.render.failed(body)
+    except BaseException:  # client gone (GeneratorExit) or a bug: bill what was delivered
+        resp.close()
+        _settled_stream(chat, ctx, state, tally, False)
+        ctx.record["error"] = "client_disconnected"
+        raise
+
+
 def _events(chat, call, resp, ctx: Context):
+    if isinstance(chat, PassThrough):
+        yield from _passed(chat, call, resp, ctx)
+        return
     state, tally, created = StreamState(), _Tally(), int(time.time())
     try:
         yield from _relay(chat, call, resp, state, tally, created, ctx)
@@ -390,6 +441,8 @@ def _events(chat, call, resp, ctx: Context):
         raise
     resp.finish()
     _settled_stream(chat, ctx, state, tally, True)
+    if chat.native is not None:
+        return  # the provider's own last event ended it
     if chat.include_usage:
         yield sse.chunk(chat.request_id, created, chat.model.name, [], usage=state.extra.get("usage"))
     yield sse.DONE

@@ -153,10 +153,14 @@ class Transport:
             try:
                 resp = self._post_once(call, stream)
             except GatewayError as err:
-                if not retryable(err):
-                    self.breakers.success(key)  # the upstream answered; the request was at fault
-                    raise
-                self.breakers.failure(key)
+                if not retryable(err) or isinstance(err, UpstreamRateLimited):
+                    # the upstream answered: the request was at fault, or the provider's limit was
+                    # reached (its limit, not its failure: a 429 never opens the breaker)
+                    self.breakers.success(key)
+                    if not retryable(err):
+                        raise
+                else:
+                    self.breakers.failure(key)
                 wait = self._wait(err, attempt)
                 if attempt == self.retries or wait is None:
                     raise
@@ -187,7 +191,7 @@ class Transport:
             resp = self._pool(call.base, url).urlopen(
                 # origin-form request line (path?query), as requests sends: not every server routes absolute URLs
                 "POST", urllib3.util.parse_url(url).request_uri, body=body,
-                headers=adapter.headers(call.api_key), retries=False,
+                headers=adapter.call_headers(call.chat, call.api_key), retries=False,
                 redirect=False, assert_same_host=False, preload_content=False,
                 timeout=urllib3.Timeout(connect=call.connect_timeout, read=call.read_timeout))
             if not stream or resp.status >= 400:

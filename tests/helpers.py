@@ -56,3 +56,32 @@ def json_answer(body):
 
     return lambda request: Response(json.dumps(body) if isinstance(body, dict) else body,
                                     content_type="application/json")
+
+
+def anthropic_shape(kind: str, obj: dict) -> None:
+    """`obj` is what Anthropic documents (the anthropic SDK's pydantic types, validated strictly:
+    required fields present, literals and types exact, no field the type does not know):
+    kind is `message` or `event` (a stream event)."""
+    import pydantic
+    from anthropic.types import Message, RawMessageStreamEvent
+
+    if kind == "message":
+        parsed = Message.model_validate(obj, strict=True)
+    else:
+        parsed = pydantic.TypeAdapter(RawMessageStreamEvent).validate_python(obj, strict=True)
+    _known_only(parsed, obj)
+
+
+def _known_only(model, obj) -> None:
+    """Every key of `obj` is a field of its parsed model, all the way down."""
+    import pydantic
+
+    if isinstance(model, pydantic.BaseModel):
+        assert isinstance(obj, dict), obj
+        unknown = set(obj) - set(type(model).model_fields)
+        assert not unknown, f"{type(model).__name__} has no field {sorted(unknown)}"
+        for name in obj:
+            _known_only(getattr(model, name), obj[name])
+    elif isinstance(model, list):
+        for m, o in zip(model, obj):
+            _known_only(m, o)

@@ -143,17 +143,23 @@ def test_a_spent_token_budget_is_refused_after_the_rate_limits_and_takes_no_slot
     assert window(r, "acct:alice", 5) == 2 and r.zcard("tollgate:inflight:acct:alice") == 0
 
 
-def test_the_messages_door_is_admitted_under_its_own_scope(limited):
-    app, client = limited(RATE_LIMIT_DEFAULT="2/minute")
+def test_chat_messages_and_responses_share_one_per_account_limit(limited):
+    """Each door had its own window: with 2/minute one account made 6 calls through the three."""
+    app, client = limited(RATE_LIMIT_DEFAULT="3/minute")
     body = {"model": "m2", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
-    for remaining in ("1", "0"):
-        r = client.post("/v1/messages", json=body, headers=auth())
-        assert r.status_code == 200 and r.headers["X-RateLimit-Remaining"] == remaining
+    r = client.post("/v1/messages", json=body, headers=auth())
+    assert r.status_code == 200 and r.headers["X-RateLimit-Remaining"] == "2"
+    r = client.post("/v1/responses", json={"model": "m2", "input": "hi"}, headers=auth())
+    assert r.status_code == 200 and r.headers["X-RateLimit-Remaining"] == "1"
+    r = chat(client)
+    assert r.status_code == 200 and r.headers["X-RateLimit-Remaining"] == "0"
     refused = client.post("/v1/messages", json=body, headers=auth())
     assert refused.status_code == 429 and refused.json["type"] == "error"  # Anthropic's error shape
     assert int(refused.headers["Retry-After"]) >= 1
-    assert chat(client).status_code == 200  # the chat route's window is its own, as with flask-limiter
-    assert window(redis.Redis.from_url(app.config["REDIS_URL"]), "acct:alice", 2, "messages.create") == 2
+    assert_429(chat(client))
+    refused = client.post("/v1/responses", json={"model": "m2", "input": "hi"}, headers=auth())
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert window(redis.Redis.from_url(app.config["REDIS_URL"]), "acct:alice", 3) == 3
 
 
 def test_embeddings_keep_flask_limiter_for_their_rate_limits(limited, upstream):

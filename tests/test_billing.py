@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from service import billing
 from core.chat import ChatRequest
 from service.db import Hold, LedgerEntry, utcnow
-from service.errors import InsufficientCredits
+from service.errors import InsufficientCredits, InvalidRequest
 from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
 from tests.helpers import account, charges, holds, invariant
@@ -141,10 +141,11 @@ def test_invariant_holds_under_random_sequences(app, ops):
         if op == "topup" and amount:
             billing.credit(acct.id, amount)
         elif op == "adjust" and amount:
+            before = account(acct.name)
             try:
                 billing.credit(acct.id, -amount)
-            except Exception:  # refused: would go below zero
-                pass
+            except InvalidRequest:  # refused: below zero, or below what is held
+                assert amount > before.balance - before.held
         elif op == "hold":
             try:
                 billing.hold(acct.id, rid, amount, 60)

@@ -104,3 +104,17 @@ def test_schema_version_recorded_and_upgrade_is_idempotent(app):
     assert migrations.upgrade() == []
     result = app.test_cli_runner().invoke(args=["db", "upgrade"])
     assert result.exit_code == 0 and "nothing to do" in result.output
+
+
+def test_the_model_list_says_which_models_can_answer(client, admin_headers, upstream):
+    """A fresh machine listed six models of which five could not answer, with nothing saying which."""
+    rows = [{"name": "up", "api": "openai", "base_url": upstream.url_for("/v1")},
+            {"name": "refused", "api": "openai", "base_url": "http://127.0.0.1:9/v1"},
+            {"name": "keyless", "api": "openai", "base_url": upstream.url_for("/v1"),
+             "api_key_env": "UNSET_PROVIDER_API_KEY"}]
+    for row in rows:
+        assert client.post("/api/admin/models", json=row, headers=admin_headers).status_code == 201
+    listed = {m["id"]: m["ready"] for m in client.get("/v1/models", headers=auth()).json["data"]}
+    assert listed == {"up": True, "refused": False, "keyless": False}
+    assert client.get("/v1/models/refused", headers=auth()).json["ready"] is False
+    assert client.get("/v1/models/up", headers=auth()).json["ready"] is True

@@ -131,8 +131,11 @@ def test_upstream_garbage_is_502(client, gpt, garbage):
 def test_missing_provider_key_is_503_naming_the_variable_only(client, add_model, topup):
     add_model(id=21, name="keyed", api="openai", base_url="http://127.0.0.1:9/v1",
               api_key_env="NOT_SET_API_KEY")
-    body = contract(post(client, {"model": "keyed", "messages": MSGS}), 503, "openai_unavailable")
+    r = post(client, {"model": "keyed", "messages": MSGS})
+    body = contract(r, 503, "openai_unavailable")
     assert "NOT_SET_API_KEY" in body["error"]["message"]
+    # no retry sets the variable: the SDKs must not try three more times
+    assert r.headers["x-should-retry"] == "false" and "Retry-After" not in r.headers
 
 
 def test_unexpected_exception_is_500_contract_body_without_trace(app, client):

@@ -185,6 +185,23 @@ def test_stalled_stream_ends_with_timeout_event(gw, upstream, live_factory):
     assert charges("alice")[0].completion_tokens == 1
 
 
+def test_provider_429_is_its_limit_never_a_breaker_failure(gw, upstream):
+    """Two 429s used to open the breaker, and every client then got 503 circuit_open for the
+    cool-down; a 429 is the provider's limit: each call gets it with the provider's Retry-After."""
+    app, client = gw(BREAKER_THRESHOLD=2, BREAKER_COOLDOWN=30, UPSTREAM_RETRIES=0)
+    upstream.expect_request("/limited/chat/completions").respond_with_handler(
+        failing(429, {"error": {"message": "slow down", "type": "rate_limit_error"}}, {"Retry-After": "7"}))
+    client.patch("/api/admin/models/3", json={"base_url": upstream.url_for("/limited")},
+                 headers=auth("root", True))
+    for _ in range(5):
+        r = chat(client, "dead")
+        assert r.status_code == 429 and r.json["error"]["code"] == "upstream_rate_limited"
+        assert r.headers["Retry-After"] == "7"
+    assert len([x for x in upstream.log if x[0].path == "/limited/chat/completions"]) == 5
+    assert client.get("/readyz").json["checks"]["breakers"] == {}
+    nothing_charged()
+
+
 def test_breaker_fails_fast_then_recovers(gw, upstream):
     app, client = gw(BREAKER_THRESHOLD=2, BREAKER_COOLDOWN=0.3, UPSTREAM_RETRIES=0)
     broken = threading.Event()
@@ -203,9 +220,8 @@ def test_breaker_fails_fast_then_recovers(gw, upstream):
     ready = client.get("/readyz").json
     assert ready["status"] == "degraded" and list(ready["checks"]["breakers"].values()) == ["open"]
     calls = len(upstream.log)
-    started = time.monotonic()
     r = chat(client, "dead")
-    assert time.monotonic() - started < 0.05 and len(upstream.log) == calls  # no upstream call
+    assert len(upstream.log) == calls  # failed fast: no upstream call
     assert r.status_code == 503 and r.json["error"]["code"] == "circuit_open"
     broken.clear()  # the upstream heals; after the cool-down one probe closes the breaker
     wait_for(lambda: list(client.get("/readyz").json["checks"]["breakers"].values()) == ["half_open"])

@@ -97,3 +97,157 @@ def test_nothing_hangs(gw):
     worker.start()
     worker.join(30)
     assert not worker.is_alive() and all(400 <= s < 500 for s in done)
+
+
+FORGED = '/v1/responses/%00%0A{"status":201,"account":"FORGED"}'
+
+
+@pytest.fixture
+def log_lines():
+    """Every log record of the test as the server writes it (service/logsink.JsonLines)."""
+    import io
+    import logging
+
+    from service.logsink import JsonLines
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonLines())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield lambda: out.getvalue().splitlines()
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def test_a_control_character_in_a_path_is_a_4xx_and_forges_no_log_line(client, log_lines):
+    r = client.get(FORGED, headers=auth())
+    assert 400 <= r.status_code < 500, r.get_data(as_text=True)
+    schemas.check("ErrorResponse", r.json)
+    lines = [json.loads(line) for line in log_lines()]  # each line one JSON object, or this fails
+    assert lines and all(isinstance(line, dict) for line in lines)
+    assert not [line for line in lines if line.get("account") == "FORGED" or line.get("status") == 201]
+    access = [line for line in lines if line.get("path", "").startswith("/v1/responses/")]
+    assert [line["path"] for line in access] == ['/v1/responses/\x00\n{"status":201,"account":"FORGED"}']
+
+
+def test_a_traceback_is_one_line_too(log_lines):
+    import logging
+
+    try:
+        raise RuntimeError('bad\n{"status": 201}')
+    except RuntimeError:
+        logging.getLogger("tollgate").exception("unhandled error on GET /x\n{\"status\": 201}")
+    (line,) = log_lines()
+    record = json.loads(line)
+    assert record["level"] == "error" and "RuntimeError" in record["exception"]
+
+
+@pytest.mark.parametrize("where", ["path", "query", "header"])
+def test_a_nul_anywhere_in_the_head_is_400(client, where):
+    path, query, headers = "/api/v1/usage", {}, auth()
+    if where == "path":
+        path = "/v1/responses/resp_%00x"
+    elif where == "query":
+        query = {"before": "1\x00"}
+    else:
+        headers["X-Request-ID"] = "a\x00b"
+    r = client.get(path, query_string=query, headers=headers)
+    assert refused(r)["code"] == "invalid_request"
+
+
+def test_no_path_query_or_header_value_is_a_5xx(client, admin_headers):
+    """Property: any text in a path segment, a query value or a header value is answered below 500,
+    on every GET route that takes one, user and admin."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+    header_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n",
+                                        max_codepoint=0xff), max_size=40)
+    routes = ["/v1/responses/{}", "/v1/responses/{}/input_items", "/api/v1/models/{}", "/api/v1/logs/{}",
+              "/api/admin/accounts/{}", "/api/admin/keys/{}", "/api/admin/models/{}/deployments",
+              "/api/admin/accounts/{}/usage/summary", "/api/v1/usage/summary", "/api/v1/usage",
+              "/api/v1/logs", "/api/admin/audit", "/api/admin/logs", "/console/{}"]
+    params = st.sampled_from(["limit", "before", "from", "to", "group_by", "model", "status", "key_id",
+                              "account", "actor", "action", "format"])
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(route=st.sampled_from(routes), segment=text, query=st.dictionaries(params, text, max_size=3),
+           header=header_text, admin=st.booleans())
+    def check(route, segment, query, header, admin):
+        from urllib.parse import quote
+
+        path = route.format(quote(segment, safe="") or "x")
+        headers = {**(admin_headers if admin else auth()), "X-Request-ID": header, "Accept-Language": header}
+        r = client.get(path, query_string=query, headers=headers)
+        assert r.status_code < 500, (path, query, header, r.get_data(as_text=True)[:300])
+
+    check()
+
+
+def test_the_server_log_is_json_lines():
+    """service.server's logging (logsink.configure), in a process of its own: a message that
+    quotes a line break and a forged record is still one JSON line."""
+    import subprocess
+    import sys
+
+    from tests.process import ROOT
+
+    code = ("import logging; from service import logsink; logsink.configure(0); "
+            "logging.getLogger('waitress').warning('bad head %s', '\\n{\"status\": 201}')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    (line,) = out.stderr.splitlines()
+    assert json.loads(line)["message"] == 'bad head \n{"status": 201}'
+
+
+LONG = "m" * 100_000
+
+
+def echoed(r) -> int:
+    """The longest run of the client's long value in the answer."""
+    text = r.get_data(as_text=True)
+    assert len(text) < 2000, f"{len(text)} bytes of error body"
+    return max((len(part) for part in text.replace('"', " ").replace("'", " ").split()), default=0)
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/api/v1/chat/completions", {"model": LONG, "messages": [MSG]}),
+    ("/v1/messages", {"model": LONG, "max_tokens": 5, "messages": [MSG]}),
+    ("/v1/responses", {"model": LONG, "input": "hi"}),
+    ("/v1/embeddings", {"model": LONG, "input": "hi"}),
+    ("/v1/responses", {"model": "m", "input": "hi", LONG: 1}),
+    ("/v1/messages", {"model": "m", "max_tokens": 5, "messages": [MSG], LONG: 1}),
+    ("/v1/embeddings", {"model": "m", "input": "hi", LONG: 1}),
+], ids=["chat", "messages", "responses", "embeddings", "responses-field", "messages-field", "embeddings-field"])
+def test_a_long_value_is_echoed_at_most_200_characters(gw, path, body):
+    r = gw.post(path, json=body, headers=auth())
+    assert 400 <= r.status_code < 500
+    assert echoed(r) <= 210  # 200 characters of the value, and the quotes or words around it
+
+
+def test_a_long_value_in_a_path_is_echoed_at_most_200_characters(gw, admin_headers):
+    for path, headers in ((f"/v1/responses/{LONG}", auth()), (f"/api/admin/accounts/{LONG}", admin_headers),
+                          (f"/api/v1/models/{LONG}", auth())):
+        r = gw.get(path, headers=headers)
+        assert 400 <= r.status_code < 500 and echoed(r) <= 210, path[:40]
+
+
+@pytest.mark.parametrize("query", ["to=0001-01-02", "from=0001-01-01T00:00:00%2B01:00",
+                                   "to=9999-12-31T23:59:59-01:00", "from=99999999999999999999",
+                                   "to=1969-12-31", "from=9999-12-31T23:59:59"])
+@pytest.mark.parametrize("path", ["/api/v1/usage/summary", "/api/v1/usage/export.csv",
+                                  "/api/admin/accounts/alice/usage/summary",
+                                  "/api/admin/accounts/alice/usage/export.csv", "/api/admin/usage/export.csv"])
+def test_times_out_of_range_are_400(client, admin_headers, topup, path, query):
+    topup("alice", 1)
+    r = client.get(f"{path}?{query}", headers=admin_headers if "/admin/" in path else auth())
+    error = refused(r)
+    assert error["code"] == "invalid_parameter" and error["param"] in ("from", "to")
+
+
+def test_the_earliest_and_latest_times_are_served(client):
+    for query in ("from=1970-01-01&to=9999-12-31", "to=1970-01-02", "from=9999-12-30&to=9999-12-31"):
+        r = client.get(f"/api/v1/usage/summary?{query}", headers=auth())
+        assert r.status_code == 200, (query, r.json)

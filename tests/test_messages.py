@@ -10,13 +10,13 @@ from werkzeug import Response
 
 from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
-from tests.helpers import charges, holds, invariant, json_answer
+from tests.helpers import anthropic_shape, charges, holds, invariant, json_answer
 from tests.providers import fixture
 
 TOOL = {"name": "get_weather", "description": "Weather now",
         "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
 PATHS = {"openai": "/v1/chat/completions", "gemini": "/v1beta/models/up:generateContent",
-         "anthropic": "/v1/messages"}
+         "anthropic": "/v1/messages", "ollama": "/api/chat"}
 
 
 @pytest.fixture
@@ -31,7 +31,9 @@ _json = json_answer
 def _charged_matches(usage) -> None:
     """1 credit per 1k tokens in the gateway fixture: 1000 micro-credits a token."""
     row = charges("alice")[-1]
-    assert row.delta == -(usage.input_tokens + usage.cache_read_input_tokens + usage.output_tokens) * 1000
+    tokens = (usage.input_tokens + (usage.cache_read_input_tokens or 0)
+              + (usage.cache_creation_input_tokens or 0) + usage.output_tokens)
+    assert row.delta == -tokens * 1000
     assert holds() == 0
     invariant("alice")
 
@@ -47,6 +49,7 @@ def test_messages_create_over_other_providers(sdk, upstream, api, answer, text):
     assert msg.type == "message" and msg.role == "assistant" and msg.stop_reason == "end_turn"
     assert [b.type for b in msg.content] == ["text"] and msg.content[0].text == text
     assert msg.model == f"m-{api}"
+    assert msg._request_id and msg._request_id.startswith("req_")
     _charged_matches(msg.usage)
     sent = upstream.log[-1][0].get_json()
     if api == "openai":
@@ -135,3 +138,262 @@ def test_errors_come_in_anthropics_shape(sdk, gateway):
 def test_count_tokens(sdk):
     counted = sdk.messages.count_tokens(model="m-gemini", messages=[{"role": "user", "content": "x" * 400}])
     assert 100 <= counted.input_tokens <= 120  # the estimate: 4 bytes a token, plus the framing
+
+
+def _sse(data: bytes) -> list[dict]:
+    """A Messages stream's events (each `event:` name checked against its data's type)."""
+    out = []
+    for frame in data.decode().split("\n\n"):
+        if not frame.strip():
+            continue
+        name, payload = frame.split("\n", 1)
+        event = json.loads(payload.removeprefix("data: "))
+        assert name == f"event: {event['type']}"
+        out.append(event)
+    return out
+
+
+def _post(gateway, body: dict, **headers):
+    return gateway.post("/v1/messages", headers={**auth(), **headers}, json=body)
+
+
+ANSWERS = {"openai": _json(fake_openai.completion("Hello from GPT", 9, 3)),
+           "gemini": _json(fixture("gemini", "generate.json")), "ollama": _json(fixture("ollama", "chat.json"))}
+# what Claude Code 2.1.197 sends on every call, besides model, messages, max_tokens, stream, system, tools
+CLAUDE_CODE = {"metadata": {"user_id": '{"device_id":"d1","session_id":"s1"}'}, "thinking": {"type": "adaptive"},
+               "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+               "output_config": {"effort": "high"}}
+
+
+@pytest.mark.parametrize("api", ["openai", "gemini"])
+def test_claude_codes_fields_and_the_sdks_are_served_on_translated_rows(gateway, upstream, api):
+    """context_management, service_tier, a top-level and block cache_control, output_config and
+    adaptive thinking were 400; a system message between turns was refused."""
+    upstream.expect_request(PATHS[api]).respond_with_handler(ANSWERS[api])
+    body = {"model": f"m-{api}", "max_tokens": 50, **CLAUDE_CODE, "service_tier": "auto",
+            "cache_control": {"type": "ephemeral"}, "speed": "standard", "inference_geo": "us",
+            "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]},
+                {"role": "system", "content": "Agents: none."}]}
+    r = _post(gateway, body)
+    assert r.status_code == 200, r.json
+    anthropic_shape("message", r.json)
+    assert r.headers["request-id"].startswith("req_")
+    sent = upstream.log[-1][0].get_json()
+    assert not {"context_management", "service_tier", "cache_control", "metadata", "output_config"} & set(sent)
+    if api == "openai":
+        assert sent["reasoning_effort"] == "high"
+        assert sent["messages"] == [{"role": "system", "content": "Be brief."},
+                                    {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+                                    {"role": "system", "content": "Agents: none."}]
+    else:
+        assert sent["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 24576}
+        assert "Agents: none." in json.dumps(sent["systemInstruction"])
+    _charged_matches(anthropic.types.Usage(**r.json["usage"]))
+
+
+def test_the_sdks_own_parameters_are_served(sdk, upstream):
+    upstream.expect_request(PATHS["openai"]).respond_with_handler(ANSWERS["openai"])
+    msg = sdk.messages.create(model="m-openai", max_tokens=50, messages=[{"role": "user", "content": "Hi"}],
+                              service_tier="standard_only", cache_control={"type": "ephemeral"},
+                              thinking={"type": "adaptive"}, output_config={"effort": "max"})
+    assert msg.content[0].text == "Hello from GPT" and msg.usage.service_tier == "standard"
+    assert upstream.log[-1][0].get_json()["reasoning_effort"] == "xhigh"
+
+
+def test_output_config_format_is_a_json_schema_response_format(gateway, upstream):
+    upstream.expect_request(PATHS["openai"]).respond_with_handler(ANSWERS["openai"])
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    r = _post(gateway, {"model": "m-openai", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}],
+                        "output_config": {"format": {"type": "json_schema", "schema": schema}}})
+    assert r.status_code == 200, r.json
+    assert upstream.log[-1][0].get_json()["response_format"] == {
+        "type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": True}}
+
+
+@pytest.mark.parametrize("field,value,param", [
+    ("mcp_servers", [{"type": "url", "url": "https://mcp.example", "name": "x"}], "mcp_servers"),
+    ("compaction", {"type": "enabled"}, "compaction"),
+    ("frobnicate", True, "frobnicate"),
+    ("thinking", {"type": "sometimes"}, "thinking"),
+    ("service_tier", "priority_only", "service_tier"),
+    ("output_config", {"effort": "huge"}, "output_config.effort"),
+    ("output_config", {"verbosity": "low"}, "output_config.verbosity"),
+    ("billing_policy", {"type": "billing_policy", "bill_to": "user_profile"}, "billing_policy"),
+    ("tools", [{"type": "web_search_20250305", "name": "web_search"}], "tools[0]"),
+    ("tools", [{**TOOL, "defer_loading": True}], "tools[0].defer_loading"),
+])
+def test_what_would_change_the_answer_is_refused_by_name(gateway, upstream, field, value, param):
+    r = _post(gateway, {"model": "m-openai", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}],
+                        field: value})
+    assert r.status_code == 400 and r.json["error"]["type"] == "invalid_request_error"
+    assert f"'{param}'" in r.json["error"]["message"], r.json
+    assert r.headers["request-id"] == r.json["request_id"]
+    assert not upstream.log and not charges("alice") and holds() == 0
+
+
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+SCREENSHOT = [{"role": "user", "content": "Take a screenshot"},
+              {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "shot", "input": {}}]},
+              {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                  {"type": "text", "text": "the screen"},
+                  {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}]},
+                  {"type": "text", "text": "What is on it?"}]}]
+
+
+@pytest.mark.parametrize("api", ["openai", "ollama", "gemini"])
+def test_an_image_in_a_tool_result_reaches_the_provider(gateway, upstream, api):
+    """It was dropped: only the result's text went upstream."""
+    upstream.expect_request(PATHS[api]).respond_with_handler(ANSWERS[api])
+    r = _post(gateway, {"model": f"m-{api}", "max_tokens": 50, "messages": SCREENSHOT,
+                        "tools": [{"name": "shot", "input_schema": {"type": "object"}}]})
+    assert r.status_code == 200, r.json
+    sent = upstream.log[-1][0].get_json()
+    if api == "openai":  # a tool message carries text only: the image follows it in a user message
+        assert sent["messages"][2] == {"role": "tool", "tool_call_id": "toolu_1", "content": "the screen"}
+        assert sent["messages"][3] == {"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+            {"type": "text", "text": "What is on it?"}]}
+    elif api == "ollama":
+        assert sent["messages"][2] == {"role": "tool", "content": "the screen"}
+        assert sent["messages"][3] == {"role": "user", "content": "What is on it?", "images": [PNG]}
+    else:
+        parts = sent["contents"][-1]["parts"]
+        assert "functionResponse" in parts[0]
+        assert {"inline_data": {"mime_type": "image/png", "data": PNG}} in parts
+
+
+def test_a_tool_result_block_no_row_can_take_is_refused_by_name(gateway, upstream):
+    messages = json.loads(json.dumps(SCREENSHOT))
+    messages[2]["content"][0]["content"].append({"type": "search_result", "source": "s", "title": "t",
+                                                 "content": [{"type": "text", "text": "x"}]})
+    r = _post(gateway, {"model": "m-openai", "max_tokens": 50, "messages": messages})
+    assert r.status_code == 400 and "'messages[2].content[0].content[2]'" in r.json["error"]["message"]
+    assert not upstream.log
+
+
+def test_a_stop_sequence_the_provider_names_is_stop_sequence(sdk, upstream):
+    """vLLM names the sequence it stopped on (`stop_reason`); OpenAI itself does not say."""
+    answer = fake_openai.completion("Counting: 1, 2", 9, 3)
+    answer["choices"][0]["stop_reason"] = "3"
+    upstream.expect_request(PATHS["openai"]).respond_with_handler(_json(answer))
+    msg = sdk.messages.create(model="m-openai", max_tokens=50, stop_sequences=["3"],
+                              messages=[{"role": "user", "content": "Count"}])
+    assert (msg.stop_reason, msg.stop_sequence) == ("stop_sequence", "3")
+    assert upstream.log[-1][0].get_json()["stop"] == ["3"]
+
+
+def test_translated_stream_events_have_anthropics_shapes(gateway, upstream):
+    fake = fake_openai.Stream(["Hel", "lo"])
+    upstream.expect_request(PATHS["openai"]).respond_with_handler(fake.handler)
+    r = _post(gateway, {"model": "m-openai", "max_tokens": 50, "stream": True,
+                        "messages": [{"role": "user", "content": "Hi"}]})
+    assert r.status_code == 200 and r.headers["request-id"].startswith("req_")
+    events = _sse(r.data)
+    for event in events:
+        anthropic_shape("event", event)
+    assert [e["type"] for e in events] == ["message_start", "content_block_start", "content_block_delta",
+                                           "content_block_delta", "content_block_stop", "message_delta",
+                                           "message_stop"]
+    assert set(events[0]["message"]["usage"]) == {"input_tokens", "cache_creation_input_tokens",
+                                                  "cache_read_input_tokens", "cache_creation", "output_tokens",
+                                                  "service_tier"}
+    assert events[-2]["usage"] == {"input_tokens": 9, "cache_creation_input_tokens": 0,
+                                   "cache_read_input_tokens": 0, "output_tokens": 2}
+
+
+# --- native: an anthropic row gets the body as sent and its answer back whole
+
+NATIVE = {"model": "m-anthropic", "max_tokens": 300, **CLAUDE_CODE, "service_tier": "auto",
+          "mcp_servers": [], "a_field_from_next_year": {"x": 1},
+          "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+          "messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 5000}]},
+                       {"role": "system", "content": "Agents: none."}]}
+
+
+def test_an_anthropic_row_gets_the_body_as_sent_and_answers_whole(gateway, upstream):
+    answer = json.loads(fixture("anthropic", "cache.json"))
+    answer.update(stop_reason="stop_sequence", stop_sequence="END", container=None, a_reply_field_from_next_year=1)
+    upstream.expect_request(PATHS["anthropic"]).respond_with_handler(_json(answer))
+    beta = "context-management-2025-06-27,effort-2025-11-24"
+    r = _post(gateway, NATIVE, **{"anthropic-beta": beta, "anthropic-version": "2023-06-01"})
+    assert r.status_code == 200, r.json
+    request = upstream.log[-1][0]
+    assert request.get_json() == {**NATIVE, "model": "up"}
+    assert request.headers["anthropic-beta"] == beta and request.headers["x-api-key"] == "provider-secret-key-123"
+    assert r.json == {**answer, "model": "m-anthropic"}
+    assert r.headers["request-id"].startswith("req_")
+    _charged_matches(anthropic.types.Usage(**answer["usage"]))  # input, cache read, cache writes, output
+
+
+def test_an_anthropic_row_without_a_cap_gets_the_rows(gateway, upstream):
+    upstream.expect_request(PATHS["anthropic"]).respond_with_handler(_json(fixture("anthropic", "message.json")))
+    body = {k: v for k, v in NATIVE.items() if k != "max_tokens"}
+    assert _post(gateway, body).status_code == 200
+    assert upstream.log[-1][0].get_json()["max_tokens"] == 64
+
+
+def test_an_anthropic_rows_stream_comes_back_event_for_event(gateway, upstream):
+    upstream.expect_request(PATHS["anthropic"]).respond_with_handler(
+        lambda request: Response(fixture("anthropic", "cache.sse"), mimetype="text/event-stream"))
+    r = _post(gateway, {**NATIVE, "stream": True})
+    assert r.status_code == 200 and r.headers["request-id"].startswith("req_")
+    assert upstream.log[-1][0].get_json() == {**NATIVE, "model": "up", "stream": True}
+    expected = _sse(fixture("anthropic", "cache.sse"))
+    expected[0]["message"]["model"] = "m-anthropic"
+    assert _sse(r.data) == expected  # ping and all
+    _charged_matches(anthropic.types.Usage(**expected[0]["message"]["usage"] | {"output_tokens": 210}))
+
+
+def test_a_stop_sequence_on_an_anthropic_row_is_stop_sequence(sdk, upstream):
+    """It came back as end_turn with stop_sequence null."""
+    answer = json.loads(fixture("anthropic", "message.json"))
+    answer.update(stop_reason="stop_sequence", stop_sequence="END")
+    upstream.expect_request(PATHS["anthropic"]).respond_with_handler(_json(answer))
+    msg = sdk.messages.create(model="m-anthropic", max_tokens=50, stop_sequences=["END"],
+                              messages=[{"role": "user", "content": "Count " + "x" * 200}])
+    assert (msg.stop_reason, msg.stop_sequence) == ("stop_sequence", "END")
+    assert msg._request_id.startswith("req_")
+
+
+def test_every_answer_has_a_request_id(sdk):
+    """The SDK's `_request_id` was None."""
+    with pytest.raises(anthropic.NotFoundError) as err:
+        sdk.messages.create(model="nope", max_tokens=5, messages=[{"role": "user", "content": "Hi"}])
+    assert err.value.request_id and err.value.request_id == err.value.body["request_id"]
+
+
+def test_an_anthropic_rows_stream_replays_for_its_idempotency_key(gateway, upstream):
+    upstream.expect_request(PATHS["anthropic"]).respond_with_handler(
+        lambda request: Response(fixture("anthropic", "cache.sse"), mimetype="text/event-stream"))
+    first = _post(gateway, {**NATIVE, "stream": True}, **{"Idempotency-Key": "k-native-1"})
+    heard = first.data  # the stream runs to its end
+    again = _post(gateway, {**NATIVE, "stream": True}, **{"Idempotency-Key": "k-native-1"})
+    assert first.status_code == again.status_code == 200
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.data == heard and again.headers["request-id"] == first.headers["request-id"]
+    assert len(upstream.log) == 1 and len(charges("alice")) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_reasoning_tokens_are_thinking_tokens(gateway, upstream, stream):
+    """OpenAI's reasoning tokens as Anthropic's output_tokens_details.thinking_tokens."""
+    if stream:
+        upstream.expect_request(PATHS["openai"]).respond_with_handler(
+            lambda request: Response(fixture("openai", "cached_reasoning.sse"), mimetype="text/event-stream"))
+    else:
+        upstream.expect_request(PATHS["openai"]).respond_with_handler(_json(fixture("openai", "cached_reasoning.json")))
+    r = _post(gateway, {"model": "m-openai", "max_tokens": 400, "stream": stream,
+                        "messages": [{"role": "user", "content": "x" * 9000}]})
+    assert r.status_code == 200
+    if stream:
+        events = _sse(r.data)
+        for event in events:
+            anthropic_shape("event", event)
+        counted = events[-2]["usage"]
+    else:
+        anthropic_shape("message", r.json)
+        counted = r.json["usage"]
+    assert counted["output_tokens_details"] == {"thinking_tokens": 192}
+    assert (counted["input_tokens"], counted["cache_read_input_tokens"]) == (2006 - 1920, 1920)

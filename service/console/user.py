@@ -137,4 +137,4 @@ def playground_chat():
     body = request.get_json(silent=True) or {}
     chat.prepare_body({"model": body.get("model"), "messages": [{"role": "user", "content": body.get("prompt") or ""}],
                        "stream": True, "stream_options": {"include_usage": True}})
-    return chat.admitted(g.chat, chat.chat_rates("chat.completions"))
+    return chat.admitted(g.chat, chat.chat_rates())

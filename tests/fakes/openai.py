@@ -33,16 +33,27 @@ def chunk(delta: dict, finish=None, usage=None, choices=True) -> bytes:
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
+LOCKSTEP_WAIT = 5.0
+
+
 class Stream:
     """A paced SSE stream that records when each token left and whether the client hung up."""
 
     def __init__(self, tokens: list[str], delay: float = 0.0, prompt_tokens: int = 9,
-                 drop_after: int | None = None, usage: bool = True):
+                 drop_after: int | None = None, usage: bool = True, lockstep: bool = False):
         self.tokens, self.delay, self.prompt_tokens = tokens, delay, prompt_tokens
         self.drop_after, self.usage = drop_after, usage
         self.sent_at: list[float] = []
         self.closed = threading.Event()
         self.finished = threading.Event()
+        # lockstep: each token after the first is sent only once the client said (ack()) that the
+        # one before reached it; `missed` counts tokens the client had not seen LOCKSTEP_WAIT
+        # seconds after they were sent (an answer that is buffered anywhere on the way)
+        self.lockstep, self.missed = lockstep, 0
+        self._acks = threading.Semaphore(0)
+
+    def ack(self) -> None:
+        self._acks.release()
 
     def events(self):
         try:
@@ -52,6 +63,8 @@ class Stream:
                     return  # connection ends with no [DONE]
                 if self.delay:
                     time.sleep(self.delay)  # the fake's own pacing, not a test wait
+                if self.lockstep and i and not self._acks.acquire(timeout=LOCKSTEP_WAIT):
+                    self.missed += 1
                 self.sent_at.append(time.monotonic())
                 yield chunk({"content": token})
             yield chunk({}, finish="stop")

@@ -1,0 +1,64 @@
+"""Claude Code, the real client (`claude -p`, installed by `make test` at the version in the
+Makefile), through a live gateway to a fake model on an openai, an anthropic and a gemini row:
+the model asks for Claude Code's Read tool on a file in the test's folder, Claude Code runs it
+and sends the result back, the model answers with what the file held — all streamed. The text
+reaches Claude Code's output and the ledger charged what the fake's usage said, call by call."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import auth, token
+from tests.fakes.agents import PATHS, ScriptedModel
+from tests.helpers import charges, holds, invariant
+
+CLAUDE = Path(__file__).resolve().parent.parent / ".agents" / "node_modules" / ".bin" / "claude"
+pytestmark = pytest.mark.skipif(not CLAUDE.exists(), reason="Claude Code is installed by `make test` (.agents/)")
+
+
+def _claude(tmp_path: Path, base_url: str, model: str, prompt: str) -> dict:
+    """`claude -p` with its answer as JSON, no network but the gateway: its own home, no
+    updater, telemetry, error reports or other traffic, every model name set to the row's."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "ANTHROPIC_BASE_URL": base_url,
+           "ANTHROPIC_API_KEY": token(), "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1",
+           "DISABLE_ERROR_REPORTING": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+           "ANTHROPIC_DEFAULT_HAIKU_MODEL": model, "ANTHROPIC_DEFAULT_SONNET_MODEL": model,
+           "ANTHROPIC_DEFAULT_OPUS_MODEL": model, "ANTHROPIC_SMALL_FAST_MODEL": model}
+    run = subprocess.run([str(CLAUDE), "-p", prompt, "--model", model, "--output-format", "json",
+                          "--allowedTools", "Read"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    return json.loads(run.stdout)
+
+
+@pytest.mark.parametrize("api", ["openai", "anthropic", "gemini"])
+def test_claude_code_reads_a_file_through_the_gateway(gateway, upstream, live_factory, tmp_path, api):
+    note = tmp_path / "note.txt"
+    secret = f"tollgate-{api}-7f3a"
+    note.write_text(secret + "\n")
+    fake = ScriptedModel(api, "Read", {"file_path": str(note)}, secret)
+    for path in (PATHS[api] if isinstance(PATHS[api], tuple) else (PATHS[api],)):
+        upstream.expect_request(path).respond_with_handler(fake.handler)
+    # Claude Code asks for 32 000 output tokens over a ~76 kB prompt: the hold needs the credits
+    gateway.post("/api/admin/accounts/alice/credits", json={"amount": 10000}, headers=auth("root", True))
+    live = live_factory(gateway.application)
+
+    out = _claude(tmp_path, live.url, f"m-{api}", "What does note.txt in this folder say? Use the Read tool.")
+
+    assert out["is_error"] is False and out["result"] == fake.answer()
+    assert len(fake.calls) == 2 and all(c.get("stream") or api == "gemini" for c in fake.calls)
+    assert secret not in json.dumps(fake.calls[0]) and secret in json.dumps(fake.calls[1])
+    charged = [-row.delta for row in charges("alice")]
+    assert charged == [sum(u) * 1000 for u in fake.usage]  # 1 credit per 1k tokens, every class
+    reported = out["usage"]
+    assert reported["output_tokens"] == sum(u[3] for u in fake.usage)
+    assert (reported["input_tokens"] + reported["cache_read_input_tokens"]
+            + reported["cache_creation_input_tokens"]) == sum(u[0] + u[1] + u[2] for u in fake.usage)
+    assert holds() == 0
+    invariant("alice")
