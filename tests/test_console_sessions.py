@@ -92,6 +92,7 @@ def test_a_restricted_keys_session_plays_only_what_the_key_may(site):
     other = play(browser, site, "m-openai")  # the API answers 403 for this key: so does the console
     assert other.status_code == 403 and other.json()["error"]["code"] == "forbidden"
     assert "m-openai" not in browser.get(f"{site.url}/console/playground").text
+    assert "m-openai" not in browser.get(f"{site.url}/console/models").text
     assert play(browser, site, "p-free").status_code == 200
     again = play(browser, site, "p-free")  # rpm 1, counted with the key's API calls
     assert again.status_code == 429 and again.json()["error"]["code"] == "rate_limit_exceeded"
