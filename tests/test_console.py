@@ -404,6 +404,9 @@ def test_chinese_is_complete_and_switched_on_the_page(site, upstream, browser):
     browser.execute_script("arguments[0].removeAttribute('required')", base)
     base.submit()
     assert "基础价格" in wait(browser, ready.presence_of_element_located((By.ID, "error"))).text  # errors
+    browser.get(f"{site.url}/console/admin/live")
+    checks = browser.find_element(By.ID, "checks").text
+    assert "数据库" in checks and "已启用 4 个模型" in checks and "正常" in checks  # readiness
     browser.get(f"{site.url}/console/admin/accounts/alice")
     browser.find_element(By.ID, "amount").send_keys("-1000")
     browser.find_element(By.CSS_SELECTOR, "#top-up button").click()

@@ -192,6 +192,17 @@ def test_three_hundred_wrong_credentials_are_throttled(make_app, store, live_fac
     assert as_json.json()["error"]["type"] == "rate_limit_error" and "Retry-After" in as_json.headers
 
 
+def test_sign_ins_are_throttled_in_process_while_redis_is_down(make_app, redis_proxy, live_factory):
+    site = live_factory(make_app(REDIS_URL=redis_proxy.url))
+    redis_proxy.cut()
+    visitor, statuses = requests.Session(), []
+    for i in range(14):
+        field = FIELD.search(visitor.get(f"{site.url}/console/login").text).group(1)
+        statuses.append(visitor.post(f"{site.url}/console/login",
+                                     data={"credential": f"sk-guess{i}", "csrf_token": field}).status_code)
+    assert statuses[:11] == [401] * 11 and statuses[11:] == [429] * 3
+
+
 def test_one_credential_is_throttled_from_any_address(make_app, live_factory):
     """Forged tokens for one subject meet in its credential bucket, whatever their addresses."""
     site = live_factory(make_app(TRUSTED_PROXIES=1))

@@ -139,6 +139,11 @@ def t(key: str, *args) -> str:
     return (zh if lang() == "zh" else en).format(*args)
 
 
+def said(english: str) -> str:
+    """A status line of the service's own (readiness) in the page's language."""
+    return (zh.message(english) or english) if lang() == "zh" else english
+
+
 def error(err) -> str:
     """A GatewayError's message in the page's language: the contract's Chinese where it has one,
     else service/console/zh.py's, else the English detail in a Chinese frame."""

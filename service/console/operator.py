@@ -125,7 +125,7 @@ def _checks(ready: dict) -> list[tuple[str, str]]:
     breakers = ", ".join(f"{k}: {v}" for k, v in checks.get("breakers", {}).items()) or i18n.t("none")
     return [(i18n.t("check_database"), i18n.t(checks["database"]) if checks["database"] in said else checks["database"]),
             (i18n.t("check_redis"), i18n.t(checks["redis"]) if checks["redis"] in said else checks["redis"]),
-            (i18n.t("check_catalogue"), str(checks["catalogue"])),
+            (i18n.t("check_catalogue"), i18n.said(str(checks["catalogue"]))),
             (i18n.t("check_breakers"), breakers),
             (i18n.t("check_journal"), str(checks["journal"]))]
 
@@ -136,4 +136,4 @@ def admin_live():
     holds = _holds(Hold.select(Hold, Account).join(Account).order_by(Hold.id.desc()).limit(200))
     ready = readiness()
     return page("admin_live.html", holds=holds, breakers=ext.transport.breakers.states(), ready=ready,
-                checks=_checks(ready))
+                checks=_checks(ready), reasons=[i18n.said(r) for r in ready["reasons"]])

@@ -33,6 +33,13 @@ PATTERNS = [(re.compile(en), zh) for en, zh in (
     (r"^(?P<row>.+?): (?P<f>\w+) must be an integer from (?P<lo>\d+) to (?P<hi>\d+)$",
      "{row}：{f}必须是 {lo} 到 {hi} 之间的整数"),
     (r"^(?P<row>.+?): (?P<f>\w+) must be a list of names$", "{row}：{f}必须是名称列表"),
+    # readiness (service/health.py)
+    (r"^(?P<n>\d+) enabled models$", "已启用 {n} 个模型"),
+    (r"^database: (?P<e>\w+)$", "数据库：{e}"),
+    (r"^redis: unreachable, using in-process limits and caches$", "Redis 无法连接，限流与缓存改在进程内进行"),
+    (r"^catalogue: (?P<e>\w+)$", "模型目录：{e}"),
+    (r"^upstreams paused by their circuit breaker: (?P<names>.+)$", "以下上游已被熔断器暂停：{names}"),
+    (r"^journal: (?P<n>\d+) settles wait for the database$", "{n} 笔结算等待写入数据库"),
 )]
 
 
