@@ -134,8 +134,10 @@ def test_a_key_minted_from_a_keys_session_is_no_broader(site):
     assert api_chat(site, plain, "m-openai").status_code == 403
     assert api_chat(site, key, "p-free").status_code == 200  # the parent's minute is spent ...
     assert api_chat(site, plain, "p-free").status_code == 429  # ... for its children too
+    child_session = console(site, plain)
     requests.delete(f"{site.url}/api/admin/keys/{key_id}", headers=auth("root", True))
     assert api_chat(site, plain, "p-free").status_code == 401  # the child dies with its parent
+    assert child_session.get(f"{site.url}/console/keys", allow_redirects=False).status_code == 302  # its session too
 
 
 def test_revoking_the_key_ends_its_session(site):
