@@ -327,12 +327,16 @@ END $$;
 
 
 def _v11_holds_model_and_age() -> None:
-    """Holds record their call's model and when they were taken (the console's operator pages)."""
+    """Holds record their call's model and when they were taken (the console's operator pages).
+    Console sessions opened before migration 10 do not say which key opened them, so a key's
+    session would act as its whole account until it expired: every session ends here (users sign
+    in again)."""
     for table, column, kind in V11_COLUMNS:
         if column not in {c.name for c in db.get_columns(table)}:
             db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     if is_postgres(db):
         db.execute_sql(PG_FUNCTIONS_V11)
+    db.execute_sql("DELETE FROM console_session")
 
 
 STEPS = [(1, _v1_initial), (2, _v2_ledger_page_index), (3, _v3_batch_functions),

@@ -166,3 +166,15 @@ def test_a_database_created_fresh_before_migration_9_gets_the_default(make_app, 
     assert migrations.upgrade() == [v for v, _ in migrations.STEPS if v >= 9]
     differences = _differences(fresh, schema())
     assert not differences, "\n".join(differences)
+
+
+def test_console_sessions_from_before_they_knew_their_key_end_with_migration_11(make_app, db_url):
+    """A session opened before migration 10 does not say which key opened it (a key's session
+    would act as its whole account): migration 11 ends every session."""
+    import datetime as dt
+
+    make_app()
+    acct = Account.create(name="kay")
+    ConsoleSession.create(token_hash="h", account=acct, csrf="c", expires_at=dt.datetime(2999, 1, 1))
+    SchemaVersion.delete().where(SchemaVersion.version == 11).execute()
+    assert migrations.upgrade() == [11] and ConsoleSession.select().count() == 0
