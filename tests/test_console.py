@@ -254,6 +254,10 @@ def test_an_account_named_with_a_slash_has_a_working_operator_link(site, browser
     browser.find_element(By.CSS_SELECTOR, "#top-up button").click()
     wait(browser, ready.text_to_be_present_in_element((By.ID, "balance"), "2"))
     assert account("org/research").balance == 2_000_000
+    assert requests.get(f"{site.url}/api/v1/account", headers=auth("x/../alice")).status_code == 200
+    browser.get(f"{site.url}/console/admin/accounts?q=x/")
+    browser.find_element(By.LINK_TEXT, "x/../alice").click()  # its own page, not alice's
+    assert wait(browser, ready.presence_of_element_located((By.TAG_NAME, "h1"))).text == "x/../alice"
     browser.get(f"{site.url}/console/admin/accounts/nobody")
     assert "No such page" in browser.find_element(By.ID, "message").text  # a page, not raw JSON
 

@@ -3,6 +3,7 @@ catalogue form, calls in flight and health."""
 from __future__ import annotations
 
 import datetime as dt
+from urllib.parse import quote
 
 from flask import abort, current_app, g, redirect, request, url_for
 
@@ -15,6 +16,14 @@ from service.errors import GatewayError, InvalidRequest
 from service.health import readiness
 
 ACCOUNTS_PAGE = 100
+
+
+@bp.app_template_global()
+def account_url(name: str, suffix: str = "") -> str:
+    """An account's operator page, its name quoted whole ("org/research" -> org%2Fresearch): a
+    name with slashes or dot segments ("x/../alice") reaches its own page, never another's (the
+    server decodes the path before routing, and <path:name> takes the slashes back)."""
+    return f"{url_for('console.admin_accounts')}/{quote(name, safe='')}{suffix}"
 
 
 @bp.get("/admin/accounts")
@@ -73,7 +82,7 @@ def admin_credit(name: str):
         billing.credit(acct.id, billing.to_micro(request.form.get("amount", ""), "amount"), note, g.account.name)
     except GatewayError as err:
         return admin_account(name, i18n.error(err), 400)
-    return redirect(url_for("console.admin_account", name=name), 303)
+    return redirect(account_url(name), 303)
 
 
 @bp.get("/admin/models")
