@@ -202,7 +202,7 @@ def stream_on_gate(upstream, gate: threading.Event) -> None:
     def handler(request):
         def events():
             yield fake_openai.chunk({"role": "assistant", "content": "first"})
-            gate.wait(10)
+            gate.wait(60)  # a bound for a test that fails, never reached by one that passes
             yield fake_openai.chunk({"content": " then done"}, finish="stop")
             yield fake_openai.chunk({}, usage={"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
                                     choices=False)
@@ -375,10 +375,11 @@ def test_tables_scroll_on_a_phone_with_a_hint(site, browser):
 def test_holds_show_model_age_and_time_zone_and_readiness_reads_as_text(site, upstream, browser):
     gate = threading.Event()
     stream_on_gate(upstream, gate)
+    sign_in(browser, site, token("root", admin=True))
     call = requests.post(f"{site.url}/v1/chat/completions", headers=auth("alice"), stream=True, json={
         "model": "m-openai", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
-    next(call.iter_content(32))  # the call is in flight: its hold is taken
-    sign_in(browser, site, token("root", admin=True))
+    chunks = call.iter_content(32)  # kept: a dropped iterator closes the connection, ending the call
+    next(chunks)  # the call is in flight: its hold is taken
     browser.get(f"{site.url}/console/admin/live")
     held = browser.find_element(By.CSS_SELECTOR, "#holds tbody tr")
     assert held.find_element(By.CLASS_NAME, "model").text == "m-openai" and "alice" in held.text
@@ -389,7 +390,13 @@ def test_holds_show_model_age_and_time_zone_and_readiness_reads_as_text(site, up
     assert "{" not in checks and "}" not in checks and "'" not in checks  # not a Python dict
     shot(browser, "admin-live")
     gate.set()
-    call.close()
+    assert b"".join(chunks).endswith(b"data: [DONE]\n\n")
+    for i in range(105):  # more holds than a page
+        billing.hold(account("alice").id, f"held-{i:03d}", 1, 60)
+    browser.get(f"{site.url}/console/admin/live")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#holds tbody tr")) == 100
+    browser.find_element(By.ID, "older-holds").click()
+    wait(browser, lambda d: "held-000" in d.find_element(By.ID, "holds").text)
 
 
 def test_chinese_is_complete_and_switched_on_the_page(site, upstream, browser):

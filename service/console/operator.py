@@ -16,6 +16,7 @@ from service.errors import GatewayError, InvalidRequest
 from service.health import readiness
 
 ACCOUNTS_PAGE = 100
+HOLDS_PAGE = 100
 
 
 @bp.app_template_global()
@@ -141,8 +142,14 @@ def _checks(ready: dict) -> list[tuple[str, str]]:
 
 @bp.get("/admin/live")
 def admin_live():
+    """Readiness, breakers, and the calls in flight newest first, a page at a time (`before`)."""
     ext = current_app.extensions["tollgate"]
-    holds = _holds(Hold.select(Hold, Account).join(Account).order_by(Hold.id.desc()).limit(200))
+    query = Hold.select(Hold, Account).join(Account)
+    if cursor("before") is not None:
+        query = query.where(Hold.id < cursor("before"))
+    found = list(query.order_by(Hold.id.desc()).limit(HOLDS_PAGE + 1))
+    older = found[HOLDS_PAGE - 1].id if len(found) > HOLDS_PAGE else None
     ready = readiness()
-    return page("admin_live.html", holds=holds, breakers=ext.transport.breakers.states(), ready=ready,
-                checks=_checks(ready), reasons=[i18n.said(r) for r in ready["reasons"]])
+    return page("admin_live.html", holds=_holds(found[:HOLDS_PAGE]), older=older, paged=cursor("before") is not None,
+                breakers=ext.transport.breakers.states(), ready=ready, checks=_checks(ready),
+                reasons=[i18n.said(r) for r in ready["reasons"]])
