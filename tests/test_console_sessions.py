@@ -226,3 +226,21 @@ def test_a_sign_in_form_token_is_good_for_one_try(site):
     visitor.cookies.set("tollgate_login", field, path="/console/login")  # the old token, sent again
     again = visitor.post(f"{site.url}/console/login", data={"credential": "sk-wrong", "csrf_token": field})
     assert (first.status_code, again.status_code) == (401, 403)
+
+
+def test_a_minted_keys_embeddings_count_under_its_parents_rpm(site, gateway, upstream):
+    r = gateway.post("/api/admin/models", headers=auth("root", True), json={
+        "id": 21, "name": "e-free", "api": "openai", "kind": "embedding", "upstream_model": "up",
+        "base_url": upstream.url_for("/v1").rstrip("/"), "api_key_env": "FAKE_API_KEY", "cost_per_1k_tokens": "1"})
+    assert r.status_code == 201
+    upstream.expect_request("/v1/embeddings").respond_with_json({
+        "object": "list", "model": "up", "usage": {"prompt_tokens": 2, "total_tokens": 2},
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.5, -0.5]}]})
+    _, key = restricted_key(site, models=["p-free", "e-free"], max_concurrent=None)
+    browser = console(site, key)
+    shown = browser.post(f"{site.url}/console/keys", data={"csrf_token": browser.csrf, "name": "child"}).text
+    plain = re.search(r'id="new-key">(sk-[^<]+)<', shown).group(1)  # the page after the redirect
+    embed = requests.post(f"{site.url}/v1/embeddings", headers={"Authorization": f"Bearer {plain}"},
+                          json={"model": "e-free", "input": "hi"})
+    assert embed.status_code == 200  # the child's embeddings work ...
+    assert api_chat(site, key, "p-free").status_code == 429  # ... and took the parent's only call this minute
