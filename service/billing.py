@@ -82,11 +82,12 @@ def _postgres() -> bool:
 # A batch of holds only commits without waiting for its WAL flush: if the database crashed
 # before the flush, the holds and their `held` increments vanish together, nothing stays
 # locked, and each call's settle then charges without a hold. Settles wait for the flush.
-PG_HOLD = "tollgate_hold(%s::text[], %s::bigint[], %s::bigint[], %s::timestamp[], %s::text[])"
+PG_HOLD = ("tollgate_hold(%s::text[], %s::bigint[], %s::bigint[], %s::timestamp[], %s::text[], %s::text[], "
+           "%s::timestamp[])")
 PG_SETTLE = ("tollgate_settle(%s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[], "
              "%s::bigint[], %s::boolean[], %s::timestamp[], %s::bigint[], %s::bigint[], %s::bigint[], "
              "%s::bigint[], %s::bigint[], %s::text[], %s::bigint[])")
-PG_HOLD_FIELDS = ("rid", "account", "amount", "expires", "owner")
+PG_HOLD_FIELDS = ("rid", "account", "amount", "expires", "owner", "model", "now")
 PG_SETTLE_FIELDS = ("rid", "account", "model", "prompt", "completion", "charge", "estimated", "now",
                     "overrun", "cached", "cache_write_5m", "cache_write_1h", "reasoning", "prices",
                     "threshold")
@@ -189,17 +190,20 @@ def retrying(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def hold(account_id: int, request_id: str, amount: int, ttl: int, owner: str | None = None) -> None:
+def hold(account_id: int, request_id: str, amount: int, ttl: int, owner: str | None = None,
+         model: str | None = None) -> None:
     """Reserve `amount` if balance - held covers it, else 402; a zero amount needs no hold.
-    `owner` (the process making the call) keeps extending it while the call runs."""
+    `owner` (the process making the call) keeps extending it while the call runs; `model` is
+    the call's, for operators to see."""
     if amount <= 0:
         return
     if amount > MAX_BALANCE:
         raise InsufficientCredits()  # no balance can cover it
-    expires = utcnow() + dt.timedelta(seconds=ttl)
+    now = utcnow()
+    expires = now + dt.timedelta(seconds=ttl)
     if _postgres():
         if not _group.submit("hold", {"amount": amount, "account": account_id, "rid": request_id,
-                                       "expires": expires, "owner": owner}):
+                                       "expires": expires, "owner": owner, "model": model, "now": now}):
             raise InsufficientCredits()
         return
     with write_tx():
@@ -209,7 +213,7 @@ def hold(account_id: int, request_id: str, amount: int, ttl: int, owner: str | N
         if not taken:
             raise InsufficientCredits()
         Hold.create(request_id=request_id, account=account_id, amount=amount, expires_at=expires,
-                    owner=owner)
+                    owner=owner, model=model, created=now)
 
 
 def extend(owner: str, ttl: int) -> int:

@@ -141,10 +141,14 @@ def chat_rates(scope: str | None = None) -> list[admission.Rate]:
     for limit, key, exempt in ((model_limit, model_key, no_model_limit), (key_limit, key_key, no_key_limit)):
         if not exempt():
             specs.append((limit(), key()))
-    for parent in lineage(g.api_key)[1:]:  # a key minted from a key's session shares its rpm
-        if parent.rpm:
-            specs.append((f"{parent.rpm}/minute", f"{limit_key()}:key:{parent.id}"))
-    return admission.rates(specs, current_app.config["RATELIMIT_KEY_PREFIX"], scope or CALL_SCOPE)
+    return admission.rates(specs + parent_specs(), current_app.config["RATELIMIT_KEY_PREFIX"], scope or CALL_SCOPE)
+
+
+def parent_specs() -> list[tuple[str, str]]:
+    """The rpm of the keys the caller's key was minted from (a console session's key): its calls
+    count under theirs too."""
+    return [(f"{parent.rpm}/minute", f"{limit_key()}:key:{parent.id}")
+            for parent in lineage(g.api_key)[1:] if parent.rpm]
 
 
 def admitted(req, rates: list[admission.Rate], answer=relay.complete):

@@ -101,6 +101,8 @@ class Hold(Base):
     amount = BigIntegerField()
     expires_at = DateTimeField(index=True)
     owner = CharField(null=True, index=True)  # the process whose call holds it; it extends the expiry
+    model = CharField(null=True)  # the call's model (shown to operators)
+    created = DateTimeField(null=True)  # when the call took it (its age, for operators)
 
 
 class LedgerEntry(Base):

@@ -315,11 +315,54 @@ def _v11_answer_cache_parallel() -> None:
             db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
+V12_COLUMNS = (("hold", "model", "VARCHAR(255)"), ("hold", "created", "TIMESTAMP"))
+
+# Migration 12: a hold records its call's model and when it was taken (operators see both); the
+# batch hold function takes them.
+PG_FUNCTIONS_V12 = """
+DROP FUNCTION IF EXISTS tollgate_hold(text[], bigint[], bigint[], timestamp[], text[]);
+CREATE OR REPLACE FUNCTION tollgate_hold(rids text[], accounts bigint[], amounts bigint[],
+                                         expiries timestamp[], owners text[], models text[],
+                                         stamps timestamp[]) RETURNS boolean[]
+LANGUAGE plpgsql AS $$
+DECLARE
+  taken boolean[] := '{}';
+  ok boolean;
+BEGIN
+  FOR i IN 1 .. coalesce(array_length(rids, 1), 0) LOOP
+    UPDATE account SET held = held + amounts[i]
+      WHERE id = accounts[i] AND balance - held >= amounts[i];
+    ok := FOUND;
+    IF ok THEN
+      INSERT INTO hold (request_id, account_id, amount, expires_at, owner, model, created)
+        VALUES (rids[i], accounts[i], amounts[i], expiries[i], owners[i], models[i], stamps[i]);
+    END IF;
+    taken := taken || ok;
+  END LOOP;
+  RETURN taken;
+END $$;
+"""
+
+
+def _v12_holds_model_and_age() -> None:
+    """Holds record their call's model and when they were taken (the console's operator pages).
+    Console sessions opened before migration 10 do not say which key opened them, so a key's
+    session would act as its whole account until it expired: every session ends here (users sign
+    in again)."""
+    for table, column, kind in V12_COLUMNS:
+        if column not in {c.name for c in db.get_columns(table)}:
+            db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    if is_postgres(db):
+        db.execute_sql(PG_FUNCTIONS_V12)
+    db.execute_sql("DELETE FROM console_session")
+
+
 STEPS = [(1, _v1_initial), (2, _v2_ledger_page_index), (3, _v3_batch_functions),
          (4, _v4_owned_holds_overruns_checks), (5, _v5_key_concurrency),
          (6, _v6_token_classes_idempotency_alerts), (7, _v7_model_kind_stored_responses),
          (8, _v8_console_sessions), (9, _v9_one_schema),
-         (10, _v10_sessions_keep_their_credential), (11, _v11_answer_cache_parallel)]
+         (10, _v10_sessions_keep_their_credential), (11, _v11_answer_cache_parallel),
+         (12, _v12_holds_model_and_age)]
 
 
 def current_version() -> int:

@@ -198,7 +198,7 @@ def _hold(chat, rows: list, ctx: Context) -> None:
                               chat.n * chat.output_cap(row)) for row in rows)
     try:
         billing.retrying(billing.hold, ctx.account_id, chat.request_id, amount, conf["HOLD_TTL_SECONDS"],
-                         ctx.ext.owner)
+                         ctx.ext.owner, chat.model.name)
     except billing.DB_ERRORS:
         # the hold may have committed before the link broke: release it once the database is back
         ctx.ext.journal.append({"op": "release", "rid": chat.request_id})

@@ -15,7 +15,8 @@ def first_schema() -> None:
     """The database as the first released schema made it: version 1's tables, without the columns,
     index and tables later steps add."""
     db.execute_sql("DROP INDEX IF EXISTS hold_owner")  # the first schema had none of migration 4's columns
-    for table, column, _ in (*migrations.V4_COLUMNS, ("api_key", "max_concurrent", ""), *migrations.V6_COLUMNS):
+    for table, column, _ in (*migrations.V4_COLUMNS, ("api_key", "max_concurrent", ""), *migrations.V6_COLUMNS,
+                             *migrations.V10_COLUMNS, *migrations.V12_COLUMNS):
         db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
     db.execute_sql("ALTER TABLE ai_model DROP COLUMN kind")
     for table, column, _ in migrations.v11_columns():
@@ -59,6 +60,10 @@ def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):
     assert {"owner"} <= {c.name for c in db.get_columns("hold")}
     assert {"cached_tokens", "prices"} <= {c.name for c in db.get_columns("ledgerentry")}
     assert db.table_exists("model_price") and db.table_exists("alert_outbox")
+    assert {"parent_id"} <= {c.name for c in db.get_columns("api_key")}
+    assert {"operator"} <= {c.name for c in db.get_columns("ledgerentry")}
+    assert {"key_id", "flash"} <= {c.name for c in db.get_columns("console_session")}
+    assert {"model", "created"} <= {c.name for c in db.get_columns("hold")}
 
 
 def _affinity(declared: str) -> str:
@@ -178,3 +183,15 @@ def test_migration_11_columns_match_a_fresh_database(app, db_url):
         db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
     migrations._v11_answer_cache_parallel()
     assert described() == fresh
+
+
+def test_console_sessions_from_before_they_knew_their_key_end_with_migration_12(make_app, db_url):
+    """A session opened before migration 10 does not say which key opened it (a key's session
+    would act as its whole account): migration 12 ends every session."""
+    import datetime as dt
+
+    make_app()
+    acct = Account.create(name="kay")
+    ConsoleSession.create(token_hash="h", account=acct, csrf="c", expires_at=dt.datetime(2999, 1, 1))
+    SchemaVersion.delete().where(SchemaVersion.version == 12).execute()
+    assert migrations.upgrade() == [12] and ConsoleSession.select().count() == 0
