@@ -164,15 +164,18 @@ def _call(chat, ext, conf, lease, answer):
         try:
             return answer(chat, ctx), 200, headers
         finally:
+            ctx.close()
             ext.slots.give_back(lease)
     try:
         events = relay.stream(chat, ctx)
     except BaseException:
+        ctx.close()
         ext.slots.give_back(lease)
         raise
     headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     response = Response(events, mimetype="text/event-stream", headers=headers)
     response.call_on_close(lambda: ext.slots.give_back(lease))  # however the stream ends
+    response.call_on_close(ctx.close)  # its deployment too
     return response
 
 

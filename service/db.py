@@ -65,6 +65,8 @@ class AIModel(Base):
     read_timeout = IntegerField(null=True)
     image_tokens = IntegerField(null=True)  # prompt tokens held per image part (None: IMAGE_TOKENS)
     kind = CharField(default="chat", constraints=[SQL("DEFAULT 'chat'")])  # chat | embedding
+    deployments = JSONField(null=True)  # SPEC §15: [{name, weight, priority, ...}] (service/deployments.py)
+    routing = CharField(null=True)  # weighted (None) | least_busy | latency
     updated = DateTimeField(default=utcnow)
 
     class Meta:
@@ -118,6 +120,7 @@ class LedgerEntry(Base):
     cache_write_1h_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
     reasoning_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])  # completion tokens spent thinking
     prices = JSONField(null=True)  # the unit prices applied, per class (micro-credits per 1k)
+    deployment = CharField(null=True)  # the model's deployment that answered (None: the row itself)
     created = DateTimeField(default=utcnow, index=True)
 
     @property
@@ -179,7 +182,7 @@ class AlertOutbox(Base):
     """A low-balance alert: written with the charge that crossed the threshold, delivered by
     webhook (retried with backoff) and kept as the delivery record."""
 
-    account = ForeignKeyField(Account, on_delete="CASCADE")
+    account = ForeignKeyField(Account, null=True, on_delete="CASCADE")  # None: not an account's alert
     kind = CharField(default="low_balance")
     request_id = CharField(null=True)
     balance = BigIntegerField()
@@ -190,6 +193,7 @@ class AlertOutbox(Base):
     delivered_at = DateTimeField(null=True)
     last_status = IntegerField(null=True)
     last_error = CharField(null=True)
+    detail = JSONField(null=True)  # what an alert that is not about a balance says (deployment_disabled)
 
     class Meta:
         table_name = "alert_outbox"
