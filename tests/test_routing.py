@@ -1,0 +1,259 @@
+"""One model, many deployments (SPEC §15): choice by weight, priority and affinity, health (429
+cool-downs, breakers, 401 disables), caps, the ledger's deployment and the admin view."""
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import json
+import threading
+import time
+
+import pytest
+from werkzeug import Response
+
+from service.db import AlertOutbox, LedgerEntry
+from tests.conftest import auth
+from tests.fakes import openai as fake_openai
+from tests.helpers import invariant, wait_for
+from tests.process import free_port
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+class Fleet:
+    """Fake deployments behind one fake provider: /<name>/v1/chat/completions each. `answer[name]`
+    says what a deployment answers (a status, or a function of the request); `calls[name]` lists
+    when each call came (monotonic)."""
+
+    def __init__(self, upstream, names):
+        self.upstream = upstream
+        self.calls = collections.defaultdict(list)
+        self.answer = {name: 200 for name in names}
+        self.lock = threading.Lock()
+        for name in names:
+            upstream.expect_request(f"/{name}/v1/chat/completions").respond_with_handler(self._handler(name))
+
+    def _handler(self, name):
+        def handle(request):
+            with self.lock:
+                self.calls[name].append(time.monotonic())
+            answer = self.answer[name]
+            if callable(answer):
+                return answer(request)
+            if answer == 200:
+                return Response(json.dumps(fake_openai.completion("ok", 10, 5)), content_type="application/json")
+            headers = {"Retry-After": "2"} if answer == 429 else {}
+            return Response(json.dumps({"error": {"message": f"status {answer}"}}), status=answer,
+                            headers=headers, content_type="application/json")
+        return handle
+
+    def base(self, name: str) -> str:
+        return self.upstream.url_for(f"/{name}/v1")
+
+    def counts(self) -> dict:
+        return {name: len(self.calls[name]) for name in self.answer}
+
+
+def add_pool(add_model, fleet: Fleet, deployments: list[dict], **row) -> dict:
+    """Model `pool` (id 60, 1 credit per 1k tokens) served by the given deployments."""
+    for d in deployments:
+        d.setdefault("base_url", fleet.base(d["name"]))
+    return add_model(id=60, name="pool", api="openai", base_url=fleet.base(deployments[0]["name"]),
+                     cost_per_1k_tokens="1", max_output_tokens=64, deployments=deployments, **row)
+
+
+def call(client, name: str = "alice", **body):
+    return client.post("/api/v1/chat/completions", headers=auth(name),
+                       json={"model": "pool", "messages": HI, **body})
+
+
+def view(client, admin_headers) -> dict:
+    r = client.get("/api/admin/models/60/deployments", headers=admin_headers)
+    assert r.status_code == 200, r.json
+    return {d["name"]: d for d in r.json["data"]}
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_weights_one_to_three_over_2000_calls(client, upstream, add_model, topup):
+    fleet = Fleet(upstream, ["a", "b"])
+    add_pool(add_model, fleet, [{"name": "a", "weight": 1}, {"name": "b", "weight": 3}])
+    topup("alice", 1000)
+    for _ in range(2000):
+        assert call(client).status_code == 200
+    share = fleet.counts()["a"] / 2000
+    assert 0.22 <= share <= 0.28, share
+    invariant("alice")
+    assert LedgerEntry.select().where(LedgerEntry.deployment == "a").count() == fleet.counts()["a"]
+    assert LedgerEntry.select().where(LedgerEntry.deployment == "b").count() == fleet.counts()["b"]
+
+
+def test_dead_priority_zero_costs_no_client_a_failed_call(make_app, upstream, admin_headers):
+    app = make_app(BREAKER_THRESHOLD=3, BREAKER_COOLDOWN=60)
+    client = app.test_client()
+    fleet = Fleet(upstream, ["backup"])
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    add_pool(lambda **row: client.post("/api/admin/models", json=row, headers=admin_headers).json, fleet,
+             [{"name": "primary", "base_url": dead}, {"name": "backup", "priority": 1}])
+    client.post("/api/admin/accounts/alice/credits", json={"amount": 10}, headers=admin_headers)
+    answers = [call(client) for _ in range(20)]
+    assert [r.status_code for r in answers] == [200] * 20
+    assert fleet.counts()["backup"] == 20
+    state = view(client, admin_headers)
+    assert state["primary"]["state"] == "open" and state["primary"]["errors"] == 3  # then left out
+    assert state["backup"]["state"] == "ok" and state["backup"]["requests"] == 20
+    assert {e.deployment for e in LedgerEntry.select().where(LedgerEntry.kind == "charge")} == {"backup"}
+    invariant("alice")
+
+
+@pytest.mark.parametrize("store", ["redis", "memory"], indirect=True)
+def test_a_429_keeps_its_deployment_out_for_its_retry_after(make_app, store, upstream, admin_headers):
+    app = make_app(REDIS_URL=store)
+    client = app.test_client()
+    fleet = Fleet(upstream, ["first", "second"])
+    add_pool(lambda **row: client.post("/api/admin/models", json=row, headers=admin_headers).json, fleet,
+             [{"name": "first"}, {"name": "second", "priority": 1}])
+    client.post("/api/admin/accounts/alice/credits", json={"amount": 100}, headers=admin_headers)
+    fleet.answer["first"] = lambda request: (fleet.answer.update(first=200),
+                                             Response("{}", status=429, headers={"Retry-After": "2"}))[1]
+    assert call(client).status_code == 200  # moved on to `second` before any byte reached the client
+    refused_at = fleet.calls["first"][0]
+    assert view(client, admin_headers)["first"]["state"] == "cooling"
+    served = 1
+    deadline = refused_at + 6
+    while len(fleet.calls["first"]) < 2:  # the clock: calls keep coming until `first` is back
+        assert time.monotonic() < deadline, "the cool-down did not end"
+        assert call(client).status_code == 200
+        served += 1
+    back = fleet.calls["first"][1] - refused_at
+    assert 2.0 - 0.05 <= back < 3.0, back
+    assert fleet.counts()["second"] == served - 1  # every call while `first` cooled; the last is first's
+    invariant("alice")
+
+
+def test_a_401_disables_its_deployment_after_one_call_and_alerts_once(make_app, upstream, admin_headers):
+    hooks = []
+    upstream.expect_request("/hook").respond_with_handler(
+        lambda request: (hooks.append((request.get_data(), request.headers)), Response("ok"))[1])
+    app = make_app(ALERT_WEBHOOK_URL=upstream.url_for("/hook"), ALERT_WEBHOOK_SECRET="s3cret",
+                   ALERT_POLL_SECONDS=0)
+    client = app.test_client()
+    fleet = Fleet(upstream, ["revoked", "spare"])
+    add_pool(lambda **row: client.post("/api/admin/models", json=row, headers=admin_headers).json, fleet,
+             [{"name": "revoked"}, {"name": "spare", "priority": 1}])
+    client.post("/api/admin/accounts/alice/credits", json={"amount": 100}, headers=admin_headers)
+    fleet.answer["revoked"] = 401
+    assert [call(client).status_code for _ in range(10)] == [200] * 10
+    assert fleet.counts() == {"revoked": 1, "spare": 10}
+    assert view(client, admin_headers)["revoked"]["state"] == "disabled"
+    assert client.get("/api/admin/models/60", headers=admin_headers).json["deployments"][0]["enabled"] is False
+    alerts = list(AlertOutbox.select())
+    assert [(a.kind, a.detail["deployment"], a.detail["status"]) for a in alerts] == [
+        ("deployment_disabled", "revoked", 401)]
+    assert app.extensions["tollgate_alerts"].run_once() == 1
+    body, headers = hooks[0]
+    assert json.loads(body)["type"] == "deployment_disabled" and json.loads(body)["model"] == "pool"
+    assert headers["X-Tollgate-Signature"] == "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    # an operator fixes the key and enables it again
+    fleet.answer["revoked"] = 200
+    r = client.patch("/api/admin/models/60/deployments/revoked", json={"enabled": True}, headers=admin_headers)
+    assert r.status_code == 200 and r.json["state"] == "ok"
+    assert call(client).status_code == 200 and fleet.counts()["revoked"] == 2
+    assert AlertOutbox.select().count() == 1
+    invariant("alice")
+
+
+def test_affinity_holds_for_one_key_and_spreads_over_many(client, upstream, add_model, topup):
+    names = ["d1", "d2", "d3", "d4"]
+    fleet = Fleet(upstream, names)
+    add_pool(add_model, fleet, [{"name": n} for n in names])
+    topup("alice", 100)
+    for _ in range(100):
+        assert call(client, prompt_cache_key="conversation-1").status_code == 200
+    assert sorted(fleet.counts().values()) == [0, 0, 0, 100]
+    before = fleet.counts()
+    for i in range(200):
+        assert call(client, user=f"user-{i}").status_code == 200
+    spread = {n: fleet.counts()[n] - before[n] for n in names}
+    assert all(20 <= v <= 80 for v in spread.values()), spread  # 50 each on average
+
+
+def test_rpm_cap_refuses_with_capacity_exceeded(client, upstream, add_model, topup):
+    fleet = Fleet(upstream, ["a", "b"])
+    add_pool(add_model, fleet, [{"name": "a", "rpm": 2}, {"name": "b", "rpm": 1}])
+    topup("alice", 100)
+    assert [call(client).status_code for _ in range(3)] == [200] * 3
+    refused = call(client)
+    assert refused.status_code == 429 and refused.json["error"]["code"] == "capacity_exceeded"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert fleet.counts() == {"a": 2, "b": 1}
+    invariant("alice")
+
+
+def test_tpm_cap_counts_the_tokens_of_finished_calls(client, upstream, add_model, topup):
+    fleet = Fleet(upstream, ["only"])
+    add_pool(add_model, fleet, [{"name": "only", "tpm": 30}])  # each call: 15 tokens
+    topup("alice", 100)
+    assert [call(client).status_code for _ in range(2)] == [200, 200]
+    refused = call(client)
+    assert refused.status_code == 429 and refused.json["error"]["code"] == "capacity_exceeded"
+
+
+def test_deployments_are_validated_like_every_field(client, admin_headers, add_model):
+    bad = [([{"weight": 1}], "deployments[0].name"), ([{"name": "a"}, {"name": "a"}], "deployments[1].name"),
+           ([{"name": "a", "weight": 0}], "deployments[0].weight"), ([{"name": "a", "api": "x"}], "deployments[0].api"),
+           ([{"name": "a", "colour": 1}], "deployments[0].colour"), ("east", "deployments")]
+    for deployments, param in bad:
+        r = client.post("/api/admin/models", headers=admin_headers, json={
+            "name": "p", "api": "openai", "deployments": deployments})
+        assert r.status_code == 400 and r.json["error"]["param"] == param, (deployments, r.json)
+    r = client.post("/api/admin/models", headers=admin_headers, json={"name": "p", "api": "openai", "routing": "fastest"})
+    assert r.status_code == 400 and r.json["error"]["param"] == "routing"
+    row = add_model(name="p", api="openai", routing="least_busy", deployments=[{"name": "east", "weight": 2}])
+    assert row["routing"] == "least_busy" and row["deployments"] == [{"name": "east", "weight": 2}]
+    r = client.patch(f"/api/admin/models/{row['id']}", headers=admin_headers, json={
+        "deployments": [{"name": "east"}, {"name": "west", "base_url": "http://127.0.0.1:1/v1"}]})
+    assert r.status_code == 200 and [d["name"] for d in r.json["deployments"]] == ["east", "west"]
+    assert client.get("/api/admin/models/999/deployments", headers=admin_headers).status_code == 404
+    r = client.patch(f"/api/admin/models/{row['id']}/deployments/nowhere", json={"enabled": False}, headers=admin_headers)
+    assert r.status_code == 404
+
+
+def test_seed_file_takes_deployments(app, tmp_path):
+    path = tmp_path / "models.toml"
+    path.write_text('''
+[[models]]
+id = 60
+name = "pool"
+api = "openai"
+upstream_model = "gpt-4o-mini"
+cost_per_1k_tokens = "0.01"
+routing = "latency"
+[[models.deployments]]
+name = "east"
+base_url = "https://east.example/v1"
+[[models.deployments]]
+name = "west"
+base_url = "https://west.example/v1"
+api_key_env = "OPENAI_WEST_API_KEY"
+weight = 3
+max_concurrent = 4
+''')
+    result = app.test_cli_runner().invoke(args=["seed-models", "--file", str(path)])
+    assert result.exit_code == 0, result.output
+    from service.db import AIModel
+
+    row = AIModel.get_by_id(60)
+    assert row.routing == "latency" and [d["name"] for d in row.deployments] == ["east", "west"]
+    assert row.deployments[1] == {"name": "west", "base_url": "https://west.example/v1",
+                                  "api_key_env": "OPENAI_WEST_API_KEY", "weight": 3, "max_concurrent": 4}
+    path.write_text(path.read_text().replace("weight = 3", "weight = 0"))
+    result = app.test_cli_runner().invoke(args=["seed-models", "--file", str(path)])
+    assert result.exit_code != 0 and "deployments[1].weight" in result.output
+
+
+def test_a_model_without_deployments_routes_as_before(gateway, upstream):
+    upstream.expect_request("/v1/chat/completions").respond_with_json(fake_openai.completion("ok", 10, 5))
+    r = gateway.post("/api/v1/chat/completions", headers=auth(), json={"model": "m-openai", "messages": HI})
+    assert r.status_code == 200
+    assert LedgerEntry.get(LedgerEntry.kind == "charge").deployment is None
