@@ -257,3 +257,110 @@ def test_a_model_without_deployments_routes_as_before(gateway, upstream):
     r = gateway.post("/api/v1/chat/completions", headers=auth(), json={"model": "m-openai", "messages": HI})
     assert r.status_code == 200
     assert LedgerEntry.get(LedgerEntry.kind == "charge").deployment is None
+
+
+def hanging_fleet(upstream, names) -> tuple[Fleet, threading.Event]:
+    """A Fleet whose answers wait until the event is set."""
+    fleet = Fleet(upstream, names)
+    release = threading.Event()
+
+    def hang(request):
+        release.wait(30)
+        return Response(json.dumps(fake_openai.completion("ok", 10, 5)), content_type="application/json")
+
+    for name in names:
+        fleet.answer[name] = hang
+    return fleet, release
+
+
+def post(url: str, name: str = "alice"):
+    import requests
+
+    try:
+        return requests.post(f"{url}/api/v1/chat/completions", timeout=30, headers=auth(name),
+                             json={"model": "pool", "messages": HI})
+    except requests.ConnectionError:  # its gateway was killed under it
+        return None
+
+
+def in_flight(url: str) -> int:
+    import requests
+
+    r = requests.get(f"{url}/api/admin/models/60/deployments", headers=auth("root", True), timeout=10)
+    return sum(d["in_flight"] for d in r.json()["data"])
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_caps_hold_across_two_processes_and_a_killed_ones_calls_expire(make_app, db_url, tmp_path, upstream,
+                                                                       redis_url, admin_headers):
+    import signal
+
+    from tests.conftest import SECRET
+    from tests.process import Gateway
+
+    client = make_app().test_client()
+    fleet, release = hanging_fleet(upstream, ["a", "b"])
+    add_pool(lambda **row: client.post("/api/admin/models", json=row, headers=admin_headers).json, fleet,
+             [{"name": "a", "max_concurrent": 2}, {"name": "b", "max_concurrent": 1}])
+    client.post("/api/admin/accounts/alice/credits", json={"amount": 100}, headers=admin_headers)
+    env = {"DATABASE_URL": db_url, "JWT_SECRET_KEY": SECRET, "DATA_DIR": str(tmp_path), "REDIS_URL": redis_url,
+           "CONCURRENCY_LEASE_SECONDS": "2", "HOLD_TTL_SECONDS": "3", "HOLD_REAP_INTERVAL_SECONDS": "1",
+           "RATE_LIMIT_DEFAULT": "100000/minute"}
+    one, two = Gateway(env, tmp_path / "one.log"), Gateway(env, tmp_path / "two.log")
+    try:
+        for gw in (one, one, two):
+            threading.Thread(target=post, args=(gw.url,), daemon=True).start()
+        wait_for(lambda: sum(fleet.counts().values()) == 3, timeout=15)
+        for gw in (one, two):  # three in flight across the two: every deployment is at its cap
+            refused = post(gw.url)
+            assert refused.status_code == 429 and refused.json()["error"]["code"] == "capacity_exceeded"
+            assert int(refused.headers["Retry-After"]) >= 1
+        assert fleet.counts() == {"a": 2, "b": 1} and in_flight(two.url) == 3
+        one.signal(signal.SIGKILL)  # its two calls stop counting when their leases end
+        one.proc.wait(5)
+        killed = time.monotonic()
+        wait_for(lambda: in_flight(two.url) == 1, timeout=15)
+        assert time.monotonic() - killed < 2 + 3
+        threading.Thread(target=post, args=(two.url,), daemon=True).start()
+        wait_for(lambda: sum(fleet.counts().values()) == 4, timeout=15)
+    finally:
+        release.set()
+        one.stop()
+        two.stop()
+
+
+def test_least_busy_goes_where_fewest_calls_are_in_flight(make_app, upstream, redis_url, admin_headers,
+                                                         live_factory):
+    app = make_app(REDIS_URL=redis_url)
+    client = app.test_client()
+    fleet, release = hanging_fleet(upstream, ["x", "y", "z"])
+    add_pool(lambda **row: client.post("/api/admin/models", json=row, headers=admin_headers).json, fleet,
+             [{"name": "x", "weight": 100}, {"name": "y"}, {"name": "z"}], routing="least_busy")
+    client.post("/api/admin/accounts/alice/credits", json={"amount": 100}, headers=admin_headers)
+    live = live_factory(app)
+    try:
+        for n in range(1, 4):
+            threading.Thread(target=post, args=(live.url,), daemon=True).start()
+            wait_for(lambda: sum(fleet.counts().values()) == n, timeout=10)
+        assert fleet.counts() == {"x": 1, "y": 1, "z": 1}  # weight 100 notwithstanding
+    finally:
+        release.set()
+
+
+def test_a_stream_names_its_deployment_and_times_its_first_token(client, upstream, add_model, topup,
+                                                                  admin_headers):
+    fleet = Fleet(upstream, ["s"])
+    body = (fake_openai.chunk({"role": "assistant", "content": ""}) + fake_openai.chunk({"content": "hi"})
+            + fake_openai.chunk({}, finish="stop") + fake_openai.chunk(
+                {}, usage={"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}, choices=False)
+            + b"data: [DONE]\n\n")
+    fleet.answer["s"] = lambda request: Response(body, content_type="text/event-stream")
+    add_pool(add_model, fleet, [{"name": "s"}])
+    topup("alice", 10)
+    r = call(client, stream=True)
+    assert r.status_code == 200 and b"[DONE]" in r.data
+    r.close()
+    assert LedgerEntry.get(LedgerEntry.kind == "charge").deployment == "s"
+    state = view(client, admin_headers)["s"]
+    assert state["requests"] == 1 and state["in_flight"] == 0 and state["p50_ttft_ms"] is not None
+    invariant("alice")
