@@ -44,6 +44,9 @@ seed-models: install
 services:
 	@scripts/services.sh
 
+# the cluster scripts/services.sh starts (tests/test_cluster.py)
+export REDIS_CLUSTER_URL_TEST ?= redis+cluster://127.0.0.1:7001
+
 # the local model is stopped afterwards when this run started it
 test: install-test services
 	@started=0; scripts/local_model.sh running || started=1; \

@@ -181,8 +181,9 @@ def _call(chat, ext, conf, lease, answer):
 
 def caps(account, key, conf) -> list[Cap]:
     """The caller's caps on calls in flight: its account's, and its API key's."""
-    found = [Cap(f"acct:{account.name}", conf["MAX_CONCURRENT_PER_ACCOUNT"], f"account {account.name}")]
+    tag = f"{{acct:{account.name}}}"  # one script takes them all: one Redis Cluster slot
+    found = [Cap(tag, conf["MAX_CONCURRENT_PER_ACCOUNT"], f"account {account.name}")]
     if key is not None:
         limit = key.max_concurrent or conf["MAX_CONCURRENT_PER_KEY"]
-        found.append(Cap(f"key:{key.id}", limit, f"API key {key.prefix}… (id {key.id})"))
+        found.append(Cap(f"{tag}:key:{key.id}", limit, f"API key {key.prefix}… (id {key.id})"))
     return found

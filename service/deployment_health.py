@@ -30,6 +30,7 @@ from prometheus_client import Counter, Histogram
 
 from core.errors import RateLimited
 from service.metrics import BUCKETS
+from service.slots import RENEW
 
 log = logging.getLogger("tollgate")
 KEEP = 100  # latencies kept per deployment for its p50
@@ -146,6 +147,7 @@ class Fleet:
         self._off: dict[tuple, float] = {}  # (model id, name) -> when this process disabled it
         client = cache.client
         self._take = client.register_script(TAKE) if client is not None else None
+        self._renew = client.register_script(RENEW) if client is not None else None
 
     def local(self, model_id: int, name: str) -> _Local:
         key = (model_id, name)
@@ -289,22 +291,17 @@ class Fleet:
         self.cache.call(send)
 
     def renew(self) -> None:
-        """Extend the leases of this process's calls in flight (the maintenance tick)."""
+        """Extend the leases of this process's calls in flight (the maintenance tick): one script
+        per model (its keys share a slot), the leases ending by Redis's clock."""
         with self._lock:
             picks = list(self._open.values())
-        if not picks:
-            return
-
-        def send(r):
-            pipe = r.pipeline(transaction=False)
-            end = time.time() + self.lease_seconds  # the lease ends by Redis's clock: hosts agree
-            for pick in picks:
-                k = keys(pick.model_id, pick.deployment.name)["live"]
-                pipe.zadd(k, {pick.rid: end}, xx=True)
-                pipe.expire(k, math.ceil(self.lease_seconds) + 60)
-            return pipe.execute()
-
-        self.cache.call(send)
+        groups: dict = {}
+        for pick in picks:
+            keys_, rids = groups.setdefault(pick.model_id, ([], []))
+            keys_.append(keys(pick.model_id, pick.deployment.name)["live"])
+            rids.append(pick.rid)
+        for keys_, rids in groups.values():
+            self.cache.call(lambda r: self._renew(keys=keys_, args=[self.lease_seconds, *rids], client=r))
 
     # -- health -------------------------------------------------------------------------------
 
