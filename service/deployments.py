@@ -11,6 +11,7 @@ service/deployment_health.py, which sees the calls in flight of every process).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 import re
@@ -136,6 +137,21 @@ def affinity_key(chat) -> str | None:
         if isinstance(value, str) and value:
             return value
     return getattr(chat, "affinity", None)
+
+
+def conversation_key(history: list) -> str | None:
+    """A Responses conversation's affinity key: its first message, the same on every turn."""
+    if not history:
+        return None
+    first = json.dumps(history[0], sort_keys=True, ensure_ascii=False).encode()
+    return "conversation:" + hashlib.blake2b(first, digest_size=16).hexdigest()
+
+
+def anthropic_user(body: dict) -> str | None:
+    """An Anthropic Messages request's `metadata.user_id` (its affinity key)."""
+    meta = body.get("metadata")
+    user = meta.get("user_id") if isinstance(meta, dict) else None
+    return user if isinstance(user, str) and user else None
 
 
 def validate(raws, where: str, fail, apis: tuple, env_name) -> list[dict] | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, g, request
 
 from frontdoors import anthropic
-from service import chat
+from service import chat, deployments
 from service.auth import authenticate
 from service.body import json_object
 
@@ -27,7 +27,9 @@ def prepare() -> None:
     anthropic_auth()
     authenticate()
     counting = request.path.endswith("/count_tokens")
-    chat.prepare_body(anthropic.to_chat(json_object(), counting))
+    body = json_object()
+    chat.prepare_body(anthropic.to_chat(body, counting))
+    g.chat.affinity = deployments.anthropic_user(body)  # keeps a user's calls on one deployment
 
 
 @bp.post("/v1/messages")

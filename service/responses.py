@@ -7,7 +7,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, g, request
 
 from frontdoors import responses as door
-from service import chat
+from service import chat, deployments
 from service.auth import authenticate
 from service.body import json_object
 from service.db import StoredResponse, give_back
@@ -40,6 +40,7 @@ def prepare() -> None:
         history = _stored(body["previous_response_id"]).conversation
     chat_body, g.conversation = door.to_chat(body, history)
     chat.prepare_body(chat_body)
+    g.chat.affinity = deployments.conversation_key(history)  # a conversation stays on one deployment
     g.response_meta = door.Meta(body, g.chat.model.name)
 
 

@@ -364,3 +364,38 @@ def test_a_stream_names_its_deployment_and_times_its_first_token(client, upstrea
     state = view(client, admin_headers)["s"]
     assert state["requests"] == 1 and state["in_flight"] == 0 and state["p50_ttft_ms"] is not None
     invariant("alice")
+
+
+def test_messages_and_responses_keep_their_affinity(client, upstream, add_model, topup):
+    names = ["d1", "d2", "d3", "d4"]
+    fleet = Fleet(upstream, names)
+    add_pool(add_model, fleet, [{"name": n} for n in names])
+    topup("alice", 100)
+    for _ in range(20):
+        r = client.post("/v1/messages", headers=auth(), json={
+            "model": "pool", "max_tokens": 16, "messages": HI, "metadata": {"user_id": "claude-user-7"}})
+        assert r.status_code == 200, r.json
+    assert sorted(fleet.counts().values()) == [0, 0, 0, 20]
+    before = fleet.counts()
+    first = client.post("/v1/responses", headers=auth(), json={"model": "pool", "input": "a long conversation"})
+    assert first.status_code == 200, first.json
+    previous = first.json["id"]
+    for _ in range(10):  # every turn continues the same conversation: one deployment serves them all
+        r = client.post("/v1/responses", headers=auth(), json={
+            "model": "pool", "input": "and then?", "previous_response_id": previous})
+        assert r.status_code == 200, r.json
+        previous = r.json["id"]
+    turns = {n: fleet.counts()[n] - before[n] for n in names}
+    assert sum(turns.values()) == 11 and max(turns.values()) >= 10, turns
+
+
+def test_metrics_count_each_deployments_calls(client, upstream, add_model, topup):
+    fleet = Fleet(upstream, ["m1", "m2"])
+    add_pool(add_model, fleet, [{"name": "m1"}, {"name": "m2", "priority": 1}])
+    topup("alice", 10)
+    fleet.answer["m1"] = 429
+    assert call(client).status_code == 200
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'tollgate_deployment_calls_total{deployment="m1",model="pool",outcome="error"}' in text
+    assert 'tollgate_deployment_calls_total{deployment="m2",model="pool",outcome="ok"}' in text
+    assert 'tollgate_deployment_cooldowns_total{deployment="m1",model="pool"}' in text
