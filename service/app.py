@@ -82,8 +82,10 @@ def keep_money(ext: Tollgate, ttl: int) -> None:
     """One maintenance tick: apply journalled settles (the database is back), extend the holds of
     this process's calls in flight, release holds whose process is gone (expired)."""
     ext.slots.renew()
-    ext.fleet.renew()
-    ext.fleet.forget_stale()
+    fleet = getattr(ext, "fleet", None)  # None until create_app has made it
+    if fleet is not None:
+        fleet.renew()
+        fleet.forget_stale()
     ext.journal.replay(billing.apply_journalled)
     billing.extend(ext.owner, ttl)
     idempotency.extend(ext.owner, ttl)
