@@ -24,6 +24,7 @@ CAPS = ("rpm", "tpm", "max_concurrent")  # the deployment's own, across every ac
 FIELDS = {"name", "weight", "priority", "enabled", *TRANSPORT, *CAPS}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 INT_MAX = 2 ** 31 - 1
+EXPLORE = 0.05  # `latency`: this share of calls goes by weight, so a slow deployment is measured again
 
 
 @dataclass
@@ -112,13 +113,14 @@ def order(deps: list[Deployment], routing: str, affinity: str | None, latency=No
     """The deployments in the order a call tries them: by priority; within one, rendezvous by
     weight for an affinity key, else a weighted random permutation (the first is each one's
     weight over the sum), or the lowest recent latency first (`latency(name)`, None unknown:
-    tried first, so it is measured)."""
+    tried first, so it is measured; EXPLORE of the calls go by weight, so that a deployment that
+    was slow once is measured again)."""
     rng = rng or random
     if affinity is not None:
         # weighted rendezvous hashing: the highest -w / ln(u) wins, stable for a key while the set
         # of deployments is, and moving only the keys of a deployment that leaves
         score = {d.name: -d.weight / math.log(_unit(affinity, d.name)) for d in deps}
-    elif routing == "latency" and latency is not None:
+    elif routing == "latency" and latency is not None and rng.random() >= EXPLORE:
         score = {}
         for d in deps:
             seen = latency(d.name)

@@ -399,3 +399,18 @@ def test_metrics_count_each_deployments_calls(client, upstream, add_model, topup
     assert 'tollgate_deployment_calls_total{deployment="m1",model="pool",outcome="error"}' in text
     assert 'tollgate_deployment_calls_total{deployment="m2",model="pool",outcome="ok"}' in text
     assert 'tollgate_deployment_cooldowns_total{deployment="m1",model="pool"}' in text
+
+
+def test_latency_routing_prefers_the_faster_deployment(client, upstream, add_model, topup):
+    fleet = Fleet(upstream, ["slow", "fast"])
+
+    def slow(request):
+        time.sleep(0.05)  # the fake provider's own latency, not a wait in the test
+        return Response(json.dumps(fake_openai.completion("ok", 10, 5)), content_type="application/json")
+
+    fleet.answer["slow"] = slow
+    add_pool(add_model, fleet, [{"name": "slow"}, {"name": "fast"}], routing="latency")
+    topup("alice", 100)
+    for _ in range(40):
+        assert call(client).status_code == 200
+    assert fleet.counts()["slow"] <= 8  # measured first (unknown), then only by the 5% that explore
