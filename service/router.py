@@ -30,6 +30,10 @@ def check(chat, make_call) -> None:
     chat.model = deployments.primary(row)
     try:
         make_call(chat)
+    except ProviderUnavailable:
+        if deployments.of(row) is None:
+            raise  # a row without deployments has nowhere else to go
+        # a deployment this host has no key for is skipped when the call is routed
     finally:
         chat.model = row
 

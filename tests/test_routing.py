@@ -414,3 +414,16 @@ def test_latency_routing_prefers_the_faster_deployment(client, upstream, add_mod
     for _ in range(40):
         assert call(client).status_code == 200
     assert fleet.counts()["slow"] <= 8  # measured first (unknown), then only by the 5% that explore
+
+
+def test_a_deployment_without_its_key_on_this_gateway_is_skipped(make_app, upstream, admin_headers):
+    app = make_app(PROVIDER_KEYS={"SECOND_API_KEY": "k2"})
+    client = app.test_client()
+    fleet = Fleet(upstream, ["keyless", "keyed"])
+    add_pool(lambda **row: client.post("/api/admin/models", json=row, headers=admin_headers).json, fleet,
+             [{"name": "keyless", "api_key_env": "FIRST_API_KEY"},
+              {"name": "keyed", "api_key_env": "SECOND_API_KEY", "priority": 1}])
+    client.post("/api/admin/accounts/alice/credits", json={"amount": 10}, headers=admin_headers)
+    assert [call(client).status_code for _ in range(3)] == [200] * 3
+    assert fleet.counts() == {"keyless": 0, "keyed": 3}
+    assert view(client, admin_headers)["keyless"]["errors"] == 3
