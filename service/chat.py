@@ -158,7 +158,8 @@ def _call(chat, ext, conf, lease, answer):
     name = g.account.name
     record = observe.outcome()
     record.update(request_id=chat.request_id, model=chat.model.name)
-    ctx = relay.Context(g.account.id, ext, conf, lambda tokens: ext.budget.spend(name, tokens, lease), record)
+    ctx = relay.Context(g.account.id, ext, conf, lambda tokens: ext.budget.spend(name, tokens, lease), record,
+                        lease=lease)
     headers = {"X-Request-ID": chat.request_id}
     if not chat.stream:
         try:

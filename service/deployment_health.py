@@ -26,6 +26,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+import redis
 from prometheus_client import Counter, Histogram
 
 from core.errors import RateLimited
@@ -148,6 +149,7 @@ class Fleet:
         client = cache.client
         self._take = client.register_script(TAKE) if client is not None else None
         self._renew = client.register_script(RENEW) if client is not None else None
+        self.cluster = isinstance(client, redis.RedisCluster)
 
     def local(self, model_id: int, name: str) -> _Local:
         key = (model_id, name)
@@ -243,8 +245,9 @@ class Fleet:
         return 0, wait, capped
 
     def done(self, pick: Pick, ok: bool = True, latency: float | None = None, ttft: float | None = None,
-             tokens: int = 0) -> None:
-        """The call on `pick` ended: its lease back, the call counted (once)."""
+             tokens: int = 0, lease=None) -> None:
+        """The call on `pick` ended: its lease back, the call counted (once); with the call's
+        admission `lease` still out, in the round trip that gives that back."""
         if pick is None or pick.done:
             return
         pick.done = True
@@ -270,8 +273,7 @@ class Fleet:
                 return
         k = keys(pick.model_id, dep.name)
 
-        def send(r):
-            pipe = r.pipeline(transaction=False)
+        def send(pipe) -> None:
             pipe.zrem(k["live"], pick.rid)
             pipe.hincrby(k["stats"], "requests", 1)
             if not ok:
@@ -286,9 +288,13 @@ class Fleet:
                 pipe.hincrby(k["tpm"], str(minute), tokens)
                 pipe.hdel(k["tpm"], str(minute - 2))
                 pipe.expire(k["tpm"], 2 * MINUTE)
-            return pipe.execute()
 
-        self.cache.call(send)
+        if lease is not None and lease.remote and not lease.returned and not self.cluster:
+            # in the round trip that gives the call's slots back (service/slots.py): no trip of its own
+            # (on a cluster that trip is one slot's transaction, and these keys lie in another)
+            lease.then.append((send, lambda: None))  # Redis gone: the lease ends on its own
+            return
+        self.cache.call(lambda r: _run(r, send))
 
     def renew(self) -> None:
         """Extend the leases of this process's calls in flight (the maintenance tick): one script
@@ -394,6 +400,12 @@ class Fleet:
             out.append((inflight, {k.decode(): v for k, v in stats.items()}, [float(x) for x in lat],
                         [float(x) for x in ttft], max(0, cool)))
         return out
+
+
+def _run(client, send) -> list:
+    pipe = client.pipeline(transaction=False)
+    send(pipe)
+    return pipe.execute()
 
 
 class Cooling:

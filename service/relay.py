@@ -37,6 +37,7 @@ class Context:
     held: int = 0  # what this call's hold reserved: no charge goes beyond it
     prices: dict = field(default_factory=dict)  # catalogue row id -> prices per class at `begun`
     pick: object = None  # the deployment taken (service/deployment_health.py), given back once
+    lease: object = None  # the call's admission lease (service/slots.py): the pick goes back with it
 
     def prices_of(self, row) -> dict:
         if row.id not in self.prices:
@@ -48,7 +49,7 @@ class Context:
             self.meter(tokens.prompt + tokens.completion)
         if self.pick is not None:
             self.ext.fleet.done(self.pick, True, self.pick.latency, self.record.get("ttft_seconds"),
-                                tokens.prompt + tokens.completion)
+                                tokens.prompt + tokens.completion, self.lease)
         self.record.update(model=chat.model.name, prompt_tokens=tokens.prompt,
                            completion_tokens=tokens.completion, cost=billing.to_credits(charge),
                            cost_micro=charge, estimated=estimated)
@@ -88,7 +89,7 @@ class Context:
     def close(self, ok: bool = True) -> None:
         """The call is over: its deployment given back (once; a stream closed unread ends here)."""
         if self.pick is not None:
-            self.ext.fleet.done(self.pick, ok)
+            self.ext.fleet.done(self.pick, ok, lease=self.lease)
 
 
 @dataclass

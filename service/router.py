@@ -68,7 +68,7 @@ def first_answer(chat, row, ctx, make_call, attempt):
             call.retries = 0 if len(usable) > 1 else None  # another deployment beats a retry here
             result = attempt(call)
         except GatewayError as err:
-            fleet.done(pick, ok=False, latency=time.perf_counter() - started)
+            fleet.done(pick, ok=False, latency=time.perf_counter() - started)  # out of flight now
             last = err
             if not _moves_on(err, row, dep, ctx):
                 raise

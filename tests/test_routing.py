@@ -427,3 +427,26 @@ def test_a_deployment_without_its_key_on_this_gateway_is_skipped(make_app, upstr
     assert [call(client).status_code for _ in range(3)] == [200] * 3
     assert fleet.counts() == {"keyless": 0, "keyed": 3}
     assert view(client, admin_headers)["keyless"]["errors"] == 3
+
+
+def test_deployments_cost_a_call_one_redis_round_trip(make_app, redis_proxy, upstream, admin_headers, monkeypatch):
+    import service.chat
+
+    monkeypatch.setattr(service.chat, "CHAT_MAX_AGE", 3600)  # no catalogue version check among the trips
+    app = make_app(REDIS_URL=redis_proxy.url)
+    client = app.test_client()
+    fleet = Fleet(upstream, ["a", "b", "c"])
+    add_pool(lambda **row: client.post("/api/admin/models", json=row, headers=admin_headers).json, fleet,
+             [{"name": "a"}, {"name": "b"}, {"name": "c"}])
+    client.post("/api/admin/models", headers=admin_headers, json={
+        "id": 61, "name": "single", "api": "openai", "base_url": fleet.base("a"), "cost_per_1k_tokens": "1"})
+    client.post("/api/admin/accounts/alice/credits", json={"amount": 10}, headers=admin_headers)
+
+    def trips(model: str) -> int:
+        assert call(client, model=model).status_code == 200  # warm: catalogue cached, scripts loaded
+        before = redis_proxy.reads
+        assert call(client, model=model).status_code == 200
+        return redis_proxy.reads - before
+
+    # the deployment is taken by one script; given back in the round trip that gives the slots back
+    assert trips("pool") == trips("single") + 1
