@@ -450,3 +450,45 @@ def test_deployments_cost_a_call_one_redis_round_trip(make_app, redis_proxy, ups
 
     # the deployment is taken by one script; given back in the round trip that gives the slots back
     assert trips("pool") == trips("single") + 1
+
+
+def test_a_model_is_ready_while_one_of_its_deployments_is(client, upstream, add_model, admin_headers):
+    fleet = Fleet(upstream, ["up"])
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    add_pool(add_model, fleet, [{"name": "down", "base_url": dead}, {"name": "up"}])
+    assert client.get("/v1/models/pool", headers=auth()).json["ready"] is True
+    client.patch("/api/admin/models/60/deployments/up", json={"enabled": False}, headers=admin_headers)
+    assert client.get("/v1/models/pool", headers=auth()).json["ready"] is False
+
+
+def test_concurrent_401s_disable_once_and_alert_once(make_app, upstream, admin_headers, live_factory):
+    import requests
+
+    app = make_app()
+    client = app.test_client()
+    fleet = Fleet(upstream, ["revoked", "spare"])
+    arrived, go = [], threading.Event()
+
+    def refuse(request):  # four calls reach the revoked key before any of them is refused
+        arrived.append(1)
+        if len(arrived) == 4:
+            go.set()
+        go.wait(10)
+        return Response('{"error": {"message": "bad key"}}', status=401, content_type="application/json")
+
+    fleet.answer["revoked"] = refuse
+    add_pool(lambda **row: client.post("/api/admin/models", json=row, headers=admin_headers).json, fleet,
+             [{"name": "revoked"}, {"name": "spare", "priority": 1}])
+    client.post("/api/admin/accounts/alice/credits", json={"amount": 10}, headers=admin_headers)
+    live = live_factory(app)
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(requests.post(
+        f"{live.url}/api/v1/chat/completions", headers=auth(), json={"model": "pool", "messages": HI},
+        timeout=30).status_code)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert answers == [200] * 4 and fleet.counts() == {"revoked": 4, "spare": 4}
+    assert [a.kind for a in AlertOutbox.select()] == ["deployment_disabled"]
+    invariant("alice")
