@@ -36,6 +36,7 @@ from service.slots import RENEW
 log = logging.getLogger("tollgate")
 KEEP = 100  # latencies kept per deployment for its p50
 MINUTE = 60
+FAILED_LATENCY = 10.0  # seconds: what a failed call counts as in a deployment's recent latency
 
 CALLS = Counter("tollgate_deployment_calls_total", "Calls per deployment by outcome",
                 ["model", "deployment", "outcome"])
@@ -113,7 +114,7 @@ class Pick:
     deployment: object
     rid: str
     remote: bool
-    started: float = field(default_factory=time.perf_counter)
+    latency: float | None = None  # seconds to the answer, or to the stream's first byte
     done: bool = False
 
     @property
@@ -255,6 +256,8 @@ class Fleet:
         s = self.local(pick.model_id, dep.name)
         minute = int(time.time() // MINUTE)
         CALLS.labels(pick.model, dep.name, "ok" if ok else "error").inc()
+        if not ok:  # a refused connection is quick: a failure must not look fast to `latency`
+            latency, s.ewma = None, max(s.ewma or 0.0, FAILED_LATENCY)
         if latency is not None:
             SECONDS.labels(pick.model, dep.name).observe(latency)
             s.ewma = latency if s.ewma is None else 0.7 * s.ewma + 0.3 * latency

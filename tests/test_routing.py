@@ -492,3 +492,13 @@ def test_concurrent_401s_disable_once_and_alert_once(make_app, upstream, admin_h
     assert answers == [200] * 4 and fleet.counts() == {"revoked": 4, "spare": 4}
     assert [a.kind for a in AlertOutbox.select()] == ["deployment_disabled"]
     invariant("alice")
+
+
+def test_a_failing_deployment_does_not_look_fast_to_latency_routing(client, upstream, add_model, topup,
+                                                                   admin_headers):
+    fleet = Fleet(upstream, ["alive"])
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # refused at once: the quickest answer there is
+    add_pool(add_model, fleet, [{"name": "dead", "base_url": dead}, {"name": "alive"}], routing="latency")
+    topup("alice", 100)
+    assert [call(client).status_code for _ in range(40)] == [200] * 40  # no breaker in these tests
+    assert view(client, admin_headers)["dead"]["errors"] <= 6  # tried first once, then by exploration
