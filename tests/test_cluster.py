@@ -116,3 +116,27 @@ def test_caps_in_flight_and_token_budgets_hold_on_the_cluster(two, upstream, liv
     assert refused.status_code == 429 and refused.json["error"]["code"] == "rate_limit_exceeded"
     assert "tokens per minute" in refused.json["error"]["message"]
     assert all(app.extensions["tollgate"].cache.up for app in apps)
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_cool_down_is_seen_by_every_process_on_the_cluster(two, upstream, admin_headers):
+    apps, clients = two()
+    refused = []
+
+    def limited(request):
+        refused.append(1)
+        return Response("{}", status=429, headers={"Retry-After": "30"}, content_type="application/json")
+
+    upstream.clear_all_handlers()
+    upstream.expect_request("/a/v1/chat/completions").respond_with_handler(limited)
+    upstream.expect_request("/b/v1/chat/completions").respond_with_json(fake_openai.completion("ok", 10, 5))
+    clients[0].patch("/api/admin/models/60", headers=admin_headers, json={"deployments": [
+        {"name": "a", "base_url": upstream.url_for("/a/v1")},
+        {"name": "b", "base_url": upstream.url_for("/b/v1"), "priority": 1}]})
+    assert chat(clients[0], "pool").status_code == 200 and refused == [1]  # a said 429: b answered
+    for _ in range(5):  # the other process never tries `a` while it cools
+        assert chat(clients[1], "pool").status_code == 200
+    assert refused == [1]
+    got = {d["name"]: d for d in clients[1].get("/api/admin/models/60/deployments", headers=admin_headers).json["data"]}
+    assert got["a"]["state"] == "cooling" and got["a"]["cooldown_until"] is not None
+    assert all(app.extensions["tollgate"].cache.up for app in apps)
