@@ -140,3 +140,19 @@ def test_a_cool_down_is_seen_by_every_process_on_the_cluster(two, upstream, admi
     got = {d["name"]: d for d in clients[1].get("/api/admin/models/60/deployments", headers=admin_headers).json["data"]}
     assert got["a"]["state"] == "cooling" and got["a"]["cooldown_until"] is not None
     assert all(app.extensions["tollgate"].cache.up for app in apps)
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_flask_limiters_own_limits_are_exact_on_the_cluster(two, upstream, admin_headers):
+    apps, clients = two(RATE_LIMIT_DEFAULT="3/minute")
+    assert apps[0].config["RATELIMIT_STORAGE_URI"].startswith("redis+cluster://")  # limits' cluster storage
+    upstream.expect_request("/e/v1/embeddings").respond_with_json({
+        "object": "list", "model": "e", "usage": {"prompt_tokens": 2, "total_tokens": 2},
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}]})
+    clients[0].post("/api/admin/models", headers=admin_headers, json={
+        "id": 70, "name": "e", "api": "openai", "kind": "embedding", "base_url": upstream.url_for("/e/v1"),
+        "cost_per_1k_input_tokens": "1"})
+    codes = [clients[i % 2].post("/v1/embeddings", headers=auth("alice"), json={"model": "e", "input": "hi"}).status_code
+             for i in range(5)]
+    assert codes == [200, 200, 200, 429, 429]
+    invariant("alice")
