@@ -447,3 +447,26 @@ def switch(model_id: int, name: str, enabled: bool, alert: dict | None = None) -
                                detail={"model": row.name, "model_id": model_id, "deployment": name,
                                        **{k: v for k, v in alert.items() if k != "request_id"}})
     return True
+
+
+STATES = {"ok": 0, "cooling": 1, "open": 2, "disabled": 3}
+
+
+def gauges(ext):
+    """Scrape-time gauges per deployment (GET /metrics): its state and calls in flight."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    from service import deployments
+
+    state = GaugeMetricFamily("tollgate_deployment_state", "0 ok, 1 cooling, 2 open, 3 disabled",
+                              labels=["model", "deployment"])
+    flying = GaugeMetricFamily("tollgate_deployment_in_flight", "Calls in flight (every process with Redis)",
+                               labels=["model", "deployment"])
+    for row in ext.registry.rows(max_age=5.0):
+        found = deployments.of(row)
+        if found and row.enabled:
+            for seen in ext.fleet.view(row, found):
+                state.add_metric([row.name, seen["name"]], STATES[seen["state"]])
+                flying.add_metric([row.name, seen["name"]], seen["in_flight"])
+    yield state
+    yield flying

@@ -32,6 +32,7 @@ class _LiveState:
 
     def collect(self):
         from service.db import Hold, db
+        from service.deployment_health import gauges as deployment_gauges
 
         ext = self.app.extensions["tollgate"]
         breakers = GaugeMetricFamily("tollgate_breaker_state", "0 closed, 1 half-open, 2 open",
@@ -39,6 +40,11 @@ class _LiveState:
         for key, state in ext.transport.breakers.states().items():
             breakers.add_metric([key], {"closed": 0, "half_open": 1, "open": 2}[state])
         yield breakers
+        try:
+            with db.connection_context():
+                yield from deployment_gauges(ext)
+        except Exception:  # a scrape must not fail because the database or Redis did
+            log.warning("deployment gauges unavailable for this scrape")
         holds = GaugeMetricFamily("tollgate_holds_outstanding", "Credit holds not yet settled")
         try:
             with db.connection_context():

@@ -399,6 +399,9 @@ def test_metrics_count_each_deployments_calls(client, upstream, add_model, topup
     assert 'tollgate_deployment_calls_total{deployment="m1",model="pool",outcome="error"}' in text
     assert 'tollgate_deployment_calls_total{deployment="m2",model="pool",outcome="ok"}' in text
     assert 'tollgate_deployment_cooldowns_total{deployment="m1",model="pool"}' in text
+    assert 'tollgate_deployment_state{deployment="m1",model="pool"} 1.0' in text  # cooling
+    assert 'tollgate_deployment_state{deployment="m2",model="pool"} 0.0' in text
+    assert 'tollgate_deployment_in_flight{deployment="m2",model="pool"} 0.0' in text
 
 
 def test_latency_routing_prefers_the_faster_deployment(client, upstream, add_model, topup):
