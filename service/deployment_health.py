@@ -177,9 +177,10 @@ class Fleet:
 
     # -- taking and giving back ---------------------------------------------------------------
 
-    def take(self, row, ordered: list, rid: str, least_busy: bool) -> Pick:
+    def take(self, row, ordered: list, rid: str, least_busy: bool) -> Pick | Cooling:
         """The first of `ordered` that can take the call (least_busy: the least busy of the best
-        priority that can), its lease taken; else CapacityExceeded or None when all are cooling."""
+        priority that can), its lease taken; else CapacityExceeded when one is at a cap, or
+        Cooling (the wait) when all are cooling down."""
         verdict = None
         if self._take is not None:
             verdict = self._remote(row, ordered, rid, least_busy)
