@@ -463,9 +463,13 @@ def gauges(ext):
                               labels=["model", "deployment"])
     flying = GaugeMetricFamily("tollgate_deployment_in_flight", "Calls in flight (every process with Redis)",
                                labels=["model", "deployment"])
-    for row in ext.registry.rows(max_age=5.0):
+    from service.db import AIModel
+
+    # read here, not through the registry: prometheus_client collects once when the collector is
+    # registered (at start-up), and a registry loaded then would trust its empty copy a while
+    for row in AIModel.select().where(AIModel.deployments.is_null(False) & AIModel.enabled):
         found = deployments.of(row)
-        if found and row.enabled:
+        if found:
             for seen in ext.fleet.view(row, found):
                 state.add_metric([row.name, seen["name"]], STATES[seen["state"]])
                 flying.add_metric([row.name, seen["name"]], seen["in_flight"])
