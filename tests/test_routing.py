@@ -505,3 +505,18 @@ def test_a_failing_deployment_does_not_look_fast_to_latency_routing(client, upst
     topup("alice", 100)
     assert [call(client).status_code for _ in range(40)] == [200] * 40  # no breaker in these tests
     assert view(client, admin_headers)["dead"]["errors"] <= 6  # tried first once, then by exploration
+
+
+def test_routing_goes_on_in_process_while_redis_is_away(make_app, redis_proxy, upstream, admin_headers):
+    app = make_app(REDIS_URL=redis_proxy.url)
+    client = app.test_client()
+    fleet = Fleet(upstream, ["a", "b"])
+    add_pool(lambda **row: client.post("/api/admin/models", json=row, headers=admin_headers).json, fleet,
+             [{"name": "a", "max_concurrent": 5}, {"name": "b", "rpm": 100}])
+    client.post("/api/admin/accounts/alice/credits", json={"amount": 10}, headers=admin_headers)
+    assert call(client).status_code == 200
+    redis_proxy.cut()
+    assert [call(client).status_code for _ in range(10)] == [200] * 10
+    assert not app.extensions["tollgate"].cache.up
+    assert sum(fleet.counts().values()) == 11
+    invariant("alice")
