@@ -151,6 +151,9 @@ def test_a_401_disables_its_deployment_after_one_call_and_alerts_once(make_app, 
     assert [(a.kind, a.detail["deployment"], a.detail["status"]) for a in alerts] == [
         ("deployment_disabled", "revoked", 401)]
     assert app.extensions["tollgate_alerts"].run_once() == 1
+    listed = client.get("/api/admin/alerts", headers=admin_headers).json["data"]
+    assert [(a["type"], a["account"], a["detail"]["deployment"], a["delivered"] is not None) for a in listed] == [
+        ("deployment_disabled", None, "revoked", True)]
     body, headers = hooks[0]
     assert json.loads(body)["type"] == "deployment_disabled" and json.loads(body)["model"] == "pool"
     assert headers["X-Tollgate-Signature"] == "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
