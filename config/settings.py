@@ -86,6 +86,8 @@ def load() -> dict:
         "MAX_CONCURRENT_PER_ACCOUNT": int(env("MAX_CONCURRENT_PER_ACCOUNT", "128")),
         "MAX_CONCURRENT_PER_KEY": int(env("MAX_CONCURRENT_PER_KEY", "0")),
         "CONCURRENCY_LEASE_SECONDS": float(env("CONCURRENCY_LEASE_SECONDS", "60")),
+        # a deployment that answered 429 without a Retry-After is left out this long (SPEC §15)
+        "DEPLOYMENT_COOLDOWN_SECONDS": float(env("DEPLOYMENT_COOLDOWN_SECONDS", "30")),
         "SHUTDOWN_GRACE_SECONDS": float(env("SHUTDOWN_GRACE_SECONDS", "30")),
         "TRUSTED_PROXIES": int(env("TRUSTED_PROXIES", "0")),
         # hostile traffic (docs/hostile-traffic.md): the peers exempt from MAX_CONNECTIONS_PER_IP

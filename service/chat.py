@@ -231,7 +231,8 @@ def _call(chat, ext, conf, lease, answer):
     name = g.account.name
     record = observe.outcome()
     record.update(request_id=chat.request_id, model=chat.model.name)
-    ctx = relay.Context(g.account.id, ext, conf, lambda tokens: ext.budget.spend(name, tokens, lease), record)
+    ctx = relay.Context(g.account.id, ext, conf, lambda tokens: ext.budget.spend(name, tokens, lease), record,
+                        lease=lease)
     cached = answer_cache.Lookup(current_app.extensions["tollgate_answers"], chat, g.account.id,
                                  request.headers.get("Cache-Control"))
     headers = {"X-Request-ID": chat.request_id, **cached.headers}
@@ -239,22 +240,26 @@ def _call(chat, ext, conf, lease, answer):
         try:
             return cached.complete(ctx, answer), 200, headers
         finally:
+            ctx.close()
             ext.slots.give_back(lease)
     try:
         events = cached.stream(ctx, relay.stream)
     except BaseException:
+        ctx.close()
         ext.slots.give_back(lease)
         raise
     headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     response = Response(events, mimetype="text/event-stream", headers=headers)
     response.call_on_close(lambda: ext.slots.give_back(lease))  # however the stream ends
+    response.call_on_close(ctx.close)  # its deployment too
     return response
 
 
 def caps(account, key, conf) -> list[Cap]:
     """The caller's caps on calls in flight: its account's, and its API key's."""
-    found = [Cap(f"acct:{account.name}", conf["MAX_CONCURRENT_PER_ACCOUNT"], f"account {account.name}")]
+    tag = f"{{acct:{account.name}}}"  # one script takes them all: one Redis Cluster slot
+    found = [Cap(tag, conf["MAX_CONCURRENT_PER_ACCOUNT"], f"account {account.name}")]
     for each in lineage(key):  # a key minted from a key's session: its parents' caps too
         limit = each.max_concurrent or conf["MAX_CONCURRENT_PER_KEY"]
-        found.append(Cap(f"key:{each.id}", limit, f"API key {each.prefix}… (id {each.id})"))
+        found.append(Cap(f"{tag}:key:{each.id}", limit, f"API key {each.prefix}… (id {each.id})"))
     return found

@@ -10,7 +10,7 @@ import uuid
 from flask import Blueprint, Response, g, request
 
 from frontdoors import anthropic
-from service import chat
+from service import chat, deployments
 from service.auth import authenticate
 from service.body import json_object
 
@@ -41,6 +41,7 @@ def prepare() -> None:
                           native_headers=headers)
     else:
         chat.prepare_body(anthropic.to_chat(body, counting))
+    g.chat.affinity = deployments.anthropic_user(body)  # keeps a user's calls on one deployment
     g.request_hex = g.chat.request_id.removeprefix("chatcmpl-")
 
 

@@ -19,7 +19,7 @@ def first_schema() -> None:
                              *migrations.V10_COLUMNS, *migrations.V12_COLUMNS):
         db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
     db.execute_sql("ALTER TABLE ai_model DROP COLUMN kind")
-    for table, column, _ in migrations.v11_columns():
+    for table, column, _ in (*migrations.v11_columns(), *migrations.V13_COLUMNS[:3]):  # alert_outbox's goes with its table
         db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
     db.drop_tables([ModelPrice, IdempotentCall, AlertOutbox, StoredResponse, ConsoleSession])
 
@@ -58,7 +58,8 @@ def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):
     indexes = {i.name for i in db.get_indexes("ledgerentry")}
     assert "ledgerentry_account_id_id" in indexes
     assert {"owner"} <= {c.name for c in db.get_columns("hold")}
-    assert {"cached_tokens", "prices"} <= {c.name for c in db.get_columns("ledgerentry")}
+    assert {"cached_tokens", "prices", "deployment"} <= {c.name for c in db.get_columns("ledgerentry")}
+    assert {"deployments", "routing"} <= {c.name for c in db.get_columns("ai_model")}
     assert db.table_exists("model_price") and db.table_exists("alert_outbox")
     assert {"parent_id"} <= {c.name for c in db.get_columns("api_key")}
     assert {"operator"} <= {c.name for c in db.get_columns("ledgerentry")}
