@@ -161,9 +161,13 @@ def create_app(overrides: dict | None = None) -> Flask:
         budget, Journal(conf["DATA_DIR"], owner), owner, slots, Admission(cache, slots, budget))
 
     from service import account, admin, catalog, chat, cli, embeddings, health, messages, observe, responses
+    from service import audit, key_admin, logs_api, request_log, traces
 
     observe.init_app(app)
-    for module in (chat, messages, responses, embeddings, catalog, account, admin, health, observe):
+    request_log.init_app(app)  # after observe's: its hook runs first and names the request id
+    traces.init_app(app)
+    for module in (chat, messages, responses, embeddings, catalog, account, admin, health, observe,
+                   logs_api, key_admin, audit):
         app.register_blueprint(module.bp)
     if conf.get("CONSOLE_ENABLED", True):
         from service.console.views import bp as console

@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from core import chat as chat_request
 from core import transcript
-from service import admission, idempotency, observe, relay
+from service import admission, idempotency, observe, relay, traces
 from service.auth import authenticate
 from service.body import json_object
 from service.errors import Forbidden, InvalidRequest
@@ -84,7 +84,8 @@ def admitted(req, rates: list[admission.Rate], answer=relay.complete):
     """The call past its rate limits, token budget and caps (one Redis round trip), then run once
     per idempotency key; its slots are given back however it ends."""
     ext, conf = current_app.extensions["tollgate"], current_app.config
-    lease = ext.admission.admit(req.request_id, rates, g.account.name, caps(g.account, g.api_key, conf))
+    with traces.step(observe.outcome(), "admission"):
+        lease = ext.admission.admit(req.request_id, rates, g.account.name, caps(g.account, g.api_key, conf))
     ran = False
 
     def run():
@@ -158,7 +159,8 @@ def _call(chat, ext, conf, lease, answer):
     name = g.account.name
     record = observe.outcome()
     record.update(request_id=chat.request_id, model=chat.model.name)
-    ctx = relay.Context(g.account.id, ext, conf, lambda tokens: ext.budget.spend(name, tokens, lease), record)
+    ctx = relay.Context(g.account.id, ext, conf, lambda tokens: ext.budget.spend(name, tokens, lease), record,
+                        key=g.api_key)
     headers = {"X-Request-ID": chat.request_id}
     if not chat.stream:
         try:

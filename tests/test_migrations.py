@@ -5,7 +5,7 @@ from service import billing, migrations
 from service.auth import create_key
 from service.db import (
     AIModel, Account, AlertOutbox, ApiKey, ConsoleSession, IdempotentCall, LedgerEntry, ModelPrice, SchemaVersion, StoredResponse,
-    TABLES, db, open_database,
+    TABLES, AuditEntry, KeySpend, RequestBody, RequestLog, db, is_postgres, open_database,
 )
 
 
@@ -27,9 +27,10 @@ def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):
         db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
     db.execute_sql("ALTER TABLE ai_model DROP COLUMN kind")
     db.drop_tables([ModelPrice, IdempotentCall, AlertOutbox, StoredResponse, ConsoleSession])
+    undo_v12()
 
     app = make_app()  # starting the app upgrades in place
-    assert migrations.current_version() == migrations.STEPS[-1][0] == 8
+    assert migrations.current_version() == migrations.STEPS[-1][0] == 12
     result = app.test_cli_runner().invoke(args=["db", "upgrade"])
     assert "nothing to do" in result.output
     assert AIModel.get_by_id(4).cost_per_1k_tokens == 14_000
@@ -49,3 +50,41 @@ def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):
     assert {"owner"} <= {c.name for c in db.get_columns("hold")}
     assert {"cached_tokens", "prices"} <= {c.name for c in db.get_columns("ledgerentry")}
     assert db.table_exists("model_price") and db.table_exists("alert_outbox")
+
+
+def undo_v12() -> None:
+    """Take migration 12's columns, index and tables away (a database made before it)."""
+    db.execute_sql("DROP INDEX IF EXISTS ledgerentry_key_id")
+    for table, column, _ in migrations.V12_COLUMNS:
+        db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
+    db.drop_tables([KeySpend, RequestLog, RequestBody, AuditEntry])
+
+
+def schema() -> dict:
+    """Every table's columns (type, nullability, default) and indexes, in no particular order."""
+    out = {}
+    for table in sorted(db.get_tables()):
+        if is_postgres(db):
+            cols = db.execute_sql("SELECT column_name, data_type, is_nullable, column_default FROM "
+                                  "information_schema.columns WHERE table_name = %s", (table,)).fetchall()
+            idx = db.execute_sql("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s",
+                                 (table,)).fetchall()
+        else:
+            cols = [(c[1], c[2], c[3], c[4]) for c in db.execute_sql(f"PRAGMA table_info({table})").fetchall()]
+            idx = [(i.name, i.unique, tuple(i.columns)) for i in db.get_indexes(table)]
+        out[table] = (sorted(map(tuple, cols)), sorted(map(tuple, idx)))
+    return out
+
+
+def test_fresh_and_upgraded_databases_have_the_same_schema(make_app, db_url):
+    """Migration 12 on a database made before it ends where a fresh database starts."""
+    db.initialize(open_database(db_url))
+    db.drop_tables(TABLES + [SchemaVersion], safe=True)
+    migrations.upgrade()
+    fresh = schema()
+    db.drop_tables(TABLES + [SchemaVersion], safe=True)
+    migrations.upgrade(target=8)
+    undo_v12()
+    assert migrations.upgrade() == [12]
+    assert schema() == fresh
+    assert {"key_spend", "request_log", "request_body", "audit_entry"} <= set(fresh)
