@@ -172,6 +172,9 @@ def update_account(name: str):
         if changes:
             Account.update(**changes).where(Account.id == acct.id).execute()
         audit.record_admin("account.update", f"account:{name}", body)
+    log = current_app.extensions.get("tollgate_log")
+    if log is not None:
+        log.forget(acct.id)  # this process reads the new flag on the next call
     acct = Account.get_by_id(acct.id)
     threshold = acct.low_balance_threshold
     return account_body(acct) | {"low_balance_threshold": None if threshold is None else billing.to_credits(threshold),

@@ -19,7 +19,7 @@ PATTERNS = [
     (re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"), SECRET),
     (re.compile(r"\bAIza[0-9A-Za-z_-]{30,}"), SECRET),
     (re.compile(r"(?i)((?:api[_-]?key|secret|token|password|passwd|authorization)\\?[\"']?\s*[:=]\s*\\?[\"']?)"
-                r"([^\"'\s,}\\]{6,})"), r"\1" + SECRET),
+                r"(?!bearer\b|\[REDACTED)([^\"'\s,}\\]{6,})"), r"\1" + SECRET),
 ]
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 CARD = re.compile(r"(?<![0-9])(?:[0-9][ -]?){12,18}[0-9](?![0-9])")
@@ -40,10 +40,14 @@ def _card(match: re.Match) -> str:
     return "[CARD]" if 13 <= len(digits) <= 19 and _luhn(digits) else match.group(0)
 
 
-def scrub(text: str | None) -> str | None:
-    """The text with secrets, e-mail addresses and card numbers replaced."""
+def scrub(text: str | None, known=()) -> str | None:
+    """The text with secrets (the `known` ones too: the gateway's provider keys), e-mail
+    addresses and card numbers replaced."""
     if not text:
         return text
+    for secret in known:
+        if secret and len(secret) >= 6:
+            text = text.replace(secret, SECRET)
     for pattern, replacement in PATTERNS:
         text = pattern.sub(replacement, text)
     text = EMAIL.sub("[EMAIL]", text)

@@ -8,7 +8,9 @@ in one transaction. A call never waits for the database here: a full queue drops
 counts it (`tollgate_request_log_dropped_total`). While the database is away the writer keeps
 its batch and retries it; rows are unique by request id and inserted with ON CONFLICT DO
 NOTHING, so a batch whose commit was not acknowledged and is written again adds nothing.
-Bodies, when the account or key asks for them, are redacted and cut by the writer, off the path.
+Bodies, when the account or key asks for them, are redacted and cut by the writer, off the path
+(whether they are kept is decided when the call ends: the key's flag is on its row, the
+account's is read at most once per FLAG_SECONDS per process).
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ DOORS = {"chat.completions": "chat", "messages.create": "messages", "responses.c
 SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 FLAG_SECONDS = 2.0  # how long a process trusts what it read of an account's `log_bodies`
 PRUNE_BATCH = 5000
+STOP = object()  # queued by close(): the writer ends
 SLACK = 1024  # bytes kept beyond the bound until redaction has run
 
 
@@ -50,6 +53,7 @@ class Writer:
         self.batch, self.retry, self.prune_every, self.retention = batch, retry, prune_every, retention
         self.stop = threading.Event()
         self.flags: dict[int, tuple[bool, float]] = {}  # account id -> (log_bodies, read at)
+        self.known: tuple = ()  # secrets redacted wherever they appear (the provider keys)
         self._thread: threading.Thread | None = None
         self._pid = None
 
@@ -82,6 +86,17 @@ class Writer:
                 self.queue.all_tasks_done.wait(left)
         return True
 
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued (within `timeout`), then stop the thread."""
+        self.flush(timeout)
+        self.stop.set()
+        try:
+            self.queue.put_nowait(STOP)  # wakes the thread at once
+        except queue.Full:
+            pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
     def _loop(self) -> None:
         last_prune = time.monotonic()
         while not self.stop.is_set():
@@ -89,13 +104,21 @@ class Writer:
                 first = self.queue.get(timeout=min(self.prune_every, 5.0))
             except queue.Empty:
                 first = None
+            if first is STOP:
+                self.queue.task_done()
+                break
             if first is not None:
                 items = [first]
                 while len(items) < self.batch:
                     try:
-                        items.append(self.queue.get_nowait())
+                        item = self.queue.get_nowait()
                     except queue.Empty:
                         break
+                    if item is STOP:
+                        self.queue.task_done()
+                        self.stop.set()
+                        break
+                    items.append(item)
                 self._write_until_done(items)
             if time.monotonic() - last_prune >= self.prune_every:
                 last_prune = time.monotonic()
@@ -131,10 +154,7 @@ class Writer:
     def write(self, items: list) -> None:
         """Insert rows (and the bodies of accounts or keys that keep them) in one transaction."""
         rows = [row for row, _ in items]
-        wanted = {row["account_id"] for row, bodies in items if bodies and not bodies["keep"]}
-        keeping = self._keeping(wanted)
-        kept = [_body_row(row, bodies) for row, bodies in items
-                if bodies and (bodies["keep"] or keeping.get(row["account_id"]))]
+        kept = [_body_row(row, bodies, self.known) for row, bodies in items if bodies]
         from service.billing import write_tx
 
         with write_tx():
@@ -143,15 +163,6 @@ class Writer:
                 RequestBody.insert_many(kept).on_conflict_ignore().execute()
         WRITTEN.inc(len(rows))
 
-    def _keeping(self, ids: set) -> dict:
-        if not ids:
-            return {}
-        found = dict(Account.select(Account.id, Account.log_bodies).where(Account.id.in_(list(ids))).tuples())
-        now = time.monotonic()
-        for account_id, flag in found.items():
-            self.flags[account_id] = (bool(flag), now)
-        return found
-
     def account_flag(self, account_id: int) -> bool | None:
         """What this process last read of an account's `log_bodies` (None: not read lately)."""
         known = self.flags.get(account_id)
@@ -159,15 +170,27 @@ class Writer:
             return None
         return known[0]
 
+    def read_flag(self, account_id: int) -> bool:
+        """An account's `log_bodies` read now (once per FLAG_SECONDS per account and process);
+        False when the database cannot say."""
+        from service.billing import DB_ERRORS
+
+        try:
+            flag = bool(Account.select(Account.log_bodies).where(Account.id == account_id).scalar())
+        except DB_ERRORS:
+            return False
+        self.flags[account_id] = (flag, time.monotonic())
+        return flag
+
     def forget(self, account_id: int) -> None:
         self.flags.pop(account_id, None)
 
 
-def _body_row(row: dict, bodies: dict) -> dict:
+def _body_row(row: dict, bodies: dict, known) -> dict:
     limit = bodies["limit"]
     return {"request_id": row["request_id"], "created": row["created"],
-            "request": redact.cut(redact.scrub(_text(bodies.get("request"))), limit),
-            "response": redact.cut(redact.scrub(_text(bodies.get("response"))), limit)}
+            "request": redact.cut(redact.scrub(_text(bodies.get("request")), known), limit),
+            "response": redact.cut(redact.scrub(_text(bodies.get("response")), known), limit)}
 
 
 def _text(value) -> str | None:
@@ -217,19 +240,19 @@ class _Tee:
             close()
 
 
-def _keeps_bodies(writer: Writer) -> tuple[bool, bool]:
-    """(known to keep bodies, to be decided by the writer): the key's flag is on its row; the
-    account's is what this process read lately, else the writer reads it."""
+def _keeps_bodies(writer: Writer) -> bool:
+    """Whether this call's bodies are kept: its key's flag (on the row auth read), else its
+    account's (as this process read it in the last FLAG_SECONDS, else read now)."""
     key = g.get("api_key")
     if key is not None and key.log_bodies:
-        return True, False
+        return True
     account = g.account
     flag = getattr(account, "log_bodies", None)
     if flag is None:
         flag = writer.account_flag(account.id)
     if flag is None:
-        return False, True
-    return bool(flag), False
+        flag = writer.read_flag(account.id)
+    return bool(flag)
 
 
 def _row(record: dict, status: int, streamed: bool) -> dict:
@@ -284,11 +307,10 @@ def _logged(response):
 
 def _bodies(writer: Writer, response) -> dict | None:
     """The request and the answer (a stream's first bytes, as they pass) when they may be kept."""
-    keep, ask = _keeps_bodies(writer)
-    if not (keep or ask):
+    if not _keeps_bodies(writer):
         return None
     limit = current_app.config.get("LOG_BODY_MAX_BYTES", 65536)
-    bodies = {"keep": keep, "limit": limit, "request": request.get_json(silent=True)}
+    bodies = {"limit": limit, "request": request.get_json(silent=True)}
     limit += SLACK  # a secret cut at the bound is still seen whole by the redaction
     if response.is_streamed:
         tee = _Tee(response.response, limit)
@@ -314,8 +336,9 @@ def init_app(app) -> None:
     writer = Writer(conf.get("LOG_QUEUE_SIZE", 10_000), conf.get("LOG_BATCH_SIZE", 500),
                     retry=conf.get("LOG_RETRY_SECONDS", 1.0), prune_every=conf.get("LOG_PRUNE_SECONDS", 3600.0),
                     retention=(conf.get("LOG_RETENTION_DAYS", 30), conf.get("LOG_BODY_RETENTION_DAYS", 7)))
+    writer.known = tuple(v for v in (conf.get("PROVIDER_KEYS") or {}).values() if v)
     app.extensions["tollgate_log"] = writer
     app.after_request(_logged)
     writer.start()
     ref = weakref.ref(writer)
-    atexit.register(lambda: ref() is not None and ref().flush(5.0))
+    atexit.register(lambda: ref() is not None and ref().close())
