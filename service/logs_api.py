@@ -80,7 +80,7 @@ def my_logs():
     return page(g.account.id)
 
 
-@bp.get("/api/v1/logs/<path:request_id>")
+@bp.get("/api/v1/logs/<request_id>")
 def my_log(request_id: str):
     authenticate()
     return one(None if g.admin else g.account.id, request_id)
