@@ -281,3 +281,40 @@ class _Watch:
     def stop(self):
         self._stop.set()
         self._thread.join(5)
+
+
+def test_a_journalled_settle_moves_the_keys_hold_to_spent_once(make_app, db_url, tmp_path, add_model, upstream,
+                                                                topup, admin_headers):
+    """The provider answers, the database is gone when the call settles: the settle waits in the
+    journal and, applied (twice), counts the charge against the key's period once."""
+    from service.app import keep_money
+    from tests.helpers import Outage
+
+    outage = Outage(db_url, tmp_path)
+    try:
+        app = make_app(DATABASE_URL=outage.url)
+        client = app.test_client()
+        add_model(id=10, name="paid", api="openai", base_url=upstream.url_for("/v1"), cost_per_1k_tokens="1")
+        topup("alice", 10)
+        made = make_key(client, admin_headers, budget=5, budget_period="week")
+
+        def answer_then_lose_the_database(request):
+            outage.cut()
+            return Response(json.dumps(fake_openai.completion("ok", 10, 20)), content_type="application/json")
+
+        upstream.expect_request("/v1/chat/completions").respond_with_handler(answer_then_lose_the_database)
+        try:
+            assert call(client, made["key"]).status_code == 200
+        finally:
+            outage.restore()
+        row = spend_row(made["id"])
+        assert row.spent == 0 and row.held > 0  # not yet applied
+        ext = app.extensions["tollgate"]
+        keep_money(ext, 60)
+        keep_money(ext, 60)
+        row = spend_row(made["id"])
+        assert (row.spent, row.held) == (30_000, 0)
+        assert [e.key_id for e in charges("alice")] == [made["id"]]
+        invariant("alice")
+    finally:
+        outage.close()
