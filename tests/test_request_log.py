@@ -44,6 +44,15 @@ def streamed(gateway, upstream):
     return r
 
 
+def stream_broken(gateway, upstream):
+    upstream.expect_request("/v1/chat/completions").respond_with_handler(
+        fake_openai.Stream(["a", "b", "c"], drop_after=2).handler)
+    r = chat(gateway, stream=True)
+    assert b"generation_failed" in r.get_data()
+    r.close()
+    return r
+
+
 def no_credits(gateway, upstream):
     return chat(gateway, auth("bob"))
 
@@ -100,6 +109,7 @@ def embeddings(gateway, upstream):
 CASES = {
     "answered": (answered, "chat", "m-openai", 200, None, (10, 15), 25_000),
     "streamed": (streamed, "chat", "m-openai", 200, None, (9, 2), 11_000),
+    "stream broken": (stream_broken, "chat", "m-openai", 200, "generation_failed", (14, 2), 1),  # estimated
     "no credits": (no_credits, "chat", "m-openai", 402, "insufficient_credits", (0, 0), 0),
     "bad parameter": (bad_parameter, "chat", "m-openai", 400, "invalid_parameter", (0, 0), 0),
     "unknown model": (unknown_model, "chat", None, 404, "model_not_found", (0, 0), 0),
@@ -125,7 +135,7 @@ def test_every_kind_of_call_leaves_exactly_one_row(gateway, upstream, case):
     assert (row.prompt_tokens, row.completion_tokens) == tokens
     charged = LedgerEntry.get_or_none((LedgerEntry.request_id == row.request_id) & (LedgerEntry.kind == "charge"))
     assert row.cost == (-charged.delta if charged else 0) and (row.cost > 0) == bool(cost)
-    assert row.latency_ms >= 0 and row.created <= utcnow() and row.estimated is False
+    assert row.latency_ms >= 0 and row.created <= utcnow() and row.estimated is (case == "stream broken")
     if status == 200:
         assert row.upstream_ms is not None and r.headers["X-Request-ID"] in (row.request_id, "client-id-1")
     if case == "answered":
@@ -316,3 +326,17 @@ def test_redaction(text, expected):
     from service import redact
 
     assert redact.scrub(text) == expected
+
+
+def test_a_stream_served_by_waitress_is_logged_when_its_body_ends(gateway, upstream, live_factory):
+    import requests
+
+    live = live_factory(gateway.application)
+    upstream.expect_request("/v1/chat/completions").respond_with_handler(fake_openai.Stream(["a", "b"]).handler)
+    with requests.post(f"{live.url}/v1/chat/completions", headers=auth(), stream=True, timeout=10,
+                       json={"model": "m-openai", "messages": HI, "stream": True}) as r:
+        assert r.status_code == 200 and b"[DONE]" in r.content
+        rid = r.headers["X-Request-ID"]
+    [row] = rows(gateway)
+    assert (row.request_id, row.stream, row.completion_tokens, row.error_code) == (rid, True, 2, None)
+    assert row.ttft_ms is not None and row.cost == 11_000
