@@ -7,6 +7,7 @@ retention prunes them). Actions are dotted names: `credits.topup`, `credits.adju
 """
 from __future__ import annotations
 
+import json
 import logging
 
 from flask import Blueprint, g, has_request_context, request
@@ -27,7 +28,10 @@ def _cut(value) -> str | None:
 
 def record(actor: str, action: str, target: str | None = None, detail: dict | None = None,
            ip: str | None = None) -> None:
-    """Append one audit row (in the caller's transaction when there is one)."""
+    """Append one audit row (in the caller's transaction when there is one). Amounts too large
+    for a float's exact digits are kept as exact decimal strings."""
+    if detail is not None:
+        detail = json.loads(json.dumps(detail, default=str))
     AuditEntry.create(actor=_cut(actor) or "?", action=_cut(action), target=_cut(target), detail=detail,
                       ip=_cut(ip))
 

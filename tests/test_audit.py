@@ -52,3 +52,10 @@ def test_the_audit_api_pages_and_filters_for_admins_only(client, admin_headers):
     assert client.get("/api/admin/audit", headers=auth("alice")).status_code == 403
     assert client.get("/api/admin/audit?limit=0", headers=admin_headers).status_code == 400
     assert client.delete("/api/admin/audit", headers=admin_headers).status_code == 405  # append-only
+
+
+def test_amounts_beyond_a_floats_digits_are_recorded_exactly(client, admin_headers):
+    r = client.post("/api/admin/accounts/rich/credits", headers=admin_headers,
+                    json={"amount": "1000000000000.000001"})
+    assert r.status_code == 200
+    assert AuditEntry.get().detail["amount"] == "1000000000000.000001"
