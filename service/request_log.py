@@ -310,8 +310,8 @@ def _bodies(writer: Writer, response) -> dict | None:
     if not _keeps_bodies(writer):
         return None
     limit = current_app.config.get("LOG_BODY_MAX_BYTES", 65536)
-    bodies = {"limit": limit, "request": request.get_json(silent=True)}
     limit += SLACK  # a secret cut at the bound is still seen whole by the redaction
+    bodies = {"limit": limit - SLACK, "request": request.get_data(cache=True)[:limit]}  # as the client sent it
     if response.is_streamed:
         tee = _Tee(response.response, limit)
         response.response = tee

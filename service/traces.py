@@ -7,13 +7,12 @@ The call's span (kind SERVER) carries the GenAI semantic-convention attributes
 children time the steps: admission, hold, the provider call, settle. Spans go to a
 BatchSpanProcessor, whose own thread exports them: a call never waits on the exporter. The
 pipeline opens a step with `step(record, name)` on the call's outcome record (where the call's
-span is kept), so it needs no Flask and works inside a stream's body too.
+span is kept), so it needs no Flask and works inside a stream's body too; only the request
+hooks, which the web layer installs, import Flask.
 """
 from __future__ import annotations
 
 import contextlib
-
-from flask import current_app, g, request
 
 DOORS = {"chat.completions": "chat", "messages.create": "chat", "responses.create": "chat",
          "embeddings.create": "embeddings"}
@@ -66,6 +65,8 @@ def step(record: dict | None, name: str, **attributes):
 
 
 def _begin() -> None:
+    from flask import current_app, g, request
+
     tracing = current_app.extensions.get("tollgate_traces")
     if tracing is None or request.endpoint not in DOORS:
         return
@@ -78,6 +79,8 @@ def _begin() -> None:
 
 
 def _end(response):
+    from flask import g, request
+
     record = g.get("outcome") or {}
     span = record.get(SPAN)
     if span is None:

@@ -308,7 +308,7 @@ def test_bodies_per_key_are_cut_at_the_bound(make_app, add_model, upstream, topu
     quiet = chat(client, {"Authorization": f"Bearer {plain['key']}"}, model="paid").json["id"]
     assert writer(client).flush(10)
     body = RequestBody.get(RequestBody.request_id == logged)
-    assert len(body.request.encode()) <= 200 and body.request.startswith('{"model": "paid"')
+    assert len(body.request.encode()) <= 200 and body.request.startswith('{"model"')
     assert RequestBody.get_or_none(RequestBody.request_id == quiet) is None
 
 
