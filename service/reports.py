@@ -107,7 +107,7 @@ def _line(e: LedgerEntry, name: str) -> list:
             "" if e.key_id is None else e.key_id]
 
 
-def _pages(account_id: int | None, start: dt.datetime, end: dt.datetime):
+def _pages(account_id: int | None, start: dt.datetime, end: dt.datetime, key_id: int | None = None):
     """CSV text, a page of ledger rows at a time (keyset pagination: each page a fresh query)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
@@ -122,6 +122,8 @@ def _pages(account_id: int | None, start: dt.datetime, end: dt.datetime):
                                                & (LedgerEntry.created < end))
             if account_id is not None:
                 query = query.where(LedgerEntry.account == account_id)
+            if key_id is not None:
+                query = query.where(LedgerEntry.key_id == key_id)
             page = list(query.order_by(LedgerEntry.id).limit(PAGE))
             missing = {e.account_id for e in page} - set(names)
             if missing:
@@ -140,6 +142,10 @@ def _pages(account_id: int | None, start: dt.datetime, end: dt.datetime):
 def export(account_id: int | None, filename: str) -> Response:
     """The ledger rows of one account (or all: None) in the range, as a streamed CSV download."""
     start, end = time_range()
-    return Response(_pages(account_id, start, end), mimetype="text/csv", headers={
+    raw = request.args.get("key_id")
+    if raw is not None and not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 2 ** 62):
+        raise InvalidRequest("'key_id' must be a positive integer", param="key_id")
+    key_id = int(raw) if raw is not None else None
+    return Response(_pages(account_id, start, end, key_id), mimetype="text/csv", headers={
         "Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store",
         "X-Accel-Buffering": "no"})

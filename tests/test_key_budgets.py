@@ -186,6 +186,8 @@ def test_spend_per_key_in_usage_summary_and_csv(paid, admin_headers):
     lines = csv.splitlines()
     assert lines[0].endswith(",key_id")
     assert sum(1 for line in lines if line.endswith(f",{first['id']}")) == 2
+    one_key = paid.get(f"/api/v1/usage/export.csv?key_id={second['id']}", headers=auth("alice")).get_data(as_text=True)
+    assert len(one_key.splitlines()) == 2 and one_key.splitlines()[1].endswith(f",{second['id']}")
 
 
 # -- exact under concurrency, across processes ---------------------------------------------------
