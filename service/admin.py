@@ -129,7 +129,8 @@ def account(name: str):
     holds = [{"request_id": h.request_id, "amount": billing.to_credits(h.amount),
               "expires_at": h.expires_at.isoformat() + "Z"}
              for h in Hold.select().where(Hold.account == acct.id)]
-    return account_body(acct) | {"holds": holds, "ledger": ledger_page(acct.id, 50, None)["data"]}
+    return account_body(acct) | {"log_bodies": acct.log_bodies, "holds": holds,
+                                 "ledger": ledger_page(acct.id, 50, None)["data"]}
 
 
 @bp.get("/accounts/<name>/usage/summary")

@@ -280,6 +280,7 @@ def test_bodies_are_kept_redacted_for_accounts_that_ask_and_shown_to_them_and_ad
     before = chat(gateway, messages=[{"role": "user", "content": SECRETS}]).json["id"]
     r = gateway.patch("/api/admin/accounts/alice", headers=auth("root", True), json={"log_bodies": True})
     assert r.status_code == 200 and r.json["log_bodies"] is True
+    assert gateway.get("/api/admin/accounts/alice", headers=auth("root", True)).json["log_bodies"] is True
     after = chat(gateway, messages=[{"role": "user", "content": SECRETS}]).json["id"]
     assert writer(gateway).flush(10)
     assert "request_body" not in gateway.get(f"/api/v1/logs/{before}", headers=auth()).json  # off by default
