@@ -96,3 +96,25 @@ def test_a_refused_call_is_traced_as_an_error(make_app, receiver, db_url):
 
 def test_without_the_setting_nothing_is_traced(app):
     assert "tollgate_traces" not in app.extensions
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_streamed_call_is_traced_to_its_settle(make_app, receiver, upstream, db_url):
+    """A stream settles inside its body, after the view returned: its settle span still has the
+    call's span as parent, and the call's span ends when the body does."""
+    app = make_app(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.server.url_for("/").rstrip("/"))
+    client = app.test_client()
+    client.post("/api/admin/models", headers=auth("root", True), json={
+        "id": 1, "name": "m-openai", "provider": "openai", "api": "openai", "upstream_model": "up",
+        "base_url": upstream.url_for("/v1"), "cost_per_1k_tokens": "1"})
+    client.post("/api/admin/accounts/alice/credits", json={"amount": 10}, headers=auth("root", True))
+    upstream.expect_request("/v1/chat/completions").respond_with_handler(fake_openai.Stream(["a", "b"]).handler)
+    r = client.post("/api/v1/chat/completions", headers=auth(),
+                    json={"model": "m-openai", "messages": HI, "stream": True})
+    assert b"[DONE]" in r.get_data()
+    r.close()
+    assert app.extensions["tollgate_traces"].flush() and receiver.arrived.wait(10)
+    [call] = [s for s in receiver.spans if s.name == "chat m-openai"]
+    [settle] = [s for s in receiver.spans if s.name == "settle"]
+    assert settle.parent_span_id == call.span_id and settle.end_time_unix_nano <= call.end_time_unix_nano
+    assert attributes(call)["gen_ai.usage.output_tokens"] == 2 and "tollgate.ttft_ms" in attributes(call)
