@@ -320,3 +320,19 @@ def test_a_journalled_settle_moves_the_keys_hold_to_spent_once(make_app, db_url,
         invariant("alice")
     finally:
         outage.close()
+
+
+def test_a_provider_that_overstates_usage_spends_at_most_the_hold_of_the_keys_budget(
+        client, add_model, upstream, topup, admin_headers):
+    add_model(id=10, name="paid", api="openai", base_url=upstream.url_for("/v1"), cost_per_1k_tokens="1",
+              max_output_tokens=64)
+    upstream.expect_request("/v1/chat/completions").respond_with_json(fake_openai.completion("ok", 10, 100_000))
+    topup("alice", 100)
+    made = make_key(client, admin_headers, budget=1, budget_period="total")
+    assert call(client, made["key"]).status_code == 200
+    [charge] = charges("alice")
+    overrun = LedgerEntry.get(LedgerEntry.kind == "overrun")
+    row = spend_row(made["id"])
+    assert (row.spent, row.held) == (-charge.delta, 0) and row.spent < 1_000_000
+    assert charge.key_id == overrun.key_id == made["id"] and overrun.absorbed > 0
+    invariant("alice")
