@@ -341,3 +341,17 @@ def test_a_stream_served_by_waitress_is_logged_when_its_body_ends(gateway, upstr
     [row] = rows(gateway)
     assert (row.request_id, row.stream, row.completion_tokens, row.error_code) == (rid, True, 2, None)
     assert row.ttft_ms is not None and row.cost == 11_000
+
+
+def test_an_embeddings_call_refused_by_its_rate_limit_is_logged(make_app, add_model, upstream):
+    client = make_app(RATE_LIMIT_DEFAULT="1/minute").test_client()
+    add_model(id=11, name="e-openai", api="openai", kind="embedding", base_url=upstream.url_for("/v1"),
+              cost_per_1k_input_tokens="0")
+    upstream.expect_request("/v1/embeddings").respond_with_json({
+        "object": "list", "model": "up", "usage": {"prompt_tokens": 7, "total_tokens": 7},
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}]})
+    answers = [client.post("/v1/embeddings", headers=auth(), json={"model": "e-openai", "input": "hi"})
+               for _ in range(2)]
+    assert [r.status_code for r in answers] == [200, 429]
+    assert [(r.endpoint, r.status, r.error_code) for r in rows(client)] == [
+        ("embeddings", 200, None), ("embeddings", 429, "rate_limit_exceeded")]
