@@ -237,7 +237,7 @@ def create_api_key():
             ApiKey.update(**extra).where(ApiKey.id == row.id).execute()
             row = ApiKey.get_by_id(row.id)
         audit.record_admin("key.create", f"key:{row.id}", {"account": acct.name, "name": row.name,
-                                                             **key_admin._shown(extra)})
+                                                             **key_admin.shown(extra)})
     return {"id": row.id, "key": plain, "account": acct.name, "name": row.name,
             "created": epoch(row.created), "budget": extra.get("budget") and billing.to_credits(extra["budget"]),
             "budget_period": row.budget_period, "log_bodies": row.log_bodies}, 201

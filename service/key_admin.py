@@ -115,11 +115,11 @@ def update_key(key_id: int):
             row = _key(key_id)
             if "budget" in changes or "budget_period" in changes:
                 budgets.open_period(row)
-        audit.record_admin("key.update", f"key:{key_id}", _shown(changes))
+        audit.record_admin("key.update", f"key:{key_id}", shown(changes))
     return key_body(row)
 
 
-def _shown(changes: dict) -> dict:
+def shown(changes: dict) -> dict:
     """Changed fields for the audit detail, in the API's units."""
     out = {}
     for k, v in changes.items():
