@@ -116,6 +116,7 @@ def load() -> dict:
         "LOG_QUEUE_SIZE": int(env("LOG_QUEUE_SIZE", "10000")),
         "LOG_BATCH_SIZE": int(env("LOG_BATCH_SIZE", "500")),
         "LOG_PRUNE_SECONDS": float(env("LOG_PRUNE_SECONDS", "3600")),
+        "LOG_RETRY_SECONDS": float(env("LOG_RETRY_SECONDS", "1")),  # a batch the database refused, again
         # traces: OTLP/HTTP to this endpoint (unset: none); OTEL_* settings are the SDK's own
         "OTEL_EXPORTER_OTLP_ENDPOINT": env("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
         "OTEL_SERVICE_NAME": env("OTEL_SERVICE_NAME", "tollgate"),
