@@ -125,6 +125,19 @@ def load() -> dict:
         "CONSOLE_SIGNIN_BACKOFF_SECONDS": float(env("CONSOLE_SIGNIN_BACKOFF_SECONDS", "1")),
         "CONSOLE_SIGNIN_BACKOFF_MAX_SECONDS": float(env("CONSOLE_SIGNIN_BACKOFF_MAX_SECONDS", "900")),
         "CONSOLE_SIGNIN_WINDOW_SECONDS": float(env("CONSOLE_SIGNIN_WINDOW_SECONDS", "3600")),
+        # the request log (docs/logs-and-budgets.md): rows kept LOG_RETENTION_DAYS, bodies (when an
+        # account or key keeps them) LOG_BODY_RETENTION_DAYS, each body cut at LOG_BODY_MAX_BYTES
+        "REQUEST_LOG": _bool(env("REQUEST_LOG"), True),
+        "LOG_RETENTION_DAYS": int(env("LOG_RETENTION_DAYS", "30")),
+        "LOG_BODY_RETENTION_DAYS": int(env("LOG_BODY_RETENTION_DAYS", "7")),
+        "LOG_BODY_MAX_BYTES": int(env("LOG_BODY_MAX_BYTES", "65536")),
+        "LOG_QUEUE_SIZE": int(env("LOG_QUEUE_SIZE", "10000")),
+        "LOG_BATCH_SIZE": int(env("LOG_BATCH_SIZE", "500")),
+        "LOG_PRUNE_SECONDS": float(env("LOG_PRUNE_SECONDS", "3600")),
+        "LOG_RETRY_SECONDS": float(env("LOG_RETRY_SECONDS", "1")),  # a batch the database refused, again
+        # traces: OTLP/HTTP to this endpoint (unset: none); OTEL_* settings are the SDK's own
+        "OTEL_EXPORTER_OTLP_ENDPOINT": env("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+        "OTEL_SERVICE_NAME": env("OTEL_SERVICE_NAME", "tollgate"),
         # provider keys are read through this mapping only, by the variable name a row names
         "PROVIDER_KEYS": {k: v for k, v in os.environ.items() if k.endswith("_API_KEY")},
     }

@@ -22,7 +22,7 @@ def account_body(acct: Account) -> dict:
 def ledger_row(e: LedgerEntry) -> dict:
     row = {"request_id": e.request_id, "model": e.model, "prompt_tokens": e.prompt_tokens,
            "completion_tokens": e.completion_tokens, "cost": to_credits(-e.delta), "kind": e.kind,
-           "estimated": e.estimated, "created": epoch(e.created)}
+           "estimated": e.estimated, "created": epoch(e.created), "key_id": e.key_id}
     if e.kind == "overrun":
         row["absorbed"] = to_credits(e.absorbed)
     if e.kind == "charge":

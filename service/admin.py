@@ -6,7 +6,7 @@ import datetime as dt
 from flask import Blueprint, current_app, g
 from peewee import JOIN, fn
 
-from service import billing, reports, seed
+from service import audit, billing, key_admin, reports, seed
 from service.account import account_body, ledger_page
 from service.auth import create_key, require_admin
 from service.body import json_object
@@ -58,7 +58,9 @@ def create_model():
         row["id"] = (AIModel.select(fn.MAX(AIModel.id)).scalar() or 0) + 1
     if AIModel.get_or_none(AIModel.id == row["id"]):
         raise InvalidRequest(f"model id {row['id']} already exists", param="id")
-    seed.upsert([row])
+    with billing.write_tx():
+        seed.upsert([row])
+        audit.record_admin("model.create", f"model:{row['id']}", _json())
     _changed()
     return model_body(_model(row["id"])), 201
 
@@ -71,7 +73,9 @@ def update_model(model_id: int):
         raise InvalidRequest("a model's id cannot change", param="id")
     merged = {**current, **{k: v for k, v in _json().items()}}
     row = seed.validate(merged, f"model {model_id}")
-    seed.upsert([row])
+    with billing.write_tx():
+        seed.upsert([row])
+        audit.record_admin("model.update", f"model:{model_id}", _json())
     _changed()
     return model_body(_model(model_id))
 
@@ -88,7 +92,9 @@ def model_prices(model_id: int):
 
 @bp.delete("/models/<int:model_id>")
 def delete_model(model_id: int):
-    _model(model_id).delete_instance()
+    with billing.write_tx():
+        _model(model_id).delete_instance()
+        audit.record_admin("model.delete", f"model:{model_id}")
     _changed()
     return {"id": model_id, "deleted": True}
 
@@ -110,7 +116,12 @@ def credits(name: str):
     if note is not None and not isinstance(note, str):
         raise InvalidRequest("'note' must be a string", param="note")
     acct = billing.account(name, current_app.config["NEW_ACCOUNT_CREDITS_MICRO"])
-    return account_body(billing.credit(acct.id, billing.to_micro(body["amount"]), note, g.account.name))
+    amount = billing.to_micro(body["amount"])
+    with billing.write_tx():  # the audit row commits with the change, or neither does
+        done = billing.credit(acct.id, amount, note, g.account.name)
+        audit.record_admin("credits.topup" if amount > 0 else "credits.adjust", f"account:{name}",
+                           {"amount": billing.to_credits(amount), "note": note})
+    return account_body(done)
 
 
 @bp.get("/accounts/<name>")
@@ -119,7 +130,8 @@ def account(name: str):
     holds = [{"request_id": h.request_id, "amount": billing.to_credits(h.amount),
               "expires_at": h.expires_at.isoformat() + "Z"}
              for h in Hold.select().where(Hold.account == acct.id)]
-    return account_body(acct) | {"holds": holds, "ledger": ledger_page(acct.id, 50, None)["data"]}
+    return account_body(acct) | {"log_bodies": acct.log_bodies, "holds": holds,
+                                 "ledger": ledger_page(acct.id, 50, None)["data"]}
 
 
 @bp.get("/accounts/<name>/usage/summary")
@@ -140,18 +152,35 @@ def export_all():
 
 @bp.patch("/accounts/<name>")
 def update_account(name: str):
-    """An account's own low-balance threshold (credits; null: the LOW_BALANCE_THRESHOLD setting)."""
+    """An account's own low-balance threshold (credits; null: the LOW_BALANCE_THRESHOLD setting)
+    and whether the request log keeps its calls' bodies (`log_bodies`)."""
     acct = _account(name)
     body = _json()
-    unknown = sorted(set(body) - {"low_balance_threshold"})
+    unknown = sorted(set(body) - {"low_balance_threshold", "log_bodies"})
     if unknown:
         raise InvalidRequest(f"'{clip(unknown[0])}' is not an account field", param=unknown[0])
-    value = body.get("low_balance_threshold")
-    micro = None if value is None else billing.to_micro(value, "low_balance_threshold")
-    if micro is not None and micro < 0:
-        raise InvalidRequest("'low_balance_threshold' must not be negative", param="low_balance_threshold")
-    Account.update(low_balance_threshold=micro).where(Account.id == acct.id).execute()
-    return account_body(Account.get_by_id(acct.id)) | {"low_balance_threshold": value}
+    changes = {}
+    if "low_balance_threshold" in body:
+        value = body["low_balance_threshold"]
+        micro = None if value is None else billing.to_micro(value, "low_balance_threshold")
+        if micro is not None and micro < 0:
+            raise InvalidRequest("'low_balance_threshold' must not be negative", param="low_balance_threshold")
+        changes["low_balance_threshold"] = micro
+    if "log_bodies" in body:
+        if not isinstance(body["log_bodies"], bool):
+            raise InvalidRequest("'log_bodies' must be true or false", param="log_bodies")
+        changes["log_bodies"] = body["log_bodies"]
+    with billing.write_tx():
+        if changes:
+            Account.update(**changes).where(Account.id == acct.id).execute()
+        audit.record_admin("account.update", f"account:{name}", body)
+    log = current_app.extensions.get("tollgate_log")
+    if log is not None:
+        log.forget(acct.id)  # this process reads the new flag on the next call
+    acct = Account.get_by_id(acct.id)
+    threshold = acct.low_balance_threshold
+    return account_body(acct) | {"low_balance_threshold": None if threshold is None else billing.to_credits(threshold),
+                                 "log_bodies": acct.log_bodies}
 
 
 @bp.get("/alerts")
@@ -200,17 +229,30 @@ def create_api_key():
         raise InvalidRequest("'models' must be a list of model names", param="models")
     if label is not None and not isinstance(label, str):
         raise InvalidRequest("'name' must be a string", param="name")
+    extra = key_admin.budget_fields(body)
+    if extra.get("budget") is not None and extra.get("budget_period") is None:
+        extra["budget_period"] = "total"
     acct = billing.account(name, current_app.config["NEW_ACCOUNT_CREDITS_MICRO"])
-    row, plain = create_key(acct, label, rpm, models, _expiry(body.get("expires_at")),
-                            body.get("max_concurrent"))
+    with billing.write_tx():
+        row, plain = create_key(acct, label, rpm, models, _expiry(body.get("expires_at")),
+                                body.get("max_concurrent"))
+        if extra:
+            ApiKey.update(**extra).where(ApiKey.id == row.id).execute()
+            row = ApiKey.get_by_id(row.id)
+        audit.record_admin("key.create", f"key:{row.id}", {"account": acct.name, "name": row.name,
+                                                             **key_admin.shown(extra)})
     return {"id": row.id, "key": plain, "account": acct.name, "name": row.name,
-            "created": epoch(row.created)}, 201
+            "created": epoch(row.created), "budget": extra.get("budget") and billing.to_credits(extra["budget"]),
+            "budget_period": row.budget_period, "log_bodies": row.log_bodies}, 201
 
 
 @bp.delete("/keys/<int:key_id>")
 def revoke_key(key_id: int):
-    taken = (ApiKey.update(revoked_at=utcnow())
-             .where((ApiKey.id == key_id) & ApiKey.revoked_at.is_null()).execute())
-    if not taken and not ApiKey.get_or_none(ApiKey.id == key_id):
-        raise NotFound(f"No API key with id {key_id}", code="key_not_found")
+    with billing.write_tx():
+        taken = (ApiKey.update(revoked_at=utcnow())
+                 .where((ApiKey.id == key_id) & ApiKey.revoked_at.is_null()).execute())
+        if not taken and not ApiKey.get_or_none(ApiKey.id == key_id):
+            raise NotFound(f"No API key with id {key_id}", code="key_not_found")
+        if taken:
+            audit.record_admin("key.revoke", f"key:{key_id}")
     return {"id": key_id, "revoked": True}

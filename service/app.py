@@ -187,13 +187,16 @@ def create_app(overrides: dict | None = None) -> Flask:
         account, admin, answer_cache, catalog, chat, cli, deployment_admin, embeddings, health, messages, observe,
         responses,
     )
+    from service import audit, key_admin, logs_api, request_log, traces
 
     answer_cache.init_app(app)
 
     observe.init_app(app)
+    request_log.init_app(app)  # after observe's: its hook runs first and names the request id
+    traces.init_app(app)
     app.before_request(no_nul_characters)  # after observe's: the refusal is timed and logged
     for module in (chat, messages, responses, embeddings, catalog, account, admin, deployment_admin, health,
-                   observe):
+                   observe, logs_api, key_admin, audit):
         app.register_blueprint(module.bp)
     if conf.get("CONSOLE_ENABLED", True):
         from service.console.views import bp as console

@@ -16,6 +16,7 @@ from peewee import IntegrityError, InterfaceError, OperationalError, PostgresqlD
 
 from service.db import Account, AlertOutbox, Hold, LedgerEntry, db, is_postgres, utcnow
 from core.errors import InsufficientCredits, InvalidRequest
+from service import budgets
 from service.group_commit import GroupCommit
 
 MICRO = 1_000_000
@@ -83,14 +84,14 @@ def _postgres() -> bool:
 # before the flush, the holds and their `held` increments vanish together, nothing stays
 # locked, and each call's settle then charges without a hold. Settles wait for the flush.
 PG_HOLD = ("tollgate_hold(%s::text[], %s::bigint[], %s::bigint[], %s::timestamp[], %s::text[], %s::text[], "
-           "%s::timestamp[])")
+           "%s::timestamp[], %s::bigint[], %s::timestamp[], %s::bigint[])")
 PG_SETTLE = ("tollgate_settle(%s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[], "
              "%s::bigint[], %s::boolean[], %s::timestamp[], %s::bigint[], %s::bigint[], %s::bigint[], "
-             "%s::bigint[], %s::bigint[], %s::text[], %s::bigint[], %s::text[])")
-PG_HOLD_FIELDS = ("rid", "account", "amount", "expires", "owner", "model", "now")
+             "%s::bigint[], %s::bigint[], %s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::timestamp[])")
+PG_HOLD_FIELDS = ("rid", "account", "amount", "expires", "owner", "model", "now", "key", "period", "budget")
 PG_SETTLE_FIELDS = ("rid", "account", "model", "prompt", "completion", "charge", "estimated", "now",
                     "overrun", "cached", "cache_write_5m", "cache_write_1h", "reasoning", "prices",
-                    "threshold", "deployment")
+                    "threshold", "deployment", "key_id", "period")
 DB_ERRORS = (OperationalError, InterfaceError)  # the database is unreachable or the link broke
 
 
@@ -191,20 +192,25 @@ def retrying(fn, *args, **kwargs):
 
 
 def hold(account_id: int, request_id: str, amount: int, ttl: int, owner: str | None = None,
-         model: str | None = None) -> None:
+         model: str | None = None, key: budgets.Reservation | None = None, key_id: int | None = None) -> None:
     """Reserve `amount` if balance - held covers it, else 402; a zero amount needs no hold.
     `owner` (the process making the call) keeps extending it while the call runs; `model` is
-    the call's, for operators to see."""
+    the call's, for operators to see. With `key` the amount must also fit in that API key's
+    budget for the period, in the same statement (402 key_budget_exceeded)."""
     if amount <= 0:
         return
     if amount > MAX_BALANCE:
         raise InsufficientCredits()  # no balance can cover it
     now = utcnow()
     expires = now + dt.timedelta(seconds=ttl)
+    key_id = key.key_id if key else key_id
     if _postgres():
-        if not _group.submit("hold", {"amount": amount, "account": account_id, "rid": request_id,
-                                       "expires": expires, "owner": owner, "model": model, "now": now}):
-            raise InsufficientCredits()
+        code = _group.submit("hold", {"amount": amount, "account": account_id, "rid": request_id,
+                                      "expires": expires, "owner": owner, "model": model, "now": now,
+                                      "key": key_id, "period": key.period if key else None,
+                                      "budget": key.budget if key else None})
+        if code:
+            raise budgets.KeyBudgetExceeded() if code == 2 else InsufficientCredits()
         return
     with write_tx():
         taken = (Account.update(held=Account.held + amount)
@@ -212,8 +218,11 @@ def hold(account_id: int, request_id: str, amount: int, ttl: int, owner: str | N
                  .execute())
         if not taken:
             raise InsufficientCredits()
+        if key is not None:
+            budgets.take(key, amount)  # raises, and the transaction takes nothing
         Hold.create(request_id=request_id, account=account_id, amount=amount, expires_at=expires,
-                    owner=owner, model=model, created=now)
+                    owner=owner, model=model, created=now, key_id=key_id,
+                    period_start=key.period if key else None)
 
 
 def extend(owner: str, ttl: int) -> int:
@@ -224,12 +233,14 @@ def extend(owner: str, ttl: int) -> int:
 
 
 def _take_hold(request_id: str) -> int:
-    """Delete a request's hold (inside a transaction); the amount it held, 0 if none."""
+    """Delete a request's hold (inside a transaction), giving back what it took from its key's
+    budget; the amount it held, 0 if none."""
     found = Hold.get_or_none(Hold.request_id == request_id)
     if found is None:
         return 0
     if not Hold.delete().where(Hold.id == found.id).execute():
         return 0
+    budgets.release(found.key_id, found.period_start, found.amount)
     return found.amount
 
 
@@ -239,14 +250,16 @@ DETAIL = ("cached", "cache_write_5m", "cache_write_1h", "reasoning")
 def settle(account_id: int, request_id: str, model: str, prompt_tokens: int,
            completion_tokens: int, charge: int, estimated: bool = False, cap: int | None = None,
            detail: dict | None = None, unit_prices: dict | None = None, threshold: int = -1,
-           deployment: str | None = None) -> bool:
+           deployment: str | None = None, key_id: int | None = None, period: str | None = None) -> bool:
     """Charge, release the hold and write the ledger row, at once; False if already settled.
     A charge above `cap` (what the call held) is cut to it; the rest is an `overrun` row that
     the gateway absorbs. `detail` holds the tokens of the classes beyond input and output and
     `unit_prices` the prices applied (both kept on the row). A charge that takes the balance
     below the account's low-balance threshold (else `threshold`; negative: alerts off) writes
     an alert to the outbox in the same transaction. `deployment`: the model's deployment that
-    answered (SPEC §15), named on the row."""
+    answered (SPEC §15), named on the row. `key_id` (the API key that made the call) is written
+    on the ledger row; with `period` (ISO time) the charge counts as that key's spend in its
+    budget period."""
     overrun = 0
     if cap is not None and charge > cap:
         charge, overrun = max(cap, 0), charge - max(cap, 0)
@@ -257,18 +270,20 @@ def settle(account_id: int, request_id: str, model: str, prompt_tokens: int,
             "completion": completion_tokens, "charge": charge, "estimated": estimated,
             "now": utcnow(), "overrun": overrun, **detail,
             "prices": None if unit_prices is None else json.dumps(unit_prices), "threshold": threshold,
-            "deployment": deployment})
+            "deployment": deployment, "key_id": key_id, "period": period})
     try:
         with write_tx():
             LedgerEntry.create(account=account_id, request_id=request_id, model=model,
                                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                delta=-charge, kind="charge", estimated=estimated, prices=unit_prices,
-                               deployment=deployment,
+                               deployment=deployment, key_id=key_id,
                                **{f"{k}_tokens": v for k, v in detail.items()})
             if overrun:
                 LedgerEntry.create(account=account_id, request_id=f"{request_id}:overrun", model=model,
-                                   delta=0, kind="overrun", estimated=estimated, absorbed=overrun)
+                                   delta=0, kind="overrun", estimated=estimated, absorbed=overrun,
+                                   key_id=key_id)
             released = _take_hold(request_id)
+            budgets.settle(key_id, budgets.parse(period), charge)
             (Account.update(balance=Account.balance - charge, held=Account.held - released)
              .where(Account.id == account_id).execute())
             if threshold >= 0 and charge > 0:

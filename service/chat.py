@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from core import chat as chat_request
 from core import transcript
-from service import admission, answer_cache, idempotency, observe, parallel, relay
+from service import admission, answer_cache, idempotency, observe, parallel, relay, traces
 from service.auth import authenticate, lineage
 from service.body import json_object
 from service.errors import Forbidden, InvalidRequest
@@ -155,7 +155,8 @@ def admitted(req, rates: list[admission.Rate], answer=relay.complete):
     """The call past its rate limits, token budget and caps (one Redis round trip), then run once
     per idempotency key; its slots are given back however it ends."""
     ext, conf = current_app.extensions["tollgate"], current_app.config
-    lease = ext.admission.admit(req.request_id, rates, g.account.name, caps(g.account, g.api_key, conf))
+    with traces.step(observe.outcome(), "admission"):
+        lease = ext.admission.admit(req.request_id, rates, g.account.name, caps(g.account, g.api_key, conf))
     ran = False
 
     def run():
@@ -232,7 +233,7 @@ def _call(chat, ext, conf, lease, answer):
     record = observe.outcome()
     record.update(request_id=chat.request_id, model=chat.model.name)
     ctx = relay.Context(g.account.id, ext, conf, lambda tokens: ext.budget.spend(name, tokens, lease), record,
-                        lease=lease)
+                        lease=lease, key=g.api_key)
     cached = answer_cache.Lookup(current_app.extensions["tollgate_answers"], chat, g.account.id,
                                  request.headers.get("Cache-Control"))
     headers = {"X-Request-ID": chat.request_id, **cached.headers}

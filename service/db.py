@@ -8,7 +8,7 @@ import datetime as dt
 import json
 
 from peewee import (
-    DatabaseProxy, PostgresqlDatabase, BigIntegerField, BooleanField, CharField, DateTimeField, ForeignKeyField,
+    Check, DatabaseProxy, PostgresqlDatabase, BigIntegerField, BooleanField, CharField, DateTimeField, ForeignKeyField,
     IntegerField, Model, SQL, TextField,
 )
 from playhouse.db_url import parse
@@ -95,6 +95,7 @@ class Account(Base):
     held = BigIntegerField(default=0)
     low_balance_threshold = BigIntegerField(null=True)  # micro-credits; None: the setting
     created = DateTimeField(default=utcnow)
+    log_bodies = BooleanField(default=False, constraints=[SQL("DEFAULT FALSE")])  # request log keeps bodies
 
 
 class Hold(Base):
@@ -105,6 +106,8 @@ class Hold(Base):
     owner = CharField(null=True, index=True)  # the process whose call holds it; it extends the expiry
     model = CharField(null=True)  # the call's model (shown to operators)
     created = DateTimeField(null=True)  # when the call took it (its age, for operators)
+    key_id = IntegerField(null=True)  # the API key whose period budget this hold also counts against
+    period_start = DateTimeField(null=True)  # ... and that budget period (service/budgets.py)
 
 
 class LedgerEntry(Base):
@@ -131,6 +134,7 @@ class LedgerEntry(Base):
     parallel_group = CharField(null=True)  # the calls of one `models` request share it (SPEC §16)
     deployment = CharField(null=True)  # the model's deployment that answered (None: the row itself)
     created = DateTimeField(default=utcnow, index=True)
+    key_id = IntegerField(null=True, index=True)  # the API key that made the call (None: a JWT)
 
     @property
     def usage(self) -> Usage:
@@ -151,6 +155,9 @@ class ApiKey(Base):
     revoked_at = DateTimeField(null=True)
     parent_id = IntegerField(null=True)  # minted from this key's console session: bound by it too
     created = DateTimeField(default=utcnow)
+    budget = BigIntegerField(null=True)  # micro-credits per period (None: no budget)
+    budget_period = CharField(null=True)  # day | week | month (UTC) | total
+    log_bodies = BooleanField(default=False, constraints=[SQL("DEFAULT FALSE")])
 
     class Meta:
         table_name = "api_key"
@@ -226,6 +233,81 @@ class ConsoleSession(Base):
         table_name = "console_session"
 
 
+class KeySpend(Base):
+    """What an API key with a budget spent and holds in one budget period; a hold may only raise
+    `held` while spent + held stays within the key's budget (service/billing.py)."""
+
+    key_id = IntegerField()
+    period_start = DateTimeField()
+    spent = BigIntegerField(default=0, constraints=[SQL("DEFAULT 0"), Check("spent >= 0")])
+    held = BigIntegerField(default=0, constraints=[SQL("DEFAULT 0"), Check("held >= 0")])
+
+    class Meta:
+        table_name = "key_spend"
+        indexes = ((("key_id", "period_start"), True),)
+
+
+class RequestLog(Base):
+    """One call on a front door (SPEC §17): answered, failed or refused. Written in batches by
+    service/request_log.py; `request_id` is unique, so a batch written twice adds nothing."""
+
+    request_id = CharField(unique=True)
+    account_id = IntegerField()
+    key_id = IntegerField(null=True)
+    created = DateTimeField(default=utcnow, index=True)
+    endpoint = CharField()
+    model = CharField(null=True)
+    deployment = CharField(null=True)
+    status = IntegerField()
+    error_code = CharField(null=True)
+    latency_ms = IntegerField()
+    upstream_ms = IntegerField(null=True)
+    ttft_ms = IntegerField(null=True)
+    prompt_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
+    completion_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
+    cached_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
+    cache_write_5m_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
+    cache_write_1h_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
+    reasoning_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
+    cost = BigIntegerField(default=0, constraints=[SQL("DEFAULT 0")])  # micro-credits charged
+    cache_hit = BooleanField(default=False, constraints=[SQL("DEFAULT FALSE")])
+    estimated = BooleanField(default=False, constraints=[SQL("DEFAULT FALSE")])
+    stream = BooleanField(default=False, constraints=[SQL("DEFAULT FALSE")])
+    client_request_id = CharField(null=True)
+
+    class Meta:
+        table_name = "request_log"
+        indexes = ((("account_id", "id"), False), (("account_id", "model", "id"), False),
+                   (("account_id", "key_id", "id"), False), (("account_id", "status", "id"), False))
+
+
+class RequestBody(Base):
+    """A logged call's request and answer, redacted and cut (kept fewer days than its row)."""
+
+    request_id = CharField(unique=True)
+    created = DateTimeField(default=utcnow, index=True)
+    request = TextField(null=True)
+    response = TextField(null=True)
+
+    class Meta:
+        table_name = "request_body"
+
+
+class AuditEntry(Base):
+    """An operator's action or a console sign-in; rows are only ever added (pruned never)."""
+
+    created = DateTimeField(default=utcnow)
+    actor = CharField()
+    action = CharField()
+    target = CharField(null=True)
+    detail = JSONField(null=True)
+    ip = CharField(null=True)
+
+    class Meta:
+        table_name = "audit_entry"
+        indexes = ((("actor", "id"), False), (("action", "id"), False))
+
+
 class SchemaVersion(Base):
     version = IntegerField(primary_key=True)
     applied = DateTimeField(default=utcnow)
@@ -235,7 +317,7 @@ class SchemaVersion(Base):
 
 
 TABLES = [AIModel, ModelPrice, Account, Hold, LedgerEntry, ApiKey, IdempotentCall, AlertOutbox,
-          StoredResponse, ConsoleSession]
+          StoredResponse, ConsoleSession, KeySpend, RequestLog, RequestBody, AuditEntry]
 
 
 def open_database(url: str, pool_size: int = 32):

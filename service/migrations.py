@@ -395,12 +395,151 @@ def _v13_deployments() -> None:
         db.execute_sql(PG_FUNCTIONS_V13)
 
 
+# Migration 14: spend per key and key budgets (SPEC §17). A hold may also count against its API
+# key's budget for the period: in the same statement as the balance, the key's period row takes
+# the amount only while spent + held stays within the budget. Results: 0 taken, 1 the balance
+# cannot cover it, 2 the key's budget cannot. A settle moves the key's held amount to spent and
+# writes the key on the ledger row.
+PG_FUNCTIONS_V14 = """
+DROP FUNCTION IF EXISTS tollgate_hold(text[], bigint[], bigint[], timestamp[], text[]);
+DROP FUNCTION IF EXISTS tollgate_hold(text[], bigint[], bigint[], timestamp[], text[], text[], timestamp[]);
+CREATE OR REPLACE FUNCTION tollgate_hold(rids text[], accounts bigint[], amounts bigint[],
+    expiries timestamp[], owners text[], models text[], stamps timestamp[], keys bigint[],
+    periods timestamp[], budgets bigint[])
+    RETURNS int[]
+LANGUAGE plpgsql AS $$
+DECLARE
+  taken int[] := '{}';
+  code int;
+BEGIN
+  FOR i IN 1 .. coalesce(array_length(rids, 1), 0) LOOP
+    code := 0;
+    UPDATE account SET held = held + amounts[i]
+      WHERE id = accounts[i] AND balance - held >= amounts[i];
+    IF NOT FOUND THEN
+      code := 1;
+    ELSIF budgets[i] IS NOT NULL THEN
+      INSERT INTO key_spend (key_id, period_start, spent, held) VALUES (keys[i], periods[i], 0, 0)
+        ON CONFLICT (key_id, period_start) DO NOTHING;
+      UPDATE key_spend SET held = held + amounts[i]
+        WHERE key_id = keys[i] AND period_start = periods[i] AND spent + held + amounts[i] <= budgets[i];
+      IF NOT FOUND THEN
+        code := 2;
+        UPDATE account SET held = held - amounts[i] WHERE id = accounts[i];
+      END IF;
+    END IF;
+    IF code = 0 THEN
+      INSERT INTO hold (request_id, account_id, amount, expires_at, owner, model, created, key_id,
+                        period_start)
+        VALUES (rids[i], accounts[i], amounts[i], expiries[i], owners[i], models[i], stamps[i], keys[i],
+                CASE WHEN budgets[i] IS NULL THEN NULL ELSE periods[i] END);
+    END IF;
+    taken := taken || code;
+  END LOOP;
+  RETURN taken;
+END $$;
+
+DROP FUNCTION IF EXISTS tollgate_settle(text[], bigint[], text[], bigint[], bigint[], bigint[],
+    boolean[], timestamp[], bigint[], bigint[], bigint[], bigint[], bigint[], text[], bigint[]);
+DROP FUNCTION IF EXISTS tollgate_settle(text[], bigint[], text[], bigint[], bigint[], bigint[],
+    boolean[], timestamp[], bigint[], bigint[], bigint[], bigint[], bigint[], text[], bigint[], text[]);
+CREATE OR REPLACE FUNCTION tollgate_settle(rids text[], accounts bigint[], models text[],
+    prompts bigint[], completions bigint[], charges bigint[], estimates boolean[],
+    stamps timestamp[], overruns bigint[], cacheds bigint[], writes5m bigint[], writes1h bigint[],
+    reasonings bigint[], prices text[], thresholds bigint[], deployments text[], keys bigint[],
+    periods timestamp[])
+    RETURNS boolean[]
+LANGUAGE plpgsql AS $$
+DECLARE
+  charged boolean[] := '{}';
+  released bigint;
+  held_key bigint;
+  held_period timestamp;
+  fresh boolean;
+  bal bigint;
+  own bigint;
+  line bigint;
+BEGIN
+  FOR i IN 1 .. coalesce(array_length(rids, 1), 0) LOOP
+    released := NULL;
+    held_period := NULL;
+    DELETE FROM hold WHERE request_id = rids[i] RETURNING amount, key_id, period_start
+      INTO released, held_key, held_period;
+    INSERT INTO ledgerentry (account_id, request_id, model, prompt_tokens, completion_tokens, delta,
+                             kind, estimated, absorbed, cached_tokens, cache_write_5m_tokens,
+                             cache_write_1h_tokens, reasoning_tokens, prices, created, key_id, deployment)
+      VALUES (accounts[i], rids[i], models[i], prompts[i], completions[i], -charges[i], 'charge',
+              estimates[i], 0, cacheds[i], writes5m[i], writes1h[i], reasonings[i], prices[i],
+              stamps[i], keys[i], deployments[i])
+      ON CONFLICT (request_id) DO NOTHING;
+    fresh := FOUND;
+    IF fresh AND overruns[i] > 0 THEN
+      INSERT INTO ledgerentry (account_id, request_id, model, prompt_tokens, completion_tokens, delta,
+                               kind, estimated, absorbed, created, key_id)
+        VALUES (accounts[i], rids[i] || ':overrun', models[i], 0, 0, 0, 'overrun', estimates[i],
+                overruns[i], stamps[i], keys[i])
+        ON CONFLICT (request_id) DO NOTHING;
+    END IF;
+    IF held_period IS NOT NULL THEN
+      UPDATE key_spend SET held = held - released WHERE key_id = held_key AND period_start = held_period;
+    END IF;
+    IF fresh AND periods[i] IS NOT NULL AND charges[i] > 0 THEN
+      INSERT INTO key_spend (key_id, period_start, spent, held) VALUES (keys[i], periods[i], 0, 0)
+        ON CONFLICT (key_id, period_start) DO NOTHING;
+      UPDATE key_spend SET spent = spent + charges[i] WHERE key_id = keys[i] AND period_start = periods[i];
+    END IF;
+    UPDATE account SET balance = balance - CASE WHEN fresh THEN charges[i] ELSE 0 END,
+                       held = held - coalesce(released, 0)
+      WHERE id = accounts[i]
+      RETURNING balance, low_balance_threshold INTO bal, own;
+    line := coalesce(own, thresholds[i]);
+    IF fresh AND thresholds[i] >= 0 AND charges[i] > 0 AND line > 0 AND bal < line
+       AND bal + charges[i] >= line THEN
+      INSERT INTO alert_outbox (account_id, kind, request_id, balance, threshold, created,
+                                next_attempt, attempts)
+        VALUES (accounts[i], 'low_balance', rids[i], bal, line, stamps[i], stamps[i], 0);
+    END IF;
+    charged := charged || fresh;
+  END LOOP;
+  RETURN charged;
+END $$;
+"""
+
+V14_COLUMNS = (("account", "log_bodies", "BOOLEAN NOT NULL DEFAULT FALSE"), ("hold", "key_id", "INTEGER"),
+               ("hold", "period_start", "TIMESTAMP"), ("ledgerentry", "key_id", "INTEGER"),
+               ("api_key", "budget", "BIGINT"), ("api_key", "budget_period", "VARCHAR(255)"),
+               ("api_key", "log_bodies", "BOOLEAN NOT NULL DEFAULT FALSE"))
+
+
+def _column_type(kind: str) -> str:
+    """Peewee's own column type on SQLite for what PostgreSQL calls `kind`, so that an upgraded
+    database and a fresh one (made from the models) have the same schema."""
+    if is_postgres(db):
+        return kind
+    return kind.replace("BOOLEAN", "INTEGER").replace("BIGINT", "INTEGER").replace("TIMESTAMP", "DATETIME")
+
+
+def _v14_request_log_key_budgets_audit() -> None:
+    """Request logs and their bodies, spend and budgets per API key, the audit log."""
+    from service.db import AuditEntry, KeySpend, LedgerEntry, RequestBody, RequestLog
+
+    for table, column, kind in V14_COLUMNS:
+        if column not in {c.name for c in db.get_columns(table)}:
+            db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {_column_type(kind)}")
+    db.execute_sql(f"CREATE INDEX IF NOT EXISTS {LedgerEntry._meta.table_name}_key_id "
+                   f"ON {LedgerEntry._meta.table_name} (key_id)")
+    db.create_tables([KeySpend, RequestLog, RequestBody, AuditEntry], safe=True)
+    if is_postgres(db):
+        db.execute_sql(PG_FUNCTIONS_V14)
+
+
 STEPS = [(1, _v1_initial), (2, _v2_ledger_page_index), (3, _v3_batch_functions),
          (4, _v4_owned_holds_overruns_checks), (5, _v5_key_concurrency),
          (6, _v6_token_classes_idempotency_alerts), (7, _v7_model_kind_stored_responses),
          (8, _v8_console_sessions), (9, _v9_one_schema),
          (10, _v10_sessions_keep_their_credential), (11, _v11_answer_cache_parallel),
-         (12, _v12_holds_model_and_age), (13, _v13_deployments)]
+         (12, _v12_holds_model_and_age), (13, _v13_deployments),
+         (14, _v14_request_log_key_budgets_audit)]
 
 
 def current_version() -> int:

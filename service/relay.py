@@ -11,7 +11,7 @@ from core.embedding import encode
 from core.usage import CLASSES, Usage
 from providers import ADAPTERS
 from providers.base import Completion, StreamState, legacy_delta
-from service import billing, deployments, router
+from service import billing, budgets, deployments, router, traces
 from service.db import give_back, utcnow
 from core.errors import (
     GatewayError, ModelNotFound, NotImplementedByProvider, ProviderError, ProviderUnavailable, scrub,
@@ -39,6 +39,8 @@ class Context:
     prices: dict = field(default_factory=dict)  # catalogue row id -> prices per class at `begun`
     pick: object = None  # the deployment taken (service/deployment_health.py), given back once
     lease: object = None  # the call's admission lease (service/slots.py): the pick goes back with it
+    key: object = None  # the API key row the call came with (its budget, its spend)
+    reserved: object = None  # the key budget period the hold counted against (service/budgets.py)
 
     def prices_of(self, row) -> dict:
         if row.id not in self.prices:
@@ -53,7 +55,8 @@ class Context:
                                 tokens.prompt + tokens.completion, self.lease)
         self.record.update(model=chat.model.name, prompt_tokens=tokens.prompt,
                            completion_tokens=tokens.completion, cost=billing.to_credits(charge),
-                           cost_micro=charge, estimated=estimated)
+                           cost_micro=charge, estimated=estimated,
+                           **{f"{k}_tokens": v for k, v in tokens.detail.items()})
 
     def settle(self, chat, tokens: Usage, estimated: bool) -> Bill:
         """Charge the call at the prices in force when it began (at most what it held; the rest
@@ -69,9 +72,12 @@ class Context:
                 "prompt_tokens": tokens.prompt, "completion_tokens": tokens.completion, "charge": cost,
                 "estimated": estimated, "cap": self.held, "detail": tokens.detail, "unit_prices": unit,
                 "threshold": self.conf.get("LOW_BALANCE_ALERTS_MICRO", -1),
-                "deployment": self.pick.name if self.pick is not None else None}
+                "deployment": self.pick.name if self.pick is not None else None,
+                "key_id": getattr(self.key, "id", None),
+                "period": budgets.iso(self.reserved.period) if self.reserved else None}
         try:
-            billing.retrying(billing.settle, **args)
+            with traces.step(self.record, "settle", **{"tollgate.charge_micro": bill.charge}):
+                billing.retrying(billing.settle, **args)
         except billing.DB_ERRORS:
             self.ext.journal.append({"op": "settle", "rid": chat.request_id, "args": args})
         self.settled(chat, tokens, bill.charge, estimated)
@@ -173,7 +179,8 @@ def embed(req, ctx: Context) -> dict:
     _hold(req, [req.model], ctx)
     started = time.perf_counter()
     try:
-        (vectors, counted), _ = ctx.ext.transport.complete(call)
+        with traces.step(ctx.record, "provider call", **{"gen_ai.request.model": req.model.upstream_model}):
+            (vectors, counted), _ = ctx.ext.transport.complete(call)
     except BaseException:
         ctx.release(req)
         raise
@@ -210,9 +217,12 @@ def _hold(chat, rows: list, ctx: Context) -> None:
     amount = max(prices.bound(ctx.prices_of(row),
                               chat.n * chat.prompt_bound(row.image_tokens or conf["IMAGE_TOKENS"]),
                               chat.n * chat.output_cap(row)) for row in rows)
+    ctx.reserved = budgets.reservation(ctx.key)
     try:
-        billing.retrying(billing.hold, ctx.account_id, chat.request_id, amount, conf["HOLD_TTL_SECONDS"],
-                         ctx.ext.owner, chat.model.name)
+        with traces.step(ctx.record, "hold", **{"tollgate.hold_micro": amount}):
+            billing.retrying(billing.hold, ctx.account_id, chat.request_id, amount, conf["HOLD_TTL_SECONDS"],
+                             ctx.ext.owner, chat.model.name, ctx.reserved,
+                             getattr(ctx.key, "id", None))
     except billing.DB_ERRORS:
         # the hold may have committed before the link broke: release it once the database is back
         ctx.ext.journal.append({"op": "release", "rid": chat.request_id})
@@ -261,8 +271,9 @@ def complete(chat, ctx: Context) -> dict:
     router.check(chat, lambda c: _call(c, ctx.conf))  # refuse what it cannot do before holding
     _hold(chat, rows, ctx)
     try:
-        _, result = _first_answer(chat, rows, ctx,
-                                  lambda call: _run(ctx.ext.transport, call, ctx.record))
+        with traces.step(ctx.record, "provider call", **{"gen_ai.request.model": chat.model.upstream_model}):
+            _, result = _first_answer(chat, rows, ctx,
+                                      lambda call: _run(ctx.ext.transport, call, ctx.record))
     except BaseException:
         ctx.release(chat)
         raise
@@ -302,8 +313,9 @@ def stream(chat, ctx: Context):
     _hold(chat, rows, ctx)
     started = time.perf_counter()
     try:
-        call, resp = _first_answer(chat, rows, ctx,
-                                   lambda c: ctx.ext.transport.open_stream(_streamable(c)))
+        with traces.step(ctx.record, "provider call", **{"gen_ai.request.model": chat.model.upstream_model}):
+            call, resp = _first_answer(chat, rows, ctx,
+                                       lambda c: ctx.ext.transport.open_stream(_streamable(c)))
     except BaseException:
         ctx.release(chat)
         raise

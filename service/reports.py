@@ -22,7 +22,7 @@ PAGE = 1000
 DEFAULT_SPAN = dt.timedelta(days=30)
 COLUMNS = ("created", "account", "request_id", "kind", "model", "prompt_tokens", "completion_tokens",
            "input_tokens", "cached_input_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens",
-           "output_tokens", "reasoning_tokens", "amount", "estimated", "note")
+           "output_tokens", "reasoning_tokens", "amount", "estimated", "note", "key_id")
 
 
 EARLIEST = dt.datetime(1970, 1, 1)  # no ledger row is older; and a range's bounds stay representable
@@ -61,15 +61,16 @@ def time_range() -> tuple[dt.datetime, dt.datetime]:
 def summary(account_id: int) -> dict:
     """Charges per model or per day (UTC) in the request's range: calls, tokens per class, cost."""
     group_by = request.args.get("group_by", "model")
-    if group_by not in ("model", "day"):
-        raise InvalidRequest("'group_by' must be model or day", param="group_by")
+    if group_by not in GROUPS:
+        raise InvalidRequest("'group_by' must be model, day or key", param="group_by")
     start, end = time_range()
     return spend(account_id, group_by, start, end)
 
 
 def spend(account_id: int, group_by: str, start: dt.datetime, end: dt.datetime) -> dict:
     """Charges per model or per day (UTC) from start to end (excluded)."""
-    key = LedgerEntry.model if group_by == "model" else fn.DATE(LedgerEntry.created).coerce(False)
+    key = {"model": LedgerEntry.model, "day": fn.DATE(LedgerEntry.created).coerce(False),
+           "key": LedgerEntry.key_id}[group_by]
     e = LedgerEntry
     rows = (e.select(key.alias("key"), fn.COUNT(e.id).alias("calls"),
                      fn.SUM(e.prompt_tokens).alias("prompt"), fn.SUM(e.completion_tokens).alias("completion"),
@@ -82,12 +83,22 @@ def spend(account_id: int, group_by: str, start: dt.datetime, end: dt.datetime) 
     for r in rows:
         tokens = Usage(int(r["prompt"] or 0), int(r["completion"] or 0), int(r["cached"] or 0),
                        int(r["w5"] or 0), int(r["w1"] or 0), int(r["reasoning"] or 0))
-        data.append({group_by: str(r["key"]), "calls": r["calls"], "prompt_tokens": tokens.prompt,
+        data.append({group_by: _group_value(group_by, r["key"]), "calls": r["calls"], "prompt_tokens": tokens.prompt,
                      "completion_tokens": tokens.completion, "tokens": tokens.classes(),
                      "cost": to_credits(-int(r["delta"] or 0))})
     return {"group_by": group_by, "from": _iso(start), "to": _iso(end), "data": data,
             "total": {"calls": sum(d["calls"] for d in data),
                       "cost": to_credits(-sum(int(r["delta"] or 0) for r in rows))}}
+
+
+GROUPS = ("model", "day", "key")
+
+
+def _group_value(group_by: str, value):
+    """A group's name: the model, the day, or the API key's id (None: calls made with a JWT)."""
+    if group_by == "key":
+        return None if value is None else int(value)
+    return str(value)
 
 
 def _iso(value: dt.datetime) -> str:
@@ -104,10 +115,11 @@ def exact(micro: int) -> str:
 def _line(e: LedgerEntry, name: str) -> list:
     classes = e.usage.classes()
     return [_iso(e.created), name, e.request_id, e.kind, e.model or "", e.prompt_tokens, e.completion_tokens,
-            *classes.values(), exact(e.delta), "true" if e.estimated else "false", e.note or ""]
+            *classes.values(), exact(e.delta), "true" if e.estimated else "false", e.note or "",
+            "" if e.key_id is None else e.key_id]
 
 
-def _pages(account_id: int | None, start: dt.datetime, end: dt.datetime):
+def _pages(account_id: int | None, start: dt.datetime, end: dt.datetime, key_id: int | None = None):
     """CSV text, a page of ledger rows at a time (keyset pagination: each page a fresh query)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
@@ -122,6 +134,8 @@ def _pages(account_id: int | None, start: dt.datetime, end: dt.datetime):
                                                & (LedgerEntry.created < end))
             if account_id is not None:
                 query = query.where(LedgerEntry.account == account_id)
+            if key_id is not None:
+                query = query.where(LedgerEntry.key_id == key_id)
             page = list(query.order_by(LedgerEntry.id).limit(PAGE))
             missing = {e.account_id for e in page} - set(names)
             if missing:
@@ -140,6 +154,10 @@ def _pages(account_id: int | None, start: dt.datetime, end: dt.datetime):
 def export(account_id: int | None, filename: str) -> Response:
     """The ledger rows of one account (or all: None) in the range, as a streamed CSV download."""
     start, end = time_range()
-    return Response(_pages(account_id, start, end), mimetype="text/csv", headers={
+    raw = request.args.get("key_id")
+    if raw is not None and not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 2 ** 62):
+        raise InvalidRequest("'key_id' must be a positive integer", param="key_id")
+    key_id = int(raw) if raw is not None else None
+    return Response(_pages(account_id, start, end, key_id), mimetype="text/csv", headers={
         "Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store",
         "X-Accel-Buffering": "no"})

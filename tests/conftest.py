@@ -68,6 +68,8 @@ def make_app(tmp_path, db_url):
         if stop is not None:
             stop.set()
         app.extensions["tollgate_alerts"].stop.set()
+        if "tollgate_log" in app.extensions:  # its last rows written before the tables go
+            app.extensions["tollgate_log"].close()
     if made or db_url.startswith("postgres"):
         _drop_all()
         db.close()

@@ -1,9 +1,12 @@
 """Small helpers shared by tests."""
 from __future__ import annotations
 
+import sqlite3
 import time
 
-from service.db import Account, Hold, LedgerEntry
+from service import billing
+from service.db import Account, Hold, LedgerEntry, db, open_database
+from tests.fakes.tcp_proxy import TcpProxy
 
 
 def ledger(name: str) -> list[LedgerEntry]:
@@ -85,3 +88,41 @@ def _known_only(model, obj) -> None:
     elif isinstance(model, list):
         for m, o in zip(model, obj):
             _known_only(m, o)
+
+
+class Outage:
+    """Makes the database unreachable for the app and brings it back: PostgreSQL behind a TCP
+    proxy that is cut; SQLite write-locked by another connection (the app waits 200 ms)."""
+
+    def __init__(self, db_url: str, tmp_path):
+        self.sqlite = db_url.startswith("sqlite")
+        if self.sqlite:
+            self.url = f"{db_url}?busy_timeout=200"
+            self.path = db_url.split(":///", 1)[1]
+            self.locker = None
+        else:
+            self.direct = db_url
+            self.proxy = TcpProxy("127.0.0.1", 5432)
+            self.url = db_url.replace("127.0.0.1:5432", f"127.0.0.1:{self.proxy.port}")
+
+    def cut(self) -> None:
+        if self.sqlite:
+            self.locker = sqlite3.connect(self.path, timeout=30, check_same_thread=False,
+                                          isolation_level=None)
+            self.locker.execute("BEGIN IMMEDIATE")
+        else:
+            self.proxy.cut()
+
+    def restore(self) -> None:
+        if self.sqlite:
+            self.locker.execute("ROLLBACK")
+            self.locker.close()
+        else:
+            self.proxy.restore()
+        billing.reconnect()  # this test thread's own connection died with the outage
+
+    def close(self) -> None:
+        if not self.sqlite:
+            self.proxy.close()
+            billing.reconnect()
+            db.initialize(open_database(self.direct))  # the fixtures' clean-up goes direct

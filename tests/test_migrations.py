@@ -5,7 +5,7 @@ from service import billing, migrations
 from service.auth import create_key
 from service.db import (
     AIModel, Account, AlertOutbox, ApiKey, ConsoleSession, IdempotentCall, LedgerEntry, ModelPrice, SchemaVersion, StoredResponse,
-    TABLES, db, is_postgres, open_database,
+    TABLES, AuditEntry, KeySpend, RequestBody, RequestLog, db, is_postgres, open_database,
 )
 
 TABLE_NAMES = [t._meta.table_name for t in TABLES] + ["schema_version"]
@@ -22,6 +22,15 @@ def first_schema() -> None:
     for table, column, _ in (*migrations.v11_columns(), *migrations.V13_COLUMNS[:3]):  # alert_outbox's goes with its table
         db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
     db.drop_tables([ModelPrice, IdempotentCall, AlertOutbox, StoredResponse, ConsoleSession])
+    undo_v14()
+
+
+def undo_v14() -> None:
+    """Take migration 14's columns, index and tables away (a database made before it)."""
+    db.execute_sql("DROP INDEX IF EXISTS ledgerentry_key_id")
+    for table, column, _ in migrations.V14_COLUMNS:
+        db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
+    db.drop_tables([KeySpend, RequestLog, RequestBody, AuditEntry])
 
 
 def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):
@@ -65,6 +74,8 @@ def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):
     assert {"operator"} <= {c.name for c in db.get_columns("ledgerentry")}
     assert {"key_id", "flash"} <= {c.name for c in db.get_columns("console_session")}
     assert {"model", "created"} <= {c.name for c in db.get_columns("hold")}
+    assert {"key_id", "period_start"} <= {c.name for c in db.get_columns("hold")}
+    assert db.table_exists("key_spend") and db.table_exists("request_log") and db.table_exists("audit_entry")
 
 
 def _affinity(declared: str) -> str:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 
 import peewee
@@ -12,11 +11,10 @@ from werkzeug import Response
 
 from service import billing
 from service.app import keep_money
-from service.db import Hold, db, open_database
+from service.db import Hold
 from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
-from tests.fakes.tcp_proxy import TcpProxy
-from tests.helpers import account, charges, holds, invariant, ledger, wait_for
+from tests.helpers import Outage, account, charges, holds, invariant, ledger, wait_for
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -166,44 +164,6 @@ def test_a_call_longer_than_the_ttl_keeps_its_hold(make_app, live_factory, add_m
 
 
 # --- the database going away ----------------------------------------------------------------
-
-class Outage:
-    """Makes the database unreachable for the app and brings it back: PostgreSQL behind a TCP
-    proxy that is cut; SQLite write-locked by another connection (the app waits 200 ms)."""
-
-    def __init__(self, db_url: str, tmp_path):
-        self.sqlite = db_url.startswith("sqlite")
-        if self.sqlite:
-            self.url = f"{db_url}?busy_timeout=200"
-            self.path = db_url.split(":///", 1)[1]
-            self.locker = None
-        else:
-            self.direct = db_url
-            self.proxy = TcpProxy("127.0.0.1", 5432)
-            self.url = db_url.replace("127.0.0.1:5432", f"127.0.0.1:{self.proxy.port}")
-
-    def cut(self) -> None:
-        if self.sqlite:
-            self.locker = sqlite3.connect(self.path, timeout=30, check_same_thread=False,
-                                          isolation_level=None)
-            self.locker.execute("BEGIN IMMEDIATE")
-        else:
-            self.proxy.cut()
-
-    def restore(self) -> None:
-        if self.sqlite:
-            self.locker.execute("ROLLBACK")
-            self.locker.close()
-        else:
-            self.proxy.restore()
-        billing.reconnect()  # this test thread's own connection died with the outage
-
-    def close(self) -> None:
-        if not self.sqlite:
-            self.proxy.close()
-            billing.reconnect()
-            db.initialize(open_database(self.direct))  # the fixtures' clean-up goes direct
-
 
 @pytest.fixture
 def outage(db_url, tmp_path):

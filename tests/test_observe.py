@@ -85,7 +85,8 @@ def test_openapi_document_covers_every_route(app, client):
         if rule.endpoint in ("static", "favicon") or rule.endpoint.startswith("console."):  # not the API
             continue
         path = rule.rule.replace("<path:name>", "{name}").replace("<int:model_id>", "{model_id}") \
-            .replace("<int:key_id>", "{key_id}").replace("<name>", "{name}").replace("<response_id>", "{response_id}")
+            .replace("<int:key_id>", "{key_id}").replace("<name>", "{name}").replace("<response_id>", "{response_id}") \
+            .replace("<request_id>", "{request_id}")
         served |= {(m, path) for m in rule.methods - {"HEAD", "OPTIONS"}}
     assert documented == served
 
