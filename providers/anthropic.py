@@ -69,8 +69,10 @@ class AnthropicAdapter(Adapter):
         return headers
 
     def call_headers(self, chat, api_key):
-        native = getattr(chat, "native_headers", None) if getattr(chat, "native", None) is not None else None
-        return {**self.headers(api_key), **(native or {})}
+        """A native call passes on the client's `anthropic-version` and `anthropic-beta`."""
+        if getattr(chat, "native", None) is None:
+            return self.headers(api_key)
+        return {**self.headers(api_key), **chat.native_headers}
 
     def request(self, chat) -> dict:
         if chat.native is not None:

@@ -35,10 +35,10 @@ def prepare() -> None:
     authenticate()
     counting = request.path.endswith("/count_tokens")
     body = json_object()
-    if not counting and chat.find_model(anthropic.native_chat(body)).api == NATIVE_API:
+    own = anthropic.native_chat(body)  # what the gateway reads of any Messages body
+    if not counting and chat.find_model(own).api == NATIVE_API:  # the row speaks Messages: as sent
         headers = {k: request.headers[k] for k in PASSED_HEADERS if k in request.headers}
-        chat.prepare_body(anthropic.native_chat(body), native=body, native_api=NATIVE_API,
-                          native_headers=headers)
+        chat.prepare_body(own, native=body, native_api=NATIVE_API, native_headers=headers)
     else:
         chat.prepare_body(anthropic.to_chat(body, counting))
     g.request_hex = g.chat.request_id.removeprefix("chatcmpl-")

@@ -20,13 +20,15 @@ CLAUDE = Path(__file__).resolve().parent.parent / ".agents" / "node_modules" / "
 pytestmark = pytest.mark.skipif(not CLAUDE.exists(), reason="Claude Code is installed by `make test` (.agents/)")
 
 
-def _claude(tmp_path: Path, base_url: str, model: str, prompt: str) -> dict:
+def _claude(tmp_path: Path, base_url: str, model: str, prompt: str, key_variable: str) -> dict:
     """`claude -p` with its answer as JSON, no network but the gateway: its own home, no
-    updater, telemetry, error reports or other traffic, every model name set to the row's."""
+    updater, telemetry, error reports or other traffic, every model name set to the row's; the
+    gateway's token in `key_variable` (ANTHROPIC_API_KEY: `x-api-key`; ANTHROPIC_AUTH_TOKEN:
+    `Authorization: Bearer`)."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "ANTHROPIC_BASE_URL": base_url,
-           "ANTHROPIC_API_KEY": token(), "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1",
+           key_variable: token(), "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1",
            "DISABLE_ERROR_REPORTING": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
            "ANTHROPIC_DEFAULT_HAIKU_MODEL": model, "ANTHROPIC_DEFAULT_SONNET_MODEL": model,
            "ANTHROPIC_DEFAULT_OPUS_MODEL": model, "ANTHROPIC_SMALL_FAST_MODEL": model}
@@ -37,8 +39,10 @@ def _claude(tmp_path: Path, base_url: str, model: str, prompt: str) -> dict:
     return json.loads(run.stdout)
 
 
-@pytest.mark.parametrize("api", ["openai", "anthropic", "gemini"])
-def test_claude_code_reads_a_file_through_the_gateway(gateway, upstream, live_factory, tmp_path, api):
+@pytest.mark.parametrize("api,key_variable", [("openai", "ANTHROPIC_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY"),
+                                              ("gemini", "ANTHROPIC_AUTH_TOKEN")])
+def test_claude_code_reads_a_file_through_the_gateway(gateway, upstream, live_factory, tmp_path, api,
+                                                      key_variable):
     note = tmp_path / "note.txt"
     secret = f"tollgate-{api}-7f3a"
     note.write_text(secret + "\n")
@@ -49,10 +53,14 @@ def test_claude_code_reads_a_file_through_the_gateway(gateway, upstream, live_fa
     gateway.post("/api/admin/accounts/alice/credits", json={"amount": 10000}, headers=auth("root", True))
     live = live_factory(gateway.application)
 
-    out = _claude(tmp_path, live.url, f"m-{api}", "What does note.txt in this folder say? Use the Read tool.")
+    out = _claude(tmp_path, live.url, f"m-{api}", "What does note.txt in this folder say? Use the Read tool.",
+                  key_variable)
 
     assert out["is_error"] is False and out["result"] == fake.answer()
     assert len(fake.calls) == 2 and all(c.get("stream") or api == "gemini" for c in fake.calls)
+    if api == "anthropic":  # as Claude Code sent them, with the row's model
+        assert {"context_management", "thinking", "output_config", "metadata"} <= set(fake.calls[0])
+        assert fake.calls[0]["model"] == "up"
     assert secret not in json.dumps(fake.calls[0]) and secret in json.dumps(fake.calls[1])
     charged = [-row.delta for row in charges("alice")]
     assert charged == [sum(u) * 1000 for u in fake.usage]  # 1 credit per 1k tokens, every class
