@@ -25,7 +25,8 @@ ACCEPTED = {"metadata", "service_tier", "cache_control", "context_management", "
             "billing_policy"}
 FIELDS = MAPPED | ACCEPTED
 EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
-TOOL_KEYS = {"name", "description", "input_schema", "type", "cache_control", "strict", "eager_input_streaming"}
+TOOL_KEYS = {"name", "description", "input_schema", "type", "cache_control", "strict", "eager_input_streaming",
+             "defer_loading", "input_examples", "allowed_callers"}
 DELTA_USAGE = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens",
                "output_tokens_details")
 STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
@@ -176,14 +177,32 @@ def _messages(body: dict) -> list[dict]:
     return out
 
 
+def _tool(t: dict, i: int):
+    """(name, description, parameters, strict) of a client tool, or None for a server tool.
+    `defer_loading`: declared from the start (these providers load every tool; a deferred one
+    must be callable once the client's tool search finds it); `input_examples`: shown in the
+    description, as the model would see them; `allowed_callers` other than direct: a 400."""
+    extra = sorted(set(t) - TOOL_KEYS)
+    if extra:
+        raise bad(f"tools[{i}].{extra[0]}", f"'tools[{i}].{extra[0]}' is not supported on this model")
+    if t.get("allowed_callers") not in (None, ["direct"]):
+        raise bad(f"tools[{i}].allowed_callers", f"'tools[{i}].allowed_callers' can only be [\"direct\"] on "
+                                                 "this model (code execution runs on Anthropic's servers)")
+    if "input_schema" not in t or t.get("type") not in (None, "custom"):
+        return None
+    description = t.get("description")
+    examples = t.get("input_examples")
+    if examples is not None:
+        if not isinstance(examples, list):
+            raise bad(f"tools[{i}].input_examples", f"'tools[{i}].input_examples' must be a list")
+        shown = "\n".join(json.dumps(e, ensure_ascii=False) for e in examples)
+        description = f"{description or ''}\n\nInput examples:\n{shown}".lstrip()
+    return t["name"], description, t["input_schema"], t.get("strict")
+
+
 def _tools(tools) -> list[dict]:
-    if isinstance(tools, list):
-        for i, t in enumerate(tools):
-            extra = sorted(set(t) - TOOL_KEYS) if isinstance(t, dict) else []
-            if extra:
-                raise bad(f"tools[{i}].{extra[0]}", f"'tools[{i}].{extra[0]}' is not supported on this model")
-    return function_tools(tools, lambda t: (t["name"], t.get("description"), t["input_schema"], t.get("strict"))
-                          if "input_schema" in t and t.get("type") in (None, "custom") else None,
+    at = {id(t): i for i, t in enumerate(tools)} if isinstance(tools, list) else {}
+    return function_tools(tools, lambda t: _tool(t, at[id(t)]),
                           "a client tool with a name and an input_schema (server tools are not available "
                           "on this model)")
 

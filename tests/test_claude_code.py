@@ -16,7 +16,9 @@ from tests.conftest import auth, token
 from tests.fakes.agents import PATHS, ScriptedModel
 from tests.helpers import charges, holds, invariant
 
-CLAUDE = Path(__file__).resolve().parent.parent / ".agents" / "node_modules" / ".bin" / "claude"
+# the Makefile's pinned install; TEST_CLAUDE_CODE names another `claude` to try (docs/agents.md)
+CLAUDE = Path(os.environ.get("TEST_CLAUDE_CODE")
+              or Path(__file__).resolve().parent.parent / ".agents" / "node_modules" / ".bin" / "claude")
 pytestmark = pytest.mark.skipif(not CLAUDE.exists(), reason="Claude Code is installed by `make test` (.agents/)")
 
 

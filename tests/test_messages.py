@@ -222,7 +222,9 @@ def test_output_config_format_is_a_json_schema_response_format(gateway, upstream
     ("output_config", {"verbosity": "low"}, "output_config.verbosity"),
     ("billing_policy", {"type": "billing_policy", "bill_to": "user_profile"}, "billing_policy"),
     ("tools", [{"type": "web_search_20250305", "name": "web_search"}], "tools[0]"),
-    ("tools", [{**TOOL, "defer_loading": True}], "tools[0].defer_loading"),
+    ("tools", [{**TOOL, "allowed_callers": ["code_execution_20250825"]}], "tools[0].allowed_callers"),
+    ("tools", [TOOL, {**TOOL, "input_examples": {"city": "Paris"}}], "tools[1].input_examples"),
+    ("tools", [{**TOOL, "search_hint": "weather"}], "tools[0].search_hint"),
 ])
 def test_what_would_change_the_answer_is_refused_by_name(gateway, upstream, field, value, param):
     r = _post(gateway, {"model": "m-openai", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}],
@@ -397,3 +399,18 @@ def test_reasoning_tokens_are_thinking_tokens(gateway, upstream, stream):
         counted = r.json["usage"]
     assert counted["output_tokens_details"] == {"thinking_tokens": 192}
     assert (counted["input_tokens"], counted["cache_read_input_tokens"]) == (2006 - 1920, 1920)
+
+
+def test_advanced_tool_use_fields_claude_code_sends(gateway, upstream):
+    """Claude Code 2.1.332 sends a `defer_loading` tool (and the beta allows `input_examples`):
+    a deferred tool is declared from the start, examples are shown in the description."""
+    upstream.expect_request(PATHS["openai"]).respond_with_handler(ANSWERS["openai"])
+    tools = [{"name": "DeferredToolPlaceholder", "description": "never call this tool",
+              "input_schema": {"type": "object", "properties": {}}, "defer_loading": True},
+             {**TOOL, "input_examples": [{"city": "Paris"}], "allowed_callers": ["direct"]}]
+    r = _post(gateway, {"model": "m-openai", "max_tokens": 50, "tools": tools,
+                        "messages": [{"role": "user", "content": "Hi"}]})
+    assert r.status_code == 200, r.json
+    sent = upstream.log[-1][0].get_json()["tools"]
+    assert [t["function"]["name"] for t in sent] == ["DeferredToolPlaceholder", "get_weather"]
+    assert sent[1]["function"]["description"] == 'Weather now\n\nInput examples:\n{"city": "Paris"}'
