@@ -23,13 +23,13 @@ install: $(VENV)/.base
 install-test: $(VENV)/.test
 
 # Claude Code, the real client tests/test_claude_code.py runs (docs/agents.md), pinned, into .agents/
-CLAUDE_CODE_VERSION ?= 2.1.197
+CLAUDE_CODE_VERSION ?= 2.1.332
 AGENTS ?= .agents
 $(AGENTS)/.claude-code-$(CLAUDE_CODE_VERSION):
 	@command -v npm >/dev/null 2>&1 || { echo "test: npm is needed to install Claude Code (apt-get install npm)" >&2; exit 1; }
 	@npm install --prefix $(AGENTS) --no-audit --no-fund --no-update-notifier --loglevel=error \
 	  @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION) >/dev/null
-	@touch $@
+	@rm -f $(AGENTS)/.claude-code-* && touch $@
 claude-code: $(AGENTS)/.claude-code-$(CLAUDE_CODE_VERSION)
 
 run: install
