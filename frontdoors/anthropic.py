@@ -33,7 +33,10 @@ STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "f
         "content_filter": "refusal"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-               429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
+               429: "rate_limit_error", 503: "overloaded_error", 504: "timeout_error", 529: "overloaded_error"}
+# a stream's error event: the gateway's error type as Anthropic's (a provider that failed: api_error)
+STREAM_ERRORS = {"rate_limit_error": "rate_limit_error", "service_unavailable": "overloaded_error",
+                 "timeout_error": "timeout_error", "invalid_request_error": "invalid_request_error"}
 
 
 def error_body(err: GatewayError, request_id: str | None = None) -> dict:
@@ -413,7 +416,7 @@ def events(chunks):
             event = json.loads(piece[6:])
             if "error" in event:
                 err = event["error"]
-                yield _event("error", {"type": "error", "error": {"type": ERROR_TYPES.get(0, "api_error"),
+                yield _event("error", {"type": "error", "error": {"type": STREAM_ERRORS.get(err.get("type"), "api_error"),
                                                                   "message": err.get("message")}})
                 return
             if not started:

@@ -231,6 +231,7 @@ def test_what_would_change_the_answer_is_refused_by_name(gateway, upstream, fiel
                         field: value})
     assert r.status_code == 400 and r.json["error"]["type"] == "invalid_request_error"
     assert f"'{param}'" in r.json["error"]["message"], r.json
+    anthropic_shape("error", r.json)
     assert r.headers["request-id"] == r.json["request_id"]
     assert not upstream.log and not charges("alice") and holds() == 0
 
@@ -414,3 +415,18 @@ def test_advanced_tool_use_fields_claude_code_sends(gateway, upstream):
     sent = upstream.log[-1][0].get_json()["tools"]
     assert [t["function"]["name"] for t in sent] == ["DeferredToolPlaceholder", "get_weather"]
     assert sent[1]["function"]["description"] == 'Weather now\n\nInput examples:\n{"city": "Paris"}'
+
+
+@pytest.mark.parametrize("gateway_type,anthropic_type", [("service_unavailable", "overloaded_error"),
+                                                         ("timeout_error", "timeout_error"),
+                                                         ("api_error", "api_error")])
+def test_a_streams_error_event_says_what_failed(gateway_type, anthropic_type):
+    """It always said api_error (the shutting-down gateway's 503 included)."""
+    from frontdoors.anthropic import events
+
+    chunks = [fake_openai.chunk({"role": "assistant", "content": "Hi"}),
+              b"data: " + json.dumps({"error": {"type": gateway_type, "message": "m"}}).encode() + b"\n\n"]
+    out = _sse(b"".join(events(iter(chunks))))
+    assert out[-1] == {"type": "error", "error": {"type": anthropic_type, "message": "m"}}
+    for event in out:
+        anthropic_shape("event", event)
