@@ -384,6 +384,9 @@ def message(completion: dict) -> dict:
     choice = (completion.get("choices") or [{}])[0]
     msg = choice.get("message") or {}
     content = []
+    thought = msg.get("reasoning_content") or msg.get("reasoning")
+    if isinstance(thought, str) and thought:  # an OpenAI-compatible provider's reasoning
+        content.append({"type": "thinking", "thinking": thought, "signature": ""})
     if msg.get("content"):
         content.append({"type": "text", "text": msg["content"]})
     for call in msg.get("tool_calls") or []:
@@ -403,9 +406,53 @@ def _event(name: str, data: dict) -> bytes:
     return f"event: {name}\ndata: ".encode() + json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
 
+class _Blocks:
+    """The content blocks of a stream being written: which one is open (its key: thinking, text,
+    or a tool call's index) and the events that open, fill and close them."""
+
+    def __init__(self):
+        self.key, self.index = None, -1
+
+    def into(self, key, block: dict):
+        """Events that make `key` the open block (closing the one before), if it is not."""
+        if key == self.key:
+            return
+        yield from self.close()
+        self.key, self.index = key, self.index + 1
+        yield _event("content_block_start", {"type": "content_block_start", "index": self.index,
+                                             "content_block": block})
+
+    def delta(self, delta: dict) -> bytes:
+        return _event("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
+
+    def close(self):
+        if self.key is not None:
+            yield _event("content_block_stop", {"type": "content_block_stop", "index": self.index})
+        self.key = None
+
+
+def _choice_events(c: dict, blocks: _Blocks):
+    """One chat chunk choice's delta as content block events: reasoning as thinking, text,
+    tool calls."""
+    delta = c.get("delta") or {}
+    thought = delta.get("reasoning_content") or delta.get("reasoning")
+    if isinstance(thought, str) and thought:
+        yield from blocks.into("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+        yield blocks.delta({"type": "thinking_delta", "thinking": thought})
+    if delta.get("content"):
+        yield from blocks.into("text", {"type": "text", "text": ""})
+        yield blocks.delta({"type": "text_delta", "text": delta["content"]})
+    for call in delta.get("tool_calls") or ():
+        fn = call.get("function") or {}
+        yield from blocks.into(("tool", call.get("index", 0)), {"type": "tool_use", "id": call.get("id"),
+                                                                "name": fn.get("name"), "input": {}})
+        if fn.get("arguments"):
+            yield blocks.delta({"type": "input_json_delta", "partial_json": fn["arguments"]})
+
+
 def events(chunks):
-    """Chat chunk events (SSE bytes) as Messages stream events."""
-    started, block, tool, index, stop, last_usage = False, None, None, -1, ("end_turn", None), None
+    """Chat chunk events (SSE bytes) as Messages stream events; a native call's events as sent."""
+    started, blocks, stop, last_usage = False, _Blocks(), ("end_turn", None), None
     try:
         for piece in chunks:
             if piece.startswith(b"event: "):  # a native call's event, as the provider sent it
@@ -416,8 +463,8 @@ def events(chunks):
             event = json.loads(piece[6:])
             if "error" in event:
                 err = event["error"]
-                yield _event("error", {"type": "error", "error": {"type": STREAM_ERRORS.get(err.get("type"), "api_error"),
-                                                                  "message": err.get("message")}})
+                yield _event("error", {"type": "error", "error": {
+                    "type": STREAM_ERRORS.get(err.get("type"), "api_error"), "message": err.get("message")}})
                 return
             if not started:
                 started = True
@@ -428,37 +475,12 @@ def events(chunks):
             if event.get("usage"):
                 last_usage = event["usage"]
             for c in event.get("choices") or ():
-                if c.get("index", 0) != 0:
-                    continue
-                delta = c.get("delta") or {}
-                if delta.get("content"):
-                    if block != "text":
-                        if block is not None:
-                            yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
-                        index, block, tool = index + 1, "text", None
-                        yield _event("content_block_start", {"type": "content_block_start", "index": index,
-                                                             "content_block": {"type": "text", "text": ""}})
-                    yield _event("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                         "delta": {"type": "text_delta", "text": delta["content"]}})
-                for call in delta.get("tool_calls") or ():
-                    fn = call.get("function") or {}
-                    if block != "tool" or call.get("index", 0) != tool:
-                        if block is not None:
-                            yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
-                        index, block, tool = index + 1, "tool", call.get("index", 0)
-                        yield _event("content_block_start", {"type": "content_block_start", "index": index,
-                                                             "content_block": {"type": "tool_use", "id": call.get("id"),
-                                                                               "name": fn.get("name"), "input": {}}})
-                    if fn.get("arguments"):
-                        yield _event("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                             "delta": {"type": "input_json_delta",
-                                                                       "partial_json": fn["arguments"]}})
-                if c.get("finish_reason"):
-                    stop = stop_of(c)
+                if c.get("index", 0) == 0:
+                    yield from _choice_events(c, blocks)
+                    stop = stop_of(c) if c.get("finish_reason") else stop
         if not started:
             return
-        if block is not None:
-            yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
+        yield from blocks.close()
         counted = usage(last_usage)  # message_delta's usage: the counts, not the tier or the split
         yield _event("message_delta", {"type": "message_delta",
                                        "delta": {"stop_reason": stop[0], "stop_sequence": stop[1]},

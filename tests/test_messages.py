@@ -430,3 +430,34 @@ def test_a_streams_error_event_says_what_failed(gateway_type, anthropic_type):
     assert out[-1] == {"type": "error", "error": {"type": anthropic_type, "message": "m"}}
     for event in out:
         anthropic_shape("event", event)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_providers_reasoning_is_a_thinking_block(gateway, upstream, stream):
+    """DeepSeek's and vLLM's `reasoning_content` was dropped from the Messages answer."""
+    if stream:
+        pieces = [fake_openai.chunk({"role": "assistant", "content": ""}),
+                  fake_openai.chunk({"reasoning_content": "Think"}), fake_openai.chunk({"reasoning_content": "ing."}),
+                  fake_openai.chunk({"content": "Hello"}), fake_openai.chunk({}, finish="stop"),
+                  fake_openai.chunk({}, usage={"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14},
+                                    choices=False), b"data: [DONE]\n\n"]
+        upstream.expect_request(PATHS["openai"]).respond_with_handler(
+            lambda request: Response(pieces, mimetype="text/event-stream"))
+    else:
+        answer = fake_openai.completion("Hello", 9, 5)
+        answer["choices"][0]["message"]["reasoning_content"] = "Thinking."
+        upstream.expect_request(PATHS["openai"]).respond_with_handler(_json(answer))
+    r = _post(gateway, {"model": "m-openai", "max_tokens": 50, "stream": stream, "thinking": {"type": "adaptive"},
+                        "messages": [{"role": "user", "content": "Hi"}]})
+    assert r.status_code == 200
+    if stream:
+        events = _sse(r.data)
+        for event in events:
+            anthropic_shape("event", event)
+        starts = [e["content_block"]["type"] for e in events if e["type"] == "content_block_start"]
+        thought = "".join(e["delta"].get("thinking", "") for e in events if e["type"] == "content_block_delta")
+        assert starts == ["thinking", "text"] and thought == "Thinking."
+    else:
+        anthropic_shape("message", r.json)
+        assert r.json["content"] == [{"type": "thinking", "thinking": "Thinking.", "signature": ""},
+                                     {"type": "text", "text": "Hello"}]
