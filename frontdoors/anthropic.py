@@ -85,7 +85,7 @@ def _document(block: dict, where: str) -> dict:
 def _tool_result(b: dict, at: str) -> tuple[dict, list[dict]]:
     """A tool_result as a `tool` message, and its images as parts for the user message that
     follows (a Chat Completions tool message carries text only; the images go right after it)."""
-    content, images = b.get("content", ""), []
+    content, images = b.get("content") or "", []
     if isinstance(content, str):
         text = content
     elif isinstance(content, list):
@@ -185,14 +185,14 @@ def _tool(t: dict, i: int):
     `defer_loading`: declared from the start (these providers load every tool; a deferred one
     must be callable once the client's tool search finds it); `input_examples`: shown in the
     description, as the model would see them; `allowed_callers` other than direct: a 400."""
+    if "input_schema" not in t or t.get("type") not in (None, "custom"):
+        return None
     extra = sorted(set(t) - TOOL_KEYS)
     if extra:
         raise bad(f"tools[{i}].{extra[0]}", f"'tools[{i}].{extra[0]}' is not supported on this model")
     if t.get("allowed_callers") not in (None, ["direct"]):
         raise bad(f"tools[{i}].allowed_callers", f"'tools[{i}].allowed_callers' can only be [\"direct\"] on "
                                                  "this model (code execution runs on Anthropic's servers)")
-    if "input_schema" not in t or t.get("type") not in (None, "custom"):
-        return None
     description = t.get("description")
     examples = t.get("input_examples")
     if examples is not None:

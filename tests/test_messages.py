@@ -221,7 +221,7 @@ def test_output_config_format_is_a_json_schema_response_format(gateway, upstream
     ("output_config", {"effort": "huge"}, "output_config.effort"),
     ("output_config", {"verbosity": "low"}, "output_config.verbosity"),
     ("billing_policy", {"type": "billing_policy", "bill_to": "user_profile"}, "billing_policy"),
-    ("tools", [{"type": "web_search_20250305", "name": "web_search"}], "tools[0]"),
+    ("tools", [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}], "tools[0]"),
     ("tools", [{**TOOL, "allowed_callers": ["code_execution_20250825"]}], "tools[0].allowed_callers"),
     ("tools", [TOOL, {**TOOL, "input_examples": {"city": "Paris"}}], "tools[1].input_examples"),
     ("tools", [{**TOOL, "search_hint": "weather"}], "tools[0].search_hint"),
