@@ -36,7 +36,7 @@ def prepare() -> None:
     counting = request.path.endswith("/count_tokens")
     body = json_object()
     own = anthropic.native_chat(body)  # what the gateway reads of any Messages body
-    if not counting and chat.find_model(own).api == NATIVE_API:  # the row speaks Messages: as sent
+    if chat.find_model(own).api == NATIVE_API:  # the row speaks Messages: as sent (counted as sent)
         headers = {k: request.headers[k] for k in PASSED_HEADERS if k in request.headers}
         chat.prepare_body(own, native=body, native_api=NATIVE_API, native_headers=headers)
     else:

@@ -135,9 +135,18 @@ def test_errors_come_in_anthropics_shape(sdk, gateway):
     assert not charges("alice") and holds() == 0
 
 
-def test_count_tokens(sdk):
-    counted = sdk.messages.count_tokens(model="m-gemini", messages=[{"role": "user", "content": "x" * 400}])
-    assert 100 <= counted.input_tokens <= 120  # the estimate: 4 bytes a token, plus the framing
+@pytest.mark.parametrize("api", ["gemini", "anthropic"])
+def test_count_tokens(sdk, api):
+    counted = sdk.messages.count_tokens(model=f"m-{api}", messages=[{"role": "user", "content": "x" * 400}])
+    assert 100 <= counted.input_tokens <= 130  # the estimate: 4 bytes a token, plus the framing
+    assert counted._request_id.startswith("req_")
+
+
+def test_count_tokens_on_an_anthropic_row_takes_what_its_calls_take(gateway):
+    r = gateway.post("/v1/messages/count_tokens", headers=auth(), json={
+        "model": "m-anthropic", "messages": [{"role": "user", "content": "x" * 400}],
+        "mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "x"}]})
+    assert r.status_code == 200 and r.json["input_tokens"] > 100
 
 
 def _sse(data: bytes) -> list[dict]:
