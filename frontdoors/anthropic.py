@@ -252,8 +252,11 @@ def _accepted(body: dict) -> None:
 
 
 def _reasoning(body: dict) -> str | None:
-    """`thinking` and `output_config.effort` as a reasoning effort: a budget's size, or the effort
-    named; adaptive thinking leaves the provider its own default unless an effort is named."""
+    """`thinking` and `output_config.effort` as a reasoning effort. Thinking enabled: the effort
+    named, else the budget's size. Adaptive ("the model decides") sends nothing, effort or not:
+    on these providers an effort is the reasoning switch itself, which a model that cannot
+    reason refuses (Ollama's `think`, OpenAI's `reasoning_effort`), and a model that can
+    reasons by its own default, which is the model deciding."""
     thinking, config = body.get("thinking"), body.get("output_config") or {}
     kind = thinking.get("type") if isinstance(thinking, dict) else None
     if thinking is not None and kind not in ("enabled", "disabled", "adaptive"):
@@ -265,9 +268,7 @@ def _reasoning(body: dict) -> str | None:
     if kind == "enabled":
         budget = effort(thinking.get("budget_tokens"))
         return EFFORTS[named] if named else budget
-    if kind == "adaptive" and named:
-        return EFFORTS[named]
-    return None  # no thinking asked for: an effort then has nothing to steer on these providers
+    return None  # adaptive, disabled or absent: the provider's default
 
 
 def _output_format(body: dict) -> dict | None:

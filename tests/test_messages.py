@@ -192,12 +192,12 @@ def test_claude_codes_fields_and_the_sdks_are_served_on_translated_rows(gateway,
     sent = upstream.log[-1][0].get_json()
     assert not {"context_management", "service_tier", "cache_control", "metadata", "output_config"} & set(sent)
     if api == "openai":
-        assert sent["reasoning_effort"] == "high"
+        assert "reasoning_effort" not in sent  # adaptive: the model's own default
         assert sent["messages"] == [{"role": "system", "content": "Be brief."},
                                     {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
                                     {"role": "system", "content": "Agents: none."}]
     else:
-        assert sent["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 24576}
+        assert "thinkingConfig" not in sent.get("generationConfig", {})
         assert "Agents: none." in json.dumps(sent["systemInstruction"])
     _charged_matches(anthropic.types.Usage(**r.json["usage"]))
 
@@ -208,7 +208,22 @@ def test_the_sdks_own_parameters_are_served(sdk, upstream):
                               service_tier="standard_only", cache_control={"type": "ephemeral"},
                               thinking={"type": "adaptive"}, output_config={"effort": "max"})
     assert msg.content[0].text == "Hello from GPT" and msg.usage.service_tier == "standard"
-    assert upstream.log[-1][0].get_json()["reasoning_effort"] == "xhigh"
+    assert "reasoning_effort" not in upstream.log[-1][0].get_json()
+
+
+@pytest.mark.parametrize("thinking,config,effort", [
+    ({"type": "enabled", "budget_tokens": 2048}, None, "low"),
+    ({"type": "enabled", "budget_tokens": 2048}, {"effort": "max"}, "xhigh"),
+    ({"type": "adaptive", "display": "omitted"}, {"effort": "high"}, None),
+    ({"type": "disabled"}, {"effort": "low"}, None),
+    (None, {"effort": "medium"}, None),
+])
+def test_thinking_and_effort(gateway, upstream, thinking, config, effort):
+    upstream.expect_request(PATHS["openai"]).respond_with_handler(ANSWERS["openai"])
+    body = {"model": "m-openai", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
+    body.update({k: v for k, v in (("thinking", thinking), ("output_config", config)) if v is not None})
+    assert _post(gateway, body).status_code == 200
+    assert upstream.log[-1][0].get_json().get("reasoning_effort") == effort
 
 
 def test_output_config_format_is_a_json_schema_response_format(gateway, upstream):
