@@ -88,6 +88,12 @@ def load() -> dict:
         "CONCURRENCY_LEASE_SECONDS": float(env("CONCURRENCY_LEASE_SECONDS", "60")),
         "SHUTDOWN_GRACE_SECONDS": float(env("SHUTDOWN_GRACE_SECONDS", "30")),
         "TRUSTED_PROXIES": int(env("TRUSTED_PROXIES", "0")),
+        # hostile traffic (docs/hostile-traffic.md): the peers exempt from MAX_CONNECTIONS_PER_IP
+        # (addresses or networks; unset with TRUSTED_PROXIES > 0: every peer), the most connections
+        # one client address may hold (0: no cap), seconds for a request head to arrive in full
+        "TRUSTED_PROXY_ADDRESSES": [a.strip() for a in env("TRUSTED_PROXY_ADDRESSES", "").split(",") if a.strip()],
+        "MAX_CONNECTIONS_PER_IP": int(env("MAX_CONNECTIONS_PER_IP", "512")),
+        "REQUEST_HEAD_TIMEOUT": float(env("REQUEST_HEAD_TIMEOUT", "10")),
         # a hold expires HOLD_TTL_SECONDS after its process last extended it (every tick while
         # its call runs); the reaper releases expired holds every HOLD_REAP_INTERVAL_SECONDS
         "HOLD_TTL_SECONDS": int(env("HOLD_TTL_SECONDS", "60")),
@@ -107,6 +113,13 @@ def load() -> dict:
         # the web console at /console (off: no route answers there)
         "CONSOLE_ENABLED": _bool(env("CONSOLE_ENABLED"), True),
         "CONSOLE_SESSION_HOURS": int(env("CONSOLE_SESSION_HOURS", "12")),
+        # failed console sign-ins: free ones per client address and per credential, then each try
+        # waits BACKOFF seconds, doubling up to BACKOFF_MAX; failures are forgotten after WINDOW
+        "CONSOLE_SIGNIN_FREE_PER_IP": int(env("CONSOLE_SIGNIN_FREE_PER_IP", "10")),
+        "CONSOLE_SIGNIN_FREE_PER_CREDENTIAL": int(env("CONSOLE_SIGNIN_FREE_PER_CREDENTIAL", "5")),
+        "CONSOLE_SIGNIN_BACKOFF_SECONDS": float(env("CONSOLE_SIGNIN_BACKOFF_SECONDS", "1")),
+        "CONSOLE_SIGNIN_BACKOFF_MAX_SECONDS": float(env("CONSOLE_SIGNIN_BACKOFF_MAX_SECONDS", "900")),
+        "CONSOLE_SIGNIN_WINDOW_SECONDS": float(env("CONSOLE_SIGNIN_WINDOW_SECONDS", "3600")),
         # provider keys are read through this mapping only, by the variable name a row names
         "PROVIDER_KEYS": {k: v for k, v in os.environ.items() if k.endswith("_API_KEY")},
     }

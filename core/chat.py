@@ -243,3 +243,35 @@ def model_ref(body: dict, default: str):
     if not isinstance(ref, (str, int)) or isinstance(ref, bool):
         raise bad("model", "'model' must be a string")
     return ref
+
+
+@dataclass
+class PassThrough(ChatRequest):
+    """A call on a row that speaks the front door's own API (`api = "openai_responses"` behind
+    /v1/responses): `body` goes upstream as the client sent it, `render(event, usage)` turns each
+    provider event into the client's bytes (the cost in the last one's usage), `answer(raw, usage)`
+    the provider's whole answer into the client's body; `transcript` and `replay` store and replay
+    a stream for an idempotent retry."""
+
+    body: dict = field(default_factory=dict)
+    cap_field: str = "max_output_tokens"
+    render: object = None
+    answer: object = None
+    transcript: object = None  # () -> what gathers the client's stream back into its answer (idempotency)
+    replay: object = None  # (stored answer, include_usage) -> that answer as the client's stream again
+
+    def output_cap(self, row) -> int:
+        return self.body.get(self.cap_field) or row.max_output_tokens
+
+    def _sized(self) -> tuple[int, int]:
+        """(bytes, images) of the body as it goes upstream, inline images counted apart."""
+        if self._size is None:
+            size = len(json.dumps(self.body, ensure_ascii=False).encode())
+            images = 0
+            for item in self.body.get("input") or ():
+                for part in (item.get("content") if isinstance(item, dict) else None) or ():
+                    if isinstance(part, dict) and part.get("type") == "input_image":
+                        images += 1
+                        size -= len(part.get("image_url") or "") if isinstance(part.get("image_url"), str) else 0
+            self._size = (max(size, 0), images)
+        return self._size

@@ -7,7 +7,7 @@ import math
 import struct
 from dataclasses import dataclass, field
 
-from core.errors import InvalidRequest
+from core.errors import InvalidRequest, clip
 
 FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}
 MAX_INPUTS = 2048
@@ -74,7 +74,7 @@ def _inputs(value) -> list:
 def embedding_request(body: dict, model, request_id: str) -> EmbeddingRequest:
     unknown = sorted(set(body) - FIELDS)
     if unknown:
-        raise _bad(unknown[0], f"'{unknown[0]}' is not an embeddings parameter")
+        raise _bad(unknown[0], f"'{clip(unknown[0])}' is not an embeddings parameter")
     fmt = body.get("encoding_format") or "float"
     if fmt not in ("float", "base64"):
         raise _bad("encoding_format", "'encoding_format' must be float or base64")

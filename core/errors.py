@@ -14,6 +14,7 @@ ZH = {
     "forbidden": "权限不足",
     "request_too_large": "请求体过大",
     "rate_limit_exceeded": "请求过于频繁，请稍后再试",
+    "too_many_sign_ins": "登录失败次数过多，请 {} 秒后再试",
     "upstream_timeout": "模型服务响应超时",
     "generation_failed": "生成响应失败",
     "internal_error": "服务器内部错误",
@@ -22,6 +23,15 @@ ZH = {
     "ollama_unavailable": "Ollama 服务不可用，请确认 Ollama 正在运行。",
     "database_unavailable": "数据库暂不可用，请稍后重试",
 }
+
+
+ECHO_MAX = 200  # the most of a client's own input an error quotes back (SPEC §18)
+
+
+def clip(value, most: int = ECHO_MAX) -> str:
+    """A client's value as an error quotes it: at most `most` characters, an ellipsis where cut."""
+    text = str(value)
+    return text if len(text) <= most else text[:most - 1] + "…"
 
 
 class GatewayError(Exception):
@@ -35,8 +45,8 @@ class GatewayError(Exception):
                  arg: str | None = None, headers: dict | None = None):
         super().__init__(message)
         self.message = message
-        self.param = param
-        self.arg = arg
+        self.param = None if param is None else clip(param)  # often the name of a field the client sent
+        self.arg = None if arg is None else clip(arg)
         self.headers = headers or {}
         if code:
             self.code = code
@@ -58,7 +68,7 @@ class ModelNotFound(GatewayError):
     status, type, code = 404, "invalid_request_error", "model_not_found"
 
     def __init__(self, name):
-        super().__init__(f"Unsupported model: {name}", param="model", arg=str(name))
+        super().__init__(f"Unsupported model: {clip(name)}", param="model", arg=clip(name))
 
 
 class NotFound(GatewayError):

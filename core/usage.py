@@ -61,3 +61,11 @@ def from_openai(usage: dict) -> Usage:
     cached = count(prompt_details.get("cached_tokens")) or count(usage.get("prompt_cache_hit_tokens"))
     return Usage(count(usage.get("prompt_tokens")), count(usage.get("completion_tokens")), cached=cached,
                  reasoning=count(completion_details.get("reasoning_tokens")))
+
+
+def from_responses(usage: dict) -> Usage:
+    """OpenAI's Responses API (`input_tokens`, `*_tokens_details`)."""
+    inp = usage.get("input_tokens_details") if isinstance(usage.get("input_tokens_details"), dict) else {}
+    out = usage.get("output_tokens_details") if isinstance(usage.get("output_tokens_details"), dict) else {}
+    return Usage(count(usage.get("input_tokens")), count(usage.get("output_tokens")),
+                 cached=count(inp.get("cached_tokens")), reasoning=count(out.get("reasoning_tokens")))

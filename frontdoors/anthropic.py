@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from core.errors import GatewayError, InvalidRequest
+from core.errors import GatewayError, InvalidRequest, clip
 from frontdoors.common import bad, function_tools
 
 MAPPED = {"model", "messages", "max_tokens", "system", "stop_sequences", "stream", "temperature", "top_p",
@@ -295,7 +295,7 @@ def to_chat(body: dict, counting: bool = False) -> dict:
     unknown = sorted(set(body) - FIELDS)
     if unknown:
         why = REFUSED.get(unknown[0])
-        raise bad(unknown[0], f"'{unknown[0]}' is not supported on this model" + (f": {why}" if why else ""))
+        raise bad(unknown[0], f"'{clip(unknown[0])}' is not supported on this model" + (f": {why}" if why else ""))
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise bad("model", "'model' is required")
     _accepted(body)

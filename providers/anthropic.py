@@ -25,7 +25,7 @@ from providers.base import (
     Adapter, Completion, Delta, StreamState, as_function_call, choice, legacy, sse_data, text_of, turns,
 )
 from providers.parts import Part, parts_of, refuse
-from core.errors import InvalidRequest, NotImplementedByProvider, ProviderError
+from core.errors import InvalidRequest, NotImplementedByProvider, ProviderError, clip
 
 VERSION = "2023-06-01"
 THINKING = {"none": 0, "minimal": 1024, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32000}
@@ -51,12 +51,12 @@ class AnthropicAdapter(Adapter):
         _messages(chat.messages)  # every part has an Anthropic shape, or a 400 now
         effort = chat.params.get("reasoning_effort")
         if THINKING.get(effort) and chat.output_cap(chat.model) <= THINKING[effort]:
-            raise InvalidRequest(f"reasoning_effort '{effort}' gives Anthropic a thinking budget of "
+            raise InvalidRequest(f"reasoning_effort '{clip(effort)}' gives Anthropic a thinking budget of "
                                  f"{THINKING[effort]} tokens: max_tokens must be larger",
                                  param="max_tokens")
         fmt = (chat.params.get("response_format") or {}).get("type", "text")
         if fmt != "text":
-            raise NotImplementedByProvider(f"response_format '{fmt}' is not supported by the "
+            raise NotImplementedByProvider(f"response_format '{clip(fmt)}' is not supported by the "
                                            "anthropic provider", param="response_format")
 
     def url(self, base: str, model, stream: bool) -> str:

@@ -8,7 +8,7 @@ from typing import Iterable, Iterator
 
 from core.errors import (
     GatewayError, InvalidRequest, NotImplementedByProvider, ProviderError, ProviderUnavailable,
-    UpstreamRateLimited, UpstreamRejected,
+    UpstreamRateLimited, UpstreamRejected, clip,
 )
 from core.types import Completion, Delta, StreamState  # noqa: F401 - the adapters' vocabulary
 
@@ -137,9 +137,9 @@ class Adapter(ABC):
         for param in chat.params:
             if param in self.unsupported:
                 raise NotImplementedByProvider(
-                    f"Parameter '{param}' is not supported by the {self.name} provider", param=param)
+                    f"Parameter '{clip(param)}' is not supported by the {self.name} provider", param=param)
             if param not in self.mapped:
-                raise InvalidRequest(f"Parameter '{param}' has no equivalent on the {self.name} "
+                raise InvalidRequest(f"Parameter '{clip(param)}' has no equivalent on the {self.name} "
                                      "provider; remove it or choose another model", param=param)
 
     default_base = ""  # where a row without base_url is sent

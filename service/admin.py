@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, g
 from peewee import fn
 
 from service import billing, reports, seed
@@ -11,6 +11,7 @@ from service.account import account_body, ledger_page
 from service.auth import create_key, require_admin
 from service.body import json_object
 from service.db import AIModel, Account, AlertOutbox, ApiKey, Hold, ModelPrice, epoch, utcnow
+from core.errors import clip
 from service.errors import InvalidRequest, NotFound
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
@@ -96,7 +97,7 @@ def _account(name: str) -> Account:
     billing.check_name(name)
     found = Account.get_or_none(Account.name == name)
     if found is None:
-        raise NotFound(f"No account named {name}", code="account_not_found")
+        raise NotFound(f"No account named {clip(name)}", code="account_not_found")
     return found
 
 
@@ -109,7 +110,7 @@ def credits(name: str):
     if note is not None and not isinstance(note, str):
         raise InvalidRequest("'note' must be a string", param="note")
     acct = billing.account(name, current_app.config["NEW_ACCOUNT_CREDITS_MICRO"])
-    return account_body(billing.credit(acct.id, billing.to_micro(body["amount"]), note))
+    return account_body(billing.credit(acct.id, billing.to_micro(body["amount"]), note, g.account.name))
 
 
 @bp.get("/accounts/<name>")
@@ -144,7 +145,7 @@ def update_account(name: str):
     body = _json()
     unknown = sorted(set(body) - {"low_balance_threshold"})
     if unknown:
-        raise InvalidRequest(f"'{unknown[0]}' is not an account field", param=unknown[0])
+        raise InvalidRequest(f"'{clip(unknown[0])}' is not an account field", param=unknown[0])
     value = body.get("low_balance_threshold")
     micro = None if value is None else billing.to_micro(value, "low_balance_threshold")
     if micro is not None and micro < 0:

@@ -14,9 +14,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from config import settings
 from service import alerts, billing, idempotency, migrations
 from service.admission import Admission, add_headers
+from service.body import no_nul_characters
 from service.breaker import Breakers
 from service.cache import Cache
-from service.db import db, give_back, open_database
+from service.db import CONNECTIONS_BESIDE_POOL, connection_budget, db, give_back, open_database
 from service.journal import Journal
 from service.jsonout import ExactJSONProvider
 from service.slots import Slots
@@ -121,6 +122,17 @@ def _give_back_connection(exc=None) -> None:
     give_back()
 
 
+def _warn_of_connection_budget(conf: dict) -> None:
+    """A warning at start-up when WORKERS x (DB_POOL_SIZE + 3) exceeds PostgreSQL's
+    max_connections: under a burst the pools would take them all and calls fail with 503."""
+    budget = connection_budget(conf["WORKERS"], conf["DB_POOL_SIZE"])
+    if budget and budget[0] > budget[1]:
+        log.warning("PostgreSQL allows %d connections (max_connections) but WORKERS=%d x (DB_POOL_SIZE=%d + %d) "
+                    "= %d may be opened by this gateway alone: lower DB_POOL_SIZE or WORKERS, or raise "
+                    "max_connections (docs/hostile-traffic.md, sizing)", budget[1], conf["WORKERS"],
+                    conf["DB_POOL_SIZE"], CONNECTIONS_BESIDE_POOL, budget[0])
+
+
 class _Flask(Flask):
     json_provider_class = ExactJSONProvider  # credits beyond a float's 15 digits stay exact
 
@@ -137,13 +149,15 @@ def create_app(overrides: dict | None = None) -> Flask:
 
     db.initialize(open_database(conf["DATABASE_URL"], conf["DB_POOL_SIZE"]))
     migrations.upgrade()
+    _warn_of_connection_budget(conf)
     db.close()
     app.teardown_appcontext(_give_back_connection)
 
     app.after_request(keep_error_headers)  # before the limiter's, so it runs after it
     app.after_request(add_headers)  # the chat call's rate-limit headers (service/admission.py)
     jwt.init_app(app)
-    cors.init_app(app, origins=conf["CORS_ORIGINS"], expose_headers=[
+    # the API's CORS; never on console pages (their forms and cookies are for this site only)
+    cors.init_app(app, resources={r"^/(?!console(/|$)).*": {}}, origins=conf["CORS_ORIGINS"], expose_headers=[
         "X-Request-ID", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"])
     limiter.init_app(app)
     if not conf["REDIS_URL"]:
@@ -163,6 +177,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     from service import account, admin, catalog, chat, cli, embeddings, health, messages, observe, responses
 
     observe.init_app(app)
+    app.before_request(no_nul_characters)  # after observe's: the refusal is timed and logged
     for module in (chat, messages, responses, embeddings, catalog, account, admin, health, observe):
         app.register_blueprint(module.bp)
     if conf.get("CONSOLE_ENABLED", True):

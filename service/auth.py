@@ -107,11 +107,49 @@ def _account_named(name: str) -> Caller:
 def _from_key(token: str) -> tuple[Account, ApiKey]:
     key = (ApiKey.select(ApiKey, Account).join(Account)
            .where(ApiKey.key_hash == key_hash(token)).first())
+    _check_live(key)
+    key.ancestors = _ancestors(key)
+    return key.account, key
+
+
+def _check_live(key: ApiKey | None) -> None:
     if key is None or key.revoked_at is not None:
         raise AuthenticationFailed("Invalid API key")
     if key.expires_at is not None and key.expires_at <= utcnow():
         raise AuthenticationFailed("API key has expired", code="token_expired")
-    return key.account, key
+
+
+LINEAGE_MAX = 16  # keys minted from a key's console session, from that key's session, ...
+
+
+def _ancestors(key: ApiKey) -> list[ApiKey]:
+    """The keys this one was minted under (from a key's console session), nearest first: a key
+    lives only while they do, and their limits bind it too (service/console/keys.py)."""
+    found, parent_id = [], key.parent_id
+    while parent_id is not None and len(found) < LINEAGE_MAX:
+        parent = ApiKey.get_or_none(ApiKey.id == parent_id)
+        if parent is None or parent.revoked_at is not None or (
+                parent.expires_at is not None and parent.expires_at <= utcnow()):
+            raise AuthenticationFailed("Invalid API key (the key it was made from is revoked or expired)")
+        found.append(parent)
+        parent_id = parent.parent_id
+    return found
+
+
+def live_key(key_id: int, account_id: int) -> ApiKey | None:
+    """The account's key `key_id` with its ancestors while it and they are live, else None."""
+    key = ApiKey.get_or_none((ApiKey.id == key_id) & (ApiKey.account == account_id))
+    try:
+        _check_live(key)
+        key.ancestors = _ancestors(key)
+    except AuthenticationFailed:
+        return None
+    return key
+
+
+def lineage(key: ApiKey | None) -> list[ApiKey]:
+    """A key and the keys it was minted under (empty without a key)."""
+    return [] if key is None else [key, *getattr(key, "ancestors", [])]
 
 
 def authenticate() -> None:
@@ -148,9 +186,10 @@ def issue_token(name: str, admin: bool = False, expires_in: int | None = 86400) 
 
 def create_key(account: Account, name: str | None = None, rpm: int | None = None,
                models: list | None = None, expires_at: dt.datetime | None = None,
-               max_concurrent: int | None = None) -> tuple[ApiKey, str]:
+               max_concurrent: int | None = None, parent_id: int | None = None) -> tuple[ApiKey, str]:
     """A new API key; the plain key is returned here only."""
     plain = new_key()
     row = ApiKey.create(account=account, name=name, key_hash=key_hash(plain), prefix=plain[:7],
-                        rpm=rpm, models=models, expires_at=expires_at, max_concurrent=max_concurrent)
+                        rpm=rpm, models=models, expires_at=expires_at, max_concurrent=max_concurrent,
+                        parent_id=parent_id)
     return row, plain

@@ -306,7 +306,7 @@ def reap(now: dt.datetime | None = None) -> int:
     return sum(1 for rid in ids if release(rid))
 
 
-def _credit(account_id: int, amount: int, kind: str, note: str | None) -> None:
+def _credit(account_id: int, amount: int, kind: str, note: str | None, operator: str | None = None) -> None:
     taken = (Account.update(balance=Account.balance + amount)
              .where((Account.id == account_id) & (Account.balance - Account.held + amount >= 0)
                     & (Account.balance + amount <= MAX_BALANCE))
@@ -315,16 +315,17 @@ def _credit(account_id: int, amount: int, kind: str, note: str | None) -> None:
         raise InvalidRequest("A correction cannot take the balance below what is held or zero, "
                              "nor a top-up above the largest balance", param="amount")
     LedgerEntry.create(account=account_id, request_id=f"{kind}-{uuid.uuid4().hex}", delta=amount,
-                       kind=kind, note=note)
+                       kind=kind, note=note, operator=operator)
 
 
-def credit(account_id: int, amount: int, note: str | None = None) -> Account:
-    """Top up (positive) or correct (negative, never below zero) a balance, with its ledger row."""
+def credit(account_id: int, amount: int, note: str | None = None, operator: str | None = None) -> Account:
+    """Top up (positive) or correct (negative, never below zero) a balance, with its ledger row
+    (which keeps the note and the operator who made it)."""
     if amount == 0:
         raise InvalidRequest("'amount' must not be zero", param="amount")
     if note is not None and (len(note) > 255 or CONTROL.search(note)):
         raise InvalidRequest("'note' must be at most 255 characters without control characters",
                              param="note")
     with write_tx():
-        _credit(account_id, amount, "topup" if amount > 0 else "adjust", note)
+        _credit(account_id, amount, "topup" if amount > 0 else "adjust", note, operator)
     return Account.get_by_id(account_id)

@@ -6,6 +6,7 @@ import re
 
 from flask import request
 
+from core.errors import clip
 from service.errors import GatewayError, InvalidRequest
 
 
@@ -17,7 +18,7 @@ def _no_duplicates(pairs: list) -> dict:
     seen = {}
     for key, value in pairs:
         if key in seen:
-            raise ValueError(f"duplicate key {key!r}")
+            raise ValueError(f"duplicate key {clip(repr(key))}")
         seen[key] = value
     return seen
 
@@ -58,7 +59,7 @@ def json_object() -> dict:
     duplicate keys, nesting too deep to parse, or anything but an object."""
     mimetype = request.mimetype
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise UnsupportedMediaType(f"Content-Type must be application/json, got {mimetype}")
+        raise UnsupportedMediaType(f"Content-Type must be application/json, got {clip(mimetype)}")
     raw = request.get_data(cache=True)
     try:
         body = json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
@@ -71,3 +72,19 @@ def json_object() -> dict:
         raise InvalidRequest("Request body must be a JSON object", code="invalid_json")
     check_tree(body)
     return body
+
+
+def no_nul_characters() -> None:
+    """400 for a NUL character (U+0000) in the path, a query parameter or a header value, before
+    any view: no legitimate request carries one, and no stored text may hold one (PostgreSQL
+    refuses it, which would otherwise be a 500 wherever the value reaches a query)."""
+    where = None
+    if "\x00" in request.path:
+        where = "path"
+    elif any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
+        where = "query"
+    elif any("\x00" in v for v in request.headers.values()):
+        where = "header"
+    if where:
+        raise InvalidRequest(f"The request's {where} contains a NUL character", code="invalid_request")
+

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app, g, request
 from core import chat as chat_request
 from core import transcript
 from service import admission, idempotency, observe, relay
-from service.auth import authenticate
+from service.auth import authenticate, lineage
 from service.body import json_object
 from service.errors import Forbidden, InvalidRequest
 from service.db import give_back
@@ -38,19 +38,26 @@ def find_model(body: dict):
     return ext.registry.find(chat_request.model_ref(body, current_app.config["DEFAULT_MODEL"]), CHAT_MAX_AGE)
 
 
+def chosen_model(body: dict):
+    """The catalogue row a body names (SPEC §7), if the caller's key (and every key it was minted
+    from) may use it for chat."""
+    model = find_model(body)
+    for key in lineage(g.api_key):
+        if key.models and model.name not in key.models:
+            raise Forbidden(f"This API key may not use model {model.name}", param="model")
+    if getattr(model, "kind", "chat") != "chat":
+        raise InvalidRequest(f"{model.name} is an embedding model; call /v1/embeddings", param="model")
+    return model
+
+
 def prepare_body(body: dict, force_stream: bool = False, native: dict | None = None,
                  native_api: str = "", native_headers: dict | None = None) -> None:
     """The chat call of an OpenAI-shaped body (every front door's, once translated) as g.chat,
     and its model as g.model for the limits. A `native` call carries the door's own body, sent
     as it came to a row that speaks `native_api` (`body` then holds the door's messages and cap)."""
     messages = body["messages"] if native is not None else chat_request.messages_of(body)
-    model = find_model(body)
-    key = g.api_key
-    if key is not None and key.models and model.name not in key.models:
-        raise Forbidden(f"This API key may not use model {model.name}", param="model")
+    model = chosen_model(body)
     stream, include_usage = chat_request.stream_flags(body, force_stream)
-    if getattr(model, "kind", "chat") != "chat":
-        raise InvalidRequest(f"{model.name} is an embedding model; call /v1/embeddings", param="model")
     g.model = model
     g.chat = chat_request.ChatRequest(model, messages, chat_request.params_of(body), stream,
                                       include_usage, f"chatcmpl-{uuid.uuid4().hex}",
@@ -76,15 +83,18 @@ def _admitted_here() -> bool:
 CALL_SCOPE = "chat.completions"
 
 
-def chat_rates() -> list[admission.Rate]:
+def chat_rates(scope: str | None = None) -> list[admission.Rate]:
     """The chat call's rate limits, with the limit and key functions flask-limiter is given for
     embeddings: the default (per account), the model's rpm (per account per model) and the API
-    key's rpm."""
+    key's rpm (and the rpm of the keys a key was minted from), in the calls' shared windows."""
     specs = [(default_limit(), limit_key())]
     for limit, key, exempt in ((model_limit, model_key, no_model_limit), (key_limit, key_key, no_key_limit)):
         if not exempt():
             specs.append((limit(), key()))
-    return admission.rates(specs, current_app.config["RATELIMIT_KEY_PREFIX"], CALL_SCOPE)
+    for parent in lineage(g.api_key)[1:]:  # a key minted from a key's session shares its rpm
+        if parent.rpm:
+            specs.append((f"{parent.rpm}/minute", f"{limit_key()}:key:{parent.id}"))
+    return admission.rates(specs, current_app.config["RATELIMIT_KEY_PREFIX"], scope or CALL_SCOPE)
 
 
 def admitted(req, rates: list[admission.Rate], answer=relay.complete):
@@ -125,7 +135,8 @@ def idempotently(chat, run):
         idempotency.abandon(account_id, key)
         raise
     if isinstance(answer, Response):  # a stream: its answer is known when it ends
-        answer.response = _recorded(answer.response, account_id, key, chat.request_id)
+        answer.response = _recorded(answer.response, account_id, key, chat.request_id,
+                                    getattr(chat, "transcript", None))
         return answer
     idempotency.finish(account_id, key, answer[0])
     return answer
@@ -137,14 +148,15 @@ def _replayed(chat, stored: dict):
     if not chat.stream:
         return stored, 200, headers
     headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return Response(transcript.replay(stored, chat.include_usage), mimetype="text/event-stream",
+    replay = getattr(chat, "replay", None) or transcript.replay  # a pass-through call's own format
+    return Response(replay(stored, chat.include_usage), mimetype="text/event-stream",
                     headers=headers)
 
 
-def _recorded(events, account_id: int, key: str, request_id: str):
+def _recorded(events, account_id: int, key: str, request_id: str, listener=None):
     """The stream's events as they go; a stream that ended properly is stored for its key, any
-    other gives the key back."""
-    heard = transcript.Transcript()
+    other gives the key back (`listener`: a pass-through call's own transcript)."""
+    heard = listener() if listener else transcript.Transcript()
     try:
         for piece in events:
             heard.feed(piece)
@@ -186,7 +198,7 @@ def _call(chat, ext, conf, lease, answer):
 def caps(account, key, conf) -> list[Cap]:
     """The caller's caps on calls in flight: its account's, and its API key's."""
     found = [Cap(f"acct:{account.name}", conf["MAX_CONCURRENT_PER_ACCOUNT"], f"account {account.name}")]
-    if key is not None:
-        limit = key.max_concurrent or conf["MAX_CONCURRENT_PER_KEY"]
-        found.append(Cap(f"key:{key.id}", limit, f"API key {key.prefix}… (id {key.id})"))
+    for each in lineage(key):  # a key minted from a key's session: its parents' caps too
+        limit = each.max_concurrent or conf["MAX_CONCURRENT_PER_KEY"]
+        found.append(Cap(f"key:{each.id}", limit, f"API key {each.prefix}… (id {each.id})"))
     return found

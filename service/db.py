@@ -112,7 +112,9 @@ class LedgerEntry(Base):
     kind = CharField()  # charge | topup | adjust | overrun
     estimated = BooleanField(default=False)
     note = CharField(null=True)
-    absorbed = BigIntegerField(default=0)  # overrun rows: cost beyond the hold, paid by the gateway
+    operator = CharField(null=True)  # top-ups and corrections: the operator (account name) who made it
+    # overrun rows: cost beyond the hold, paid by the gateway (DEFAULT 0 in the schema, as migration 4 adds it)
+    absorbed = BigIntegerField(default=0, constraints=[SQL("DEFAULT 0")])
     cached_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])  # prompt tokens read from a cache
     cache_write_5m_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
     cache_write_1h_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
@@ -137,6 +139,7 @@ class ApiKey(Base):
     models = JSONField(null=True)
     expires_at = DateTimeField(null=True)
     revoked_at = DateTimeField(null=True)
+    parent_id = IntegerField(null=True)  # minted from this key's console session: bound by it too
     created = DateTimeField(default=utcnow)
 
     class Meta:
@@ -196,13 +199,16 @@ class AlertOutbox(Base):
 
 
 class ConsoleSession(Base):
-    """A signed-in console browser: the hash of its cookie, who, and its CSRF token."""
+    """A signed-in console browser: the hash of its cookie, who, with which credential, and its
+    CSRF token."""
 
     token_hash = CharField(unique=True)
     account = ForeignKeyField(Account, on_delete="CASCADE")
     admin = BooleanField(default=False)
+    key_id = IntegerField(null=True)  # the API key it was opened with (None: a JWT)
     csrf = CharField()
-    expires_at = DateTimeField(index=True)
+    flash = TextField(null=True)  # a message for the next page (a new key: sealed with the cookie's token)
+    expires_at = DateTimeField(index=True)  # the credential's own expiry when that comes sooner
     created = DateTimeField(default=utcnow)
 
     class Meta:
@@ -256,3 +262,19 @@ def is_postgres(database) -> bool:
 def epoch(value: dt.datetime | None) -> int:
     """Unix seconds of a stored (naive UTC) time."""
     return int(value.replace(tzinfo=dt.timezone.utc).timestamp()) if value else 0
+
+
+CONNECTIONS_BESIDE_POOL = 3  # per process, beyond its pool: group commit, the hold keeper, the alert sender
+
+
+def connection_budget(workers: int, pool_size: int) -> tuple[int, int] | None:
+    """(connections the gateway's processes may open, the server's max_connections) on PostgreSQL;
+    None elsewhere or when the server cannot say."""
+    if not is_postgres(db):
+        return None
+    try:
+        (most,) = db.execute_sql("SHOW max_connections").fetchone()
+    except Exception:  # a start-up check: never the reason a start fails
+        return None
+    return workers * (pool_size + CONNECTIONS_BESIDE_POOL), int(most)
+

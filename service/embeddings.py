@@ -9,7 +9,7 @@ from flask import Blueprint, current_app, g, request
 
 from core.embedding import embedding_request
 from service import chat, relay
-from service.auth import authenticate
+from service.auth import authenticate, lineage
 from service.body import json_object
 from service.errors import Forbidden, InvalidRequest
 from service.extensions import limiter
@@ -31,9 +31,9 @@ def prepare() -> None:
     model = current_app.extensions["tollgate"].registry.find(ref, CHAT_MAX_AGE)
     if getattr(model, "kind", "chat") != "embedding":
         raise InvalidRequest(f"{model.name} is not an embedding model", param="model")
-    key = g.api_key
-    if key is not None and key.models and model.name not in key.models:
-        raise Forbidden(f"This API key may not use model {model.name}", param="model")
+    for key in lineage(g.api_key):
+        if key.models and model.name not in key.models:
+            raise Forbidden(f"This API key may not use model {model.name}", param="model")
     g.model = model
     g.chat = embedding_request(body, model, f"embd-{uuid.uuid4().hex}")
 

@@ -88,6 +88,14 @@ def _database_lost(exc: Exception):
     return render(DatabaseUnavailable("The database is unavailable; retry the call shortly"))
 
 
+def _value_error(exc: ValueError):
+    """A NUL character that reached PostgreSQL in a value (psycopg2 refuses it): bad input, a 400.
+    Any other ValueError is unexpected."""
+    if "NUL (0x00)" in str(exc):
+        return render(InvalidRequest("A value in the request contains a NUL character", code="invalid_request"))
+    return _unexpected(exc)
+
+
 def _unexpected(exc: Exception):
     log.exception("unhandled error on %s %s", request.method, request.path)
     return render(GatewayError("Internal server error"))
@@ -100,4 +108,5 @@ def register_error_handlers(app) -> None:
     app.register_error_handler(OperationalError, _database_lost)
     app.register_error_handler(InterfaceError, _database_lost)
     app.register_error_handler(MaxConnectionsExceeded, _database_lost)
+    app.register_error_handler(ValueError, _value_error)
     app.register_error_handler(Exception, _unexpected)

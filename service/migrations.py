@@ -260,10 +260,48 @@ def _v8_console_sessions() -> None:
     db.create_tables([ConsoleSession], safe=True)
 
 
+def _column_default(table: str, column: str):
+    """The schema's default of a column (None: none)."""
+    if is_postgres(db):
+        row = db.execute_sql("SELECT column_default FROM information_schema.columns WHERE table_schema = "
+                             "current_schema() AND table_name = %s AND column_name = %s", (table, column)).fetchone()
+        return row[0] if row else None
+    return next((r[4] for r in db.execute_sql(f'PRAGMA table_info("{table}")').fetchall() if r[1] == column), None)
+
+
+def _v9_one_schema() -> None:
+    """A database created fresh (before this step) had `ledgerentry.absorbed` NOT NULL without the
+    DEFAULT 0 that migration 4 gives an upgraded one: the same schema either way (SPEC §18).
+    SQLite cannot alter a default: its table is rebuilt (playhouse.migrate), indexes included."""
+    if _column_default("ledgerentry", "absorbed") is not None:
+        return
+    if is_postgres(db):
+        db.execute_sql("ALTER TABLE ledgerentry ALTER COLUMN absorbed SET DEFAULT 0")
+    else:
+        from playhouse.migrate import SqliteMigrator, migrate
+
+        migrate(SqliteMigrator(db.obj).add_column_default("ledgerentry", "absorbed", 0))
+
+
+V10_COLUMNS = (("console_session", "key_id", "INTEGER"), ("console_session", "flash", "TEXT"),
+              ("api_key", "parent_id", "INTEGER"),
+              ("ledgerentry", "operator", "VARCHAR(255)"))
+
+
+def _v10_sessions_keep_their_credential() -> None:
+    """A console session remembers the API key it was opened with (its limits apply, its
+    revocation ends the session), a key minted there its parent key, and top-ups and
+    corrections the operator who made them."""
+    for table, column, kind in V10_COLUMNS:
+        if column not in {c.name for c in db.get_columns(table)}:
+            db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
 STEPS = [(1, _v1_initial), (2, _v2_ledger_page_index), (3, _v3_batch_functions),
          (4, _v4_owned_holds_overruns_checks), (5, _v5_key_concurrency),
          (6, _v6_token_classes_idempotency_alerts), (7, _v7_model_kind_stored_responses),
-         (8, _v8_console_sessions)]
+         (8, _v8_console_sessions), (9, _v9_one_schema),
+         (10, _v10_sessions_keep_their_credential)]
 
 
 def current_version() -> int:

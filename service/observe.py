@@ -79,7 +79,7 @@ def _emit(record: dict, started: float, status: int, endpoint: str, streamed: bo
             "latency_ms": round(latency * 1000, 2), "streamed": streamed,
             **{k: record[k] for k in ("upstream_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "cost",
                                       "estimated", "client_request_id", "error") if k in record}}
-    log.info(json.dumps(line, ensure_ascii=False))
+    log.info(json.dumps(line, ensure_ascii=False), extra={"fields": line})  # JSON either way
 
 
 def _finish(response):

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from core import prices, sse
+from core.chat import PassThrough
 from core.embedding import encode
 from core.usage import CLASSES, Usage
 from providers import ADAPTERS
@@ -183,6 +184,8 @@ def candidates(chat, registry) -> list:
             continue
         if chat.native is None or row.api == chat.native_api:
             rows.append(row)
+    if isinstance(chat, PassThrough):  # a body as sent goes only where the same API is spoken
+        rows = [row for row in rows if row.api == chat.model.api]
     return rows
 
 
@@ -252,6 +255,8 @@ def complete(chat, ctx: Context) -> dict:
         raise
     bill = ctx.settle(chat, Usage(result.prompt_tokens, result.completion_tokens, **result.detail),
                       result.estimated)
+    if isinstance(chat, PassThrough):
+        return chat.answer(result.raw, bill.usage())
     return _completion(chat, result, bill)
 
 
@@ -387,7 +392,39 @@ def _settled_stream(chat, ctx: Context, state: StreamState, tally: _Tally, finis
         give_back()
 
 
+def _passed(chat, call, resp, ctx: Context):
+    """A pass-through stream: each provider event rendered as it comes; the terminal one after
+    the call is settled, so that its usage carries the cost."""
+    state, tally = StreamState(), _Tally()
+    try:
+        for delta in call.adapter.passed_events(resp.lines(), state):
+            if ctx.ext.stopping.is_set():
+                raise ProviderUnavailable("The gateway is shutting down; retry the call", code="shutting_down")
+            _count(delta, tally, ctx)
+            if state.done:
+                resp.finish()
+                _settled_stream(chat, ctx, state, tally, True)
+                yield chat.render(delta.chunk, state.extra.get("usage") or {})  # {}: nothing was charged
+                return
+            yield chat.render(delta.chunk)
+        raise ProviderError(f"{chat.model.provider} closed the stream before it finished")
+    except GatewayError as err:
+        resp.close()
+        _settled_stream(chat, ctx, state, tally, False)
+        ctx.record["error"] = err.code
+        body = scrub(err, [call.api_key, *ctx.conf["PROVIDER_KEYS"].values()]).body()["error"]
+        yield chat.render.failed(body)
+    except BaseException:  # client gone (GeneratorExit) or a bug: bill what was delivered
+        resp.close()
+        _settled_stream(chat, ctx, state, tally, False)
+        ctx.record["error"] = "client_disconnected"
+        raise
+
+
 def _events(chat, call, resp, ctx: Context):
+    if isinstance(chat, PassThrough):
+        yield from _passed(chat, call, resp, ctx)
+        return
     state, tally, created = StreamState(), _Tally(), int(time.time())
     try:
         yield from _relay(chat, call, resp, state, tally, created, ctx)

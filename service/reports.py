@@ -25,22 +25,34 @@ COLUMNS = ("created", "account", "request_id", "kind", "model", "prompt_tokens",
            "output_tokens", "reasoning_tokens", "amount", "estimated", "note")
 
 
+EARLIEST = dt.datetime(1970, 1, 1)  # no ledger row is older; and a range's bounds stay representable
+LATEST = dt.datetime(9999, 12, 31)
+
+
 def _time(name: str) -> dt.datetime | None:
+    """The query's `name` as a naive UTC time, or 400 (not a time, or outside 1970..9999-12-31)."""
     raw = request.args.get(name)
     if raw is None or raw == "":
         return None
+    bad = InvalidRequest(f"'{name}' must be a unix time or an ISO 8601 date or time between "
+                         f"1970-01-01 and 9999-12-31 (UTC)", param=name)
     try:
         if raw.isascii() and raw.isdigit():
-            return dt.datetime.fromtimestamp(int(raw), dt.timezone.utc).replace(tzinfo=None)
-        parsed = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            parsed = dt.datetime.fromtimestamp(int(raw), dt.timezone.utc)
+        else:
+            parsed = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        if parsed.tzinfo:  # to UTC: may leave the years a datetime can hold (0001-01-01T00:00+01:00)
+            parsed = parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
     except (ValueError, OverflowError, OSError):
-        raise InvalidRequest(f"'{name}' must be a unix time or an ISO 8601 date or time", param=name) from None
-    return parsed.astimezone(dt.timezone.utc).replace(tzinfo=None) if parsed.tzinfo else parsed
+        raise bad from None
+    if not EARLIEST <= parsed <= LATEST:
+        raise bad
+    return parsed
 
 
 def time_range() -> tuple[dt.datetime, dt.datetime]:
     end = _time("to") or utcnow()
-    start = _time("from") or end - DEFAULT_SPAN
+    start = _time("from") or max(end - DEFAULT_SPAN, EARLIEST)
     if start >= end:
         raise InvalidRequest("'from' must be before 'to'", param="from")
     return start, end

@@ -1,7 +1,8 @@
 """POST /v1/responses (and /api/v1/responses), GET/DELETE /v1/responses/<id>, GET …/input_items:
-OpenAI's Responses API in front of the same chat call (frontdoors/responses.py translates both
-ways). `store` (default true) keeps each answer per account, so `previous_response_id` continues
-its conversation."""
+OpenAI's Responses API in front of the same chat call: a row with `api = "openai_responses"` takes
+the body as sent and its answer comes back whole; any other row is translated both ways
+(frontdoors/responses.py, docs/responses-fields.md). `store` (default true) keeps each answer per
+account: the gateway, not the provider, holds `previous_response_id` state, on every row."""
 from __future__ import annotations
 
 from flask import Blueprint, Response, g, request
@@ -11,16 +12,19 @@ from service import chat
 from service.auth import authenticate
 from service.body import json_object
 from service.db import StoredResponse, give_back
+from core.chat import PassThrough
+from core.errors import InvalidRequest, NotImplementedByProvider, clip
 from service.errors import NotFound
 
 bp = Blueprint("responses", __name__)
+NATIVE = "openai_responses"  # rows that speak this door's API take its bodies as sent
 
 
 def _stored(response_id: str) -> StoredResponse:
     found = StoredResponse.get_or_none((StoredResponse.response_id == response_id)
                                        & (StoredResponse.account == g.account.id))
     if found is None:
-        raise NotFound(f"No response with id {response_id}", param="response_id", code="response_not_found")
+        raise NotFound(f"No response with id {clip(response_id)}", param="response_id", code="response_not_found")
     return found
 
 
@@ -32,35 +36,46 @@ def prepare() -> None:
     if request.method != "POST":
         return
     body = json_object()
-    door.check(body)
+    door.check(body, native=True)
     history = []
     if body.get("previous_response_id") is not None:
-        if not isinstance(body["previous_response_id"], str):
-            raise door.bad("previous_response_id", "'previous_response_id' must be a string")
-        history = _stored(body["previous_response_id"]).conversation
-    chat_body, g.conversation = door.to_chat(body, history)
+        history = door.items_of(_stored(body["previous_response_id"]).conversation)
+    model = chat.chosen_model(body)
+    if model.api == NATIVE:
+        _pass_through(body, model, history)
+        return
+    chat_body, items, names = door.to_chat(body, history, model.api)
+    g.conversation = history + items
     chat.prepare_body(chat_body)
-    g.response_meta = door.Meta(body, g.chat.model.name)
+    g.response_meta = door.Meta(body, g.chat.model.name, names)
+
+
+def _pass_through(body: dict, model, history: list[dict]) -> None:
+    """g.chat for a row that speaks the Responses API: the body as sent (the stored conversation
+    put before its input), rendered back whole under the gateway's id."""
+    g.conversation = history + door.items_of(body.get("input"))
+    meta = g.response_meta = door.Meta(body, model.name)
+    g.model = model
+    g.chat = PassThrough(model, [], {}, body.get("stream") is True, False, meta.id,
+                         body=door.native(body, history, model.max_output_tokens),
+                         render=door.NativeEvents(meta), answer=lambda raw, bill: door.passed(raw, meta, bill),
+                         transcript=door.Heard, replay=door.replay)
 
 
 def _keeper(body: dict, account_id: int, conversation: list[dict], meta: door.Meta):
-    """Store a finished response (when asked to), with the conversation it continues."""
-    items = door.messages_of(body.get("input"))
+    """Store a finished response (when asked to): the conversation it continues, as Responses
+    items (the gateway keeps `previous_response_id` state for every row), and its input items."""
+    items = door.items_of(body.get("input"))
 
     def keep(done: dict) -> None:
         if body.get("store") is False:
             return
-        answer = [{"role": "assistant", "content": o["content"][0]["text"]} if o["type"] == "message" else
-                  {"role": "assistant", "content": None, "tool_calls": [
-                      {"id": o["call_id"], "type": "function",
-                       "function": {"name": o["name"], "arguments": o["arguments"]}}]}
-                  for o in done["output"]]
-        listed = [{"id": f"item_{meta.id[5:]}_{i}", **({"type": "message", "role": m["role"], "content": m["content"]}
-                                                       if m["role"] != "tool" else
-                                                       {"type": "function_call_output", "call_id": m["tool_call_id"],
-                                                        "output": m["content"]})}
-                  for i, m in enumerate(items) if m["role"] != "assistant"]
-        StoredResponse.create(account=account_id, response_id=done["id"], conversation=conversation + answer,
+        listed = [{"id": item.get("id") or f"item_{meta.id[5:]}_{i}", **item} for i, item in enumerate(items)]
+        for item in listed:
+            if item.get("type") == "message" and isinstance(item.get("content"), str):
+                item["content"] = [{"type": "input_text", "text": item["content"]}]
+        StoredResponse.create(account=account_id, response_id=done["id"],
+                              conversation=conversation + list(done.get("output") or []),
                               input_items=listed, body=done)
     return keep
 
@@ -70,16 +85,27 @@ def _keeper(body: dict, account_id: int, conversation: list[dict], meta: door.Me
 def create():
     body, meta = request.get_json(), g.response_meta
     keep = _keeper(body, g.account.id, g.conversation, meta)
-    answer = chat.completions()
+
+    def stored(done):
+        try:
+            keep(done)
+        finally:
+            give_back()
+    if isinstance(g.chat, PassThrough):
+        g.chat.render.on_done = stored
+    try:
+        answer = chat.completions()
+    except (InvalidRequest, NotImplementedByProvider) as err:
+        raise door.renamed(err, body)
     if isinstance(answer, Response):
-        def stored(done):
-            try:
-                keep(done)
-            finally:
-                give_back()
-        answer.response = door.events(answer.response, meta, stored)
+        if not isinstance(g.chat, PassThrough):
+            answer.response = door.events(answer.response, meta, stored)
         return answer
     completion, status, headers = answer
+    if isinstance(g.chat, PassThrough):
+        if not headers.get("Idempotent-Replayed"):  # a replay is the Response already stored
+            keep(completion)
+        return completion, status, headers
     done = door.response(completion, meta)
     keep(done)
     return done, status, headers

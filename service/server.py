@@ -36,7 +36,7 @@ from waitress import create_server
 from werkzeug.wsgi import ClosingIterator
 
 from config import settings
-from service import cpus, create_app, eventloop, logsink
+from service import cpus, create_app, eventloop, guard, logsink
 
 log = logging.getLogger("tollgate")
 
@@ -124,6 +124,28 @@ def cut_stalled_clients(server, deadline: float) -> None:
         listener.maintenance = maintenance
 
 
+def make_server(app, conf: dict, files: int, **where):
+    """waitress as the gateway runs it, on `where` (host and port, or sockets): the epoll loop,
+    stalled readers cut, and the guards against hostile traffic (service/guard.py). `files` is
+    the descriptor limit, which bounds the connections taken."""
+    # maintenance (idle, stalled and slow-head connections) runs every `interval` seconds
+    interval = max(1, int(min(conf["CLIENT_WRITE_TIMEOUT"] / 3, conf["REQUEST_HEAD_TIMEOUT"] / 2 or 10)))
+    # channel_request_lookahead lets waitress notice a client that hung up mid-stream at once,
+    # so the upstream call is closed and billing stops at what was delivered
+    server = create_server(app, threads=conf["WAITRESS_THREADS"], channel_request_lookahead=1,
+                           ident="tollgate", connection_limit=min(conf["MAX_CONNECTIONS"], max(files // 2 - 16, 64)),
+                           clear_untrusted_proxy_headers=True, asyncore_use_poll=True,
+                           outbuf_high_watermark=conf["STREAM_BUFFER_BYTES"],
+                           # a body over the limit is refused before it is read (waitress: 1 GB to a temp file)
+                           max_request_body_size=conf["MAX_CONTENT_LENGTH"] + 1,
+                           backlog=4096,  # as listeners() binds for WORKERS > 1 (capped by net.core.somaxconn)
+                           cleanup_interval=interval, **where)
+    eventloop.install(server)
+    cut_stalled_clients(server, conf["CLIENT_WRITE_TIMEOUT"])
+    guard.install(server, conf)
+    return server
+
+
 def serve(sock: socket.socket | None = None) -> None:
     """One waitress process: on its own port, or on a listening socket it shares."""
     app = create_app()
@@ -135,16 +157,7 @@ def serve(sock: socket.socket | None = None) -> None:
     inflight = InFlight(app.wsgi_app)
     app.wsgi_app = inflight
     where = {"sockets": [sock]} if sock is not None else {"host": conf["HOST"], "port": conf["PORT"]}
-    files = raise_descriptor_limit()
-    # channel_request_lookahead lets waitress notice a client that hung up mid-stream at once,
-    # so the upstream call is closed and billing stops at what was delivered
-    server = create_server(app, threads=conf["WAITRESS_THREADS"], channel_request_lookahead=1,
-                           ident="tollgate", connection_limit=min(conf["MAX_CONNECTIONS"], max(files // 2 - 16, 64)),
-                           clear_untrusted_proxy_headers=True, asyncore_use_poll=True,
-                           outbuf_high_watermark=conf["STREAM_BUFFER_BYTES"],
-                           cleanup_interval=max(1, int(conf["CLIENT_WRITE_TIMEOUT"] // 3)), **where)
-    eventloop.install(server)
-    cut_stalled_clients(server, conf["CLIENT_WRITE_TIMEOUT"])
+    server = make_server(app, conf, raise_descriptor_limit(), **where)
 
     def on_term(signum, frame):
         if getattr(on_term, "seen", False):

@@ -161,12 +161,14 @@ def redis_proxy(redis_url):
 class Live:
     """The app served by waitress on a loopback port, in a thread."""
 
-    def __init__(self, app, **adj):
+    def __init__(self, app, server=None, **adj):
         from waitress import create_server
 
-        self.server = create_server(app, host="127.0.0.1", port=0, **{"threads": 8, "channel_request_lookahead": 1,
-                                                                      **adj})
-        eventloop.install(self.server)  # the gateway's loop, as service.server runs it
+        if server is None:
+            server = create_server(app, host="127.0.0.1", port=0, **{"threads": 8, "channel_request_lookahead": 1,
+                                                                     **adj})
+            eventloop.install(server)  # the gateway's loop, as service.server runs it
+        self.server = server  # or one built as service.server builds it (server.make_server)
         self.port = self.server.effective_port
         self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.run, daemon=True)

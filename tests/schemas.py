@@ -26,3 +26,31 @@ def check(name: str, instance) -> None:
     """Raise if `instance` does not validate against the named official schema."""
     errors = sorted(validator(name).iter_errors(instance), key=lambda e: list(e.path))
     assert not errors, f"{name}: " + "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5])
+
+
+RESPONSES = HERE / "fixtures" / "responses_schemas.json"  # OpenAI's published Responses schemas
+
+
+@lru_cache
+def responses_validator(name: str) -> Draft202012Validator:
+    defs = json.loads(RESPONSES.read_text())["$defs"]
+    return Draft202012Validator({"$ref": f"#/$defs/{name}", "$defs": defs})
+
+
+def check_responses(name: str, instance) -> None:
+    """Raise if `instance` does not validate against OpenAI's published Responses schema `name`
+    (Response, ResponseStreamEvent, CreateResponse …)."""
+    errors = sorted(responses_validator(name).iter_errors(instance), key=lambda e: list(e.path))
+    assert not errors, f"{name}: " + "; ".join(f"{list(e.path)}: {e.message[:300]}" for e in errors[:5])
+
+
+def responses_fields(name: str = "CreateResponse") -> set[str]:
+    """Every property a published Responses schema defines (through its allOf chain)."""
+    defs = json.loads(RESPONSES.read_text())["$defs"]
+
+    def walk(schema: dict) -> set[str]:
+        found = set(schema.get("properties", {}))
+        for part in schema.get("allOf", []):
+            found |= walk(defs[part["$ref"].rsplit("/", 1)[1]] if "$ref" in part else part)
+        return found
+    return walk(defs[name])

@@ -129,7 +129,8 @@ def test_more_than_1100_open_connections_keep_it_answering(make_app, db_url, tmp
     upstream.expect_request("/v1/chat/completions").respond_with_json(fake_openai.completion("ok", 5, 5))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 4096), hard), hard))
-    gw = Gateway(base_env(db_url, tmp_path), tmp_path / "gw.log")  # its defaults: poll loop, 1024 threads
+    # its defaults (1024 threads), but for the per-address cap: these 1150 come from one address
+    gw = Gateway(base_env(db_url, tmp_path, MAX_CONNECTIONS_PER_IP="0"), tmp_path / "gw.log")
     idle = []
     try:
         for _ in range(1150):  # each one half a request: the server holds it open, waiting

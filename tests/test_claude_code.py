@@ -19,7 +19,12 @@ from tests.helpers import charges, holds, invariant
 # the Makefile's pinned install; TEST_CLAUDE_CODE names another `claude` to try (docs/agents.md)
 CLAUDE = Path(os.environ.get("TEST_CLAUDE_CODE")
               or Path(__file__).resolve().parent.parent / ".agents" / "node_modules" / ".bin" / "claude")
-pytestmark = pytest.mark.skipif(not CLAUDE.exists(), reason="Claude Code is installed by `make test` (.agents/)")
+
+
+@pytest.fixture(autouse=True)
+def installed():
+    """Never skipped: `make test` installs Claude Code (make agents); a run without it fails here."""
+    assert CLAUDE.exists(), f"Claude Code is not installed at {CLAUDE}: run `make agents`"
 
 
 def _claude(tmp_path: Path, base_url: str, model: str, prompt: str, key_variable: str) -> dict:

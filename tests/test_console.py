@@ -1,9 +1,11 @@
 """The web console in a real headless Chromium (Debian's, driven by Selenium): sign in, balance,
-keys, an operator's top-up, the playground's stream and the ledger; CSRF, roles, CSP, languages.
+keys, an operator's top-up, the playground's stream and the ledger; CSRF, roles, CSP, languages;
+then each finding of issue 32's "the console in a real browser", one test each.
 Screenshots of the main pages go to docs/screenshots/."""
 from __future__ import annotations
 
 import re
+import threading
 
 import pytest
 import requests
@@ -16,10 +18,11 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from werkzeug import Response
 
 from config.settings import ROOT
-from service.db import AIModel, ApiKey, ConsoleSession
-from tests.conftest import token
+from service import billing
+from service.db import AIModel, ApiKey, ConsoleSession, LedgerEntry
+from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
-from tests.helpers import charges, holds
+from tests.helpers import account, charges, holds
 
 SHOTS = ROOT / "docs" / "screenshots"
 
@@ -40,6 +43,7 @@ def browser(tmp_path):
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1280,900"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console's own errors
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     driver.set_page_load_timeout(30)
     yield driver
@@ -116,7 +120,7 @@ def test_an_operators_top_up_appears_on_the_users_page(site, browser):
     price.clear()
     price.send_keys("0.5")
     price.submit()
-    wait(browser, ready.url_to_be(f"{site.url}/console/admin/models"))
+    wait(browser, ready.url_to_be(f"{site.url}/console/admin/models#model-1"))  # back at its row
     assert AIModel.get_by_id(1).cost_per_1k_input_tokens == 500_000
     browser.get(f"{site.url}/console/admin/live")
     assert browser.find_element(By.ID, "ready").text in ("ok", "degraded")
@@ -188,3 +192,230 @@ def test_a_sign_in_posted_from_another_site_is_refused(site):
     signed = visitor.post(f"{site.url}/console/login", data={"credential": attacker, "csrf_token": field},
                           allow_redirects=False)
     assert signed.status_code == 302 and ConsoleSession.select().count() == 1
+
+
+# issue 32: the console in a real browser
+
+
+def stream_on_gate(upstream, gate: threading.Event) -> None:
+    """The fake provider sends a first word, then the rest once `gate` is set."""
+    def handler(request):
+        def events():
+            yield fake_openai.chunk({"role": "assistant", "content": "first"})
+            gate.wait(10)
+            yield fake_openai.chunk({"content": " then done"}, finish="stop")
+            yield fake_openai.chunk({}, usage={"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+                                    choices=False)
+            yield b"data: [DONE]\n\n"
+        return Response(events(), mimetype="text/event-stream")
+
+    upstream.clear_all_handlers()
+    upstream.expect_request("/v1/chat/completions").respond_with_handler(handler)
+
+
+def test_send_stays_disabled_while_an_answer_streams(site, upstream, browser):
+    gate = threading.Event()
+    stream_on_gate(upstream, gate)
+    sign_in(browser, site, token("alice"))
+    browser.get(f"{site.url}/console/playground")
+    Select(browser.find_element(By.ID, "model")).select_by_visible_text("m-openai")
+    browser.find_element(By.ID, "prompt").send_keys("Say hello")
+    send = browser.find_element(By.ID, "send")
+    send.click()
+    wait(browser, ready.text_to_be_present_in_element((By.ID, "answer"), "first"))
+    assert not send.is_enabled()
+    browser.execute_script("document.getElementById('playground').requestSubmit()")  # Enter, a second click
+    gate.set()
+    wait(browser, lambda d: d.find_element(By.ID, "playground").get_attribute("data-done") == "1")
+    assert browser.find_element(By.ID, "answer").text == "first then done" and send.is_enabled()
+    assert len(upstream.log) == 1 and len(charges("alice")) == 1
+
+
+def test_a_refresh_after_create_key_makes_no_second_key(site, browser):
+    sign_in(browser, site, token("alice"))
+    browser.get(f"{site.url}/console/keys")
+    browser.find_element(By.ID, "key-name").send_keys("laptop")
+    browser.find_element(By.ID, "create-key").click()
+    plain = wait(browser, ready.presence_of_element_located((By.ID, "new-key"))).text
+    assert browser.current_url == f"{site.url}/console/keys"  # the POST answered with a redirect
+    browser.refresh()
+    wait(browser, ready.presence_of_element_located((By.ID, "keys")))
+    assert ApiKey.select().count() == 1 and plain.startswith("sk-")
+    assert not browser.find_elements(By.ID, "new-key")  # shown once
+
+
+def test_an_account_named_with_a_slash_has_a_working_operator_link(site, browser):
+    assert requests.get(f"{site.url}/api/v1/account", headers=auth("org/research")).status_code == 200
+    sign_in(browser, site, token("root", admin=True))
+    browser.get(f"{site.url}/console/admin/accounts?q=org")
+    browser.find_element(By.LINK_TEXT, "org/research").click()
+    assert wait(browser, ready.presence_of_element_located((By.TAG_NAME, "h1"))).text == "org/research"
+    browser.find_element(By.ID, "amount").send_keys("2")
+    browser.find_element(By.CSS_SELECTOR, "#top-up button").click()
+    wait(browser, ready.text_to_be_present_in_element((By.ID, "balance"), "2"))
+    assert account("org/research").balance == 2_000_000
+    browser.get(f"{site.url}/console/admin/accounts/nobody")
+    assert "No such page" in browser.find_element(By.ID, "message").text  # a page, not raw JSON
+
+
+def row_input(browser, model_id: int, name: str):
+    return browser.find_element(By.CSS_SELECTOR, f"#model-{model_id} input[name={name}]")
+
+
+def test_catalogue_errors_stay_on_their_row_as_typed(site, browser):
+    sign_in(browser, site, token("root", admin=True))
+    browser.get(f"{site.url}/console/admin/models")
+    row_input(browser, 3, "cost_per_1k_output_tokens").send_keys("0.7")
+    base = row_input(browser, 3, "cost_per_1k_tokens")
+    base.clear()  # the model must not silently become free
+    browser.execute_script("arguments[0].removeAttribute('required')", base)  # as a script-less client posts it
+    base.submit()
+    error = wait(browser, ready.presence_of_element_located((By.CSS_SELECTOR, "#model-3 #error")))
+    assert "base price" in error.text and browser.current_url.endswith("#model-3")
+    assert row_input(browser, 3, "cost_per_1k_output_tokens").get_attribute("value") == "0.7"  # kept
+    assert AIModel.get_by_id(3).cost_per_1k_tokens == 1_000_000
+    fallbacks = row_input(browser, 2, "fallbacks")
+    fallbacks.send_keys("m-opnai")  # misspelt
+    fallbacks.submit()
+    assert "m-opnai" in wait(browser, ready.presence_of_element_located((By.CSS_SELECTOR, "#model-2 #error"))).text
+    assert AIModel.get_by_id(2).fallbacks == []
+    fallbacks = row_input(browser, 2, "fallbacks")
+    fallbacks.clear()
+    fallbacks.send_keys("m-openai")
+    fallbacks.submit()
+    wait(browser, ready.url_to_be(f"{site.url}/console/admin/models#model-2"))
+    assert AIModel.get_by_id(2).fallbacks == ["m-openai"]
+
+
+def test_top_ups_show_as_positive_with_note_operator_and_the_estimate_legend(site, upstream, browser):
+    unreported = fake_openai.Stream(["no", " usage"], usage=False)  # the charge is estimated
+    upstream.clear_all_handlers()
+    upstream.expect_request("/v1/chat/completions").respond_with_handler(unreported.handler)
+    assert requests.post(f"{site.url}/v1/chat/completions", headers=auth("alice"), json={
+        "model": "m-openai", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+    sign_in(browser, site, token("root", admin=True))
+    browser.get(f"{site.url}/console/admin/accounts/alice")
+    browser.find_element(By.ID, "amount").send_keys("5.5")
+    browser.find_element(By.ID, "note").send_keys("thanks for the report")
+    browser.find_element(By.CSS_SELECTOR, "#top-up button").click()
+    wait(browser, ready.text_to_be_present_in_element((By.CSS_SELECTOR, "#ledger tr.row-topup"), "thanks"))
+    sign_out(browser)
+    sign_in(browser, site, token("alice"))
+    browser.get(f"{site.url}/console/ledger")
+    top_up = browser.find_element(By.CSS_SELECTOR, "#ledger tr.row-topup")
+    assert top_up.find_element(By.CLASS_NAME, "amount").text == "+5.5"
+    assert top_up.find_element(By.CLASS_NAME, "note").text == "thanks for the report"
+    assert top_up.find_element(By.CLASS_NAME, "operator").text == "root"
+    charge = browser.find_element(By.CSS_SELECTOR, "#ledger tr.row-charge .amount").text
+    assert charge.startswith("−") and charge.endswith("*")
+    assert "estimated" in browser.find_element(By.ID, "legend").text
+    assert LedgerEntry.get(LedgerEntry.note == "thanks for the report").operator == "root"
+
+
+def test_account_and_ledger_lists_page(site, browser):
+    for i in range(105):
+        billing.account(f"user{i:03d}")
+    for i in range(55):
+        billing.credit(account("alice").id, 1_000_000, f"gift {i}")
+    sign_in(browser, site, token("root", admin=True))
+    browser.get(f"{site.url}/console/admin/accounts")
+    first = browser.find_elements(By.CSS_SELECTOR, "#accounts tbody tr")
+    browser.find_element(By.ID, "next").click()
+    wait(browser, ready.staleness_of(first[0]))
+    second = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#accounts tbody tr")]
+    assert len(first) == 100 and len(second) == 107 - 100 and "user104" in second[-1]  # alice, root, 105 users
+    sign_out(browser)
+    sign_in(browser, site, token("alice"))
+    browser.get(f"{site.url}/console/ledger")
+    newest = browser.find_elements(By.CSS_SELECTOR, "#ledger tbody tr")
+    browser.find_element(By.ID, "older").click()
+    wait(browser, ready.staleness_of(newest[0]))
+    older = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#ledger tbody tr")]
+    assert len(newest) == 50 and len(older) == 56 - 50 and not browser.find_elements(By.ID, "older")
+    assert "gift 0" in older[-2]  # the oldest gifts, then alice's first top-up
+
+
+def test_the_spend_chart_has_every_day_an_axis_dates_and_values(site, browser):
+    sign_in(browser, site, token("alice"))
+    browser.get(f"{site.url}/console/playground")
+    browser.find_element(By.ID, "prompt").send_keys("Say hello")
+    browser.find_element(By.ID, "send").click()
+    wait(browser, lambda d: d.find_element(By.ID, "playground").get_attribute("data-done") == "1")
+    browser.get(f"{site.url}/console/")
+    days = browser.find_elements(By.CSS_SELECTOR, "#spend-chart g.day")
+    assert len(days) == 30 and sum(d.get_attribute("data-cost") == "0" for d in days) == 29  # empty days kept
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#spend-chart line.axis")) == 2
+    spent = charges("alice")[0]
+    today = days[-1]
+    assert today.get_attribute("data-day") == spent.created.date().isoformat()
+    assert today.find_element(By.CSS_SELECTOR, "text.value").text == today.get_attribute("data-cost") != "0"
+    dates = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#spend-chart text.date")]
+    assert len(dates) >= 6 and all(re.fullmatch(r"\d\d-\d\d", d) for d in dates)
+    assert browser.find_element(By.CSS_SELECTOR, "#spend-chart text.y-max").text == today.get_attribute("data-cost")
+    shot(browser, "overview-chart")
+
+
+def test_tables_scroll_on_a_phone_with_a_hint(site, browser):
+    sign_in(browser, site, token("alice"))
+    browser.set_window_size(390, 844)
+    browser.get(f"{site.url}/console/keys")
+    box = browser.find_element(By.CSS_SELECTOR, ".scroll")
+    assert browser.execute_script("return arguments[0].scrollWidth > arguments[0].clientWidth", box)
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    assert browser.find_element(By.CSS_SELECTOR, ".scroll-hint").is_displayed()
+    shot(browser, "keys-phone")
+    browser.set_window_size(1280, 900)
+    assert not browser.find_element(By.CSS_SELECTOR, ".scroll-hint").is_displayed()
+
+
+def test_holds_show_their_time_zone_and_readiness_reads_as_text(site, browser):
+    billing.hold(account("alice").id, "chatcmpl-held", 250_000, 60)
+    sign_in(browser, site, token("root", admin=True))
+    browser.get(f"{site.url}/console/admin/live")
+    held = browser.find_element(By.CSS_SELECTOR, "#holds tbody tr").text
+    assert "alice" in held and "chatcmpl-held" in held and held.endswith("UTC")
+    checks = browser.find_element(By.ID, "checks").text
+    assert "Database" in checks and "Open circuit breakers" in checks
+    assert "{" not in checks and "}" not in checks and "'" not in checks  # not a Python dict
+    shot(browser, "admin-live")
+
+
+def test_chinese_is_complete_and_switched_on_the_page(site, upstream, browser):
+    sign_in(browser, site, token("root", admin=True))
+    browser.find_element(By.ID, "language").click()
+    wait(browser, ready.text_to_be_present_in_element((By.TAG_NAME, "nav"), "概览"))
+    assert browser.find_element(By.ID, "language").text == "English"
+    browser.get(f"{site.url}/console/models")
+    header = browser.find_element(By.CSS_SELECTOR, "#models thead").text
+    assert "输入" in header and "推理" in header and "input" not in header  # token classes
+    assert "词元" in browser.page_source and "令牌" not in browser.page_source  # LLM tokens are not API keys
+    browser.get(f"{site.url}/console/admin/models")
+    assert "基础价格" in browser.find_element(By.ID, "model-1").text  # field names
+    base = row_input(browser, 1, "cost_per_1k_tokens")
+    base.clear()
+    browser.execute_script("arguments[0].removeAttribute('required')", base)
+    base.submit()
+    assert "基础价格" in wait(browser, ready.presence_of_element_located((By.ID, "error"))).text  # errors
+    browser.get(f"{site.url}/console/admin/accounts/alice")
+    browser.find_element(By.ID, "amount").send_keys("-1000")
+    browser.find_element(By.CSS_SELECTOR, "#top-up button").click()
+    assert "参数无效" in wait(browser, ready.presence_of_element_located((By.ID, "error"))).text
+    ledger = browser.find_element(By.ID, "ledger").text  # alice's, on the page the error came back on
+    assert "充值" in ledger and "词元" in ledger
+    shot(browser, "ledger-zh")
+    browser.find_element(By.ID, "language").click()
+    wait(browser, ready.text_to_be_present_in_element((By.TAG_NAME, "nav"), "Overview"))
+
+
+def test_the_site_icon_is_served_and_console_pages_carry_no_cors(site, browser):
+    sign_in(browser, site, token("alice"))
+    browser.get(f"{site.url}/console/ledger")
+    missing = [e["message"] for e in browser.get_log("browser") if "404" in e["message"]]
+    assert not missing
+    icon = requests.get(f"{site.url}/favicon.ico")
+    assert icon.status_code == 200 and icon.content[:4] == b"\x00\x00\x01\x00"
+    origin = {"Origin": "https://elsewhere.example"}
+    for path in ("/console/login", "/console/static/console.css"):
+        assert "Access-Control-Allow-Origin" not in requests.get(f"{site.url}{path}", headers=origin).headers
+    assert "Access-Control-Allow-Origin" in requests.get(f"{site.url}/api/v1/models", headers={**origin, **auth()}
+                                                         ).headers  # the API keeps its CORS

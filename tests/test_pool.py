@@ -51,3 +51,30 @@ def test_a_waiter_gives_up_after_the_pool_timeout(pool):
     thread.join(10)
     assert len(failed) == 1
     pool.close()
+
+
+def _max_connections(db_url) -> int:
+    from service.db import db
+
+    # make_app opened the PostgreSQL database already
+    return int(db.execute_sql("SHOW max_connections").fetchone()[0]) if db_url.startswith("postgres") else 0
+
+
+def test_a_start_warns_when_the_pools_exceed_max_connections(make_app, db_url, caplog):
+    """WORKERS x (DB_POOL_SIZE + 3) over PostgreSQL's max_connections: one warning line at start,
+    naming both numbers; within it (and on SQLite): none."""
+    import logging
+
+    most = _max_connections(db_url)
+    pool = max(most // 4, 1)  # 4 x (pool + 3) > most
+    with caplog.at_level(logging.WARNING, logger="tollgate"):
+        make_app(WORKERS=4, DB_POOL_SIZE=pool)
+    warned = [r.getMessage() for r in caplog.records if "max_connections" in r.getMessage()]
+    if not most:
+        assert warned == []
+        return
+    assert len(warned) == 1 and f"allows {most} connections" in warned[0] and f"= {4 * (pool + 3)}" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tollgate"):
+        make_app(WORKERS=1, DB_POOL_SIZE=most - 3)  # exactly the budget
+    assert not [r for r in caplog.records if "max_connections" in r.getMessage()]

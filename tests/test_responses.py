@@ -141,7 +141,7 @@ def test_structured_output_and_store_false(sdk, upstream):
 
 def test_bad_input_is_400_and_nothing_is_charged(sdk, upstream):
     with pytest.raises(openai.BadRequestError):
-        sdk.responses.create(model="m-openai", input="x", tools=[{"type": "web_search_preview"}])
+        sdk.responses.create(model="m-openai", input="x", tools=[{"type": "file_search", "vector_store_ids": ["vs_1"]}])
     with pytest.raises(openai.BadRequestError):
         sdk.responses.create(model="m-openai", input=[{"type": "mystery"}])
     assert not upstream.log and not charges("alice") and holds() == 0

@@ -1,12 +1,12 @@
 // The playground: stream a chat answer from the console's own endpoint (same-origin, the
 // session cookie and its CSRF token), showing text as it arrives and the cost at the end.
+// Send stays disabled while an answer streams: one answer per box.
 (function () {
   var form = document.getElementById("playground");
   if (!form) return;
-  form.addEventListener("submit", async function (event) {
-    event.preventDefault();
-    var answer = document.getElementById("answer"), cost = document.getElementById("cost");
-    answer.textContent = ""; cost.textContent = "";
+  var send = document.getElementById("send"), label = send.textContent;
+
+  async function stream(answer, cost) {
     var response = await fetch(form.dataset.url, {
       method: "POST", credentials: "same-origin",
       headers: {"Content-Type": "application/json", "X-CSRF-Token": form.dataset.csrf},
@@ -35,6 +35,22 @@
         if (chunk.usage) cost.textContent = String(chunk.usage.cost);
       });
     }
-    form.dataset.done = "1";
+  }
+
+  form.addEventListener("submit", async function (event) {
+    event.preventDefault();
+    if (send.disabled) return;
+    var answer = document.getElementById("answer"), cost = document.getElementById("cost");
+    answer.textContent = ""; cost.textContent = "";
+    send.disabled = true; send.textContent = form.dataset.sending;
+    delete form.dataset.done;
+    try {
+      await stream(answer, cost);
+    } catch (e) {
+      answer.textContent += "\n[" + e + "]";
+    } finally {
+      send.disabled = false; send.textContent = label;
+      form.dataset.done = "1";
+    }
   });
 })();
