@@ -7,8 +7,8 @@ Anthropic's published request schema mapped, accepted (it cannot change the answ
 with a 400 naming it (docs/messages-fields.md); `message` turns a chat completion into a
 Messages response and `events` a chat chunk stream into Messages stream events
 (message_start, content_block_start/delta/stop with text_delta and input_json_delta,
-message_delta with the stop reason and usage, message_stop), passing a native stream's events
-through as they came.
+message_delta with the stop reason and usage, message_stop). `Passed` renders an anthropic
+row's own events back, `Heard` and `replay` keep and replay them for an idempotent retry.
 """
 from __future__ import annotations
 
@@ -335,16 +335,21 @@ def to_chat(body: dict, counting: bool = False) -> dict:
 
 
 def native_chat(body: dict) -> dict:
-    """What the gateway itself reads of a Messages body sent as it came to an anthropic row:
-    the model, the messages (their size is held for), the output cap and the stream flag."""
+    """What the gateway itself reads of any Messages body: the model, the messages, the output
+    cap and the stream flag (checked as far as the gateway needs them)."""
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise bad("model", "'model' is required")
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         raise InvalidRequest("'messages' must be a non-empty array", param="messages", code="invalid_messages")
+    cap, stream = body.get("max_tokens"), body.get("stream")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise bad("max_tokens", "'max_tokens' must be an integer of at least 1")
+    if stream is not None and not isinstance(stream, bool):
+        raise bad("stream", "'stream' must be a boolean")
     out = {"model": body["model"], "messages": body["messages"]}
-    for name in ("max_tokens", "stream"):
-        if body.get(name) is not None:
-            out[name] = body[name]
+    for name, value in (("max_tokens", cap), ("stream", stream)):
+        if value is not None:
+            out[name] = value
     return out
 
 
@@ -378,10 +383,7 @@ def message_id(chat_id: str) -> str:
 
 
 def message(completion: dict) -> dict:
-    """A chat completion as a Messages response (the first choice); a native call's message,
-    already one, as it came."""
-    if completion.get("type") == "message":
-        return completion
+    """A chat completion as a Messages response (the first choice)."""
     choice = (completion.get("choices") or [{}])[0]
     msg = choice.get("message") or {}
     content = []
@@ -452,13 +454,10 @@ def _choice_events(c: dict, blocks: _Blocks):
 
 
 def events(chunks):
-    """Chat chunk events (SSE bytes) as Messages stream events; a native call's events as sent."""
+    """Chat chunk events (SSE bytes) as Messages stream events."""
     started, blocks, stop, last_usage = False, _Blocks(), ("end_turn", None), None
     try:
         for piece in chunks:
-            if piece.startswith(b"event: "):  # a native call's event, as the provider sent it
-                yield piece
-                continue
             if not piece.startswith(b"data: {"):
                 continue
             event = json.loads(piece[6:])
@@ -491,3 +490,47 @@ def events(chunks):
         close = getattr(chunks, "close", None)
         if close:
             close()
+
+
+class Passed:
+    """Renders a pass-through call's stream (an anthropic row's own events) back to the client:
+    each event whole, in Anthropic's framing, `message_start`'s model the catalogue's name."""
+
+    def __init__(self, model: str):
+        self.model = model
+
+    def __call__(self, event: dict, bill: dict | None = None) -> bytes:
+        if event.get("type") == "message_start" and isinstance(event.get("message"), dict):
+            event = {**event, "message": {**event["message"], "model": self.model}}
+        return _event(str(event.get("type")), event)
+
+    def failed(self, error: dict) -> bytes:
+        """The stream broke (the provider failed, the gateway is stopping): an error event."""
+        return _event("error", {"type": "error", "error": {
+            "type": STREAM_ERRORS.get(error.get("type"), "api_error"), "message": error.get("message")}})
+
+
+def passed(raw: dict, model: str) -> dict:
+    """An anthropic row's message whole, with the catalogue's model name."""
+    return {**raw, "model": model}
+
+
+class Heard:
+    """A pass-through stream's events as the client got them, for an idempotent retry:
+    `finished` once `message_stop` came."""
+
+    def __init__(self):
+        self.events: list[str] = []
+        self.finished = False
+
+    def feed(self, piece: bytes) -> None:
+        self.events.append(piece.decode())
+        self.finished = self.finished or piece.startswith(b"event: message_stop")
+
+    def body(self) -> dict:
+        return {"type": "message_stream", "events": self.events}
+
+
+def replay(stored: dict, include_usage: bool = False):
+    """A stored pass-through stream, event for event."""
+    yield from (event.encode() for event in stored["events"])

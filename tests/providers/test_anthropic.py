@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from core.chat import PassThrough
 from providers.anthropic import AnthropicAdapter
 from providers.base import StreamState
 from service.errors import InvalidRequest, NotImplementedByProvider, ProviderError, UpstreamRejected
@@ -94,9 +95,9 @@ def test_error_body_and_unsupported():
 
 
 def _native(body: dict, stream: bool = False, **headers):
-    c = chat(body["messages"], stream=stream, **({"max_tokens": body["max_tokens"]} if "max_tokens" in body else {}))
-    c.native, c.native_api, c.native_headers = body, "anthropic", headers
-    return c
+    plain = chat(body["messages"], stream=stream)
+    return PassThrough(plain.model, body["messages"], {}, stream, False, "r", body=body, headers=headers,
+                       cap_field="max_tokens")
 
 
 NATIVE = {"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "Hi"}],
@@ -116,18 +117,15 @@ def test_native_request_is_the_body_as_sent_with_model_and_cap():
 def test_native_response_is_whole_and_counted():
     payload = json.loads(fixture("anthropic", "cache.json"))
     done = A.response(payload, _native(NATIVE))
-    assert done.raw == {**payload, "model": "m"}
+    assert done.raw == payload
     assert (done.prompt_tokens, done.completion_tokens) == (50 + 1800 + 2400, 210)
     assert done.detail == {"cached": 2400, "cache_write_5m": 1200, "cache_write_1h": 600, "reasoning": 0}
 
 
-def test_native_stream_events_are_relayed_as_framed_and_counted():
-    state = StreamState(extra={"native_model": "m"})
-    deltas = list(A.stream_events(lines("anthropic", "cache.sse"), state))
-    sent = b"".join(d.raw for d in deltas)
-    events = [json.loads(f.split(b"\ndata: ", 1)[1]) for f in sent.split(b"\n\n") if f]
+def test_native_stream_events_are_passed_whole_and_counted():
+    state = StreamState()
+    deltas = list(A.passed_events(lines("anthropic", "cache.sse"), state))
     recorded = [json.loads(line[6:]) for line in lines("anthropic", "cache.sse") if line.startswith(b"data: ")]
-    recorded[0]["message"]["model"] = "m"
-    assert events == recorded and len(deltas) == len(recorded)  # ping included
+    assert [d.chunk for d in deltas] == recorded  # ping included
     assert "".join(d.content or "" for d in deltas) == "Paris."
     assert state.done and (state.prompt_tokens, state.completion_tokens) == (4250, 210)
