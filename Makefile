@@ -61,6 +61,9 @@ $(AGENTS)/.codex-$(CODEX_VERSION):
 	@touch $@
 agents: $(AGENTS)/.claude-code-$(CLAUDE_CODE_VERSION) $(AGENTS)/.codex-$(CODEX_VERSION)
 
+# the cluster scripts/services.sh starts (tests/test_cluster.py)
+export REDIS_CLUSTER_URL_TEST ?= redis+cluster://127.0.0.1:7001
+
 # the import contracts (.importlinter), then pytest; the local model is stopped afterwards when
 # this run started it
 test: install-test services agents

@@ -86,6 +86,8 @@ def load() -> dict:
         "MAX_CONCURRENT_PER_ACCOUNT": int(env("MAX_CONCURRENT_PER_ACCOUNT", "128")),
         "MAX_CONCURRENT_PER_KEY": int(env("MAX_CONCURRENT_PER_KEY", "0")),
         "CONCURRENCY_LEASE_SECONDS": float(env("CONCURRENCY_LEASE_SECONDS", "60")),
+        # a deployment that answered 429 without a Retry-After is left out this long (SPEC §15)
+        "DEPLOYMENT_COOLDOWN_SECONDS": float(env("DEPLOYMENT_COOLDOWN_SECONDS", "30")),
         "SHUTDOWN_GRACE_SECONDS": float(env("SHUTDOWN_GRACE_SECONDS", "30")),
         "TRUSTED_PROXIES": int(env("TRUSTED_PROXIES", "0")),
         # hostile traffic (docs/hostile-traffic.md): the peers exempt from MAX_CONNECTIONS_PER_IP
@@ -99,6 +101,9 @@ def load() -> dict:
         "HOLD_TTL_SECONDS": int(env("HOLD_TTL_SECONDS", "60")),
         "HOLD_REAP_INTERVAL_SECONDS": float(env("HOLD_REAP_INTERVAL_SECONDS", "20")),
         "IMAGE_TOKENS": int(env("IMAGE_TOKENS", "3000")),  # prompt tokens held per image part
+        # the response cache (SPEC §16): the largest answer kept, and the in-process cache's bound
+        "CACHE_MAX_ENTRY_BYTES": int(env("CACHE_MAX_ENTRY_BYTES", str(1 << 20))),
+        "CACHE_MEMORY_BYTES": int(env("CACHE_MEMORY_BYTES", str(64 << 20))),
         # JWTs: an `exp` claim is required unless JWT_ALLOW_NO_EXP; JWT_MAX_LIFETIME_SECONDS
         # (0: no cap) refuses tokens whose exp lies further from their iat (or now)
         "JWT_ALLOW_NO_EXP": _bool(env("JWT_ALLOW_NO_EXP"), False),

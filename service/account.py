@@ -27,6 +27,9 @@ def ledger_row(e: LedgerEntry) -> dict:
         row["absorbed"] = to_credits(e.absorbed)
     if e.kind == "charge":
         row |= breakdown(e)
+        row["cache_hit"] = bool(e.cache_hit)
+        if e.parallel_group:
+            row["parallel_group"] = e.parallel_group
     return row
 
 

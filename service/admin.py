@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 
 from flask import Blueprint, current_app, g
-from peewee import fn
+from peewee import JOIN, fn
 
 from service import billing, reports, seed
 from service.account import account_body, ledger_page
@@ -156,14 +156,16 @@ def update_account(name: str):
 
 @bp.get("/alerts")
 def list_alerts():
-    """The newest low-balance alerts and their delivery record."""
-    rows = (AlertOutbox.select(AlertOutbox, Account.name).join(Account)
+    """The newest alerts (low balance; deployment_disabled, which is no account's and says what in
+    `detail`) and their delivery record."""
+    rows = (AlertOutbox.select(AlertOutbox, Account.name).join(Account, JOIN.LEFT_OUTER)
             .order_by(AlertOutbox.id.desc()).limit(100))
-    return {"data": [{"id": f"alert_{r.id}", "account": r.account.name, "type": r.kind,
+    return {"data": [{"id": f"alert_{r.id}", "account": r.account.name if r.account_id else None, "type": r.kind,
                       "request_id": r.request_id, "balance": billing.to_credits(r.balance),
                       "threshold": billing.to_credits(r.threshold), "created": epoch(r.created),
                       "attempts": r.attempts, "delivered": epoch(r.delivered_at) or None,
-                      "last_status": r.last_status, "last_error": r.last_error} for r in rows]}
+                      "last_status": r.last_status, "last_error": r.last_error,
+                      **({"detail": r.detail} if r.detail is not None else {})} for r in rows]}
 
 
 def _expiry(value) -> dt.datetime | None:

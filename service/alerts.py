@@ -35,8 +35,13 @@ def threshold_micro(conf: dict) -> int:
     return billing.to_micro(conf.get("LOW_BALANCE_THRESHOLD") or "0", "LOW_BALANCE_THRESHOLD")
 
 
-def body_of(row: AlertOutbox, account: str) -> bytes:
-    """The webhook body: the same bytes on every attempt (receivers de-duplicate by `id`)."""
+def body_of(row: AlertOutbox, account: str | None) -> bytes:
+    """The webhook body: the same bytes on every attempt (receivers de-duplicate by `id`). An
+    alert that is no account's (deployment_disabled) says what its `detail` holds."""
+    if row.detail is not None:
+        return json.dumps({"id": f"alert_{row.id}", "type": row.kind, **row.detail,
+                           "request_id": row.request_id, "created": epoch(row.created)},
+                          separators=(",", ":"), sort_keys=True).encode()
     return json.dumps({"id": f"alert_{row.id}", "type": row.kind, "account": account,
                        "balance": billing.to_credits(row.balance), "threshold": billing.to_credits(row.threshold),
                        "request_id": row.request_id, "created": epoch(row.created)},
@@ -69,7 +74,7 @@ class Deliverer:
                            & AlertOutbox.delivered_at.is_null()).execute())
 
     def _post(self, row: AlertOutbox) -> None:
-        account = Account.get_by_id(row.account_id).name
+        account = Account.get_by_id(row.account_id).name if row.account_id is not None else None
         body = body_of(row, account)
         status, error = None, None
         try:
@@ -89,7 +94,7 @@ class Deliverer:
         if self.counter is not None:
             self.counter.labels("delivered" if ok else "failed").inc()
         if not ok:
-            log.warning("low-balance alert alert_%d for %s: delivery %d failed (%s)", row.id, account,
+            log.warning("%s alert alert_%d for %s: delivery %d failed (%s)", row.kind, row.id, account,
                         attempts, status or error)
 
     def run_once(self) -> int:

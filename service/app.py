@@ -18,6 +18,7 @@ from service.body import no_nul_characters
 from service.breaker import Breakers
 from service.cache import Cache
 from service.db import CONNECTIONS_BESIDE_POOL, connection_budget, db, give_back, open_database
+from service.deployment_health import Fleet
 from service.journal import Journal
 from service.jsonout import ExactJSONProvider
 from service.slots import Slots
@@ -49,6 +50,7 @@ class Tollgate:
     accounts: dict = field(default_factory=dict)  # account name -> Caller (ids never change)
     verified: dict = field(default_factory=dict)  # JWT -> its verified claims
     reach: Reachability = field(default_factory=Reachability)  # upstreams' last TCP probes
+    fleet: Fleet | None = None  # the state of every deployment (service/deployment_health.py)
 
 
 def limit_storage_uri(redis_url: str | None) -> str:
@@ -81,6 +83,10 @@ def keep_money(ext: Tollgate, ttl: int) -> None:
     """One maintenance tick: apply journalled settles (the database is back), extend the holds of
     this process's calls in flight, release holds whose process is gone (expired)."""
     ext.slots.renew()
+    fleet = getattr(ext, "fleet", None)  # None until create_app has made it
+    if fleet is not None:
+        fleet.renew()
+        fleet.forget_stale()
     ext.journal.replay(billing.apply_journalled)
     billing.extend(ext.owner, ttl)
     idempotency.extend(ext.owner, ttl)
@@ -158,7 +164,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     jwt.init_app(app)
     # the API's CORS; never on console pages (their forms and cookies are for this site only)
     cors.init_app(app, resources={r"^/(?!console(/|$)).*": {}}, origins=conf["CORS_ORIGINS"], expose_headers=[
-        "X-Request-ID", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"])
+        "X-Request-ID", "X-Cache", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"])
     limiter.init_app(app)
     if not conf["REDIS_URL"]:
         log.warning("REDIS_URL is not set: rate limits and caches are per process (in memory)")
@@ -173,12 +179,21 @@ def create_app(overrides: dict | None = None) -> Flask:
         Transport(conf["WAITRESS_THREADS"] * 2, conf["UPSTREAM_RETRIES"], conf["UPSTREAM_BACKOFF"],
                   Breakers(conf["BREAKER_THRESHOLD"], conf["BREAKER_COOLDOWN"]), conf["UPSTREAM_MAX_BYTES"]),
         budget, Journal(conf["DATA_DIR"], owner), owner, slots, Admission(cache, slots, budget))
+    ext = app.extensions["tollgate"]
+    ext.fleet = Fleet(cache, ext.transport.breakers, conf["CONCURRENCY_LEASE_SECONDS"],
+                      conf["DEPLOYMENT_COOLDOWN_SECONDS"])
 
-    from service import account, admin, catalog, chat, cli, embeddings, health, messages, observe, responses
+    from service import (
+        account, admin, answer_cache, catalog, chat, cli, deployment_admin, embeddings, health, messages, observe,
+        responses,
+    )
+
+    answer_cache.init_app(app)
 
     observe.init_app(app)
     app.before_request(no_nul_characters)  # after observe's: the refusal is timed and logged
-    for module in (chat, messages, responses, embeddings, catalog, account, admin, health, observe):
+    for module in (chat, messages, responses, embeddings, catalog, account, admin, deployment_admin, health,
+                   observe):
         app.register_blueprint(module.bp)
     if conf.get("CONSOLE_ENABLED", True):
         from service.console.views import bp as console

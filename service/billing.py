@@ -82,14 +82,15 @@ def _postgres() -> bool:
 # A batch of holds only commits without waiting for its WAL flush: if the database crashed
 # before the flush, the holds and their `held` increments vanish together, nothing stays
 # locked, and each call's settle then charges without a hold. Settles wait for the flush.
-PG_HOLD = "tollgate_hold(%s::text[], %s::bigint[], %s::bigint[], %s::timestamp[], %s::text[])"
+PG_HOLD = ("tollgate_hold(%s::text[], %s::bigint[], %s::bigint[], %s::timestamp[], %s::text[], %s::text[], "
+           "%s::timestamp[])")
 PG_SETTLE = ("tollgate_settle(%s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[], "
              "%s::bigint[], %s::boolean[], %s::timestamp[], %s::bigint[], %s::bigint[], %s::bigint[], "
-             "%s::bigint[], %s::bigint[], %s::text[], %s::bigint[])")
-PG_HOLD_FIELDS = ("rid", "account", "amount", "expires", "owner")
+             "%s::bigint[], %s::bigint[], %s::text[], %s::bigint[], %s::text[])")
+PG_HOLD_FIELDS = ("rid", "account", "amount", "expires", "owner", "model", "now")
 PG_SETTLE_FIELDS = ("rid", "account", "model", "prompt", "completion", "charge", "estimated", "now",
                     "overrun", "cached", "cache_write_5m", "cache_write_1h", "reasoning", "prices",
-                    "threshold")
+                    "threshold", "deployment")
 DB_ERRORS = (OperationalError, InterfaceError)  # the database is unreachable or the link broke
 
 
@@ -189,17 +190,20 @@ def retrying(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def hold(account_id: int, request_id: str, amount: int, ttl: int, owner: str | None = None) -> None:
+def hold(account_id: int, request_id: str, amount: int, ttl: int, owner: str | None = None,
+         model: str | None = None) -> None:
     """Reserve `amount` if balance - held covers it, else 402; a zero amount needs no hold.
-    `owner` (the process making the call) keeps extending it while the call runs."""
+    `owner` (the process making the call) keeps extending it while the call runs; `model` is
+    the call's, for operators to see."""
     if amount <= 0:
         return
     if amount > MAX_BALANCE:
         raise InsufficientCredits()  # no balance can cover it
-    expires = utcnow() + dt.timedelta(seconds=ttl)
+    now = utcnow()
+    expires = now + dt.timedelta(seconds=ttl)
     if _postgres():
         if not _group.submit("hold", {"amount": amount, "account": account_id, "rid": request_id,
-                                       "expires": expires, "owner": owner}):
+                                       "expires": expires, "owner": owner, "model": model, "now": now}):
             raise InsufficientCredits()
         return
     with write_tx():
@@ -209,7 +213,7 @@ def hold(account_id: int, request_id: str, amount: int, ttl: int, owner: str | N
         if not taken:
             raise InsufficientCredits()
         Hold.create(request_id=request_id, account=account_id, amount=amount, expires_at=expires,
-                    owner=owner)
+                    owner=owner, model=model, created=now)
 
 
 def extend(owner: str, ttl: int) -> int:
@@ -234,13 +238,15 @@ DETAIL = ("cached", "cache_write_5m", "cache_write_1h", "reasoning")
 
 def settle(account_id: int, request_id: str, model: str, prompt_tokens: int,
            completion_tokens: int, charge: int, estimated: bool = False, cap: int | None = None,
-           detail: dict | None = None, unit_prices: dict | None = None, threshold: int = -1) -> bool:
+           detail: dict | None = None, unit_prices: dict | None = None, threshold: int = -1,
+           deployment: str | None = None) -> bool:
     """Charge, release the hold and write the ledger row, at once; False if already settled.
     A charge above `cap` (what the call held) is cut to it; the rest is an `overrun` row that
     the gateway absorbs. `detail` holds the tokens of the classes beyond input and output and
     `unit_prices` the prices applied (both kept on the row). A charge that takes the balance
     below the account's low-balance threshold (else `threshold`; negative: alerts off) writes
-    an alert to the outbox in the same transaction."""
+    an alert to the outbox in the same transaction. `deployment`: the model's deployment that
+    answered (SPEC §15), named on the row."""
     overrun = 0
     if cap is not None and charge > cap:
         charge, overrun = max(cap, 0), charge - max(cap, 0)
@@ -250,12 +256,14 @@ def settle(account_id: int, request_id: str, model: str, prompt_tokens: int,
             "rid": request_id, "account": account_id, "model": model, "prompt": prompt_tokens,
             "completion": completion_tokens, "charge": charge, "estimated": estimated,
             "now": utcnow(), "overrun": overrun, **detail,
-            "prices": None if unit_prices is None else json.dumps(unit_prices), "threshold": threshold})
+            "prices": None if unit_prices is None else json.dumps(unit_prices), "threshold": threshold,
+            "deployment": deployment})
     try:
         with write_tx():
             LedgerEntry.create(account=account_id, request_id=request_id, model=model,
                                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                                delta=-charge, kind="charge", estimated=estimated, prices=unit_prices,
+                               deployment=deployment,
                                **{f"{k}_tokens": v for k, v in detail.items()})
             if overrun:
                 LedgerEntry.create(account=account_id, request_id=f"{request_id}:overrun", model=model,

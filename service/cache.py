@@ -36,8 +36,16 @@ class KernelTimedConnection(redis.Connection):
         return sock
 
 
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")  # limits' spelling, and ours
+
+
 def client(url: str) -> redis.Redis:
-    """redis-py on kernel-timed sockets (redis:// only; rediss:// and unix sockets keep Python's timeout)."""
+    """redis-py on kernel-timed sockets (redis:// only; rediss:// and unix sockets keep Python's
+    timeout); a Redis Cluster client for redis+cluster://host:port (any seed node), whose
+    scripts must keep their keys in one hash slot (every caller tags its keys: `{acct:…}`)."""
+    if url.startswith(CLUSTER_SCHEMES):
+        plain = url.replace("+cluster", "", 1)
+        return redis.RedisCluster.from_url(plain, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
     if url.startswith("redis://"):
         pool = redis.ConnectionPool.from_url(url, connection_class=KernelTimedConnection,
                                              socket_timeout=None, socket_connect_timeout=TIMEOUT)
@@ -78,7 +86,7 @@ class Cache:
             return default
         try:
             result = fn(self.client)
-        except redis.RedisError as exc:
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
             self.failed(exc)
             return default
         if self.down_since is not None:

@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from core import chat as chat_request
 from core import transcript
-from service import admission, idempotency, observe, relay
+from service import admission, answer_cache, idempotency, observe, parallel, relay
 from service.auth import authenticate, lineage
 from service.body import json_object
 from service.errors import Forbidden, InvalidRequest
@@ -39,20 +39,17 @@ def find_model(body: dict):
 
 
 def chosen_model(body: dict):
-    """The catalogue row a body names (SPEC §7), if the caller's key (and every key it was minted
-    from) may use it for chat."""
-    model = find_model(body)
-    for key in lineage(g.api_key):
-        if key.models and model.name not in key.models:
-            raise Forbidden(f"This API key may not use model {model.name}", param="model")
-    if getattr(model, "kind", "chat") != "chat":
-        raise InvalidRequest(f"{model.name} is an embedding model; call /v1/embeddings", param="model")
-    return model
+    """The catalogue row a body names (SPEC §7), if the caller's key may use it for chat."""
+    return _usable(chat_request.model_ref(body, current_app.config["DEFAULT_MODEL"]))
 
 
 def prepare_body(body: dict, force_stream: bool = False) -> None:
     """The chat call of an OpenAI-shaped body (every front door's, once translated) as g.chat,
     and its model as g.model for the limits."""
+    if "models" in body:  # several models at once (service/parallel.py)
+        g.parallel = parallel.Plan.of(body, force_stream, lambda ref: _usable(ref, "models"))
+        g.chat, g.model = g.parallel.group, g.parallel.group.model
+        return
     messages = chat_request.messages_of(body)
     model = chosen_model(body)
     stream, include_usage = chat_request.stream_flags(body, force_stream)
@@ -62,11 +59,64 @@ def prepare_body(body: dict, force_stream: bool = False) -> None:
                                       body.get("stream_options") or {})
 
 
+def _usable(ref, param: str = "model"):
+    """The enabled chat row a reference names, if the caller's API key (and every key it was
+    minted from) may use it."""
+    model = current_app.extensions["tollgate"].registry.find(ref, CHAT_MAX_AGE)
+    for key in lineage(g.api_key):
+        if key.models and model.name not in key.models:
+            raise Forbidden(f"This API key may not use model {model.name}", param=param)
+    if getattr(model, "kind", "chat") != "chat":
+        raise InvalidRequest(f"{model.name} is an embedding model; call /v1/embeddings", param=param)
+    return model
+
+
 @bp.post("/api/v1/chat/completions")
 @bp.post("/v1/chat/completions")
 @bp.post(STREAM_PATH)
 def completions():
+    if "parallel" in g:
+        return _parallel(g.parallel)
     return admitted(g.chat, chat_rates())
+
+
+def _parallel(plan):
+    """Several models at once: each model's call admitted on its own (its limits, caps and slot),
+    then the plan run once per idempotency key."""
+    ext, conf, name = current_app.extensions["tollgate"], current_app.config, g.account.name
+    legs = []
+    try:
+        for i, chat in enumerate(plan.chats):
+            g.model = chat.model  # the model's own rpm
+            lease = ext.admission.admit(chat.request_id, chat_rates(), name, caps(g.account, g.api_key, conf))
+            meter = lambda tokens, lease=lease: ext.budget.spend(name, tokens, lease)  # noqa: E731
+            ctx = relay.Context(g.account.id, ext, conf, meter)
+            lookup = answer_cache.Lookup(current_app.extensions["tollgate_answers"], chat, g.account.id,
+                                         request.headers.get("Cache-Control"))
+            legs.append(parallel.Leg(i, chat, ctx, lookup, lambda lease=lease: ext.slots.give_back(lease)))
+    except BaseException:
+        for leg in legs:
+            leg.give_back()
+        raise
+    ran = False
+
+    def run():
+        nonlocal ran
+        ran = True
+        observe.outcome().update(request_id=plan.group.request_id, model=",".join(c.model.name for c in plan.chats))
+        answer = parallel.legs_view(plan, legs)
+        headers = {"X-Request-ID": plan.group.request_id}
+        if isinstance(answer, dict):
+            return answer, 200, headers
+        headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return Response(answer, mimetype="text/event-stream", headers=headers)
+
+    try:
+        return idempotently(plan.group, run)
+    finally:
+        if not ran:
+            for leg in legs:
+                leg.give_back()
 
 
 @limiter.request_filter
@@ -88,10 +138,14 @@ def chat_rates(scope: str | None = None) -> list[admission.Rate]:
     for limit, key, exempt in ((model_limit, model_key, no_model_limit), (key_limit, key_key, no_key_limit)):
         if not exempt():
             specs.append((limit(), key()))
-    for parent in lineage(g.api_key)[1:]:  # a key minted from a key's session shares its rpm
-        if parent.rpm:
-            specs.append((f"{parent.rpm}/minute", f"{limit_key()}:key:{parent.id}"))
-    return admission.rates(specs, current_app.config["RATELIMIT_KEY_PREFIX"], scope or CALL_SCOPE)
+    return admission.rates(specs + parent_specs(), current_app.config["RATELIMIT_KEY_PREFIX"], scope or CALL_SCOPE)
+
+
+def parent_specs() -> list[tuple[str, str]]:
+    """The rpm of the keys the caller's key was minted from (a console session's key): its calls
+    count under theirs too."""
+    return [(f"{parent.rpm}/minute", f"{limit_key()}:key:{parent.id}")
+            for parent in lineage(g.api_key)[1:] if parent.rpm]
 
 
 def admitted(req, rates: list[admission.Rate], answer=relay.complete):
@@ -174,28 +228,35 @@ def _call(chat, ext, conf, lease, answer):
     name = g.account.name
     record = observe.outcome()
     record.update(request_id=chat.request_id, model=chat.model.name)
-    ctx = relay.Context(g.account.id, ext, conf, lambda tokens: ext.budget.spend(name, tokens, lease), record)
-    headers = {"X-Request-ID": chat.request_id}
+    ctx = relay.Context(g.account.id, ext, conf, lambda tokens: ext.budget.spend(name, tokens, lease), record,
+                        lease=lease)
+    cached = answer_cache.Lookup(current_app.extensions["tollgate_answers"], chat, g.account.id,
+                                 request.headers.get("Cache-Control"))
+    headers = {"X-Request-ID": chat.request_id, **cached.headers}
     if not chat.stream:
         try:
-            return answer(chat, ctx), 200, headers
+            return cached.complete(ctx, answer), 200, headers
         finally:
+            ctx.close()
             ext.slots.give_back(lease)
     try:
-        events = relay.stream(chat, ctx)
+        events = cached.stream(ctx, relay.stream)
     except BaseException:
+        ctx.close()
         ext.slots.give_back(lease)
         raise
     headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     response = Response(events, mimetype="text/event-stream", headers=headers)
     response.call_on_close(lambda: ext.slots.give_back(lease))  # however the stream ends
+    response.call_on_close(ctx.close)  # its deployment too
     return response
 
 
 def caps(account, key, conf) -> list[Cap]:
     """The caller's caps on calls in flight: its account's, and its API key's."""
-    found = [Cap(f"acct:{account.name}", conf["MAX_CONCURRENT_PER_ACCOUNT"], f"account {account.name}")]
+    tag = f"{{acct:{account.name}}}"  # one script takes them all: one Redis Cluster slot
+    found = [Cap(tag, conf["MAX_CONCURRENT_PER_ACCOUNT"], f"account {account.name}")]
     for each in lineage(key):  # a key minted from a key's session: its parents' caps too
         limit = each.max_concurrent or conf["MAX_CONCURRENT_PER_KEY"]
-        found.append(Cap(f"key:{each.id}", limit, f"API key {each.prefix}… (id {each.id})"))
+        found.append(Cap(f"{tag}:key:{each.id}", limit, f"API key {each.prefix}… (id {each.id})"))
     return found

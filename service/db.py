@@ -65,6 +65,11 @@ class AIModel(Base):
     read_timeout = IntegerField(null=True)
     image_tokens = IntegerField(null=True)  # prompt tokens held per image part (None: IMAGE_TOKENS)
     kind = CharField(default="chat", constraints=[SQL("DEFAULT 'chat'")])  # chat | embedding
+    cache_ttl = IntegerField(null=True)  # seconds answers are cached (None or 0: no cache; SPEC §16)
+    cache_scope = CharField(default="account", constraints=[SQL("DEFAULT 'account'")])  # account | global
+    cost_per_1k_cache_hit_tokens = BigIntegerField(null=True)  # a cache hit's price (None: free)
+    deployments = JSONField(null=True)  # SPEC §15: [{name, weight, priority, ...}] (service/deployments.py)
+    routing = CharField(null=True)  # weighted (None) | least_busy | latency
     updated = DateTimeField(default=utcnow)
 
     class Meta:
@@ -98,6 +103,8 @@ class Hold(Base):
     amount = BigIntegerField()
     expires_at = DateTimeField(index=True)
     owner = CharField(null=True, index=True)  # the process whose call holds it; it extends the expiry
+    model = CharField(null=True)  # the call's model (shown to operators)
+    created = DateTimeField(null=True)  # when the call took it (its age, for operators)
 
 
 class LedgerEntry(Base):
@@ -120,6 +127,9 @@ class LedgerEntry(Base):
     cache_write_1h_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
     reasoning_tokens = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])  # completion tokens spent thinking
     prices = JSONField(null=True)  # the unit prices applied, per class (micro-credits per 1k)
+    cache_hit = BooleanField(default=False, constraints=[SQL("DEFAULT FALSE")])  # answered from the cache
+    parallel_group = CharField(null=True)  # the calls of one `models` request share it (SPEC §16)
+    deployment = CharField(null=True)  # the model's deployment that answered (None: the row itself)
     created = DateTimeField(default=utcnow, index=True)
 
     @property
@@ -182,7 +192,7 @@ class AlertOutbox(Base):
     """A low-balance alert: written with the charge that crossed the threshold, delivered by
     webhook (retried with backoff) and kept as the delivery record."""
 
-    account = ForeignKeyField(Account, on_delete="CASCADE")
+    account = ForeignKeyField(Account, null=True, on_delete="CASCADE")  # None: not an account's alert
     kind = CharField(default="low_balance")
     request_id = CharField(null=True)
     balance = BigIntegerField()
@@ -193,6 +203,7 @@ class AlertOutbox(Base):
     delivered_at = DateTimeField(null=True)
     last_status = IntegerField(null=True)
     last_error = CharField(null=True)
+    detail = JSONField(null=True)  # what an alert that is not about a balance says (deployment_disabled)
 
     class Meta:
         table_name = "alert_outbox"

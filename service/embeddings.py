@@ -8,7 +8,7 @@ import uuid
 from flask import Blueprint, current_app, g, request
 
 from core.embedding import embedding_request
-from service import chat, relay
+from service import admission, chat, relay
 from service.auth import authenticate, lineage
 from service.body import json_object
 from service.errors import Forbidden, InvalidRequest
@@ -44,4 +44,6 @@ def prepare() -> None:
 @limiter.limit(model_limit, key_func=model_key, exempt_when=no_model_limit)
 @limiter.limit(default_limit)
 def create():
-    return chat.admitted(g.chat, [], relay.embed)  # its rate limits: flask-limiter's, above
+    # its own rate limits: flask-limiter's, above; the rpm of the keys its key was minted from here
+    parents = admission.rates(chat.parent_specs(), current_app.config["RATELIMIT_KEY_PREFIX"], chat.CALL_SCOPE)
+    return chat.admitted(g.chat, parents, relay.embed)

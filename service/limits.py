@@ -18,8 +18,8 @@ def limit_key() -> str:
     """The caller: its account when authenticated, else its client address."""
     account = g.get("account")
     if account is not None:
-        return f"acct:{account.name}"
-    return f"ip:{request.remote_addr or 'unknown'}"
+        return f"{{acct:{account.name}}}"  # a hash tag: one caller's keys share a Redis Cluster slot
+    return f"{{ip:{request.remote_addr or 'unknown'}}}"
 
 
 def default_limit() -> str:
@@ -73,7 +73,7 @@ class TokenBudget:
 
     @staticmethod
     def _counter(account: str) -> str:
-        return f"tpm:{account}"
+        return f"tpm:{{acct:{account}}}"  # in the slot of the account's other keys (service/admission.py)
 
     def key(self, account: str) -> str:
         """The counter's Redis key (limits' fixed-window key for this account, with its prefix)."""

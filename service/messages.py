@@ -11,7 +11,7 @@ from flask import Blueprint, Response, g, request
 
 from core.chat import PassThrough
 from frontdoors import anthropic
-from service import chat
+from service import chat, deployments
 from service.auth import authenticate
 from service.body import json_object
 
@@ -42,6 +42,7 @@ def prepare() -> None:
         _pass_through(body, own, model)
     else:
         chat.prepare_body(anthropic.to_chat(body, counting))
+    g.chat.affinity = deployments.anthropic_user(body)  # keeps a user's calls on one deployment
     g.request_hex = g.chat.request_id.removeprefix("chatcmpl-")
 
 

@@ -18,3 +18,8 @@ OVERRUNS = Counter("tollgate_overrun_micro_total", "Micro-credits a provider rep
                    "hold, absorbed by the gateway", ["model"])
 ALERTS = Counter("tollgate_alerts_total", "Low-balance alert deliveries", ["outcome"])
 REFUSED = Counter("tollgate_rate_limit_refusals_total", "Calls refused by a rate limit", ["endpoint"])
+CACHE_HITS = Counter("tollgate_cache_hits_total", "Calls answered from the response cache", ["model"])
+CACHE_MISSES = Counter("tollgate_cache_misses_total", "Calls on a cached row the cache could not answer",
+                       ["model"])
+CACHE_SAVED = Counter("tollgate_cache_saved_micro_total", "Micro-credits cache hits saved their callers "
+                      "(the original's price at the row's prices, less the hit's)", ["model"])

@@ -297,11 +297,110 @@ def _v10_sessions_keep_their_credential() -> None:
             db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
+def v11_columns() -> tuple:
+    """Migration 11's columns as (table, column, type), in this database's dialect."""
+    flag, big = ("BOOLEAN", "BIGINT") if is_postgres(db) else ("INTEGER", "INTEGER")  # as peewee makes them
+    return (("ai_model", "cache_ttl", "INTEGER"),
+            ("ai_model", "cache_scope", "VARCHAR(255) NOT NULL DEFAULT 'account'"),
+            ("ai_model", "cost_per_1k_cache_hit_tokens", big),
+            ("ledgerentry", "cache_hit", f"{flag} NOT NULL DEFAULT FALSE"),
+            ("ledgerentry", "parallel_group", "VARCHAR(255)"))
+
+
+def _v11_answer_cache_parallel() -> None:
+    """Catalogue rows may cache answers (SPEC §16); ledger rows say a cache hit and the parallel
+    request they belong to."""
+    for table, column, kind in v11_columns():
+        if column not in {c.name for c in db.get_columns(table)}:
+            db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
+V12_COLUMNS = (("hold", "model", "VARCHAR(255)"), ("hold", "created", "TIMESTAMP"))
+
+# Migration 12: a hold records its call's model and when it was taken (operators see both); the
+# batch hold function takes them.
+PG_FUNCTIONS_V12 = """
+DROP FUNCTION IF EXISTS tollgate_hold(text[], bigint[], bigint[], timestamp[], text[]);
+CREATE OR REPLACE FUNCTION tollgate_hold(rids text[], accounts bigint[], amounts bigint[],
+                                         expiries timestamp[], owners text[], models text[],
+                                         stamps timestamp[]) RETURNS boolean[]
+LANGUAGE plpgsql AS $$
+DECLARE
+  taken boolean[] := '{}';
+  ok boolean;
+BEGIN
+  FOR i IN 1 .. coalesce(array_length(rids, 1), 0) LOOP
+    UPDATE account SET held = held + amounts[i]
+      WHERE id = accounts[i] AND balance - held >= amounts[i];
+    ok := FOUND;
+    IF ok THEN
+      INSERT INTO hold (request_id, account_id, amount, expires_at, owner, model, created)
+        VALUES (rids[i], accounts[i], amounts[i], expiries[i], owners[i], models[i], stamps[i]);
+    END IF;
+    taken := taken || ok;
+  END LOOP;
+  RETURN taken;
+END $$;
+"""
+
+
+def _v12_holds_model_and_age() -> None:
+    """Holds record their call's model and when they were taken (the console's operator pages).
+    Console sessions opened before migration 10 do not say which key opened them, so a key's
+    session would act as its whole account until it expired: every session ends here (users sign
+    in again)."""
+    for table, column, kind in V12_COLUMNS:
+        if column not in {c.name for c in db.get_columns(table)}:
+            db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    if is_postgres(db):
+        db.execute_sql(PG_FUNCTIONS_V12)
+    db.execute_sql("DELETE FROM console_session")
+
+
+# Migration 13: deployments (SPEC §15). Catalogue rows list their deployments and a routing
+# strategy, the ledger names the deployment that answered, and the alert outbox carries alerts
+# that are no account's (deployment_disabled): its account may be null, its detail says what.
+PG_FUNCTIONS_V13 = PG_FUNCTIONS_V6.replace(
+    "DROP FUNCTION IF EXISTS tollgate_settle(text[], bigint[], text[], bigint[], bigint[], bigint[],\n"
+    "                                        boolean[], timestamp[], bigint[]);",
+    "DROP FUNCTION IF EXISTS tollgate_settle(text[], bigint[], text[], bigint[], bigint[], bigint[],\n"
+    "    boolean[], timestamp[], bigint[], bigint[], bigint[], bigint[], bigint[], text[], bigint[]);"
+).replace(
+    "reasonings bigint[], prices text[], thresholds bigint[])",
+    "reasonings bigint[], prices text[], thresholds bigint[], deployments text[])"
+).replace(
+    "cache_write_1h_tokens, reasoning_tokens, prices, created)",
+    "cache_write_1h_tokens, reasoning_tokens, prices, deployment, created)"
+).replace(
+    "estimates[i], 0, cacheds[i], writes5m[i], writes1h[i], reasonings[i], prices[i],\n              stamps[i])",
+    "estimates[i], 0, cacheds[i], writes5m[i], writes1h[i], reasonings[i], prices[i],\n              deployments[i], stamps[i])")
+
+V13_COLUMNS = (("ai_model", "deployments", "TEXT"), ("ai_model", "routing", "VARCHAR(255)"),
+               ("ledgerentry", "deployment", "VARCHAR(255)"), ("alert_outbox", "detail", "TEXT"))
+
+
+def _v13_deployments() -> None:
+    """Deployments and routing on catalogue rows, the deployment on ledger rows, alerts that
+    belong to no account."""
+    from playhouse.migrate import PostgresqlMigrator, SqliteMigrator, migrate
+
+    for table, column, kind in V13_COLUMNS:
+        if column not in {c.name for c in db.get_columns(table)}:
+            db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    account = next(c for c in db.get_columns("alert_outbox") if c.name == "account_id")
+    if not account.null:
+        migrator = PostgresqlMigrator(db) if is_postgres(db) else SqliteMigrator(db)
+        migrate(migrator.drop_not_null("alert_outbox", "account_id"))
+    if is_postgres(db):
+        db.execute_sql(PG_FUNCTIONS_V13)
+
+
 STEPS = [(1, _v1_initial), (2, _v2_ledger_page_index), (3, _v3_batch_functions),
          (4, _v4_owned_holds_overruns_checks), (5, _v5_key_concurrency),
          (6, _v6_token_classes_idempotency_alerts), (7, _v7_model_kind_stored_responses),
          (8, _v8_console_sessions), (9, _v9_one_schema),
-         (10, _v10_sessions_keep_their_credential)]
+         (10, _v10_sessions_keep_their_credential), (11, _v11_answer_cache_parallel),
+         (12, _v12_holds_model_and_age), (13, _v13_deployments)]
 
 
 def current_version() -> int:

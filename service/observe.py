@@ -32,6 +32,7 @@ class _LiveState:
 
     def collect(self):
         from service.db import Hold, db
+        from service.deployment_health import gauges as deployment_gauges
 
         ext = self.app.extensions["tollgate"]
         breakers = GaugeMetricFamily("tollgate_breaker_state", "0 closed, 1 half-open, 2 open",
@@ -39,6 +40,11 @@ class _LiveState:
         for key, state in ext.transport.breakers.states().items():
             breakers.add_metric([key], {"closed": 0, "half_open": 1, "open": 2}[state])
         yield breakers
+        try:
+            with db.connection_context():
+                yield from deployment_gauges(ext)
+        except Exception:  # a scrape must not fail because the database or Redis did
+            log.warning("deployment gauges unavailable for this scrape")
         holds = GaugeMetricFamily("tollgate_holds_outstanding", "Credit holds not yet settled")
         try:
             with db.connection_context():
@@ -78,7 +84,7 @@ def _emit(record: dict, started: float, status: int, endpoint: str, streamed: bo
             "path": record["path"], "status": status, "account": record.get("account"), "model": model or None,
             "latency_ms": round(latency * 1000, 2), "streamed": streamed,
             **{k: record[k] for k in ("upstream_ms", "ttft_ms", "prompt_tokens", "completion_tokens", "cost",
-                                      "estimated", "client_request_id", "error") if k in record}}
+                                      "estimated", "client_request_id", "error", "deployment") if k in record}}
     log.info(json.dumps(line, ensure_ascii=False), extra={"fields": line})  # JSON either way
 
 

@@ -9,6 +9,8 @@ import time
 import urllib.parse
 
 from providers import ADAPTERS
+from service import deployments
+from service.deployment_health import Fleet
 
 PROBE_SECONDS = 30.0
 PROBE_TIMEOUT = 0.3
@@ -51,9 +53,18 @@ def base_of(row, conf) -> str | None:
 
 
 def ready(row, conf, reach: Reachability, breakers) -> bool:
+    """A row with deployments is ready when one of its enabled deployments is (SPEC §15)."""
+    found = deployments.of(row)
+    if found:
+        return any(d.enabled and _ready(d.target, conf, reach, breakers, Fleet.breaker_key(row.id, d.name))
+                   for d in found)
+    return _ready(row, conf, reach, breakers, None)
+
+
+def _ready(row, conf, reach: Reachability, breakers, breaker: str | None) -> bool:
     if row.api_key_env and not conf["PROVIDER_KEYS"].get(row.api_key_env):
         return False
     base = base_of(row, conf)
     if not base or not reach.reachable(base):
         return False
-    return breakers.state(f"{base.rstrip('/')}|{row.upstream_model}") != "open"
+    return breakers.state(breaker or f"{base.rstrip('/')}|{row.upstream_model}") != "open"

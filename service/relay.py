@@ -11,11 +11,12 @@ from core.embedding import encode
 from core.usage import CLASSES, Usage
 from providers import ADAPTERS
 from providers.base import Completion, StreamState, legacy_delta
-from service import billing
+from service import billing, deployments, router
 from service.db import give_back, utcnow
 from core.errors import (
     GatewayError, ModelNotFound, NotImplementedByProvider, ProviderError, ProviderUnavailable, scrub,
 )
+from service.deployment_health import CapacityExceeded
 from service.metrics import OVERRUNS
 from service.upstream import Call, retryable
 
@@ -36,6 +37,8 @@ class Context:
     begun: object = field(default_factory=utcnow)  # the prices in force at this moment apply
     held: int = 0  # what this call's hold reserved: no charge goes beyond it
     prices: dict = field(default_factory=dict)  # catalogue row id -> prices per class at `begun`
+    pick: object = None  # the deployment taken (service/deployment_health.py), given back once
+    lease: object = None  # the call's admission lease (service/slots.py): the pick goes back with it
 
     def prices_of(self, row) -> dict:
         if row.id not in self.prices:
@@ -45,6 +48,9 @@ class Context:
     def settled(self, chat, tokens: Usage, charge: int, estimated: bool) -> None:
         if self.meter:
             self.meter(tokens.prompt + tokens.completion)
+        if self.pick is not None:
+            self.ext.fleet.done(self.pick, True, self.pick.latency, self.record.get("ttft_seconds"),
+                                tokens.prompt + tokens.completion, self.lease)
         self.record.update(model=chat.model.name, prompt_tokens=tokens.prompt,
                            completion_tokens=tokens.completion, cost=billing.to_credits(charge),
                            cost_micro=charge, estimated=estimated)
@@ -62,7 +68,8 @@ class Context:
         args = {"account_id": self.account_id, "request_id": chat.request_id, "model": chat.model.name,
                 "prompt_tokens": tokens.prompt, "completion_tokens": tokens.completion, "charge": cost,
                 "estimated": estimated, "cap": self.held, "detail": tokens.detail, "unit_prices": unit,
-                "threshold": self.conf.get("LOW_BALANCE_ALERTS_MICRO", -1)}
+                "threshold": self.conf.get("LOW_BALANCE_ALERTS_MICRO", -1),
+                "deployment": self.pick.name if self.pick is not None else None}
         try:
             billing.retrying(billing.settle, **args)
         except billing.DB_ERRORS:
@@ -72,12 +79,18 @@ class Context:
 
     def release(self, chat) -> None:
         """Give the hold back (no charge); journalled when the database is away."""
+        self.close(ok=False)
         if not self.held:
             return
         try:
             billing.retrying(billing.release, chat.request_id)
         except billing.DB_ERRORS:
             self.ext.journal.append({"op": "release", "rid": chat.request_id})
+
+    def close(self, ok: bool = True) -> None:
+        """The call is over: its deployment given back (once; a stream closed unread ends here)."""
+        if self.pick is not None:
+            self.ext.fleet.done(self.pick, ok, lease=self.lease)
 
 
 @dataclass
@@ -155,6 +168,7 @@ class Embedder:
 def embed(req, ctx: Context) -> dict:
     """An embeddings call: hold what the inputs can cost, call, charge the tokens the provider
     counted (or the estimate where it counts none), OpenAI's embeddings list back."""
+    req.model = deployments.primary(req.model)  # embeddings are not routed: the first deployment
     call = _call(req, ctx.conf, embedding=True)
     _hold(req, [req.model], ctx)
     started = time.perf_counter()
@@ -195,7 +209,7 @@ def _hold(chat, rows: list, ctx: Context) -> None:
                               chat.n * chat.output_cap(row)) for row in rows)
     try:
         billing.retrying(billing.hold, ctx.account_id, chat.request_id, amount, conf["HOLD_TTL_SECONDS"],
-                         ctx.ext.owner)
+                         ctx.ext.owner, chat.model.name)
     except billing.DB_ERRORS:
         # the hold may have committed before the link broke: release it once the database is back
         ctx.ext.journal.append({"op": "release", "rid": chat.request_id})
@@ -204,19 +218,18 @@ def _hold(chat, rows: list, ctx: Context) -> None:
     give_back()  # the call may take minutes: its thread holds no pooled connection meanwhile
 
 
-def _first_answer(chat, rows: list, conf, attempt):
-    """attempt(call) on each candidate until one answers; chat.model is left at the one that did."""
+def _first_answer(chat, rows: list, ctx: Context, attempt):
+    """attempt(call) on each candidate (on its deployments, service/router.py) until one answers;
+    chat.model is left at the one that did."""
     for i, row in enumerate(rows):
-        chat.model = row
         last = i == len(rows) - 1
         try:
-            call = _call(chat, conf)
-            return call, attempt(call)
+            return router.first_answer(chat, row, ctx, lambda c: _call(c, ctx.conf), attempt)
         except NotImplementedByProvider:
             if i == 0 or last:
                 raise
         except GatewayError as err:
-            if last or not retryable(err):
+            if last or not (retryable(err) or isinstance(err, CapacityExceeded)):
                 raise
     raise AssertionError("unreachable")
 
@@ -242,10 +255,10 @@ def _run(transport, call: Call, record: dict) -> Completion:
 def complete(chat, ctx: Context) -> dict:
     """A non-streaming call: the `chat.completion` body, with `usage.cost` charged."""
     rows = candidates(chat, ctx.ext.registry)
-    _call(chat, ctx.conf)  # refuse what the chosen model cannot do before holding anything
+    router.check(chat, lambda c: _call(c, ctx.conf))  # refuse what it cannot do before holding
     _hold(chat, rows, ctx)
     try:
-        _, result = _first_answer(chat, rows, ctx.conf,
+        _, result = _first_answer(chat, rows, ctx,
                                   lambda call: _run(ctx.ext.transport, call, ctx.record))
     except BaseException:
         ctx.release(chat)
@@ -279,11 +292,11 @@ def _streamable(call: Call) -> Call:
 def stream(chat, ctx: Context):
     """Open the upstream stream (errors here are ordinary JSON errors), then a generator of SSE bytes."""
     rows = candidates(chat, ctx.ext.registry)
-    _streamable(_call(chat, ctx.conf))
+    router.check(chat, lambda c: _streamable(_call(c, ctx.conf)))
     _hold(chat, rows, ctx)
     started = time.perf_counter()
     try:
-        call, resp = _first_answer(chat, rows, ctx.conf,
+        call, resp = _first_answer(chat, rows, ctx,
                                    lambda c: ctx.ext.transport.open_stream(_streamable(c)))
     except BaseException:
         ctx.release(chat)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, g, request
 
 from frontdoors import responses as door
-from service import chat
+from service import chat, deployments
 from service.auth import authenticate
 from service.body import json_object
 from service.db import StoredResponse, give_back
@@ -47,6 +47,7 @@ def prepare() -> None:
     chat_body, items, names = door.to_chat(body, history, model.api)
     g.conversation = history + items
     chat.prepare_body(chat_body)
+    g.chat.affinity = deployments.conversation_key(history)  # a conversation stays on one deployment
     g.response_meta = door.Meta(body, g.chat.model.name, names)
 
 

@@ -8,17 +8,20 @@ import datetime as dt
 
 from core import prices
 from providers import ADAPTERS
+from service import deployments as routes
 from service.billing import to_micro, write_tx
 from service.db import AIModel, ModelPrice, utcnow
 from core.errors import InvalidRequest
 
 APIS = tuple(ADAPTERS)  # one per wire protocol the providers package implements
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*_API_KEY$")  # settings read provider keys from *_API_KEY
-PRICES = ("cost_per_1k_tokens", *prices.COLUMNS.values())
+PRICES = ("cost_per_1k_tokens", *prices.COLUMNS.values(), "cost_per_1k_cache_hit_tokens")
 FIELDS = {"id", "name", "provider", "api", "upstream_model", "base_url", "api_key_env", *PRICES,
           "max_output_tokens", "rpm", "aliases", "enabled", "fallbacks", "connect_timeout",
-          "read_timeout", "image_tokens", "kind"}
+          "read_timeout", "image_tokens", "kind", "cache_ttl", "cache_scope", "deployments",
+          "routing"}
 KINDS = ("chat", "embedding")
+CACHE_SCOPES = ("account", "global")
 
 
 class RowError(InvalidRequest):
@@ -97,7 +100,7 @@ def validate(raw: dict, where: str, partial: bool = False) -> dict:
     if not partial and out["cost_per_1k_tokens"] is None:
         out["cost_per_1k_tokens"] = 0
     for field, low in (("max_output_tokens", 1), ("rpm", 1), ("connect_timeout", 1), ("read_timeout", 1),
-                       ("image_tokens", 0)):
+                       ("image_tokens", 0), ("cache_ttl", 0)):
         if field in raw or not partial:
             out[field] = _int(raw, where, field, low, 4096 if field == "max_output_tokens" else None)
     for field in ("aliases", "fallbacks"):
@@ -107,11 +110,28 @@ def validate(raw: dict, where: str, partial: bool = False) -> dict:
         if raw.get("kind", "chat") not in KINDS:
             _fail(where, "kind", f"must be one of {', '.join(KINDS)}")
         out["kind"] = raw.get("kind", "chat")
+    if "cache_scope" in raw or not partial:
+        if raw.get("cache_scope", "account") not in CACHE_SCOPES:
+            _fail(where, "cache_scope", f"must be one of {', '.join(CACHE_SCOPES)}")
+        out["cache_scope"] = raw.get("cache_scope", "account")
+    _routing(raw, where, out, partial)
     if "enabled" in raw or not partial:
         if not isinstance(raw.get("enabled", True), bool):
             _fail(where, "enabled", "must be true or false")
         out["enabled"] = raw.get("enabled", True)
     return _defaults(out) if not partial else out
+
+
+def _routing(raw: dict, where: str, out: dict, partial: bool) -> None:
+    """The row's deployments and routing strategy (SPEC §15)."""
+    if "deployments" in raw or not partial:
+        out["deployments"] = routes.validate(raw.get("deployments"), where,
+                                             lambda field, message: _fail(where, field, message),
+                                             APIS, ENV_NAME)
+    if "routing" in raw or not partial:
+        if raw.get("routing") is not None and raw["routing"] not in routes.STRATEGIES:
+            _fail(where, "routing", f"must be one of {', '.join(routes.STRATEGIES)}")
+        out["routing"] = raw.get("routing")
 
 
 def _defaults(row: dict) -> dict:

@@ -12,6 +12,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+import redis
+from redis.crc import key_slot
+
 from core.errors import RateLimited
 
 # Takes a slot under every cap or none: 0, else the 1-based index of the cap that is full.
@@ -133,9 +136,15 @@ class Slots:
             remote = [lease for lease in self._open.values() if lease.remote]
         if not remote or self._renew is None:
             return
-        keys = [k for lease in remote for k in lease.keys]
-        rids = [lease.rid for lease in remote for _ in lease.keys]
+        groups: dict = {}  # one script per Redis Cluster hash slot (one group on a lone Redis)
+        cluster = isinstance(self.cache.client, redis.RedisCluster)
+        for lease in remote:
+            for key in lease.keys:
+                keys, rids = groups.setdefault(key_slot(key.encode()) if cluster else 0, ([], []))
+                keys.append(key)
+                rids.append(lease.rid)
         try:
-            self._renew(keys=keys, args=[self.lease_seconds, *rids])
+            for keys, rids in groups.values():
+                self._renew(keys=keys, args=[self.lease_seconds, *rids])
         except Exception as exc:  # noqa: BLE001 - retried on the next tick
             self.cache.failed(exc)

@@ -42,6 +42,8 @@ class Call:
     api_key: str | None
     connect_timeout: float
     read_timeout: float
+    breaker: str | None = None  # the breaker's key (a deployment's own); None: base URL + model
+    retries: int | None = None  # None: the transport's; 0 when another deployment can take the call
 
 
 def retryable(err: GatewayError) -> bool:
@@ -147,9 +149,10 @@ class Transport:
     def _post(self, call: Call, stream: bool) -> urllib3.BaseHTTPResponse:
         """POST with up to `retries` more tries on retryable failures (jittered backoff,
         honouring Retry-After), behind the upstream's circuit breaker."""
-        key = f"{call.base}|{call.chat.model.upstream_model}"
+        key = call.breaker or f"{call.base}|{call.chat.model.upstream_model}"
         self.breakers.before(key, call.chat.model.provider)
-        for attempt in range(self.retries + 1):
+        retries = self.retries if call.retries is None else call.retries
+        for attempt in range(retries + 1):
             try:
                 resp = self._post_once(call, stream)
             except GatewayError as err:
@@ -162,7 +165,7 @@ class Transport:
                 else:
                     self.breakers.failure(key)
                 wait = self._wait(err, attempt)
-                if attempt == self.retries or wait is None:
+                if attempt == retries or wait is None:
                     raise
                 time.sleep(wait)
                 continue
@@ -205,6 +208,7 @@ class Transport:
         if resp.status >= 400:
             err = scrub(adapter.error(resp.status, resp.body.decode("utf-8", "replace"), model.provider),
                         [call.api_key])
+            err.upstream_status = resp.status  # the router tells a 429 and a 401/403 apart by it
             if resp.status == 429 and "Retry-After" in resp.headers:
                 err.headers["Retry-After"] = resp.headers["Retry-After"]
             raise err

@@ -50,11 +50,11 @@ def test_a_chat_calls_limits_budget_and_caps_take_one_script_call(limited, redis
     assert calls(r.info("commandstats"), "evalsha") - calls(before, "evalsha") == 1
     assert trips == 2
     assert (second.headers["X-RateLimit-Limit"], second.headers["X-RateLimit-Remaining"]) == ("5", "3")
-    caller = "acct:kay"
+    caller = "{acct:kay}"
     assert (window(r, caller, 5), window(r, f"{caller}:model:1", 2), window(r, f"{caller}:key:{made['id']}", 3)) \
         == (2, 2, 2)
-    assert int(r.get("LIMITS:LIMITER/tpm:kay/1000/1/minute")) == 50  # 25 tokens a call
-    assert r.zcard("tollgate:inflight:acct:kay") == 0 and r.zcard(f"tollgate:inflight:key:{made['id']}") == 0
+    assert int(r.get("LIMITS:LIMITER/tpm:{acct:kay}/1000/1/minute")) == 50  # 25 tokens a call
+    assert r.zcard("tollgate:inflight:{acct:kay}") == 0 and r.zcard(f"tollgate:inflight:{{acct:kay}}:key:{made['id']}") == 0
 
     third = chat(client, "m1", headers=key)  # m1's rpm (2) is spent
     assert_429(third)
@@ -64,7 +64,7 @@ def test_a_chat_calls_limits_budget_and_caps_take_one_script_call(limited, redis
     # flask-limiter's order: the default's entry was taken before the breach, the key's was not
     assert (window(r, caller, 5), window(r, f"{caller}:model:1", 2), window(r, f"{caller}:key:{made['id']}", 3)) \
         == (3, 2, 2)
-    assert r.zcard("tollgate:inflight:acct:kay") == 0
+    assert r.zcard("tollgate:inflight:{acct:kay}") == 0
 
 
 def gated_stream(upstream, gate: threading.Event):
@@ -110,8 +110,8 @@ def test_a_streamed_call_counts_its_tokens_in_the_give_back_round_trip(limited, 
     reads = redis_proxy.reads
     streamed(client)
     assert redis_proxy.reads - reads == 2  # the admission's script, then slots and tokens together
-    assert int(r.get("LIMITS:LIMITER/tpm:alice/1000/1/minute")) == 18
-    assert r.zcard("tollgate:inflight:acct:alice") == 0
+    assert int(r.get("LIMITS:LIMITER/tpm:{acct:alice}/1000/1/minute")) == 18
+    assert r.zcard("tollgate:inflight:{acct:alice}") == 0
 
 
 def test_tokens_whose_give_back_finds_redis_gone_are_counted_in_process(limited, upstream, redis_proxy):
@@ -140,7 +140,7 @@ def test_a_spent_token_budget_is_refused_after_the_rate_limits_and_takes_no_slot
     assert refused.json["error"]["message"] == "Token limit exceeded: 20 tokens per minute"
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
     assert (refused.headers["X-RateLimit-Limit"], refused.headers["X-RateLimit-Remaining"]) == ("5", "3")
-    assert window(r, "acct:alice", 5) == 2 and r.zcard("tollgate:inflight:acct:alice") == 0
+    assert window(r, "{acct:alice}", 5) == 2 and r.zcard("tollgate:inflight:{acct:alice}") == 0
 
 
 def test_chat_messages_and_responses_share_one_per_account_limit(limited):
@@ -159,7 +159,7 @@ def test_chat_messages_and_responses_share_one_per_account_limit(limited):
     assert_429(chat(client))
     refused = client.post("/v1/responses", json={"model": "m2", "input": "hi"}, headers=auth())
     assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
-    assert window(redis.Redis.from_url(app.config["REDIS_URL"]), "acct:alice", 3) == 3
+    assert window(redis.Redis.from_url(app.config["REDIS_URL"]), "{acct:alice}", 3) == 3
 
 
 def test_embeddings_keep_flask_limiter_for_their_rate_limits(limited, upstream):
@@ -173,5 +173,5 @@ def test_embeddings_keep_flask_limiter_for_their_rate_limits(limited, upstream):
     assert first.status_code == 200 and first.headers["X-RateLimit-Remaining"] == "0"
     assert_429(client.post("/v1/embeddings", json={"model": "e1", "input": "hi"}, headers=auth()))
     r = redis.Redis.from_url(app.config["REDIS_URL"])
-    assert window(r, "acct:alice", 1, "embeddings.create") == 1
-    assert r.zcard("tollgate:inflight:acct:alice") == 0
+    assert window(r, "{acct:alice}", 1, "embeddings.create") == 1
+    assert r.zcard("tollgate:inflight:{acct:alice}") == 0

@@ -202,7 +202,7 @@ def stream_on_gate(upstream, gate: threading.Event) -> None:
     def handler(request):
         def events():
             yield fake_openai.chunk({"role": "assistant", "content": "first"})
-            gate.wait(10)
+            gate.wait(60)  # a bound for a test that fails, never reached by one that passes
             yield fake_openai.chunk({"content": " then done"}, finish="stop")
             yield fake_openai.chunk({}, usage={"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
                                     choices=False)
@@ -254,6 +254,10 @@ def test_an_account_named_with_a_slash_has_a_working_operator_link(site, browser
     browser.find_element(By.CSS_SELECTOR, "#top-up button").click()
     wait(browser, ready.text_to_be_present_in_element((By.ID, "balance"), "2"))
     assert account("org/research").balance == 2_000_000
+    assert requests.get(f"{site.url}/api/v1/account", headers=auth("x/../alice")).status_code == 200
+    browser.get(f"{site.url}/console/admin/accounts?q=x/")
+    browser.find_element(By.LINK_TEXT, "x/../alice").click()  # its own page, not alice's
+    assert wait(browser, ready.presence_of_element_located((By.TAG_NAME, "h1"))).text == "x/../alice"
     browser.get(f"{site.url}/console/admin/accounts/nobody")
     assert "No such page" in browser.find_element(By.ID, "message").text  # a page, not raw JSON
 
@@ -368,16 +372,31 @@ def test_tables_scroll_on_a_phone_with_a_hint(site, browser):
     assert not browser.find_element(By.CSS_SELECTOR, ".scroll-hint").is_displayed()
 
 
-def test_holds_show_their_time_zone_and_readiness_reads_as_text(site, browser):
-    billing.hold(account("alice").id, "chatcmpl-held", 250_000, 60)
+def test_holds_show_model_age_and_time_zone_and_readiness_reads_as_text(site, upstream, browser):
+    gate = threading.Event()
+    stream_on_gate(upstream, gate)
     sign_in(browser, site, token("root", admin=True))
+    call = requests.post(f"{site.url}/v1/chat/completions", headers=auth("alice"), stream=True, json={
+        "model": "m-openai", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    chunks = call.iter_content(32)  # kept: a dropped iterator closes the connection, ending the call
+    next(chunks)  # the call is in flight: its hold is taken
     browser.get(f"{site.url}/console/admin/live")
-    held = browser.find_element(By.CSS_SELECTOR, "#holds tbody tr").text
-    assert "alice" in held and "chatcmpl-held" in held and held.endswith("UTC")
+    held = browser.find_element(By.CSS_SELECTOR, "#holds tbody tr")
+    assert held.find_element(By.CLASS_NAME, "model").text == "m-openai" and "alice" in held.text
+    assert re.fullmatch(r"\d+ s", held.find_element(By.CLASS_NAME, "age").text)
+    assert held.find_element(By.CLASS_NAME, "expires").text.endswith(" UTC")
     checks = browser.find_element(By.ID, "checks").text
     assert "Database" in checks and "Open circuit breakers" in checks
     assert "{" not in checks and "}" not in checks and "'" not in checks  # not a Python dict
     shot(browser, "admin-live")
+    gate.set()
+    assert b"".join(chunks).endswith(b"data: [DONE]\n\n")
+    for i in range(105):  # more holds than a page
+        billing.hold(account("alice").id, f"held-{i:03d}", 1, 60)
+    browser.get(f"{site.url}/console/admin/live")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#holds tbody tr")) == 100
+    browser.find_element(By.ID, "older-holds").click()
+    wait(browser, lambda d: "held-000" in d.find_element(By.ID, "holds").text)
 
 
 def test_chinese_is_complete_and_switched_on_the_page(site, upstream, browser):
@@ -396,15 +415,24 @@ def test_chinese_is_complete_and_switched_on_the_page(site, upstream, browser):
     browser.execute_script("arguments[0].removeAttribute('required')", base)
     base.submit()
     assert "基础价格" in wait(browser, ready.presence_of_element_located((By.ID, "error"))).text  # errors
+    browser.get(f"{site.url}/console/admin/live")
+    checks = browser.find_element(By.ID, "checks").text
+    assert "数据库" in checks and "已启用 4 个模型" in checks and "正常" in checks  # readiness
     browser.get(f"{site.url}/console/admin/accounts/alice")
     browser.find_element(By.ID, "amount").send_keys("-1000")
     browser.find_element(By.CSS_SELECTOR, "#top-up button").click()
-    assert "参数无效" in wait(browser, ready.presence_of_element_located((By.ID, "error"))).text
+    assert "更正不能使余额低于冻结金额" in wait(browser, ready.presence_of_element_located((By.ID, "error"))).text
     ledger = browser.find_element(By.ID, "ledger").text  # alice's, on the page the error came back on
     assert "充值" in ledger and "词元" in ledger
     shot(browser, "ledger-zh")
+    browser.get(f"{site.url}/console/keys")
+    browser.find_element(By.ID, "key-rpm").send_keys("many")
+    browser.find_element(By.ID, "create-key").click()
+    assert wait(browser, ready.presence_of_element_located((By.ID, "error"))).text == "每分钟请求数必须是正整数"
+    assert browser.find_element(By.ID, "key-rpm").get_attribute("value") == "many"  # as typed
     browser.find_element(By.ID, "language").click()
     wait(browser, ready.text_to_be_present_in_element((By.TAG_NAME, "nav"), "Overview"))
+    assert browser.current_url == f"{site.url}/console/keys"  # the switch keeps the page
 
 
 def test_the_site_icon_is_served_and_console_pages_carry_no_cors(site, browser):

@@ -30,7 +30,7 @@ def gated(upstream, gate: threading.Event) -> None:
 
         def events():
             yield fake_openai.chunk({"role": "assistant", "content": ""})
-            gate.wait(10)
+            gate.wait(60)  # a bound for a test that fails, never reached by one that passes
             yield fake_openai.chunk({"content": "hi"}, finish="stop")
             yield fake_openai.chunk({}, usage={"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
                                     choices=False)
@@ -92,6 +92,7 @@ def test_a_restricted_keys_session_plays_only_what_the_key_may(site):
     other = play(browser, site, "m-openai")  # the API answers 403 for this key: so does the console
     assert other.status_code == 403 and other.json()["error"]["code"] == "forbidden"
     assert "m-openai" not in browser.get(f"{site.url}/console/playground").text
+    assert "m-openai" not in browser.get(f"{site.url}/console/models").text
     assert play(browser, site, "p-free").status_code == 200
     again = play(browser, site, "p-free")  # rpm 1, counted with the key's API calls
     assert again.status_code == 429 and again.json()["error"]["code"] == "rate_limit_exceeded"
@@ -106,11 +107,12 @@ def test_a_keys_cap_on_calls_in_flight_holds_in_the_playground(site):
     site.gate.clear()
     held = api_chat(site, key, "p-free", stream=True)  # one call in flight on the API
     assert held.status_code == 200
-    next(held.iter_content(64))
+    chunks = held.iter_content(64)  # kept: a dropped iterator closes the connection, ending the call
+    next(chunks)
     refused = play(browser, site, "p-free")
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "concurrency_limit_exceeded"
     site.gate.set()
-    held.close()
+    assert b"".join(chunks).endswith(b"data: [DONE]\n\n")
 
 
 def test_a_key_minted_from_a_keys_session_is_no_broader(site):
@@ -133,8 +135,10 @@ def test_a_key_minted_from_a_keys_session_is_no_broader(site):
     assert api_chat(site, plain, "m-openai").status_code == 403
     assert api_chat(site, key, "p-free").status_code == 200  # the parent's minute is spent ...
     assert api_chat(site, plain, "p-free").status_code == 429  # ... for its children too
+    child_session = console(site, plain)
     requests.delete(f"{site.url}/api/admin/keys/{key_id}", headers=auth("root", True))
     assert api_chat(site, plain, "p-free").status_code == 401  # the child dies with its parent
+    assert child_session.get(f"{site.url}/console/keys", allow_redirects=False).status_code == 302  # its session too
 
 
 def test_revoking_the_key_ends_its_session(site):
@@ -191,6 +195,17 @@ def test_three_hundred_wrong_credentials_are_throttled(make_app, store, live_fac
     assert as_json.json()["error"]["type"] == "rate_limit_error" and "Retry-After" in as_json.headers
 
 
+def test_sign_ins_are_throttled_in_process_while_redis_is_down(make_app, redis_proxy, live_factory):
+    site = live_factory(make_app(REDIS_URL=redis_proxy.url))
+    redis_proxy.cut()
+    visitor, statuses = requests.Session(), []
+    for i in range(14):
+        field = FIELD.search(visitor.get(f"{site.url}/console/login").text).group(1)
+        statuses.append(visitor.post(f"{site.url}/console/login",
+                                     data={"credential": f"sk-guess{i}", "csrf_token": field}).status_code)
+    assert statuses[:11] == [401] * 11 and statuses[11:] == [429] * 3
+
+
 def test_one_credential_is_throttled_from_any_address(make_app, live_factory):
     """Forged tokens for one subject meet in its credential bucket, whatever their addresses."""
     site = live_factory(make_app(TRUSTED_PROXIES=1))
@@ -211,3 +226,21 @@ def test_a_sign_in_form_token_is_good_for_one_try(site):
     visitor.cookies.set("tollgate_login", field, path="/console/login")  # the old token, sent again
     again = visitor.post(f"{site.url}/console/login", data={"credential": "sk-wrong", "csrf_token": field})
     assert (first.status_code, again.status_code) == (401, 403)
+
+
+def test_a_minted_keys_embeddings_count_under_its_parents_rpm(site, gateway, upstream):
+    r = gateway.post("/api/admin/models", headers=auth("root", True), json={
+        "id": 21, "name": "e-free", "api": "openai", "kind": "embedding", "upstream_model": "up",
+        "base_url": upstream.url_for("/v1").rstrip("/"), "api_key_env": "FAKE_API_KEY", "cost_per_1k_tokens": "1"})
+    assert r.status_code == 201
+    upstream.expect_request("/v1/embeddings").respond_with_json({
+        "object": "list", "model": "up", "usage": {"prompt_tokens": 2, "total_tokens": 2},
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.5, -0.5]}]})
+    _, key = restricted_key(site, models=["p-free", "e-free"], max_concurrent=None)
+    browser = console(site, key)
+    shown = browser.post(f"{site.url}/console/keys", data={"csrf_token": browser.csrf, "name": "child"}).text
+    plain = re.search(r'id="new-key">(sk-[^<]+)<', shown).group(1)  # the page after the redirect
+    embed = requests.post(f"{site.url}/v1/embeddings", headers={"Authorization": f"Bearer {plain}"},
+                          json={"model": "e-free", "input": "hi"})
+    assert embed.status_code == 200  # the child's embeddings work ...
+    assert api_chat(site, key, "p-free").status_code == 429  # ... and took the parent's only call this minute

@@ -15,9 +15,12 @@ def first_schema() -> None:
     """The database as the first released schema made it: version 1's tables, without the columns,
     index and tables later steps add."""
     db.execute_sql("DROP INDEX IF EXISTS hold_owner")  # the first schema had none of migration 4's columns
-    for table, column, _ in (*migrations.V4_COLUMNS, ("api_key", "max_concurrent", ""), *migrations.V6_COLUMNS):
+    for table, column, _ in (*migrations.V4_COLUMNS, ("api_key", "max_concurrent", ""), *migrations.V6_COLUMNS,
+                             *migrations.V10_COLUMNS, *migrations.V12_COLUMNS):
         db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
     db.execute_sql("ALTER TABLE ai_model DROP COLUMN kind")
+    for table, column, _ in (*migrations.v11_columns(), *migrations.V13_COLUMNS[:3]):  # alert_outbox's goes with its table
+        db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
     db.drop_tables([ModelPrice, IdempotentCall, AlertOutbox, StoredResponse, ConsoleSession])
 
 
@@ -55,8 +58,13 @@ def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):
     indexes = {i.name for i in db.get_indexes("ledgerentry")}
     assert "ledgerentry_account_id_id" in indexes
     assert {"owner"} <= {c.name for c in db.get_columns("hold")}
-    assert {"cached_tokens", "prices"} <= {c.name for c in db.get_columns("ledgerentry")}
+    assert {"cached_tokens", "prices", "deployment"} <= {c.name for c in db.get_columns("ledgerentry")}
+    assert {"deployments", "routing"} <= {c.name for c in db.get_columns("ai_model")}
     assert db.table_exists("model_price") and db.table_exists("alert_outbox")
+    assert {"parent_id"} <= {c.name for c in db.get_columns("api_key")}
+    assert {"operator"} <= {c.name for c in db.get_columns("ledgerentry")}
+    assert {"key_id", "flash"} <= {c.name for c in db.get_columns("console_session")}
+    assert {"model", "created"} <= {c.name for c in db.get_columns("hold")}
 
 
 def _affinity(declared: str) -> str:
@@ -161,3 +169,30 @@ def test_a_database_created_fresh_before_migration_9_gets_the_default(make_app, 
     assert migrations.upgrade() == [v for v, _ in migrations.STEPS if v >= 9]
     differences = _differences(fresh, schema())
     assert not differences, "\n".join(differences)
+
+
+def test_migration_11_columns_match_a_fresh_database(app, db_url):
+    """The columns migration 11 adds to an existing database are those a fresh one is made with."""
+    def described():
+        return {(t, c.name): (c.data_type.lower(), c.null, str(c.default).lower().strip("'"))
+                for t in ("ai_model", "ledgerentry") for c in db.get_columns(t)
+                if (t, c.name) in {(t2, c2) for t2, c2, _ in migrations.v11_columns()}}
+
+    fresh = described()
+    assert len(fresh) == 5
+    for table, column, _ in migrations.v11_columns():
+        db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
+    migrations._v11_answer_cache_parallel()
+    assert described() == fresh
+
+
+def test_console_sessions_from_before_they_knew_their_key_end_with_migration_12(make_app, db_url):
+    """A session opened before migration 10 does not say which key opened it (a key's session
+    would act as its whole account): migration 12 ends every session."""
+    import datetime as dt
+
+    make_app()
+    acct = Account.create(name="kay")
+    ConsoleSession.create(token_hash="h", account=acct, csrf="c", expires_at=dt.datetime(2999, 1, 1))
+    SchemaVersion.delete().where(SchemaVersion.version == 12).execute()
+    assert migrations.upgrade() == [12] and ConsoleSession.select().count() == 0

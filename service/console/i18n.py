@@ -2,7 +2,11 @@
 LLM tokens are 词元 (Token); 令牌 and 密钥 are for API keys, as one-api's users read them."""
 from __future__ import annotations
 
+import re
+
 from flask import request
+
+from service.console import zh
 
 LANG_COOKIE = "tollgate_lang"
 LANGS = ("en", "zh")
@@ -53,6 +57,8 @@ WORDS = {
     "enabled": ("Enabled", "启用"),
     "holds": ("Holds (calls in flight)", "冻结（进行中的调用）"),
     "request_id": ("Request", "请求"),
+    "age": ("Age", "已持续"),
+    "taken_at": ("Taken (UTC)", "冻结时间（UTC）"),
     "hold_expires": ("Expires if its call stops (UTC)", "调用中断后的释放时间（UTC）"),
     "breakers": ("Circuit breakers", "熔断器"),
     "readiness": ("Readiness", "就绪状态"),
@@ -106,13 +112,17 @@ WORDS = {
     "f_cost_per_1k_reasoning_tokens": ("Reasoning", "推理"),
     "f_aliases": ("Aliases (comma-separated)", "别名（逗号分隔）"),
     "f_fallbacks": ("Fallbacks (comma-separated model names)", "备用模型（逗号分隔的模型名）"),
+    "models_not_allowed": ("This session's key may not use {}", "此会话的密钥不能使用 {}"),
+    "at_most_parent": ("'{}' may be at most {}, this session's key's own", "{}最多为 {}（此会话密钥的上限）"),
+    "outlives_parent": ("The new key may not outlive this session's key (it expires {} UTC)",
+                        "新密钥的有效期不能超过此会话的密钥（其过期时间为 {} UTC）"),
+    "bad_expiry": ("'expires_at' must be a date and time (UTC)", "过期时间必须是日期和时间（UTC）"),
     "price_unit": ("credits per 1k tokens", "每千词元积分"),
 }
 
-# the console's own error messages (GatewayError codes without a wording in core.errors.ZH)
-ERRORS_ZH = {
-    "invalid_parameter": "参数无效：{}",
-}
+# a message with no Chinese wording: its English detail in a Chinese frame
+ERROR_FRAME_ZH = "参数无效：{}"
+HAN = re.compile("[\u4e00-\u9fff]")  # a message worded in Chinese already
 
 
 def lang() -> str:
@@ -129,10 +139,15 @@ def t(key: str, *args) -> str:
     return (zh if lang() == "zh" else en).format(*args)
 
 
+def said(english: str) -> str:
+    """A status line of the service's own (readiness) in the page's language."""
+    return (zh.message(english) or english) if lang() == "zh" else english
+
+
 def error(err) -> str:
-    """A GatewayError's message in the page's language (the contract's Chinese where it has one;
-    else a Chinese frame around the English detail, which names fields as the API does)."""
+    """A GatewayError's message in the page's language: the contract's Chinese where it has one,
+    else service/console/zh.py's, else the English detail in a Chinese frame."""
     message = err.body(lang())["message"]
-    if lang() == "zh" and message == err.message and err.code in ERRORS_ZH:
-        return ERRORS_ZH[err.code].format(err.message)
-    return message
+    if lang() != "zh" or message != err.message or HAN.search(message):
+        return message
+    return zh.message(message) or ERROR_FRAME_ZH.format(message)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from service.console import i18n, zh
 from service.db import ApiKey
 from service.errors import InvalidRequest
 
@@ -27,7 +28,7 @@ def parse(form) -> dict:
     try:
         out["expires_at"] = dt.datetime.fromisoformat(text).replace(tzinfo=None) if text else None
     except ValueError:
-        raise InvalidRequest("'expires_at' must be a date and time (UTC)", param="expires_at") from None
+        raise InvalidRequest(i18n.t("bad_expiry"), param="expires_at") from None
     return out
 
 
@@ -40,14 +41,14 @@ def narrowed(asked: dict, parent: ApiKey | None, key_cap: int) -> dict:
     if parent.models:
         extra = sorted(set(asked["models"] or []) - set(parent.models))
         if extra:
-            raise InvalidRequest(f"This session's key may not use {', '.join(extra)}", param="models")
+            raise InvalidRequest(i18n.t("models_not_allowed", ", ".join(extra)), param="models")
         out["models"] = asked["models"] or list(parent.models)
     out["rpm"] = _at_most("rpm", asked["rpm"], parent.rpm)
     out["max_concurrent"] = _at_most("max_concurrent", asked["max_concurrent"], parent.max_concurrent or key_cap or None)
     if parent.expires_at is not None:
         if asked["expires_at"] is not None and asked["expires_at"] > parent.expires_at:
-            raise InvalidRequest("The new key may not outlive this session's key "
-                                 f"(it expires {parent.expires_at:%Y-%m-%d %H:%M:%S} UTC)", param="expires_at")
+            raise InvalidRequest(i18n.t("outlives_parent", f"{parent.expires_at:%Y-%m-%d %H:%M:%S}"),
+                                 param="expires_at")
         out["expires_at"] = asked["expires_at"] or parent.expires_at
     return out
 
@@ -56,5 +57,6 @@ def _at_most(field: str, asked: int | None, most: int | None) -> int | None:
     if most is None:
         return asked
     if asked is not None and asked > most:
-        raise InvalidRequest(f"'{field}' may be at most {most}, this session's key's own", param=field)
+        shown = field if i18n.lang() == "en" else zh.FIELDS.get(field, field)
+        raise InvalidRequest(i18n.t("at_most_parent", shown, most), param=field)
     return asked or most

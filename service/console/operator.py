@@ -2,17 +2,29 @@
 catalogue form, calls in flight and health."""
 from __future__ import annotations
 
+import datetime as dt
+from urllib.parse import quote
+
 from flask import abort, current_app, g, redirect, request, url_for
 
 from service import billing, seed
 from service.console import i18n
 from service.console.user import cursor, ledger_rows
 from service.console.views import bp, page
-from service.db import Account, Hold
+from service.db import Account, Hold, utcnow
 from service.errors import GatewayError, InvalidRequest
 from service.health import readiness
 
 ACCOUNTS_PAGE = 100
+HOLDS_PAGE = 100
+
+
+@bp.app_template_global()
+def account_url(name: str, suffix: str = "") -> str:
+    """An account's operator page, its name quoted whole ("org/research" -> org%2Fresearch): a
+    name with slashes or dot segments ("x/../alice") reaches its own page, never another's (the
+    server decodes the path before routing, and <path:name> takes the slashes back)."""
+    return f"{url_for('console.admin_accounts')}/{quote(name, safe='')}{suffix}"
 
 
 @bp.get("/admin/accounts")
@@ -37,10 +49,27 @@ def _account(name: str) -> Account:
 
 
 # <path:…>: an account name may hold a slash (a JWT `sub` such as "org/research")
+def _age(since: dt.datetime | None, now: dt.datetime) -> str:
+    """How long ago, as a person says it (seconds, minutes, hours); blank when unknown."""
+    if since is None:
+        return ""
+    seconds = max(0, int((now - since).total_seconds()))
+    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min" if seconds < 7200 else f"{seconds // 3600} h"
+
+
+def _holds(query) -> list[dict]:
+    """Holds as the operator reads them: whose, which call and model, how much, how old, until when."""
+    now = utcnow()
+    return [{"account": h.account.name, "request_id": h.request_id, "model": h.model or "",
+             "amount": h.amount, "age": _age(h.created, now),
+             "created": h.created.strftime("%Y-%m-%d %H:%M:%S") + " UTC" if h.created else "",
+             "expires": h.expires_at.strftime("%Y-%m-%d %H:%M:%S") + " UTC"} for h in query]
+
+
 @bp.get("/admin/accounts/<path:name>")
 def admin_account(name: str, error: str | None = None, status: int = 200):
     acct = _account(name)
-    holds = list(Hold.select().where(Hold.account == acct.id).order_by(Hold.id.desc()))
+    holds = _holds(Hold.select(Hold, Account).join(Account).where(Hold.account == acct.id).order_by(Hold.id.desc()))
     rows, older = ledger_rows(acct.id, cursor("before"))
     return page("admin_account.html", status, account=acct, holds=holds, rows=rows, older=older,
                 paged=cursor("before") is not None, error=error, form=request.form)
@@ -54,7 +83,7 @@ def admin_credit(name: str):
         billing.credit(acct.id, billing.to_micro(request.form.get("amount", ""), "amount"), note, g.account.name)
     except GatewayError as err:
         return admin_account(name, i18n.error(err), 400)
-    return redirect(url_for("console.admin_account", name=name), 303)
+    return redirect(account_url(name), 303)
 
 
 @bp.get("/admin/models")
@@ -106,15 +135,21 @@ def _checks(ready: dict) -> list[tuple[str, str]]:
     breakers = ", ".join(f"{k}: {v}" for k, v in checks.get("breakers", {}).items()) or i18n.t("none")
     return [(i18n.t("check_database"), i18n.t(checks["database"]) if checks["database"] in said else checks["database"]),
             (i18n.t("check_redis"), i18n.t(checks["redis"]) if checks["redis"] in said else checks["redis"]),
-            (i18n.t("check_catalogue"), str(checks["catalogue"])),
+            (i18n.t("check_catalogue"), i18n.said(str(checks["catalogue"]))),
             (i18n.t("check_breakers"), breakers),
             (i18n.t("check_journal"), str(checks["journal"]))]
 
 
 @bp.get("/admin/live")
 def admin_live():
+    """Readiness, breakers, and the calls in flight newest first, a page at a time (`before`)."""
     ext = current_app.extensions["tollgate"]
-    holds = list(Hold.select(Hold, Account).join(Account).order_by(Hold.id.desc()).limit(200))
+    query = Hold.select(Hold, Account).join(Account)
+    if cursor("before") is not None:
+        query = query.where(Hold.id < cursor("before"))
+    found = list(query.order_by(Hold.id.desc()).limit(HOLDS_PAGE + 1))
+    older = found[HOLDS_PAGE - 1].id if len(found) > HOLDS_PAGE else None
     ready = readiness()
-    return page("admin_live.html", holds=holds, breakers=ext.transport.breakers.states(), ready=ready,
-                checks=_checks(ready))
+    return page("admin_live.html", holds=_holds(found[:HOLDS_PAGE]), older=older, paged=cursor("before") is not None,
+                breakers=ext.transport.breakers.states(), ready=ready, checks=_checks(ready),
+                reasons=[i18n.said(r) for r in ready["reasons"]])

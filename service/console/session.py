@@ -48,6 +48,10 @@ def sign_in(credential: str) -> tuple[str, ConsoleSession]:
     return token, row
 
 
+def seconds_left(row: ConsoleSession) -> int:
+    return max(0, int((row.expires_at - utcnow()).total_seconds()))
+
+
 def current() -> ConsoleSession | None:
     """The request's live session (and g.account, g.admin and g.api_key set from it), or None.
     A session whose key is revoked or expired is deleted here (g.session_ended says so)."""

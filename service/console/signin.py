@@ -63,13 +63,20 @@ class Throttle:
     def wait(self, keys) -> int:
         """Seconds until every key may try again (0: now)."""
         now = time.time()
-        untils = self.cache.call(lambda r: [r.hget(f"signin:{k}", "until") for k in keys]) \
-            if self._fail is not None else None
+        untils = self.cache.call(lambda r: self._untils(r, keys)) if self._fail is not None else None
         if untils is None:
             with self.lock:
                 untils = [self._entry(k, now)[1] for k in keys]
         latest = max([float(u or 0) for u in untils] + [0])
         return math.ceil(latest - now) if latest > now else 0
+
+    @staticmethod
+    def _untils(client, keys) -> list:
+        """Each key's end of wait, in one round trip."""
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(f"signin:{key}", "until")
+        return pipe.execute()
 
     def failed(self, keys: dict[str, int]) -> None:
         """Count a failed try under each key."""

@@ -116,7 +116,8 @@ def _models():
 
 @bp.get("/models")
 def models():
-    return page("models.html", models=_models(), classes=price_classes.COLUMNS)
+    """The models the session may call (a key's session: the key's), with their prices."""
+    return page("models.html", models=[m for m in _models() if _allowed(m["row"].name)], classes=price_classes.COLUMNS)
 
 
 def _allowed(name: str) -> bool:

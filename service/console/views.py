@@ -119,7 +119,7 @@ def login_post():
     if not signin.form_token_ok(throttle, request.cookies.get(session.LOGIN_COOKIE), request.form.get("csrf_token")):
         return _login_page(403, error=i18n.t("bad_csrf"))
     try:
-        token, _ = session.sign_in(credential)
+        token, row = session.sign_in(credential)
     except GatewayError as err:
         throttle.failed(tries)
         return _login_page(401, error=err.body(i18n.lang())["message"])
@@ -127,7 +127,7 @@ def login_post():
     response = redirect(url_for("console.overview"))
     response.delete_cookie(session.LOGIN_COOKIE, path="/console/login")
     response.set_cookie(session.COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure,
-                        path="/console", max_age=current_app.config.get("CONSOLE_SESSION_HOURS", 12) * 3600)
+                        path="/console", max_age=session.seconds_left(row))  # the browser drops it with its credential
     return response
 
 
@@ -165,4 +165,6 @@ def _icon(state) -> None:
         bp.static_folder, "favicon.ico", mimetype="image/vnd.microsoft.icon", max_age=86400))
 
 
-from service.console import operator, user  # noqa: E402,F401 - their routes, on this blueprint
+from service.console import operator, user  # noqa: E402 - their routes are on bp, so they come after it
+
+PAGES = (user, operator)

@@ -9,7 +9,8 @@
   async function stream(answer, cost) {
     var response = await fetch(form.dataset.url, {
       method: "POST", credentials: "same-origin",
-      headers: {"Content-Type": "application/json", "X-CSRF-Token": form.dataset.csrf},
+      headers: {"Content-Type": "application/json", "X-CSRF-Token": form.dataset.csrf,
+                "Accept-Language": document.documentElement.lang},  // errors in the page's language
       body: JSON.stringify({model: document.getElementById("model").value,
                             prompt: document.getElementById("prompt").value})
     });

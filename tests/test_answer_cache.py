@@ -1,0 +1,398 @@
+"""The response cache (issue 36, SPEC §16): what is kept, what hits, what a hit costs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from service.answer_cache import Memory, policy
+from tests import schemas
+from tests.conftest import SECRET, auth, token
+from tests.fakes import openai as fake_openai
+from tests.helpers import account, charges, invariant
+from tests.process import Gateway
+
+MSGS = [{"role": "user", "content": "What is 2 + 2?"}]
+WORDS = ["Two ", "plus ", "two ", "is ", "four."]
+
+
+@pytest.fixture
+def cached(add_model, upstream, topup):
+    """Row 20 `cached` (ttl 60 s, account scope, 1 credit per 1k, hits free), row 21 `global`
+    (global scope, hits at 0.5 credits per 1k), row 22 `plain` (no cache); alice and bob have
+    100 credits."""
+    base = upstream.url_for("/v1")
+    add_model(id=20, name="cached", api="openai", base_url=base, cost_per_1k_tokens="1", cache_ttl=60)
+    add_model(id=21, name="global", api="openai", base_url=base, cost_per_1k_tokens="1", cache_ttl=60,
+              cache_scope="global", cost_per_1k_cache_hit_tokens="0.5")
+    add_model(id=22, name="plain", api="openai", base_url=base, cost_per_1k_tokens="1")
+    topup("alice", 100)
+    topup("bob", 100)
+    return upstream
+
+
+def answer_with(upstream, content: str, prompt: int = 9, completion: int = 3):
+    upstream.clear()
+    upstream.expect_request("/v1/chat/completions").respond_with_json(
+        fake_openai.completion(content, prompt, completion))
+
+
+def ask(client, who: str = "alice", headers: dict | None = None, **body):
+    return client.post("/v1/chat/completions", headers={**auth(who), **(headers or {})},
+                       json={"model": "cached", "messages": MSGS, **body})
+
+
+def events(response) -> list:
+    """The data events of an SSE answer, [DONE] as the string."""
+    out = []
+    for block in response.get_data().split(b"\n\n"):
+        if block.startswith(b"data: "):
+            data = block[6:]
+            out.append(data.decode() if data == b"[DONE]" else json.loads(data))
+    return out
+
+
+def test_hit_by_content_answers_the_original_with_a_new_id_and_no_upstream_call(client, cached):
+    answer_with(cached, "Four.")
+    first = ask(client)
+    assert first.status_code == 200 and first.headers["X-Cache"] == "MISS"
+    again = ask(client, user="someone-else", metadata={"trace": "x"})  # cannot change the answer
+    assert again.status_code == 200 and again.headers["X-Cache"] == "HIT"
+    assert len(cached.log) == 1
+    body = again.json
+    schemas.check("CreateChatCompletionResponse", body)
+    assert body["id"] != first.json["id"] and body["id"] == again.headers["X-Request-ID"]
+    assert body["choices"] == first.json["choices"] and body["model"] == "cached"
+    assert body["usage"]["prompt_tokens"] == 9 and body["usage"]["completion_tokens"] == 3
+    assert body["usage"]["cost"] == 0 and first.json["usage"]["cost"] == 0.012
+
+
+@pytest.mark.parametrize("change", [
+    {"messages": [{"role": "user", "content": "What is 2 + 3?"}]},
+    {"temperature": 0.5},
+    {"max_tokens": 10},
+    {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+])
+def test_another_request_misses(client, cached, change):
+    answer_with(cached, "Four.")
+    assert ask(client).headers["X-Cache"] == "MISS"
+    assert ask(client, **change).headers["X-Cache"] == "MISS"
+    assert len(cached.log) == 2
+
+
+def test_account_scope_keeps_answers_apart_and_global_shares_them(client, cached):
+    answer_with(cached, "Four.")
+    assert ask(client).headers["X-Cache"] == "MISS"
+    assert ask(client, "bob").headers["X-Cache"] == "MISS"  # alice's answer never reaches bob
+    assert ask(client, model="global").headers["X-Cache"] == "MISS"
+    shared = ask(client, "bob", model="global")
+    assert shared.headers["X-Cache"] == "HIT" and shared.json["choices"][0]["message"]["content"] == "Four."
+    assert len(cached.log) == 3
+
+
+def test_no_cache_skips_the_lookup_but_stores(client, cached):
+    answer_with(cached, "Four.")
+    ask(client)
+    answer_with(cached, "4")
+    fresh = ask(client, headers={"Cache-Control": "no-cache"})
+    assert fresh.headers["X-Cache"] == "BYPASS" and fresh.json["choices"][0]["message"]["content"] == "4"
+    later = ask(client)
+    assert later.headers["X-Cache"] == "HIT" and later.json["choices"][0]["message"]["content"] == "4"
+
+
+def test_no_store_skips_lookup_and_store(client, cached):
+    answer_with(cached, "Four.")
+    skipped = ask(client, headers={"Cache-Control": "max-age=0, no-store"})
+    assert skipped.headers["X-Cache"] == "BYPASS"
+    assert ask(client).headers["X-Cache"] == "MISS"  # nothing was kept
+    assert len(cached.log) == 2
+
+
+def test_a_row_without_cache_says_nothing(client, cached):
+    answer_with(cached, "Four.")
+    assert "X-Cache" not in ask(client, model="plain").headers
+    assert "X-Cache" not in ask(client, model="plain").headers
+    assert len(cached.log) == 2
+
+
+@pytest.mark.parametrize("header, expected", [
+    (None, (True, True)), ("no-cache", (False, True)), ("no-store", (False, False)),
+    ("No-Cache, max-age=0", (False, True)), ("max-age=60", (True, True)),
+])
+def test_cache_control_policy(header, expected):
+    assert policy(header) == expected
+
+
+def test_stream_replayed_from_a_plain_answer(client, cached):
+    answer_with(cached, "Four.")
+    original = ask(client).json
+    replay = ask(client, stream=True, stream_options={"include_usage": True})
+    assert replay.headers["X-Cache"] == "HIT" and replay.mimetype == "text/event-stream"
+    chunks = events(replay)
+    assert chunks[-1] == "[DONE]"
+    for c in chunks[:-1]:
+        schemas.check("CreateChatCompletionStreamResponse", c)
+        assert c["id"] == replay.headers["X-Request-ID"] != original["id"]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks[:-1] if c["choices"])
+    assert text == "Four."
+    usage = chunks[-2]["usage"]
+    assert chunks[-2]["choices"] == [] and (usage["prompt_tokens"], usage["completion_tokens"]) == (9, 3)
+    assert usage["cost"] == 0
+    assert not any("usage" in c for c in events(ask(client, stream=True))[:-1])  # not asked for
+    assert len(cached.log) == 1
+
+
+def test_plain_answer_replayed_from_a_stream(client, cached):
+    cached.expect_request("/v1/chat/completions").respond_with_handler(
+        fake_openai.Stream(WORDS, prompt_tokens=7).handler)
+    streamed = ask(client, stream=True)  # without include_usage: none reaches the client
+    assert streamed.headers["X-Cache"] == "MISS"
+    chunks = events(streamed)
+    assert chunks[-1] == "[DONE]" and not any("usage" in c for c in chunks[:-1])
+    hit = ask(client)
+    assert hit.headers["X-Cache"] == "HIT"
+    body = hit.json
+    schemas.check("CreateChatCompletionResponse", body)
+    assert body["choices"][0]["message"]["content"] == "".join(WORDS)
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert (body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"]) == (7, 5)
+    assert len(cached.log) == 1
+
+
+def test_a_cut_stream_is_never_stored(client, cached):
+    cut = fake_openai.Stream(WORDS, drop_after=2)
+    cached.expect_request("/v1/chat/completions").respond_with_handler(cut.handler)
+    chunks = events(ask(client, stream=True))
+    assert "error" in chunks[-1]
+    answer_with(cached, "Four.")
+    assert ask(client).headers["X-Cache"] == "MISS"
+    assert ask(client, stream=True).headers["X-Cache"] == "HIT"  # the complete one was kept
+
+
+def test_an_upstream_error_is_never_stored(client, cached):
+    cached.expect_request("/v1/chat/completions").respond_with_json(
+        {"error": {"message": "bad", "type": "invalid_request_error"}}, status=400)
+    failed = ask(client)
+    assert failed.status_code == 400 and failed.headers["X-Cache"] == "MISS"
+    answer_with(cached, "Four.")
+    assert ask(client).headers["X-Cache"] == "MISS"
+
+
+def test_a_hit_costs_exactly_the_hit_price(client, cached):
+    answer_with(cached, "Four.", prompt=1000, completion=500)
+    first = ask(client, model="global")
+    assert first.json["usage"]["cost"] == 1.5
+    hit = ask(client, model="global")
+    assert hit.headers["X-Cache"] == "HIT"
+    assert hit.json["usage"]["cost"] == 0.75  # 1500 tokens at 0.5 credits per 1k
+    assert sum(hit.json["usage"]["cost_details"].values()) == 0.75
+    assert account("alice").balance == 100_000_000 - 1_500_000 - 750_000 and account("alice").held == 0
+    rows = charges("alice")
+    assert [r.cache_hit for r in rows] == [False, True]
+    assert (rows[1].prompt_tokens, rows[1].completion_tokens, rows[1].delta) == (1000, 500, -750_000)
+    usage = client.get("/api/v1/usage", headers=auth()).json["data"]
+    assert usage[0]["cache_hit"] is True and usage[0]["cost"] == 0.75 and usage[1]["cache_hit"] is False
+    invariant("alice")
+
+
+def test_a_free_hit_writes_a_zero_charge_row(client, cached):
+    answer_with(cached, "Four.")
+    ask(client)
+    ask(client)
+    rows = charges("alice")
+    assert [(r.delta, r.cache_hit) for r in rows] == [(-12_000, False), (0, True)]
+    invariant("alice")
+
+
+def test_a_hit_needs_the_balance_for_its_price(client, cached, topup):
+    answer_with(cached, "Four.", prompt=1000, completion=1000)
+    ask(client, "bob", model="global")
+    topup("carol", "0.5")
+    refused = ask(client, "carol", model="global")  # the hit costs 1 credit
+    assert refused.status_code == 402 and refused.headers["X-Cache"] == "HIT"
+    assert charges("carol") == [] and account("carol").held == 0
+
+
+def test_a_hit_is_idempotent(client, cached):
+    answer_with(cached, "Four.")
+    ask(client, model="global")
+    key = {"Idempotency-Key": "k-1"}
+    hit = ask(client, "bob", headers=key, model="global")
+    again = ask(client, "bob", headers=key, model="global")
+    assert again.headers.get("Idempotent-Replayed") == "true" and again.json["id"] == hit.json["id"]
+    assert len(charges("bob")) == 1
+
+
+def test_messages_and_embeddings_doors_hit_too(client, cached, add_model):
+    answer_with(cached, "Four.")
+    body = {"model": "cached", "max_tokens": 50, "messages": [{"role": "user", "content": "What?"}]}
+    first = client.post("/v1/messages", json=body, headers=auth())
+    second = client.post("/v1/messages", json=body, headers=auth())
+    assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("MISS", "HIT")
+    assert second.json["content"] == first.json["content"] and second.json["type"] == "message"
+    add_model(id=23, name="vectors", api="openai", kind="embedding", base_url=cached.url_for("/v1"),
+              cost_per_1k_tokens="1", cache_ttl=60)
+    cached.expect_request("/v1/embeddings").respond_with_json(
+        {"object": "list", "model": "up", "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 1.0]}],
+         "usage": {"prompt_tokens": 4, "total_tokens": 4}})
+    made = [client.post("/v1/embeddings", json={"model": "vectors", "input": "hi"}, headers=auth())
+            for _ in range(2)]
+    assert [m.headers["X-Cache"] for m in made] == ["MISS", "HIT"]
+    assert made[1].json["data"] == made[0].json["data"] and made[1].json["usage"]["cost"] == 0
+    assert len([e for e in cached.log if e[0].path == "/v1/embeddings"]) == 1
+
+
+def test_an_answer_over_the_entry_bound_is_not_kept(make_app, cached, upstream):
+    client = make_app(CACHE_MAX_ENTRY_BYTES=200).test_client()
+    answer_with(cached, "x" * 300)
+    assert ask(client).headers["X-Cache"] == "MISS"
+    assert ask(client).headers["X-Cache"] == "MISS"
+
+
+def test_metrics_count_hits_misses_and_credits_saved(client, cached):
+    answer_with(cached, "Four.")
+    ask(client)
+    ask(client)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'tollgate_cache_hits_total{model="cached"}' in text
+    assert 'tollgate_cache_misses_total{model="cached"}' in text
+    assert 'tollgate_cache_saved_micro_total{model="cached"}' in text
+
+
+def test_memory_cache_is_bounded_and_least_recently_used_goes_first():
+    memory = Memory(limit=30)
+    memory.put("a", b"x" * 10, 60)
+    memory.put("b", b"y" * 10, 60)
+    assert memory.get("a") == b"x" * 10  # a is now the most recent
+    memory.put("c", b"z" * 15, 60)
+    assert memory.get("b") is None and memory.get("a") and memory.get("c") and memory.size == 25
+    memory.put("d", b"w", -1)  # expired at once
+    assert memory.get("d") is None
+
+
+@pytest.mark.parametrize("field, value", [("cache_ttl", -1), ("cache_ttl", "60"), ("cache_scope", "world"),
+                                          ("cost_per_1k_cache_hit_tokens", "-1")])
+def test_the_admin_api_validates_cache_settings(client, admin_headers, field, value):
+    r = client.post("/api/admin/models", headers=admin_headers,
+                    json={"name": "bad", "api": "openai", field: value})
+    assert r.status_code == 400 and r.json["error"]["param"] == field
+
+
+def test_seed_file_takes_cache_settings(app, tmp_path):
+    path = tmp_path / "models.toml"
+    path.write_text('[[models]]\nid = 7\nname = "c"\napi = "openai"\ncache_ttl = 300\n'
+                    'cache_scope = "global"\ncost_per_1k_cache_hit_tokens = "0.001"\n')
+    result = app.test_cli_runner().invoke(args=["seed-models", "--file", str(path)])
+    assert result.exit_code == 0, result.output
+    from service.db import AIModel
+
+    row = AIModel.get_by_id(7)
+    assert (row.cache_ttl, row.cache_scope, row.cost_per_1k_cache_hit_tokens) == (300, "global", 1000)
+
+
+def test_two_processes_share_one_redis_cache(make_app, db_url, tmp_path, cached, redis_url):
+    env = {"DATABASE_URL": db_url, "JWT_SECRET_KEY": SECRET, "DATA_DIR": str(tmp_path), "WAITRESS_THREADS": "8",
+           "REDIS_URL": redis_url}
+    answer_with(cached, "Four.")
+    first = Gateway(env, tmp_path / "first.log")
+    try:
+        second = Gateway(env, tmp_path / "second.log")
+        try:
+            calls = [requests.post(f"{g.url}/v1/chat/completions", timeout=20,
+                                   headers={"Authorization": f"Bearer {token()}"},
+                                   json={"model": "cached", "messages": MSGS}) for g in (first, second)]
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+    assert [c.headers["X-Cache"] for c in calls] == ["MISS", "HIT"]
+    assert calls[1].json()["choices"] == calls[0].json()["choices"]
+    assert len(cached.log) == 1
+
+
+def test_entries_live_in_redis_with_the_rows_ttl_and_an_outage_is_a_miss(make_app, cached, redis_url,
+                                                                      redis_proxy):
+    import redis
+
+    client = make_app(REDIS_URL=redis_proxy.url).test_client()
+    answer_with(cached, "Four.")
+    assert ask(client).headers["X-Cache"] == "MISS"
+    keys = redis.Redis.from_url(redis_url).keys("tollgate:answer:*")
+    assert len(keys) == 1 and 0 < redis.Redis.from_url(redis_url).ttl(keys[0]) <= 60
+    redis_proxy.cut()
+    down = ask(client)  # Redis gone: answered by the provider, not refused
+    assert down.status_code == 200 and down.headers["X-Cache"] == "MISS" and len(cached.log) == 2
+    redis_proxy.restore()
+
+
+def test_the_responses_door_hits_too(client, cached):
+    answer_with(cached, "Four.")
+    body = {"model": "cached", "input": "What is 2 + 2?", "store": False}
+    first = client.post("/v1/responses", json=body, headers=auth())
+    second = client.post("/v1/responses", json=body, headers=auth())
+    assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("MISS", "HIT")
+    assert second.json["output"][0]["content"][0]["text"] == "Four." and second.json["id"] != first.json["id"]
+    assert len(cached.log) == 1
+
+
+def test_an_entry_that_is_not_one_is_a_miss(make_app, cached, redis_url):
+    import redis
+
+    client = make_app(REDIS_URL=redis_url).test_client()
+    answer_with(cached, "Four.")
+    ask(client)
+    real = redis.Redis.from_url(redis_url)
+    for key in real.keys("tollgate:answer:*"):
+        real.set(key, b"not json", ex=60)
+    again = ask(client)
+    assert again.status_code == 200 and again.headers["X-Cache"] == "MISS"
+
+
+def test_a_hit_counts_against_the_rate_limit(make_app, cached):
+    client = make_app(RATE_LIMIT_DEFAULT="2/minute").test_client()
+    answer_with(cached, "Four.")
+    assert ask(client).headers["X-Cache"] == "MISS"
+    assert ask(client).headers["X-Cache"] == "HIT"
+    refused = ask(client)
+    assert refused.status_code == 429 and len(charges("alice")) == 2
+
+
+def test_a_streamed_messages_call_is_kept_and_replayed(client, cached):
+    cached.expect_request("/v1/chat/completions").respond_with_handler(
+        fake_openai.Stream(WORDS, prompt_tokens=7).handler)
+    body = {"model": "cached", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "What?"}]}
+
+    def said(response):
+        text, usage = "", None
+        for block in response.get_data().split(b"\n\n"):
+            for line in block.split(b"\n"):
+                if line.startswith(b"data: "):
+                    event = json.loads(line[6:])
+                    text += (event.get("delta") or {}).get("text", "")
+                    usage = event.get("usage", usage)
+        return response.headers["X-Cache"], text, usage["output_tokens"]
+
+    assert said(client.post("/v1/messages", json=body, headers=auth())) == ("MISS", "".join(WORDS), 5)
+    assert said(client.post("/v1/messages", json=body, headers=auth())) == ("HIT", "".join(WORDS), 5)
+    assert len(cached.log) == 1
+
+
+def test_the_key_leaves_out_what_cannot_change_the_answer():
+    from types import SimpleNamespace
+
+    from core.chat import ChatRequest
+    from service.answer_cache import key_of
+
+    row = SimpleNamespace(id=1, api="openai", upstream_model="m", base_url=None, cache_scope="account",
+                          max_output_tokens=64)
+    base = ChatRequest(row, MSGS, {"temperature": 0}, False, False, "r1")
+    same = ChatRequest(row, MSGS, {"temperature": 0, "user": "u", "metadata": {"a": 1}}, True, True, "r2",
+                       {"include_usage": True})
+    assert key_of(base, row, 1) == key_of(same, row, 1)
+    assert key_of(base, row, 1) != key_of(base, row, 2)  # account scope
+    assert key_of(base, SimpleNamespace(**{**vars(row), "cache_scope": "global"}), 1) == \
+        key_of(base, SimpleNamespace(**{**vars(row), "cache_scope": "global"}), 2)
+    assert key_of(base, SimpleNamespace(**{**vars(row), "upstream_model": "n"}), 1) != key_of(base, row, 1)
+    native = SimpleNamespace(model=row, body={"messages": MSGS}, request_id="r3", stream=False)
+    assert key_of(native, row, 1) == key_of(SimpleNamespace(**{**vars(native), "request_id": "r4"}), row, 1)
