@@ -50,8 +50,9 @@ class ScriptedModel:
     # --- streams, one per format
     def _openai(self, text, usage, n):
         def chunk(delta, finish=None, usage_=None, choices=True):
+            listed = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}] if choices else []
             out = {"id": f"chatcmpl-{n}", "object": "chat.completion.chunk", "created": 1700000000, "model": "up",
-                   "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}] if choices else []}
+                   "choices": listed}
             if usage_:
                 out["usage"] = usage_
             return b"data: " + json.dumps(out).encode() + b"\n\n"
