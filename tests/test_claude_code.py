@@ -1,5 +1,5 @@
 """Claude Code, the real client (`claude -p`, installed by `make test` at the version in the
-Makefile), through a live gateway to a fake model on an openai, an anthropic and a gemini row:
+Makefile), through a live gateway to a fake model on an openai, an anthropic, a gemini and an ollama row:
 the model asks for Claude Code's Read tool on a file in the test's folder, Claude Code runs it
 and sends the result back, the model answers with what the file held — all streamed. The text
 reaches Claude Code's output and the ledger charged what the fake's usage said, call by call."""
@@ -57,7 +57,7 @@ def _noting(app, answered: list):
 
 
 @pytest.mark.parametrize("api,key_variable", [("openai", "ANTHROPIC_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY"),
-                                              ("gemini", "ANTHROPIC_AUTH_TOKEN")])
+                                              ("gemini", "ANTHROPIC_AUTH_TOKEN"), ("ollama", "ANTHROPIC_API_KEY")])
 def test_claude_code_reads_a_file_through_the_gateway(gateway, upstream, live_factory, tmp_path, api,
                                                       key_variable):
     note = tmp_path / "note.txt"
