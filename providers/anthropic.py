@@ -172,11 +172,10 @@ def _native_request(chat) -> dict:
 def _native_response(payload: dict, chat) -> Completion:
     """The provider's message whole (in `raw`), its usage counted."""
     usage = payload.get("usage") or {}
-    raw = payload
     if not isinstance(usage.get("input_tokens"), int) or not isinstance(usage.get("output_tokens"), int):
-        return Completion([], chat.prompt_guess, count(usage.get("output_tokens")), estimated=True, raw=raw)
+        return Completion([], chat.prompt_guess, count(usage.get("output_tokens")), estimated=True, raw=payload)
     tokens = tokens_of(usage)
-    return Completion([], tokens.prompt, tokens.completion, raw=raw, detail=tokens.detail)
+    return Completion([], tokens.prompt, tokens.completion, raw=payload, detail=tokens.detail)
 
 
 def _passed(event: dict, tools: dict, state: StreamState) -> Delta:
