@@ -47,14 +47,14 @@ services:
 
 # The real agent clients the tests run (docs/agents.md, docs/agents-openai.md), pinned, into
 # .agents/ from npm; each once (a stamp per version), quietly
-CLAUDE_CODE_VERSION ?= 2.1.197
+CLAUDE_CODE_VERSION ?= 2.1.332
 CODEX_VERSION ?= 0.171.0
 AGENTS ?= .agents
 NPM_INSTALL = npm install --prefix $(AGENTS) --no-audit --no-fund --no-update-notifier --loglevel=error
 $(AGENTS)/.claude-code-$(CLAUDE_CODE_VERSION):
 	@command -v npm >/dev/null 2>&1 || { echo "agents: npm is needed (apt-get install npm)" >&2; exit 1; }
 	@$(NPM_INSTALL) @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION) >/dev/null
-	@touch $@
+	@rm -f $(AGENTS)/.claude-code-* && touch $@
 $(AGENTS)/.codex-$(CODEX_VERSION):
 	@command -v npm >/dev/null 2>&1 || { echo "agents: npm is needed (apt-get install npm)" >&2; exit 1; }
 	@$(NPM_INSTALL) @openai/codex@$(CODEX_VERSION) >/dev/null

@@ -29,12 +29,6 @@ class ChatRequest:
     include_usage: bool = False
     request_id: str = ""
     stream_options: dict = field(default_factory=dict)  # the client's own, passed on
-    # a front door's body as the client sent it, for a row that speaks that door's API (an
-    # `anthropic` row behind /v1/messages): its adapter sends it through and returns the
-    # provider's answer whole; `messages` is then that body's, untranslated
-    native: dict | None = None
-    native_api: str = ""
-    native_headers: dict = field(default_factory=dict)  # the client's protocol headers, passed on
     _size: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -51,8 +45,6 @@ class ChatRequest:
         """(bytes, images): the size of everything that reaches the provider (every message
         field, tool calls and results, names, tools, response format, every other parameter),
         image parts counted apart with their inline data left out; computed once."""
-        if self._size is None and self.native is not None:
-            self._size = _native_size(self.native)
         if self._size is None:
             size = len(json.dumps([self.messages, self.params], ensure_ascii=False).encode())
             images = 0
@@ -82,9 +74,10 @@ class ChatRequest:
 IMAGE_PARTS = ("image_url", "input_image", "image")
 
 
-def _native_size(body: dict) -> tuple[int, int]:
-    """(bytes, images) of a door's own body: every byte, with each image block (wherever it
-    sits, a tool result's included) counted apart and its inline data left out."""
+def _body_size(body: dict) -> tuple[int, int]:
+    """(bytes, images) of a front door's own body: every byte, with each image (a Responses
+    `input_image`, an Anthropic `image` block, wherever it sits, a tool result's included)
+    counted apart and its inline data left out."""
     size, images = len(json.dumps(body, ensure_ascii=False).encode()), 0
     stack = [body]
     while stack:
@@ -95,7 +88,7 @@ def _native_size(body: dict) -> tuple[int, int]:
             if node.get("type") in IMAGE_PARTS:
                 images += 1
                 source = node.get("source")
-                data = source.get("data") if isinstance(source, dict) else None
+                data = source.get("data") if isinstance(source, dict) else _image_url(node)
                 size -= len(data.encode()) if isinstance(data, str) else 0
             stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
     return max(size, 0), images
@@ -248,12 +241,14 @@ def model_ref(body: dict, default: str):
 @dataclass
 class PassThrough(ChatRequest):
     """A call on a row that speaks the front door's own API (`api = "openai_responses"` behind
-    /v1/responses): `body` goes upstream as the client sent it, `render(event, usage)` turns each
+    /v1/responses, `anthropic` behind /v1/messages): `body` goes upstream as the client sent it
+    (with `headers`, the client's protocol headers), `render(event, usage)` turns each
     provider event into the client's bytes (the cost in the last one's usage), `answer(raw, usage)`
     the provider's whole answer into the client's body; `transcript` and `replay` store and replay
     a stream for an idempotent retry."""
 
     body: dict = field(default_factory=dict)
+    headers: dict = field(default_factory=dict)
     cap_field: str = "max_output_tokens"
     render: object = None
     answer: object = None
@@ -266,12 +261,5 @@ class PassThrough(ChatRequest):
     def _sized(self) -> tuple[int, int]:
         """(bytes, images) of the body as it goes upstream, inline images counted apart."""
         if self._size is None:
-            size = len(json.dumps(self.body, ensure_ascii=False).encode())
-            images = 0
-            for item in self.body.get("input") or ():
-                for part in (item.get("content") if isinstance(item, dict) else None) or ():
-                    if isinstance(part, dict) and part.get("type") == "input_image":
-                        images += 1
-                        size -= len(part.get("image_url") or "") if isinstance(part.get("image_url"), str) else 0
-            self._size = (max(size, 0), images)
+            self._size = _body_size(self.body)
         return self._size

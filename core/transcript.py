@@ -17,16 +17,10 @@ class Transcript:
         self.usage = None
         self.failed = False
         self.finished = False
-        self.native: list[str] = []  # a native call's events (Anthropic's framing), kept as sent
 
     def feed(self, piece: bytes) -> None:
         if piece == sse.DONE:
             self.finished = not self.failed
-            return
-        if piece.startswith(b"event: "):
-            self.native.append(piece.decode())
-            if piece.startswith(b"event: message_stop"):
-                self.finished = not self.failed
             return
         if not piece.startswith(b"data: {"):
             return
@@ -63,8 +57,6 @@ class Transcript:
             msg["finish_reason"] = c["finish_reason"]
 
     def body(self) -> dict:
-        if self.native:
-            return {"object": "native.stream", "events": self.native}
         choices = []
         for index in sorted(self.choices):
             msg = self.choices[index]
@@ -79,11 +71,7 @@ class Transcript:
 
 def replay(body: dict, include_usage: bool):
     """A stored `chat.completion` as the events of a stream: the role, each choice's content and
-    tool calls, the finish, the usage (when the call asked for it), [DONE]. A native call's
-    stream is replayed event for event."""
-    if body.get("object") == "native.stream":
-        yield from (event.encode() for event in body["events"])
-        return
+    tool calls, the finish, the usage (when the call asked for it), [DONE]."""
     rid, model = body["id"], body["model"]
     created = body.get("created") or int(time.time())
     choices = body.get("choices") or []

@@ -29,7 +29,6 @@ class Delta:
     tool_calls: list | None = None
     finish_reason: str | None = None
     chunk: dict | None = None  # an OpenAI-compatible provider's whole chunk, relayed as it came
-    raw: bytes | None = None  # a native call's event, relayed in the provider's own framing
 
 
 @dataclass

@@ -7,8 +7,8 @@ Anthropic's published request schema mapped, accepted (it cannot change the answ
 with a 400 naming it (docs/messages-fields.md); `message` turns a chat completion into a
 Messages response and `events` a chat chunk stream into Messages stream events
 (message_start, content_block_start/delta/stop with text_delta and input_json_delta,
-message_delta with the stop reason and usage, message_stop), passing a native stream's events
-through as they came.
+message_delta with the stop reason and usage, message_stop). `Passed` renders an anthropic
+row's own events back, `Heard` and `replay` keep and replay them for an idempotent retry.
 """
 from __future__ import annotations
 
@@ -25,14 +25,18 @@ ACCEPTED = {"metadata", "service_tier", "cache_control", "context_management", "
             "billing_policy"}
 FIELDS = MAPPED | ACCEPTED
 EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "xhigh"}
-TOOL_KEYS = {"name", "description", "input_schema", "type", "cache_control", "strict", "eager_input_streaming"}
+TOOL_KEYS = {"name", "description", "input_schema", "type", "cache_control", "strict", "eager_input_streaming",
+             "defer_loading", "input_examples", "allowed_callers"}
 DELTA_USAGE = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens",
                "output_tokens_details")
 STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
         "content_filter": "refusal"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-               429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
+               429: "rate_limit_error", 503: "overloaded_error", 504: "timeout_error", 529: "overloaded_error"}
+# a stream's error event: the gateway's error type as Anthropic's (a provider that failed: api_error)
+STREAM_ERRORS = {"rate_limit_error": "rate_limit_error", "service_unavailable": "overloaded_error",
+                 "timeout_error": "timeout_error", "invalid_request_error": "invalid_request_error"}
 
 
 def error_body(err: GatewayError, request_id: str | None = None) -> dict:
@@ -81,7 +85,7 @@ def _document(block: dict, where: str) -> dict:
 def _tool_result(b: dict, at: str) -> tuple[dict, list[dict]]:
     """A tool_result as a `tool` message, and its images as parts for the user message that
     follows (a Chat Completions tool message carries text only; the images go right after it)."""
-    content, images = b.get("content", ""), []
+    content, images = b.get("content") or "", []
     if isinstance(content, str):
         text = content
     elif isinstance(content, list):
@@ -176,14 +180,32 @@ def _messages(body: dict) -> list[dict]:
     return out
 
 
+def _tool(t: dict, i: int):
+    """(name, description, parameters, strict) of a client tool, or None for a server tool.
+    `defer_loading`: declared from the start (these providers load every tool; a deferred one
+    must be callable once the client's tool search finds it); `input_examples`: shown in the
+    description, as the model would see them; `allowed_callers` other than direct: a 400."""
+    if "input_schema" not in t or t.get("type") not in (None, "custom"):
+        return None
+    extra = sorted(set(t) - TOOL_KEYS)
+    if extra:
+        raise bad(f"tools[{i}].{extra[0]}", f"'tools[{i}].{extra[0]}' is not supported on this model")
+    if t.get("allowed_callers") not in (None, ["direct"]):
+        raise bad(f"tools[{i}].allowed_callers", f"'tools[{i}].allowed_callers' can only be [\"direct\"] on "
+                                                 "this model (code execution runs on Anthropic's servers)")
+    description = t.get("description")
+    examples = t.get("input_examples")
+    if examples is not None:
+        if not isinstance(examples, list):
+            raise bad(f"tools[{i}].input_examples", f"'tools[{i}].input_examples' must be a list")
+        shown = "\n".join(json.dumps(e, ensure_ascii=False) for e in examples)
+        description = f"{description or ''}\n\nInput examples:\n{shown}".lstrip()
+    return t["name"], description, t["input_schema"], t.get("strict")
+
+
 def _tools(tools) -> list[dict]:
-    if isinstance(tools, list):
-        for i, t in enumerate(tools):
-            extra = sorted(set(t) - TOOL_KEYS) if isinstance(t, dict) else []
-            if extra:
-                raise bad(f"tools[{i}].{extra[0]}", f"'tools[{i}].{extra[0]}' is not supported on this model")
-    return function_tools(tools, lambda t: (t["name"], t.get("description"), t["input_schema"], t.get("strict"))
-                          if "input_schema" in t and t.get("type") in (None, "custom") else None,
+    at = {id(t): i for i, t in enumerate(tools)} if isinstance(tools, list) else {}
+    return function_tools(tools, lambda t: _tool(t, at[id(t)]),
                           "a client tool with a name and an input_schema (server tools are not available "
                           "on this model)")
 
@@ -230,8 +252,11 @@ def _accepted(body: dict) -> None:
 
 
 def _reasoning(body: dict) -> str | None:
-    """`thinking` and `output_config.effort` as a reasoning effort: a budget's size, or the effort
-    named; adaptive thinking leaves the provider its own default unless an effort is named."""
+    """`thinking` and `output_config.effort` as a reasoning effort. Thinking enabled: the effort
+    named, else the budget's size. Adaptive ("the model decides") sends nothing, effort or not:
+    on these providers an effort is the reasoning switch itself, which a model that cannot
+    reason refuses (Ollama's `think`, OpenAI's `reasoning_effort`), and a model that can
+    reasons by its own default, which is the model deciding."""
     thinking, config = body.get("thinking"), body.get("output_config") or {}
     kind = thinking.get("type") if isinstance(thinking, dict) else None
     if thinking is not None and kind not in ("enabled", "disabled", "adaptive"):
@@ -243,9 +268,7 @@ def _reasoning(body: dict) -> str | None:
     if kind == "enabled":
         budget = effort(thinking.get("budget_tokens"))
         return EFFORTS[named] if named else budget
-    if kind == "adaptive" and named:
-        return EFFORTS[named]
-    return None  # no thinking asked for: an effort then has nothing to steer on these providers
+    return None  # adaptive, disabled or absent: the provider's default
 
 
 def _output_format(body: dict) -> dict | None:
@@ -312,16 +335,21 @@ def to_chat(body: dict, counting: bool = False) -> dict:
 
 
 def native_chat(body: dict) -> dict:
-    """What the gateway itself reads of a Messages body sent as it came to an anthropic row:
-    the model, the messages (their size is held for), the output cap and the stream flag."""
+    """What the gateway itself reads of any Messages body: the model, the messages, the output
+    cap and the stream flag (checked as far as the gateway needs them)."""
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise bad("model", "'model' is required")
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         raise InvalidRequest("'messages' must be a non-empty array", param="messages", code="invalid_messages")
+    cap, stream = body.get("max_tokens"), body.get("stream")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise bad("max_tokens", "'max_tokens' must be an integer of at least 1")
+    if stream is not None and not isinstance(stream, bool):
+        raise bad("stream", "'stream' must be a boolean")
     out = {"model": body["model"], "messages": body["messages"]}
-    for name in ("max_tokens", "stream"):
-        if body.get(name) is not None:
-            out[name] = body[name]
+    for name, value in (("max_tokens", cap), ("stream", stream)):
+        if value is not None:
+            out[name] = value
     return out
 
 
@@ -355,13 +383,13 @@ def message_id(chat_id: str) -> str:
 
 
 def message(completion: dict) -> dict:
-    """A chat completion as a Messages response (the first choice); a native call's message,
-    already one, as it came."""
-    if completion.get("type") == "message":
-        return completion
+    """A chat completion as a Messages response (the first choice)."""
     choice = (completion.get("choices") or [{}])[0]
     msg = choice.get("message") or {}
     content = []
+    thought = msg.get("reasoning_content") or msg.get("reasoning")
+    if isinstance(thought, str) and thought:  # an OpenAI-compatible provider's reasoning
+        content.append({"type": "thinking", "thinking": thought, "signature": ""})
     if msg.get("content"):
         content.append({"type": "text", "text": msg["content"]})
     for call in msg.get("tool_calls") or []:
@@ -378,24 +406,66 @@ def message(completion: dict) -> dict:
 
 
 def _event(name: str, data: dict) -> bytes:
-    return f"event: {name}\ndata: ".encode() + json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"event: {name}\ndata: {payload}\n\n".encode()
+
+
+class _Blocks:
+    """The content blocks of a stream being written: which one is open (its key: thinking, text,
+    or a tool call's index) and the events that open, fill and close them."""
+
+    def __init__(self):
+        self.key, self.index = None, -1
+
+    def into(self, key, block: dict):
+        """Events that make `key` the open block (closing the one before), if it is not."""
+        if key == self.key:
+            return
+        yield from self.close()
+        self.key, self.index = key, self.index + 1
+        yield _event("content_block_start", {"type": "content_block_start", "index": self.index,
+                                             "content_block": block})
+
+    def delta(self, delta: dict) -> bytes:
+        return _event("content_block_delta", {"type": "content_block_delta", "index": self.index, "delta": delta})
+
+    def close(self):
+        if self.key is not None:
+            yield _event("content_block_stop", {"type": "content_block_stop", "index": self.index})
+        self.key = None
+
+
+def _choice_events(c: dict, blocks: _Blocks):
+    """One chat chunk choice's delta as content block events: reasoning as thinking, text,
+    tool calls."""
+    delta = c.get("delta") or {}
+    thought = delta.get("reasoning_content") or delta.get("reasoning")
+    if isinstance(thought, str) and thought:
+        yield from blocks.into("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+        yield blocks.delta({"type": "thinking_delta", "thinking": thought})
+    if delta.get("content"):
+        yield from blocks.into("text", {"type": "text", "text": ""})
+        yield blocks.delta({"type": "text_delta", "text": delta["content"]})
+    for call in delta.get("tool_calls") or ():
+        fn = call.get("function") or {}
+        yield from blocks.into(("tool", call.get("index", 0)), {"type": "tool_use", "id": call.get("id"),
+                                                                "name": fn.get("name"), "input": {}})
+        if fn.get("arguments"):
+            yield blocks.delta({"type": "input_json_delta", "partial_json": fn["arguments"]})
 
 
 def events(chunks):
     """Chat chunk events (SSE bytes) as Messages stream events."""
-    started, block, tool, index, stop, last_usage = False, None, None, -1, ("end_turn", None), None
+    started, blocks, stop, last_usage = False, _Blocks(), ("end_turn", None), None
     try:
         for piece in chunks:
-            if piece.startswith(b"event: "):  # a native call's event, as the provider sent it
-                yield piece
-                continue
             if not piece.startswith(b"data: {"):
                 continue
             event = json.loads(piece[6:])
             if "error" in event:
                 err = event["error"]
-                yield _event("error", {"type": "error", "error": {"type": ERROR_TYPES.get(0, "api_error"),
-                                                                  "message": err.get("message")}})
+                yield _event("error", {"type": "error", "error": {
+                    "type": STREAM_ERRORS.get(err.get("type"), "api_error"), "message": err.get("message")}})
                 return
             if not started:
                 started = True
@@ -406,37 +476,12 @@ def events(chunks):
             if event.get("usage"):
                 last_usage = event["usage"]
             for c in event.get("choices") or ():
-                if c.get("index", 0) != 0:
-                    continue
-                delta = c.get("delta") or {}
-                if delta.get("content"):
-                    if block != "text":
-                        if block is not None:
-                            yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
-                        index, block, tool = index + 1, "text", None
-                        yield _event("content_block_start", {"type": "content_block_start", "index": index,
-                                                             "content_block": {"type": "text", "text": ""}})
-                    yield _event("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                         "delta": {"type": "text_delta", "text": delta["content"]}})
-                for call in delta.get("tool_calls") or ():
-                    fn = call.get("function") or {}
-                    if block != "tool" or call.get("index", 0) != tool:
-                        if block is not None:
-                            yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
-                        index, block, tool = index + 1, "tool", call.get("index", 0)
-                        yield _event("content_block_start", {"type": "content_block_start", "index": index,
-                                                             "content_block": {"type": "tool_use", "id": call.get("id"),
-                                                                               "name": fn.get("name"), "input": {}}})
-                    if fn.get("arguments"):
-                        yield _event("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                             "delta": {"type": "input_json_delta",
-                                                                       "partial_json": fn["arguments"]}})
-                if c.get("finish_reason"):
-                    stop = stop_of(c)
+                if c.get("index", 0) == 0:
+                    yield from _choice_events(c, blocks)
+                    stop = stop_of(c) if c.get("finish_reason") else stop
         if not started:
             return
-        if block is not None:
-            yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
+        yield from blocks.close()
         counted = usage(last_usage)  # message_delta's usage: the counts, not the tier or the split
         yield _event("message_delta", {"type": "message_delta",
                                        "delta": {"stop_reason": stop[0], "stop_sequence": stop[1]},
@@ -446,3 +491,47 @@ def events(chunks):
         close = getattr(chunks, "close", None)
         if close:
             close()
+
+
+class Passed:
+    """Renders a pass-through call's stream (an anthropic row's own events) back to the client:
+    each event whole, in Anthropic's framing, `message_start`'s model the catalogue's name."""
+
+    def __init__(self, model: str):
+        self.model = model
+
+    def __call__(self, event: dict, bill: dict | None = None) -> bytes:
+        if event.get("type") == "message_start" and isinstance(event.get("message"), dict):
+            event = {**event, "message": {**event["message"], "model": self.model}}
+        return _event(str(event.get("type")), event)
+
+    def failed(self, error: dict) -> bytes:
+        """The stream broke (the provider failed, the gateway is stopping): an error event."""
+        return _event("error", {"type": "error", "error": {
+            "type": STREAM_ERRORS.get(error.get("type"), "api_error"), "message": error.get("message")}})
+
+
+def passed(raw: dict, model: str) -> dict:
+    """An anthropic row's message whole, with the catalogue's model name."""
+    return {**raw, "model": model}
+
+
+class Heard:
+    """A pass-through stream's events as the client got them, for an idempotent retry:
+    `finished` once `message_stop` came."""
+
+    def __init__(self):
+        self.events: list[str] = []
+        self.finished = False
+
+    def feed(self, piece: bytes) -> None:
+        self.events.append(piece.decode())
+        self.finished = self.finished or piece.startswith(b"event: message_stop")
+
+    def body(self) -> dict:
+        return {"type": "message_stream", "events": self.events}
+
+
+def replay(stored: dict, include_usage: bool = False):
+    """A stored pass-through stream, event for event."""
+    yield from (event.encode() for event in stored["events"])

@@ -9,11 +9,10 @@ results become `tool_result` blocks. Streams are SSE events (`message_start`,
 `ping`, `error`); usage comes from `message_start` plus `message_delta`.
 Anthropic has no `n`: the gateway repeats the call.
 
-A native call (`/v1/messages` on an anthropic row, `chat.native` set) sends the
-client's body as sent, with only `model` and `max_tokens` set and the client's
-`anthropic-version`/`anthropic-beta` headers passed on; its answer and every
-stream event go back as the provider sent them (the model renamed to the
-catalogue's), usage read from them as above.
+A pass-through call (`/v1/messages` on an anthropic row: a `PassThrough`) sends
+the client's body as sent, with only `model` and `max_tokens` set (the client's
+`anthropic-version`/`anthropic-beta` headers passed on); its answer and every
+stream event go back whole (`passed_events`), usage read from them as above.
 """
 from __future__ import annotations
 
@@ -25,6 +24,7 @@ from providers.base import (
     Adapter, Completion, Delta, StreamState, as_function_call, choice, legacy, sse_data, text_of, turns,
 )
 from providers.parts import Part, parts_of, refuse
+from core.chat import PassThrough
 from core.errors import InvalidRequest, NotImplementedByProvider, ProviderError, clip
 
 VERSION = "2023-06-01"
@@ -44,7 +44,7 @@ class AnthropicAdapter(Adapter):
                         "reasoning_effort"})
 
     def check(self, chat) -> None:
-        if chat.native is not None:
+        if isinstance(chat, PassThrough):
             return  # the client's own Messages body: Anthropic judges it
         chat = legacy(chat)
         super().check(chat)
@@ -68,12 +68,8 @@ class AnthropicAdapter(Adapter):
             headers["x-api-key"] = api_key
         return headers
 
-    def call_headers(self, chat, api_key):
-        native = getattr(chat, "native_headers", None) if getattr(chat, "native", None) is not None else None
-        return {**self.headers(api_key), **(native or {})}
-
     def request(self, chat) -> dict:
-        if chat.native is not None:
+        if isinstance(chat, PassThrough):
             return _native_request(chat)
         chat = legacy(chat)
         p = chat.params
@@ -102,7 +98,7 @@ class AnthropicAdapter(Adapter):
     def response(self, payload, chat) -> Completion:
         if not isinstance(payload, dict) or not isinstance(payload.get("content"), list):
             raise ProviderError("The provider answered without content")
-        if chat.native is not None:
+        if isinstance(chat, PassThrough):
             return _native_response(payload, chat)
         text, calls = [], []
         for block in payload["content"]:
@@ -123,17 +119,19 @@ class AnthropicAdapter(Adapter):
         tokens = tokens_of(usage)
         return Completion(out, tokens.prompt, tokens.completion, detail=tokens.detail)
 
+    def passed_events(self, lines: Iterable[bytes], state: StreamState) -> Iterator[Delta]:
+        """A pass-through stream: every event whole, usage from message_start + message_delta."""
+        tools: dict[int, int] = {}
+        for data in sse_data(lines):
+            yield _passed(self.stream_event(data), tools, state)
+            if state.done:
+                return
+
     def stream_events(self, lines: Iterable[bytes], state: StreamState) -> Iterator[Delta]:
         tools: dict[int, int] = {}  # Anthropic block index -> OpenAI tool call index
-        native = state.extra.get("native_model")
         for data in sse_data(lines):
             event = self.stream_event(data)
             kind = event.get("type")
-            if native is not None:
-                yield from _native_event(event, data, native, tools, state)
-                if kind == "message_stop":
-                    return
-                continue
             if kind == "message_start":
                 state.extra["anthropic_usage"] = dict((event.get("message") or {}).get("usage") or {})
                 _count_stream(state)
@@ -165,50 +163,42 @@ class AnthropicAdapter(Adapter):
 
 def _native_request(chat) -> dict:
     """The client's body as sent, with the gateway's model and output cap."""
-    body = {**chat.native, "model": chat.model.upstream_model, "max_tokens": chat.output_cap(chat.model)}
+    body = {**chat.body, "model": chat.model.upstream_model, "max_tokens": chat.output_cap(chat.model)}
     if chat.stream:
         body["stream"] = True
     return body
 
 
 def _native_response(payload: dict, chat) -> Completion:
-    """The provider's message whole (in `raw`, the model renamed), its usage counted."""
+    """The provider's message whole (in `raw`), its usage counted."""
     usage = payload.get("usage") or {}
-    raw = {**payload, "model": chat.model.name}
     if not isinstance(usage.get("input_tokens"), int) or not isinstance(usage.get("output_tokens"), int):
-        return Completion([], chat.prompt_guess, count(usage.get("output_tokens")), estimated=True, raw=raw)
+        return Completion([], chat.prompt_guess, count(usage.get("output_tokens")), estimated=True, raw=payload)
     tokens = tokens_of(usage)
-    return Completion([], tokens.prompt, tokens.completion, raw=raw, detail=tokens.detail)
+    return Completion([], tokens.prompt, tokens.completion, raw=payload, detail=tokens.detail)
 
 
-def _frame(kind: str, data: str) -> bytes:
-    return f"event: {kind}\ndata: {data}\n\n".encode()
-
-
-def _native_event(event: dict, data: str, model: str, tools: dict, state: StreamState) -> Iterator[Delta]:
-    """One event of a native stream, relayed as sent (message_start's model renamed); its usage
-    counted and its content noted, as for a translated stream."""
+def _passed(event: dict, tools: dict, state: StreamState) -> Delta:
+    """One event of a pass-through stream, whole (`chunk`): its usage counted and its content
+    noted (text, a tool call begun or continued), as for a translated stream."""
     kind = event.get("type")
     if kind == "message_start":
-        message = event.get("message") or {}
-        state.extra["anthropic_usage"] = dict(message.get("usage") or {})
+        state.extra["anthropic_usage"] = dict((event.get("message") or {}).get("usage") or {})
         _count_stream(state)
-        data = json.dumps({**event, "message": {**message, "model": model}}, ensure_ascii=False,
-                          separators=(",", ":"))
     elif kind == "message_delta" and isinstance(event.get("usage"), dict):
         state.extra.setdefault("anthropic_usage", {}).update(
             {k: v for k, v in event["usage"].items() if v is not None})
         _count_stream(state)
     elif kind == "message_stop":
         state.done = True
-    piece = Delta(0, raw=_frame(str(kind), data))
+    piece = Delta(0, chunk=event)
     if kind == "content_block_start" and (event.get("content_block") or {}).get("type") == "tool_use":
         tools[event.get("index", 0)] = len(tools)
         piece.tool_calls = [{"index": tools[event.get("index", 0)]}]
     elif kind == "content_block_delta":
         for d in _block_delta(event, tools):
             piece.content, piece.tool_calls = d.content, d.tool_calls
-    yield piece
+    return piece
 
 
 def _block_delta(event: dict, tools: dict) -> Iterator[Delta]:

@@ -158,8 +158,9 @@ class Adapter(ABC):
         return {"Content-Type": "application/json"}
 
     def call_headers(self, chat, api_key: str | None) -> dict:
-        """The headers of one call: the provider's, plus what a native call passes on."""
-        return self.headers(api_key)
+        """The headers of one call: the provider's, plus the client's protocol headers that a
+        pass-through call passes on (Anthropic's `anthropic-version`, `anthropic-beta`)."""
+        return {**self.headers(api_key), **getattr(chat, "headers", {})}
 
     # Embeddings (core/embedding.py): where, what to send, and (vectors, prompt tokens or None)
     def embed_url(self, base: str, model) -> str:

@@ -43,23 +43,20 @@ def chosen_model(body: dict):
     return _usable(chat_request.model_ref(body, current_app.config["DEFAULT_MODEL"]))
 
 
-def prepare_body(body: dict, force_stream: bool = False, native: dict | None = None,
-                 native_api: str = "", native_headers: dict | None = None) -> None:
+def prepare_body(body: dict, force_stream: bool = False) -> None:
     """The chat call of an OpenAI-shaped body (every front door's, once translated) as g.chat,
-    and its model as g.model for the limits. A `native` call carries the door's own body, sent
-    as it came to a row that speaks `native_api` (`body` then holds the door's messages and cap)."""
-    if "models" in body and native is None:  # several models at once (service/parallel.py)
+    and its model as g.model for the limits."""
+    if "models" in body:  # several models at once (service/parallel.py)
         g.parallel = parallel.Plan.of(body, force_stream, lambda ref: _usable(ref, "models"))
         g.chat, g.model = g.parallel.group, g.parallel.group.model
         return
-    messages = body["messages"] if native is not None else chat_request.messages_of(body)
+    messages = chat_request.messages_of(body)
     model = chosen_model(body)
     stream, include_usage = chat_request.stream_flags(body, force_stream)
     g.model = model
     g.chat = chat_request.ChatRequest(model, messages, chat_request.params_of(body), stream,
                                       include_usage, f"chatcmpl-{uuid.uuid4().hex}",
-                                      body.get("stream_options") or {}, native, native_api,
-                                      native_headers or {})
+                                      body.get("stream_options") or {})
 
 
 def _usable(ref, param: str = "model"):

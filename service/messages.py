@@ -9,14 +9,15 @@ import uuid
 
 from flask import Blueprint, Response, g, request
 
+from core.chat import PassThrough
 from frontdoors import anthropic
 from service import chat, deployments
 from service.auth import authenticate
 from service.body import json_object
 
 bp = Blueprint("messages", __name__)
-NATIVE_API = "anthropic"
-PASSED_HEADERS = ("anthropic-version", "anthropic-beta")  # a native call's protocol headers
+NATIVE = "anthropic"  # the api of rows that speak Messages themselves
+PASSED_HEADERS = ("anthropic-version", "anthropic-beta")  # the protocol headers such a call passes on
 
 
 def anthropic_auth() -> None:
@@ -35,14 +36,26 @@ def prepare() -> None:
     authenticate()
     counting = request.path.endswith("/count_tokens")
     body = json_object()
-    if not counting and chat.find_model(anthropic.native_chat(body)).api == NATIVE_API:
-        headers = {k: request.headers[k] for k in PASSED_HEADERS if k in request.headers}
-        chat.prepare_body(anthropic.native_chat(body), native=body, native_api=NATIVE_API,
-                          native_headers=headers)
+    own = anthropic.native_chat(body)  # what the gateway reads of any Messages body
+    model = chat.chosen_model(own)
+    if model.api == NATIVE:  # the row speaks Messages: the body as sent (and counted as sent)
+        _pass_through(body, own, model)
     else:
         chat.prepare_body(anthropic.to_chat(body, counting))
     g.chat.affinity = deployments.anthropic_user(body)  # keeps a user's calls on one deployment
     g.request_hex = g.chat.request_id.removeprefix("chatcmpl-")
+
+
+def _pass_through(body: dict, own: dict, model) -> None:
+    """g.chat for an anthropic row: the body and protocol headers as sent, the answer and every
+    stream event back whole (frontdoors/anthropic.py: Passed, passed, Heard, replay)."""
+    g.model = model
+    g.chat = PassThrough(model, own["messages"], {}, own.get("stream") is True, False,
+                         f"chatcmpl-{uuid.uuid4().hex}", body=body, cap_field="max_tokens",
+                         headers={k: request.headers[k] for k in PASSED_HEADERS if k in request.headers},
+                         render=anthropic.Passed(model.name),
+                         answer=lambda raw, bill: anthropic.passed(raw, model.name),
+                         transcript=anthropic.Heard, replay=anthropic.replay)
 
 
 @bp.after_request
@@ -59,6 +72,8 @@ def request_id(response):
 @bp.post("/api/v1/messages")
 def create():
     answer = chat.completions()
+    if isinstance(g.chat, PassThrough):  # the provider's own message or events, rendered already
+        return answer
     if isinstance(answer, Response):
         answer.response = anthropic.events(answer.response)
         return answer

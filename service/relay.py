@@ -195,16 +195,13 @@ def embed(req, ctx: Context) -> dict:
 
 
 def candidates(chat, registry) -> list:
-    """The chosen model, then its enabled `fallbacks` in order (for a native call, those that
-    speak the door's API: the body is sent as it came)."""
+    """The chosen model, then its enabled `fallbacks` in order."""
     rows = [chat.model]
     for name in chat.model.fallbacks or []:
         try:
-            row = registry.find(name)
+            rows.append(registry.find(name))
         except ModelNotFound:
             continue
-        if chat.native is None or row.api == chat.native_api:
-            rows.append(row)
     if isinstance(chat, PassThrough):  # a body as sent goes only where the same API is spoken
         rows = [row for row in rows if row.api == chat.model.api]
     return rows
@@ -286,10 +283,7 @@ def complete(chat, ctx: Context) -> dict:
 
 def _completion(chat, result: Completion, bill: Bill) -> dict:
     """The `chat.completion` body: an OpenAI-compatible provider's own, every field kept, with
-    our id, the catalogue's model name and the bill in its usage; else built. A native call's
-    answer is the provider's own body, whole."""
-    if chat.native is not None:
-        return result.raw
+    our id, the catalogue's model name and the bill in its usage; else built."""
     counted = bill.usage(result.usage)
     body = {**(result.raw or {}), "id": chat.request_id, "object": "chat.completion",
             "created": (result.raw or {}).get("created") or int(time.time()),
@@ -334,19 +328,12 @@ class _Tally:
 
 def _relay(chat, call, resp, state: StreamState, tally: _Tally, created: int, ctx: Context):
     rid, name = chat.request_id, chat.model.name
-    if chat.native is None:
-        yield sse.chunk(rid, created, name, [sse.delta_choice(i, {"role": "assistant", "content": ""})
-                                             for i in range(chat.n)])
-    else:
-        state.extra["native_model"] = name
+    yield sse.chunk(rid, created, name, [sse.delta_choice(i, {"role": "assistant", "content": ""})
+                                         for i in range(chat.n)])
     for delta in call.adapter.stream_events(resp.lines(), state):
         if ctx.ext.stopping.is_set():
             raise ProviderUnavailable("The gateway is shutting down; retry the call",
                                       code="shutting_down")
-        if delta.raw is not None:  # a native call's event, as the provider framed it
-            yield delta.raw
-            _count(delta, tally, ctx)
-            continue
         if delta.chunk is not None:  # an OpenAI-compatible chunk: relayed whole, renamed
             if _informative(delta.chunk):
                 yield sse.event({**delta.chunk, "id": rid, "object": "chat.completion.chunk",
@@ -466,8 +453,6 @@ def _events(chat, call, resp, ctx: Context):
         raise
     resp.finish()
     _settled_stream(chat, ctx, state, tally, True)
-    if chat.native is not None:
-        return  # the provider's own last event ended it
     if chat.include_usage:
         yield sse.chunk(chat.request_id, created, chat.model.name, [], usage=state.extra.get("usage"))
     yield sse.DONE

@@ -64,12 +64,14 @@ def json_answer(body):
 def anthropic_shape(kind: str, obj: dict) -> None:
     """`obj` is what Anthropic documents (the anthropic SDK's pydantic types, validated strictly:
     required fields present, literals and types exact, no field the type does not know):
-    kind is `message` or `event` (a stream event)."""
+    kind is `message`, `event` (a stream event) or `error` (an error body)."""
     import pydantic
-    from anthropic.types import Message, RawMessageStreamEvent
+    from anthropic.types import ErrorResponse, Message, RawMessageStreamEvent
 
     if kind == "message":
         parsed = Message.model_validate(obj, strict=True)
+    elif kind == "error" or obj.get("type") == "error":  # an error event is an error body
+        parsed = ErrorResponse.model_validate(obj, strict=True)
     else:
         parsed = pydantic.TypeAdapter(RawMessageStreamEvent).validate_python(obj, strict=True)
     _known_only(parsed, obj)

@@ -1,5 +1,5 @@
 """Claude Code, the real client (`claude -p`, installed by `make test` at the version in the
-Makefile), through a live gateway to a fake model on an openai, an anthropic and a gemini row:
+Makefile), through a live gateway to a fake model on an openai, an anthropic, a gemini and an ollama row:
 the model asks for Claude Code's Read tool on a file in the test's folder, Claude Code runs it
 and sends the result back, the model answers with what the file held — all streamed. The text
 reaches Claude Code's output and the ledger charged what the fake's usage said, call by call."""
@@ -16,7 +16,9 @@ from tests.conftest import auth, token
 from tests.fakes.agents import PATHS, ScriptedModel
 from tests.helpers import charges, holds, invariant
 
-CLAUDE = Path(__file__).resolve().parent.parent / ".agents" / "node_modules" / ".bin" / "claude"
+# the Makefile's pinned install; TEST_CLAUDE_CODE names another `claude` to try (docs/agents.md)
+CLAUDE = Path(os.environ.get("TEST_CLAUDE_CODE")
+              or Path(__file__).resolve().parent.parent / ".agents" / "node_modules" / ".bin" / "claude")
 
 
 @pytest.fixture(autouse=True)
@@ -25,13 +27,15 @@ def installed():
     assert CLAUDE.exists(), f"Claude Code is not installed at {CLAUDE}: run `make agents`"
 
 
-def _claude(tmp_path: Path, base_url: str, model: str, prompt: str) -> dict:
+def _claude(tmp_path: Path, base_url: str, model: str, prompt: str, key_variable: str) -> dict:
     """`claude -p` with its answer as JSON, no network but the gateway: its own home, no
-    updater, telemetry, error reports or other traffic, every model name set to the row's."""
+    updater, telemetry, error reports or other traffic, every model name set to the row's; the
+    gateway's token in `key_variable` (ANTHROPIC_API_KEY: `x-api-key`; ANTHROPIC_AUTH_TOKEN:
+    `Authorization: Bearer`)."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "ANTHROPIC_BASE_URL": base_url,
-           "ANTHROPIC_API_KEY": token(), "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1",
+           key_variable: token(), "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1",
            "DISABLE_ERROR_REPORTING": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
            "ANTHROPIC_DEFAULT_HAIKU_MODEL": model, "ANTHROPIC_DEFAULT_SONNET_MODEL": model,
            "ANTHROPIC_DEFAULT_OPUS_MODEL": model, "ANTHROPIC_SMALL_FAST_MODEL": model}
@@ -42,8 +46,20 @@ def _claude(tmp_path: Path, base_url: str, model: str, prompt: str) -> dict:
     return json.loads(run.stdout)
 
 
-@pytest.mark.parametrize("api", ["openai", "anthropic", "gemini"])
-def test_claude_code_reads_a_file_through_the_gateway(gateway, upstream, live_factory, tmp_path, api):
+def _noting(app, answered: list):
+    """The WSGI app, noting each request's path and status."""
+    def noted(environ, start_response):
+        def start(status, headers, *exc):
+            answered.append((environ["PATH_INFO"], status))
+            return start_response(status, headers, *exc)
+        return app(environ, start)
+    return noted
+
+
+@pytest.mark.parametrize("api,key_variable", [("openai", "ANTHROPIC_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY"),
+                                              ("gemini", "ANTHROPIC_AUTH_TOKEN"), ("ollama", "ANTHROPIC_API_KEY")])
+def test_claude_code_reads_a_file_through_the_gateway(gateway, upstream, live_factory, tmp_path, api,
+                                                      key_variable):
     note = tmp_path / "note.txt"
     secret = f"tollgate-{api}-7f3a"
     note.write_text(secret + "\n")
@@ -52,12 +68,20 @@ def test_claude_code_reads_a_file_through_the_gateway(gateway, upstream, live_fa
         upstream.expect_request(path).respond_with_handler(fake.handler)
     # Claude Code asks for 32 000 output tokens over a ~76 kB prompt: the hold needs the credits
     gateway.post("/api/admin/accounts/alice/credits", json={"amount": 10000}, headers=auth("root", True))
-    live = live_factory(gateway.application)
+    answered: list[tuple[str, str]] = []  # (path, status) of every request Claude Code made
+    live = live_factory(_noting(gateway.application, answered))
 
-    out = _claude(tmp_path, live.url, f"m-{api}", "What does note.txt in this folder say? Use the Read tool.")
+    out = _claude(tmp_path, live.url, f"m-{api}", "What does note.txt in this folder say? Use the Read tool.",
+                  key_variable)
 
     assert out["is_error"] is False and out["result"] == fake.answer()
+    # nothing refused on the way (Claude Code retries some 400s without the field: 2.1.332's
+    # deferred tools got through that way before they were served)
+    assert [status for path, status in answered if path.startswith("/v1/messages")] == ["200 OK"] * 2, answered
     assert len(fake.calls) == 2 and all(c.get("stream") or api == "gemini" for c in fake.calls)
+    if api == "anthropic":  # as Claude Code sent them, with the row's model
+        assert {"context_management", "thinking", "output_config", "metadata"} <= set(fake.calls[0])
+        assert fake.calls[0]["model"] == "up"
     assert secret not in json.dumps(fake.calls[0]) and secret in json.dumps(fake.calls[1])
     charged = [-row.delta for row in charges("alice")]
     assert charged == [sum(u) * 1000 for u in fake.usage]  # 1 credit per 1k tokens, every class

@@ -135,9 +135,18 @@ def test_errors_come_in_anthropics_shape(sdk, gateway):
     assert not charges("alice") and holds() == 0
 
 
-def test_count_tokens(sdk):
-    counted = sdk.messages.count_tokens(model="m-gemini", messages=[{"role": "user", "content": "x" * 400}])
-    assert 100 <= counted.input_tokens <= 120  # the estimate: 4 bytes a token, plus the framing
+@pytest.mark.parametrize("api", ["gemini", "anthropic"])
+def test_count_tokens(sdk, api):
+    counted = sdk.messages.count_tokens(model=f"m-{api}", messages=[{"role": "user", "content": "x" * 400}])
+    assert 100 <= counted.input_tokens <= 130  # the estimate: 4 bytes a token, plus the framing
+    assert counted._request_id.startswith("req_")
+
+
+def test_count_tokens_on_an_anthropic_row_takes_what_its_calls_take(gateway):
+    r = gateway.post("/v1/messages/count_tokens", headers=auth(), json={
+        "model": "m-anthropic", "messages": [{"role": "user", "content": "x" * 400}],
+        "mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "x"}]})
+    assert r.status_code == 200 and r.json["input_tokens"] > 100
 
 
 def _sse(data: bytes) -> list[dict]:
@@ -183,12 +192,12 @@ def test_claude_codes_fields_and_the_sdks_are_served_on_translated_rows(gateway,
     sent = upstream.log[-1][0].get_json()
     assert not {"context_management", "service_tier", "cache_control", "metadata", "output_config"} & set(sent)
     if api == "openai":
-        assert sent["reasoning_effort"] == "high"
+        assert "reasoning_effort" not in sent  # adaptive: the model's own default
         assert sent["messages"] == [{"role": "system", "content": "Be brief."},
                                     {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
                                     {"role": "system", "content": "Agents: none."}]
     else:
-        assert sent["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 24576}
+        assert "thinkingConfig" not in sent.get("generationConfig", {})
         assert "Agents: none." in json.dumps(sent["systemInstruction"])
     _charged_matches(anthropic.types.Usage(**r.json["usage"]))
 
@@ -199,7 +208,22 @@ def test_the_sdks_own_parameters_are_served(sdk, upstream):
                               service_tier="standard_only", cache_control={"type": "ephemeral"},
                               thinking={"type": "adaptive"}, output_config={"effort": "max"})
     assert msg.content[0].text == "Hello from GPT" and msg.usage.service_tier == "standard"
-    assert upstream.log[-1][0].get_json()["reasoning_effort"] == "xhigh"
+    assert "reasoning_effort" not in upstream.log[-1][0].get_json()
+
+
+@pytest.mark.parametrize("thinking,config,effort", [
+    ({"type": "enabled", "budget_tokens": 2048}, None, "low"),
+    ({"type": "enabled", "budget_tokens": 2048}, {"effort": "max"}, "xhigh"),
+    ({"type": "adaptive", "display": "omitted"}, {"effort": "high"}, None),
+    ({"type": "disabled"}, {"effort": "low"}, None),
+    (None, {"effort": "medium"}, None),
+])
+def test_thinking_and_effort(gateway, upstream, thinking, config, effort):
+    upstream.expect_request(PATHS["openai"]).respond_with_handler(ANSWERS["openai"])
+    body = {"model": "m-openai", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}
+    body.update({k: v for k, v in (("thinking", thinking), ("output_config", config)) if v is not None})
+    assert _post(gateway, body).status_code == 200
+    assert upstream.log[-1][0].get_json().get("reasoning_effort") == effort
 
 
 def test_output_config_format_is_a_json_schema_response_format(gateway, upstream):
@@ -221,14 +245,17 @@ def test_output_config_format_is_a_json_schema_response_format(gateway, upstream
     ("output_config", {"effort": "huge"}, "output_config.effort"),
     ("output_config", {"verbosity": "low"}, "output_config.verbosity"),
     ("billing_policy", {"type": "billing_policy", "bill_to": "user_profile"}, "billing_policy"),
-    ("tools", [{"type": "web_search_20250305", "name": "web_search"}], "tools[0]"),
-    ("tools", [{**TOOL, "defer_loading": True}], "tools[0].defer_loading"),
+    ("tools", [{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}], "tools[0]"),
+    ("tools", [{**TOOL, "allowed_callers": ["code_execution_20250825"]}], "tools[0].allowed_callers"),
+    ("tools", [TOOL, {**TOOL, "input_examples": {"city": "Paris"}}], "tools[1].input_examples"),
+    ("tools", [{**TOOL, "search_hint": "weather"}], "tools[0].search_hint"),
 ])
 def test_what_would_change_the_answer_is_refused_by_name(gateway, upstream, field, value, param):
     r = _post(gateway, {"model": "m-openai", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}],
                         field: value})
     assert r.status_code == 400 and r.json["error"]["type"] == "invalid_request_error"
     assert f"'{param}'" in r.json["error"]["message"], r.json
+    anthropic_shape("error", r.json)
     assert r.headers["request-id"] == r.json["request_id"]
     assert not upstream.log and not charges("alice") and holds() == 0
 
@@ -397,3 +424,64 @@ def test_reasoning_tokens_are_thinking_tokens(gateway, upstream, stream):
         counted = r.json["usage"]
     assert counted["output_tokens_details"] == {"thinking_tokens": 192}
     assert (counted["input_tokens"], counted["cache_read_input_tokens"]) == (2006 - 1920, 1920)
+
+
+def test_advanced_tool_use_fields_claude_code_sends(gateway, upstream):
+    """Claude Code 2.1.332 sends a `defer_loading` tool (and the beta allows `input_examples`):
+    a deferred tool is declared from the start, examples are shown in the description."""
+    upstream.expect_request(PATHS["openai"]).respond_with_handler(ANSWERS["openai"])
+    tools = [{"name": "DeferredToolPlaceholder", "description": "never call this tool",
+              "input_schema": {"type": "object", "properties": {}}, "defer_loading": True},
+             {**TOOL, "input_examples": [{"city": "Paris"}], "allowed_callers": ["direct"]}]
+    r = _post(gateway, {"model": "m-openai", "max_tokens": 50, "tools": tools,
+                        "messages": [{"role": "user", "content": "Hi"}]})
+    assert r.status_code == 200, r.json
+    sent = upstream.log[-1][0].get_json()["tools"]
+    assert [t["function"]["name"] for t in sent] == ["DeferredToolPlaceholder", "get_weather"]
+    assert sent[1]["function"]["description"] == 'Weather now\n\nInput examples:\n{"city": "Paris"}'
+
+
+@pytest.mark.parametrize("gateway_type,anthropic_type", [("service_unavailable", "overloaded_error"),
+                                                         ("timeout_error", "timeout_error"),
+                                                         ("api_error", "api_error")])
+def test_a_streams_error_event_says_what_failed(gateway_type, anthropic_type):
+    """It always said api_error (the shutting-down gateway's 503 included)."""
+    from frontdoors.anthropic import events
+
+    chunks = [fake_openai.chunk({"role": "assistant", "content": "Hi"}),
+              b"data: " + json.dumps({"error": {"type": gateway_type, "message": "m"}}).encode() + b"\n\n"]
+    out = _sse(b"".join(events(iter(chunks))))
+    assert out[-1] == {"type": "error", "error": {"type": anthropic_type, "message": "m"}}
+    for event in out:
+        anthropic_shape("event", event)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_providers_reasoning_is_a_thinking_block(gateway, upstream, stream):
+    """DeepSeek's and vLLM's `reasoning_content` was dropped from the Messages answer."""
+    if stream:
+        pieces = [fake_openai.chunk({"role": "assistant", "content": ""}),
+                  fake_openai.chunk({"reasoning_content": "Think"}), fake_openai.chunk({"reasoning_content": "ing."}),
+                  fake_openai.chunk({"content": "Hello"}), fake_openai.chunk({}, finish="stop"),
+                  fake_openai.chunk({}, usage={"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14},
+                                    choices=False), b"data: [DONE]\n\n"]
+        upstream.expect_request(PATHS["openai"]).respond_with_handler(
+            lambda request: Response(pieces, mimetype="text/event-stream"))
+    else:
+        answer = fake_openai.completion("Hello", 9, 5)
+        answer["choices"][0]["message"]["reasoning_content"] = "Thinking."
+        upstream.expect_request(PATHS["openai"]).respond_with_handler(_json(answer))
+    r = _post(gateway, {"model": "m-openai", "max_tokens": 50, "stream": stream, "thinking": {"type": "adaptive"},
+                        "messages": [{"role": "user", "content": "Hi"}]})
+    assert r.status_code == 200
+    if stream:
+        events = _sse(r.data)
+        for event in events:
+            anthropic_shape("event", event)
+        starts = [e["content_block"]["type"] for e in events if e["type"] == "content_block_start"]
+        thought = "".join(e["delta"].get("thinking", "") for e in events if e["type"] == "content_block_delta")
+        assert starts == ["thinking", "text"] and thought == "Thinking."
+    else:
+        anthropic_shape("message", r.json)
+        assert r.json["content"] == [{"type": "thinking", "thinking": "Thinking.", "signature": ""},
+                                     {"type": "text", "text": "Hello"}]

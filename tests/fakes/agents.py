@@ -4,8 +4,9 @@ request (streamed or not) in its format, and keeps the usage it reported for eac
 a test can check the ledger charged exactly that.
 
 Formats: OpenAI Chat Completions (https://platform.openai.com/docs/api-reference/chat-streaming),
-Anthropic Messages (https://docs.anthropic.com/en/api/messages-streaming) and Gemini
-generateContent / streamGenerateContent?alt=sse (https://ai.google.dev/api/generate-content).
+Anthropic Messages (https://docs.anthropic.com/en/api/messages-streaming), Gemini
+generateContent / streamGenerateContent?alt=sse (https://ai.google.dev/api/generate-content) and
+Ollama /api/chat (https://github.com/ollama/ollama/blob/main/docs/api.md, NDJSON streams).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import threading
 
 from werkzeug import Request, Response
 
-PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages",
+PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages", "ollama": "/api/chat",
          "gemini": ("/v1beta/models/up:streamGenerateContent", "/v1beta/models/up:generateContent")}
 
 
@@ -44,14 +45,15 @@ class ScriptedModel:
         streamed = body.get("stream") or "streamGenerateContent" in request.path
         frames = getattr(self, f"_{self.api}")(text, usage, n)
         if streamed:
-            return Response(frames, mimetype="text/event-stream")
+            return Response(frames, mimetype="application/x-ndjson" if self.api == "ollama" else "text/event-stream")
         return Response(json.dumps(self._whole(text, usage, n)), content_type="application/json")
 
     # --- streams, one per format
     def _openai(self, text, usage, n):
         def chunk(delta, finish=None, usage_=None, choices=True):
+            listed = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}] if choices else []
             out = {"id": f"chatcmpl-{n}", "object": "chat.completion.chunk", "created": 1700000000, "model": "up",
-                   "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}] if choices else []}
+                   "choices": listed}
             if usage_:
                 out["usage"] = usage_
             return b"data: " + json.dumps(out).encode() + b"\n\n"
@@ -114,6 +116,20 @@ class ScriptedModel:
                 out["usageMetadata"] = meta
             yield b"data: " + json.dumps(out).encode() + b"\r\n\r\n"
 
+    def _ollama(self, text, usage, n):
+        def line(message, **end):
+            return json.dumps({"model": "up", "created_at": "2026-12-07T10:00:00Z", "message": message,
+                               "done": bool(end), **end}).encode() + b"\n"
+
+        if text is None:
+            yield line({"role": "assistant", "content": "",
+                        "tool_calls": [{"function": {"name": self.tool, "arguments": self.args}}]})
+        else:
+            for word in _words(text):
+                yield line({"role": "assistant", "content": word})
+        yield line({"role": "assistant", "content": ""}, done_reason="stop", prompt_eval_count=usage[0],
+                   eval_count=usage[3])
+
     def _whole(self, text, usage, n) -> dict:
         """An answer that is not streamed, in the format (Claude Code streams; other calls may not)."""
         if self.api == "anthropic":
@@ -123,6 +139,12 @@ class ScriptedModel:
                     "stop_reason": "tool_use" if text is None else "end_turn", "stop_sequence": None,
                     "usage": {"input_tokens": usage[0], "cache_read_input_tokens": usage[1],
                               "cache_creation_input_tokens": usage[2], "output_tokens": usage[3]}}
+        if self.api == "ollama":
+            message = ({"role": "assistant", "content": "",
+                        "tool_calls": [{"function": {"name": self.tool, "arguments": self.args}}]}
+                       if text is None else {"role": "assistant", "content": text})
+            return {"model": "up", "message": message, "done": True, "done_reason": "stop",
+                    "prompt_eval_count": usage[0], "eval_count": usage[3]}
         if self.api == "gemini":
             part = {"functionCall": {"name": self.tool, "args": self.args}} if text is None else {"text": text}
             return {"candidates": [{"content": {"role": "model", "parts": [part]}, "finishReason": "STOP",

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from core.chat import PassThrough
 from providers.anthropic import AnthropicAdapter
 from providers.base import StreamState
 from service.errors import InvalidRequest, NotImplementedByProvider, ProviderError, UpstreamRejected
@@ -91,3 +92,40 @@ def test_error_body_and_unsupported():
         assert exc.value.param == param
     with pytest.raises(InvalidRequest):  # neither a data URL nor an https URL
         A.check(chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]))
+
+
+def _native(body: dict, stream: bool = False, **headers):
+    plain = chat(body["messages"], stream=stream)
+    return PassThrough(plain.model, body["messages"], {}, stream, False, "r", body=body, headers=headers,
+                       cap_field="max_tokens")
+
+
+NATIVE = {"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "Hi"}],
+          "context_management": {"edits": []}, "thinking": {"type": "adaptive"}, "next_year": [1]}
+
+
+def test_native_request_is_the_body_as_sent_with_model_and_cap():
+    c = _native(NATIVE, stream=True, **{"anthropic-beta": "b1"})
+    A.check(c)  # nothing refused: Anthropic judges its own body
+    assert A.request(c) == {**NATIVE, "model": "up-model", "stream": True}
+    assert A.call_headers(c, "k")["anthropic-beta"] == "b1" and A.call_headers(c, "k")["x-api-key"] == "k"
+    uncapped = _native({k: v for k, v in NATIVE.items() if k != "max_tokens"})
+    assert A.request(uncapped)["max_tokens"] == 1024  # the row's max_output_tokens
+    assert "anthropic-beta" not in A.call_headers(chat([]), "k")
+
+
+def test_native_response_is_whole_and_counted():
+    payload = json.loads(fixture("anthropic", "cache.json"))
+    done = A.response(payload, _native(NATIVE))
+    assert done.raw == payload
+    assert (done.prompt_tokens, done.completion_tokens) == (50 + 1800 + 2400, 210)
+    assert done.detail == {"cached": 2400, "cache_write_5m": 1200, "cache_write_1h": 600, "reasoning": 0}
+
+
+def test_native_stream_events_are_passed_whole_and_counted():
+    state = StreamState()
+    deltas = list(A.passed_events(lines("anthropic", "cache.sse"), state))
+    recorded = [json.loads(line[6:]) for line in lines("anthropic", "cache.sse") if line.startswith(b"data: ")]
+    assert [d.chunk for d in deltas] == recorded  # ping included
+    assert "".join(d.content or "" for d in deltas) == "Paris."
+    assert state.done and (state.prompt_tokens, state.completion_tokens) == (4250, 210)
