@@ -20,6 +20,7 @@ from typing import Iterable, Iterator
 from core.chat import PassThrough
 from core.errors import InvalidRequest, ProviderError
 from core.usage import from_responses
+from providers.openai import OpenAIAdapter
 from providers.base import Adapter, Completion, Delta, StreamState, choice, legacy, sse_data, text_of
 
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
@@ -38,11 +39,7 @@ class OpenAIResponsesAdapter(Adapter):
     def url(self, base: str, model, stream: bool) -> str:
         return f"{base}/responses"
 
-    def headers(self, api_key):
-        headers = {"Content-Type": "application/json"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        return headers
+    headers = OpenAIAdapter.headers  # the same key, the same way
 
     def check(self, chat) -> None:
         """A Responses body passes as sent; a chat call maps each parameter or is a 400."""

@@ -161,11 +161,8 @@ def update_account(name: str):
         raise InvalidRequest(f"'{clip(unknown[0])}' is not an account field", param=unknown[0])
     changes = {}
     if "low_balance_threshold" in body:
-        value = body["low_balance_threshold"]
-        micro = None if value is None else billing.to_micro(value, "low_balance_threshold")
-        if micro is not None and micro < 0:
-            raise InvalidRequest("'low_balance_threshold' must not be negative", param="low_balance_threshold")
-        changes["low_balance_threshold"] = micro
+        changes["low_balance_threshold"] = billing.limit_micro(body["low_balance_threshold"],
+                                                               "low_balance_threshold")
     if "log_bodies" in body:
         if not isinstance(body["log_bodies"], bool):
             raise InvalidRequest("'log_bodies' must be true or false", param="log_bodies")

@@ -28,6 +28,14 @@ PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")  # ASCII digits only: no "1_0
 CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 
+def limit_micro(value, param: str) -> int | None:
+    """A credits limit a client set (null: none) as micro-credits; below zero is a 400."""
+    micro = None if value is None else to_micro(value, param)
+    if micro is not None and micro < 0:
+        raise InvalidRequest(f"'{param}' must not be negative", param=param)
+    return micro
+
+
 def to_micro(value, param: str = "amount") -> int:
     """Credits (a JSON number, or a string holding a plain decimal number, at most 6 decimals)
     as integer micro-credits."""

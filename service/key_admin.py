@@ -31,11 +31,7 @@ def budget_fields(body: dict) -> dict:
     column values; only the fields the body names."""
     out = {}
     if "budget" in body:
-        value = body["budget"]
-        micro = None if value is None else billing.to_micro(value, "budget")
-        if micro is not None and micro < 0:
-            raise InvalidRequest("'budget' must not be negative", param="budget")
-        out["budget"] = micro
+        out["budget"] = billing.limit_micro(body["budget"], "budget")
     if "budget_period" in body:
         period = body["budget_period"]
         if period is not None and period not in budgets.PERIODS:
