@@ -110,6 +110,7 @@ WORDS = {
     "f_cost_per_1k_cache_write_1h_tokens": ("Cache write 1 h", "缓存写入 1 小时"),
     "f_cost_per_1k_output_tokens": ("Output", "输出"),
     "f_cost_per_1k_reasoning_tokens": ("Reasoning", "推理"),
+    "f_cost_per_1k_cache_hit_tokens": ("Response cache hit", "响应缓存命中"),
     "f_aliases": ("Aliases (comma-separated)", "别名（逗号分隔）"),
     "f_fallbacks": ("Fallbacks (comma-separated model names)", "备用模型（逗号分隔的模型名）"),
     "models_not_allowed": ("This session's key may not use {}", "此会话的密钥不能使用 {}"),
