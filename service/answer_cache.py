@@ -27,7 +27,7 @@ from core import prices, transcript
 from core.sse import DONE
 from core.errors import GatewayError
 from core.usage import CLASSES, from_openai
-from service import billing
+from service import billing, budgets
 from service.db import give_back
 from service.ledger_marks import mark
 from service.metrics import CACHE_HITS, CACHE_MISSES, CACHE_SAVED
@@ -249,9 +249,10 @@ def _charge(req, ctx, tokens, unit: dict, charge: int) -> None:
     """Hold the hit's price (402 when the balance cannot cover it), then settle it as a charge
     marked `cache_hit`; the database away at the settle: the journal, as every settle."""
     conf = ctx.conf
+    ctx.reserved = budgets.reservation(ctx.key)  # a hit counts against its key's budget like any call
     try:
         billing.retrying(billing.hold, ctx.account_id, req.request_id, charge, conf["HOLD_TTL_SECONDS"],
-                         ctx.ext.owner)
+                         ctx.ext.owner, req.model.name, ctx.reserved, getattr(ctx.key, "id", None))
     except billing.DB_ERRORS:
         ctx.ext.journal.append({"op": "release", "rid": req.request_id})
         raise
@@ -259,7 +260,8 @@ def _charge(req, ctx, tokens, unit: dict, charge: int) -> None:
     args = {"account_id": ctx.account_id, "request_id": req.request_id, "model": req.model.name,
             "prompt_tokens": tokens.prompt, "completion_tokens": tokens.completion, "charge": charge,
             "estimated": False, "cap": charge, "detail": tokens.detail, "unit_prices": unit,
-            "threshold": conf.get("LOW_BALANCE_ALERTS_MICRO", -1)}
+            "threshold": conf.get("LOW_BALANCE_ALERTS_MICRO", -1), "key_id": getattr(ctx.key, "id", None),
+            "period": budgets.iso(ctx.reserved.period) if ctx.reserved else None}
     try:
         billing.retrying(billing.settle, **args)
     except billing.DB_ERRORS:

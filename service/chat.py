@@ -90,7 +90,7 @@ def _parallel(plan):
             g.model = chat.model  # the model's own rpm
             lease = ext.admission.admit(chat.request_id, chat_rates(), name, caps(g.account, g.api_key, conf))
             meter = lambda tokens, lease=lease: ext.budget.spend(name, tokens, lease)  # noqa: E731
-            ctx = relay.Context(g.account.id, ext, conf, meter)
+            ctx = relay.Context(g.account.id, ext, conf, meter, lease=lease, key=g.api_key)  # its budget too
             lookup = answer_cache.Lookup(current_app.extensions["tollgate_answers"], chat, g.account.id,
                                          request.headers.get("Cache-Control"))
             legs.append(parallel.Leg(i, chat, ctx, lookup, lambda lease=lease: ext.slots.give_back(lease)))

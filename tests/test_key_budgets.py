@@ -336,3 +336,33 @@ def test_a_provider_that_overstates_usage_spends_at_most_the_hold_of_the_keys_bu
     assert (row.spent, row.held) == (-charge.delta, 0) and row.spent < 1_000_000
     assert charge.key_id == overrun.key_id == made["id"] and overrun.absorbed > 0
     invariant("alice")
+
+
+def test_each_model_of_a_parallel_call_counts_against_the_keys_budget(paid, add_model, upstream, admin_headers):
+    """`models` ran each model's call without the key: its budget and its spend were bypassed."""
+    add_model(id=11, name="paid2", api="openai", base_url=upstream.url_for("/v1"), cost_per_1k_tokens="1",
+              max_output_tokens=64)
+    made = make_key(paid, admin_headers, budget="5", budget_period="day")
+    r = paid.post("/api/v1/chat/completions", headers={"Authorization": f"Bearer {made['key']}"},
+                  json={"models": ["paid", "paid2"], "messages": HI})
+    assert r.status_code == 200, r.json
+    rows = [e for e in charges("alice")]
+    assert len(rows) == 2 and all(e.key_id == made["id"] for e in rows)
+    assert spend_row(made["id"]).spent == sum(-e.delta for e in rows) == 2 * 25_000
+    assert spend_row(made["id"]).held == 0
+    invariant("alice")
+
+
+def test_a_cache_hit_counts_against_the_keys_budget(paid, add_model, upstream, admin_headers):
+    """A hit held and settled its price without the key: a budget did not bound cached answers."""
+    add_model(id=12, name="cached", api="openai", base_url=upstream.url_for("/v1"), cost_per_1k_tokens="1",
+              max_output_tokens=64, cache_ttl=60, cost_per_1k_cache_hit_tokens="1")
+    made = make_key(paid, admin_headers, budget="5", budget_period="day")
+    for expected in ("MISS", "HIT"):
+        r = paid.post("/api/v1/chat/completions", headers={"Authorization": f"Bearer {made['key']}"},
+                      json={"model": "cached", "messages": HI})
+        assert r.status_code == 200 and r.headers["X-Cache"] == expected, r.json
+    rows = charges("alice")
+    assert len(rows) == 2 and all(e.key_id == made["id"] for e in rows)
+    assert spend_row(made["id"]).spent == sum(-e.delta for e in rows) == 2 * 25_000
+    invariant("alice")
