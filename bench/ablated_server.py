@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import os
 
-from service import admission, billing, server
+from service.limits import admission
+from service.money import billing
+from service.server import server
 
 OFF = set(filter(None, os.environ.get("BENCH_OFF", "").split(",")))
 UNKNOWN = OFF - {"limits", "redis-limits", "billing", "log"}

@@ -15,7 +15,7 @@ from flask import Flask, Response, request
 from waitress import create_server
 
 from config import settings
-from service import cpus, eventloop, server
+from service.server import cpus, eventloop, server
 
 UPSTREAM = os.environ["BARE_UPSTREAM"]
 

@@ -23,7 +23,7 @@ from flask import Flask, Response, request
 from waitress import create_server
 
 from config import settings
-from service import cpus, eventloop, server
+from service.server import cpus, eventloop, server
 
 UPSTREAM = urlsplit(os.environ["BARE_UPSTREAM"])
 THREADED = os.environ.get("EVENT_RELAY_THREADED") == "1"

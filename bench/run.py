@@ -20,7 +20,7 @@ from pathlib import Path
 
 import requests
 
-from service.server import raise_descriptor_limit
+from service.server.server import raise_descriptor_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -496,7 +496,7 @@ def idle_lines(r: dict) -> str:
 
 A lone caller while other clients hold keep-alive connections open and idle (an nginx pool, SDK
 clients between calls). The gateway and the bare proxy run on the gateway's loop
-(service/eventloop.py, epoll), which looks only at the connections that changed; the last rows are
+(service/server/eventloop.py, epoll), which looks only at the connections that changed; the last rows are
 the bare proxy on waitress's own poll() loop, which asks every open connection on every wake-up.
 
 | target | idle connections | requests/s | p50 ms | p99 ms |
@@ -573,7 +573,7 @@ Produced by `make {'bench-peer' if PEER else 'bench'}` (bench/run.py) on {time.s
   bottleneck). Paced upstreams: a waitress app streaming 20 chunks 10 ms apart (chunked), and
   bench/stream_upstream.py sending the same stream with a Content-Length and close-delimited;
   each chunk stamped with its emission time (CLOCK_MONOTONIC, shared by every process).
-* bare proxy: Flask + waitress, same processes, threads, CPU pinning and server loop (service/eventloop.py), a
+* bare proxy: Flask + waitress, same processes, threads, CPU pinning and server loop (service/server/eventloop.py), a
   pooled `requests.Session` passing the body through: no auth, no billing, no limits — the floor our stack allows.
 * load: wrk, {r['settings']['seconds']} s per run, `-t min(2, c)`; everything (load generator
   included) shares the same {os.cpu_count()} cores, so absolute numbers are lower than on a separate load host.

@@ -75,7 +75,7 @@ def load() -> dict:
         # how long a running thread keeps the interpreter before it must hand it on (Python's 5 ms
         # default wakes every waiting thread every 5 ms: with a thousand streams, a third of the CPU)
         "SWITCH_INTERVAL": float(env("SWITCH_INTERVAL", "0.05")),
-        # each serving process on a CPU of its own, claimed through files in DATA_DIR (service/cpus.py)
+        # each serving process on a CPU of its own, claimed through files in DATA_DIR (service/server/cpus.py)
         "PIN_WORKERS": _bool(env("PIN_WORKERS"), True),
         # the server's log is written every this many seconds (warnings and errors at once); 0: per line
         "LOG_FLUSH_SECONDS": float(env("LOG_FLUSH_SECONDS", "0.2")),

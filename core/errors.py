@@ -1,5 +1,5 @@
 """Every error Tollgate answers with (SPEC §8): status, type, code and message, in English or
-Chinese. No web framework here: the web layer renders them (service/errors.py)."""
+Chinese. No web framework here: the web layer renders them (service/web/errors.py)."""
 from __future__ import annotations
 
 # Chinese wording per code; `{}` takes the same argument as the English message.

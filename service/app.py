@@ -12,24 +12,26 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import settings
-from service import alerts, billing, idempotency, migrations
-from service.admission import Admission, add_headers
-from service.body import no_nul_characters
-from service.breaker import Breakers
-from service.cache import Cache
-from service.db import CONNECTIONS_BESIDE_POOL, connection_budget, db, give_back, open_database
-from service.deployment_health import Fleet
-from service.journal import Journal
-from service.jsonout import ExactJSONProvider
-from service.slots import Slots
+from service.limits.admission import Admission, add_headers
+from service.limits.limit_storage import OneTripRedisStorage
+from service.limits.rates import TokenBudget
+from service.limits.slots import Slots
 from service.metrics import ALERTS
-from service.errors import keep_error_headers, register_error_handlers
-from service.extensions import cors, jwt, limiter
-from service.limit_storage import OneTripRedisStorage
-from service.limits import TokenBudget
-from service.readiness import Reachability
-from service.registry import Registry
-from service.upstream import Transport
+from service.money import alerts, billing
+from service.money.journal import Journal
+from service.pipeline import idempotency
+from service.pipeline.breaker import Breakers
+from service.pipeline.deployment_health import Fleet
+from service.pipeline.readiness import Reachability
+from service.pipeline.upstream import Transport
+from service.store import migrations
+from service.store.cache import Cache
+from service.store.db import CONNECTIONS_BESIDE_POOL, connection_budget, db, give_back, open_database
+from service.store.registry import Registry
+from service.web.body import no_nul_characters
+from service.web.errors import keep_error_headers, register_error_handlers
+from service.web.extensions import cors, jwt, limiter
+from service.web.jsonout import ExactJSONProvider
 
 log = logging.getLogger("tollgate")
 
@@ -50,11 +52,11 @@ class Tollgate:
     accounts: dict = field(default_factory=dict)  # account name -> Caller (ids never change)
     verified: dict = field(default_factory=dict)  # JWT -> its verified claims
     reach: Reachability = field(default_factory=Reachability)  # upstreams' last TCP probes
-    fleet: Fleet | None = None  # the state of every deployment (service/deployment_health.py)
+    fleet: Fleet | None = None  # the state of every deployment (service/pipeline/deployment_health.py)
 
 
 def limit_storage_uri(redis_url: str | None) -> str:
-    """Our one-round-trip Redis storage (service/limit_storage.py) for redis:// and rediss://."""
+    """Our one-round-trip Redis storage (service/limits/limit_storage.py) for redis:// and rediss://."""
     if not redis_url:
         return "memory://"
     ours = OneTripRedisStorage.STORAGE_SCHEME  # importing it registers these schemes with limits
@@ -160,7 +162,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.teardown_appcontext(_give_back_connection)
 
     app.after_request(keep_error_headers)  # before the limiter's, so it runs after it
-    app.after_request(add_headers)  # the chat call's rate-limit headers (service/admission.py)
+    app.after_request(add_headers)  # the chat call's rate-limit headers (service/limits/admission.py)
     jwt.init_app(app)
     # the API's CORS; never on console pages (their forms and cookies are for this site only)
     cors.init_app(app, resources={r"^/(?!console(/|$)).*": {}}, origins=conf["CORS_ORIGINS"], expose_headers=[
@@ -183,11 +185,12 @@ def create_app(overrides: dict | None = None) -> Flask:
     ext.fleet = Fleet(cache, ext.transport.breakers, conf["CONCURRENCY_LEASE_SECONDS"],
                       conf["DEPLOYMENT_COOLDOWN_SECONDS"])
 
-    from service import (
-        account, admin, answer_cache, catalog, chat, cli, deployment_admin, embeddings, health, messages, observe,
-        responses,
+    from service import cli
+    from service.pipeline import answer_cache, traces
+    from service.web import (
+        account, admin, audit, catalog, chat, deployment_admin, embeddings, health, key_admin, logs_api, messages,
+        observe, request_log, responses,
     )
-    from service import audit, key_admin, logs_api, request_log, traces
 
     answer_cache.init_app(app)
 
@@ -199,7 +202,7 @@ def create_app(overrides: dict | None = None) -> Flask:
                    observe, logs_api, key_admin, audit):
         app.register_blueprint(module.bp)
     if conf.get("CONSOLE_ENABLED", True):
-        from service.console.views import bp as console
+        from service.web.console.views import bp as console
 
         app.register_blueprint(console)
     register_error_handlers(app)

@@ -8,10 +8,13 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
-from service import auth, billing, migrations, seed
-from service.account import account_body
-from service.db import AIModel, Account
-from service.errors import GatewayError
+from service import seed
+from service.money import billing
+from service.store import migrations
+from service.store.db import AIModel, Account
+from service.web import auth
+from service.web.account import account_body
+from service.web.errors import GatewayError
 
 db_cli = AppGroup("db", help="Database schema.")
 holds_cli = AppGroup("holds", help="Credit holds.")

@@ -1,5 +1,5 @@
 """The Prometheus metrics the pipeline and money code count (no Flask; GET /metrics is
-service/observe.py)."""
+service/web/observe.py)."""
 from __future__ import annotations
 
 from prometheus_client import Counter, Histogram

@@ -8,9 +8,9 @@ import datetime as dt
 
 from core import prices
 from providers import ADAPTERS
-from service import deployments as routes
-from service.billing import to_micro, write_tx
-from service.db import AIModel, ModelPrice, utcnow
+from service.money.billing import to_micro, write_tx
+from service.pipeline import deployments as routes
+from service.store.db import AIModel, ModelPrice, utcnow
 from core.errors import InvalidRequest
 
 APIS = tuple(ADAPTERS)  # one per wire protocol the providers package implements

@@ -11,8 +11,9 @@ import pytest
 import redis
 from pytest_httpserver import HTTPServer
 
-from service import create_app, eventloop
-from service.db import SchemaVersion, TABLES, db, is_postgres
+from service import create_app
+from service.server import eventloop
+from service.store.db import SchemaVersion, TABLES, db, is_postgres
 from tests.fakes import openai as fake_openai
 from tests.fakes.tcp_proxy import TcpProxy
 
@@ -52,7 +53,7 @@ def make_app(tmp_path, db_url):
     """Build an app with setting overrides; tables are dropped afterwards."""
     made = []
     if db_url.startswith("postgres"):
-        from service.db import open_database
+        from service.store.db import open_database
 
         db.initialize(open_database(db_url))
         _drop_all()

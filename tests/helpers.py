@@ -4,8 +4,8 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from service import billing
-from service.db import Account, Hold, LedgerEntry, db, open_database
+from service.money import billing
+from service.store.db import Account, Hold, LedgerEntry, db, open_database
 from tests.fakes.tcp_proxy import TcpProxy
 
 

@@ -1,4 +1,4 @@
-"""A call's rate limits, token budget and caps taken by one Redis script (service/admission.py),
+"""A call's rate limits, token budget and caps taken by one Redis script (service/limits/admission.py),
 with flask-limiter's keys and order; embeddings keep flask-limiter for their rate limits."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import redis
 from werkzeug import Response
 
-import service.chat
+import service.web.chat
 
 from tests.conftest import auth
 from tests.fakes import openai as fake_openai
@@ -34,7 +34,7 @@ def calls(info: dict, command: str) -> int:
 
 def test_a_chat_calls_limits_budget_and_caps_take_one_script_call(limited, redis_proxy, monkeypatch):
     # the catalogue's version check (a GET at most once a second) out of the round trips counted
-    monkeypatch.setattr(service.chat, "CHAT_MAX_AGE", 3600)
+    monkeypatch.setattr(service.web.chat, "CHAT_MAX_AGE", 3600)
     app, client = limited(RATE_LIMIT_DEFAULT="5/minute", TOKEN_LIMIT_PER_MINUTE=1000,
                           MAX_CONCURRENT_PER_ACCOUNT=4, MAX_CONCURRENT_PER_KEY=2)
     made = client.post("/api/admin/keys", json={"account": "kay", "rpm": 3}, headers=auth("root", True)).json
@@ -100,7 +100,7 @@ def streamed(client, then=None):
 
 def test_a_streamed_call_counts_its_tokens_in_the_give_back_round_trip(limited, upstream, redis_proxy,
                                                                       monkeypatch):
-    monkeypatch.setattr(service.chat, "CHAT_MAX_AGE", 3600)  # no version check among the round trips
+    monkeypatch.setattr(service.web.chat, "CHAT_MAX_AGE", 3600)  # no version check among the round trips
     app, client = limited(TOKEN_LIMIT_PER_MINUTE=1000, MAX_CONCURRENT_PER_ACCOUNT=4)
     r = redis.Redis.from_url(app.config["REDIS_URL"])
     gate = threading.Event()

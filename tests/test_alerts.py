@@ -10,8 +10,8 @@ import signal
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
-from service import billing
-from service.db import Account, AlertOutbox
+from service.money import billing
+from service.store.db import Account, AlertOutbox
 from tests.conftest import SECRET, auth, token
 from tests.fakes import openai as fake_openai
 from tests.helpers import invariant, wait_for

@@ -6,7 +6,7 @@ import json
 import pytest
 import requests
 
-from service.answer_cache import Memory, policy
+from service.pipeline.answer_cache import Memory, policy
 from tests import schemas
 from tests.conftest import SECRET, auth, token
 from tests.fakes import openai as fake_openai
@@ -285,7 +285,7 @@ def test_seed_file_takes_cache_settings(app, tmp_path):
                     'cache_scope = "global"\ncost_per_1k_cache_hit_tokens = "0.001"\n')
     result = app.test_cli_runner().invoke(args=["seed-models", "--file", str(path)])
     assert result.exit_code == 0, result.output
-    from service.db import AIModel
+    from service.store.db import AIModel
 
     row = AIModel.get_by_id(7)
     assert (row.cache_ttl, row.cache_scope, row.cost_per_1k_cache_hit_tokens) == (300, "global", 1000)
@@ -382,7 +382,7 @@ def test_the_key_leaves_out_what_cannot_change_the_answer():
     from types import SimpleNamespace
 
     from core.chat import ChatRequest
-    from service.answer_cache import key_of
+    from service.pipeline.answer_cache import key_of
 
     row = SimpleNamespace(id=1, api="openai", upstream_model="m", base_url=None, cache_scope="account",
                           max_output_tokens=64)

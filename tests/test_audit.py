@@ -2,8 +2,8 @@
 in the same transaction as the change it records."""
 from __future__ import annotations
 
-from service import audit
-from service.db import AuditEntry
+from service.store.db import AuditEntry
+from service.web import audit
 from tests.conftest import auth
 
 

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from service.db import Account, ApiKey
+from service.store.db import Account, ApiKey
 from tests import schemas
 from tests.conftest import SECRET, auth, token
 from tests.fakes import openai as fake_openai

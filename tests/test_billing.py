@@ -8,10 +8,10 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from service import billing
+from service.money import billing
 from core.chat import ChatRequest
-from service.db import Hold, LedgerEntry, utcnow
-from service.errors import InsufficientCredits, InvalidRequest
+from service.store.db import Hold, LedgerEntry, utcnow
+from service.web.errors import InsufficientCredits, InvalidRequest
 from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
 from tests.helpers import account, charges, holds, invariant
@@ -180,7 +180,7 @@ def test_money_invariant_with_overruns_crashes_and_journal(app, tmp_path, ops):
     import uuid
 
     from service.app import keep_money
-    from service.journal import Journal
+    from service.money.journal import Journal
 
     tag = uuid.uuid4().hex[:8]
     acct = billing.account(f"p-{tag}")

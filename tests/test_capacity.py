@@ -270,7 +270,7 @@ def test_the_server_sets_the_switch_interval(monkeypatch, tmp_path):
     """SWITCH_INTERVAL reaches the interpreter before waitress starts: every thread waiting for the
     interpreter wakes once per interval, and at Python's 5 ms with a thousand streams open those
     wake-ups cost more CPU than the relaying (bench/streams.md)."""
-    from service import server
+    from service.server import server
 
     class Started(Exception):
         pass

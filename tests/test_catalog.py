@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from config.settings import ROOT
-from service import migrations
-from service.db import AIModel
+from service.store import migrations
+from service.store.db import AIModel
 from tests.conftest import auth
 
 GOOD = '''

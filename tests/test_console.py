@@ -18,8 +18,8 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from werkzeug import Response
 
 from config.settings import ROOT
-from service import billing
-from service.db import AIModel, ApiKey, ConsoleSession, LedgerEntry
+from service.money import billing
+from service.store.db import AIModel, ApiKey, ConsoleSession, LedgerEntry
 from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
 from tests.helpers import account, charges, holds

@@ -14,7 +14,7 @@ import pytest
 import requests
 from werkzeug import Response
 
-from service.db import ApiKey, ConsoleSession, LedgerEntry, utcnow
+from service.store.db import ApiKey, ConsoleSession, LedgerEntry, utcnow
 from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
 

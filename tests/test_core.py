@@ -20,8 +20,8 @@ def test_core_and_providers_import_no_flask():
 def test_the_pipeline_and_money_import_no_flask():
     """The web layer is the only Flask importer: the relay (hold, call, relay, settle), the
     transport, billing, the journal, idempotency, alerts, the catalogue and the migrations do not."""
-    code = ("import sys, service.relay, service.upstream, service.billing, service.journal, "
-            "service.idempotency, service.alerts, service.registry, service.seed, service.migrations; "
+    code = ("import sys, service.pipeline.relay, service.pipeline.upstream, service.money.billing, service.money.journal, "
+            "service.pipeline.idempotency, service.money.alerts, service.store.registry, service.seed, service.store.migrations; "
             "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('flask', 'werkzeug', 'flask_limiter', "
             "'flask_jwt_extended', 'flask_cors')); print(loaded); sys.exit(1 if loaded else 0)")
     _loads_no_flask(code)

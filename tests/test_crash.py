@@ -9,8 +9,8 @@ import time
 import requests
 from werkzeug import Response
 
-from service import billing
-from service.db import utcnow
+from service.money import billing
+from service.store.db import utcnow
 from tests.conftest import SECRET, token
 from tests.helpers import account, charges, holds, invariant, wait_for
 from tests.process import Gateway

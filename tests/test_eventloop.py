@@ -1,4 +1,4 @@
-"""The server's epoll loop (service/eventloop.py): a wake-up's work follows the connections that
+"""The server's epoll loop (service/server/eventloop.py): a wake-up's work follows the connections that
 changed, and waitress's behaviour is kept (keep-alive, pipelining, slow readers, idle timeouts)."""
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ def test_connections_that_come_and_go_are_answered_and_leave_nothing_registered(
 
 def test_the_gateway_serves_on_this_loop(monkeypatch, tmp_path):
     """service.server's serve() puts the waitress server it creates on this loop before it runs."""
-    from service import server as gateway
+    from service.server import server as gateway
 
     class Installed(Exception):
         pass

@@ -10,7 +10,7 @@ import threading
 import pytest
 from hypothesis import given, strategies as st
 
-from service.upstream import Stream
+from service.pipeline.upstream import Stream
 from tests.conftest import token
 from tests.fakes.framed import FramedUpstream
 from tests.helpers import account, charges, holds, invariant, wait_for

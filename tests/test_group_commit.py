@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from service.group_commit import GroupCommit
+from service.money.group_commit import GroupCommit
 
 
 class Writer:
@@ -96,8 +96,8 @@ def test_a_leader_never_waits_for_a_pooled_connection_its_followers_hold(make_ap
     """PostgreSQL: callers queued behind a batch may hold every pooled connection (a request takes
     one for its lookups before it holds); the leader writes on the group commit's own connection,
     so the batch goes through (before: the leader waited for the pool, 30 s, for ever under load)."""
-    from service import billing
-    from service.db import Account, Hold, db
+    from service.money import billing
+    from service.store.db import Account, Hold, db
 
     make_app(DB_POOL_SIZE=2)
     ids = [billing.account(f"pool-{i}", new_credits=1000).id for i in range(3)]

@@ -1,4 +1,4 @@
-"""The server under hostile traffic (SPEC §18, service/guard.py): bodies over MAX_CONTENT_LENGTH
+"""The server under hostile traffic (SPEC §18, service/server/guard.py): bodies over MAX_CONTENT_LENGTH
 refused before they are read, request heads that never end closed, connections per address capped."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from service import guard, server
+from service.server import guard, server
 from tests.conftest import Live
 from tests.helpers import wait_for
 

@@ -104,11 +104,11 @@ FORGED = '/v1/responses/%00%0A{"status":201,"account":"FORGED"}'
 
 @pytest.fixture
 def log_lines():
-    """Every log record of the test as the server writes it (service/logsink.JsonLines)."""
+    """Every log record of the test as the server writes it (service/server/logsink.JsonLines)."""
     import io
     import logging
 
-    from service.logsink import JsonLines
+    from service.server.logsink import JsonLines
 
     out = io.StringIO()
     handler = logging.StreamHandler(out)
@@ -196,7 +196,7 @@ def test_raw_bytes_in_the_head_are_never_a_5xx(make_app):
     (invalid UTF-8, raw controls, NUL, over-long encodings) in the path, the query and header values."""
     import socket
 
-    from service import server
+    from service.server import server
     from tests.conftest import Live
 
     app = make_app(WAITRESS_THREADS=4)

@@ -10,8 +10,8 @@ import pytest
 import requests
 from werkzeug import Response
 
-from service import billing, budgets
-from service.db import ApiKey, AuditEntry, Hold, KeySpend, LedgerEntry, db
+from service.money import billing, budgets
+from service.store.db import ApiKey, AuditEntry, Hold, KeySpend, LedgerEntry, db
 from tests.conftest import SECRET, auth
 from tests.fakes import openai as fake_openai
 from tests.helpers import charges, invariant, wait_for

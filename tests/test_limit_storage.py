@@ -8,7 +8,7 @@ from limits import RateLimitItemPerMinute
 from limits.storage import RedisStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from service.limit_storage import OneTripRedisStorage
+from service.limits.limit_storage import OneTripRedisStorage
 
 
 def evalsha_calls(client: redis.Redis) -> int:

@@ -144,7 +144,7 @@ def test_redis_outage_keeps_serving_and_recovers(make_app, redis_url, redis_prox
 
 def test_a_redis_that_stops_answering_delays_a_call_by_its_timeout_not_for_ever(make_app, upstream):
     """Redis accepts connections but never answers: every command ends at its deadline (the
-    kernel's, service/cache.py), the call is served with in-process limits, /readyz degrades."""
+    kernel's, service/store/cache.py), the call is served with in-process limits, /readyz degrades."""
     hung = socket.socket()
     hung.bind(("127.0.0.1", 0))
     hung.listen(64)  # connections complete in the kernel's backlog; nothing is ever read or sent

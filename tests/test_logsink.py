@@ -1,4 +1,4 @@
-"""The server's log written in batches (service/logsink.py): lines wait for the next flush,
+"""The server's log written in batches (service/server/logsink.py): lines wait for the next flush,
 warnings go at once, nothing is lost or written twice across a fork."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 import os
 import select
 
-from service.logsink import BatchedStderr
+from service.server.logsink import BatchedStderr
 
 
 def readable(fd: int, timeout: float = 0.0) -> bytes:

@@ -1,9 +1,10 @@
 """Schema upgrades in place: a database made by the first schema, with data, loses nothing."""
 from __future__ import annotations
 
-from service import billing, migrations
-from service.auth import create_key
-from service.db import (
+from service.money import billing
+from service.store import migrations
+from service.web.auth import create_key
+from service.store.db import (
     AIModel, Account, AlertOutbox, ApiKey, ConsoleSession, IdempotentCall, LedgerEntry, ModelPrice, SchemaVersion, StoredResponse,
     TABLES, AuditEntry, KeySpend, RequestBody, RequestLog, db, is_postgres, open_database,
 )

@@ -9,9 +9,9 @@ import pytest
 import requests
 from werkzeug import Response
 
-from service import billing
 from service.app import keep_money
-from service.db import Hold
+from service.money import billing
+from service.store.db import Hold
 from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
 from tests.helpers import Outage, account, charges, holds, invariant, ledger, wait_for

@@ -6,7 +6,7 @@ import logging
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.db import LedgerEntry
+from service.store.db import LedgerEntry
 from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
 
@@ -92,7 +92,7 @@ def test_openapi_document_covers_every_route(app, client):
 
 
 def test_waitress_queue_warnings_are_summarised_once_a_minute():
-    from service.server import QueueDepthSummary
+    from service.server.server import QueueDepthSummary
 
     now = [1000.0]
     logger = logging.getLogger("tests.waitress.queue")

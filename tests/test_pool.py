@@ -6,7 +6,7 @@ import threading
 import pytest
 from playhouse.pool import MaxConnectionsExceeded
 
-from service.db import open_database
+from service.store.db import open_database
 from tests.helpers import wait_for
 
 
@@ -54,7 +54,7 @@ def test_a_waiter_gives_up_after_the_pool_timeout(pool):
 
 
 def _max_connections(db_url) -> int:
-    from service.db import db
+    from service.store.db import db
 
     # make_app opened the PostgreSQL database already
     return int(db.execute_sql("SHOW max_connections").fetchone()[0]) if db_url.startswith("postgres") else 0

@@ -9,7 +9,7 @@ import tracemalloc
 
 import pytest
 
-from service.db import Account, LedgerEntry, db
+from service.store.db import Account, LedgerEntry, db
 from tests.conftest import auth
 
 DAY = dt.datetime(2026, 3, 1, 12, 0)

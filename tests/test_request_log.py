@@ -7,8 +7,8 @@ import datetime as dt
 import pytest
 from peewee import OperationalError
 
-from service import request_log
-from service.db import LedgerEntry, RequestBody, RequestLog, utcnow
+from service.store.db import LedgerEntry, RequestBody, RequestLog, utcnow
+from service.web import request_log
 from tests.conftest import PROVIDER_KEY, auth
 from tests.fakes import openai as fake_openai
 from tests.helpers import Outage, invariant
@@ -324,7 +324,7 @@ def test_bodies_per_key_are_cut_at_the_bound(make_app, add_model, upstream, topu
     ("plain words stay", "plain words stay"),
 ])
 def test_redaction(text, expected):
-    from service import redact
+    from service.store import redact
 
     assert redact.scrub(text) == expected
 

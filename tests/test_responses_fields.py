@@ -376,7 +376,7 @@ cost_per_1k_tokens = "0.01"
 ''')
     done = app.test_cli_runner().invoke(args=["seed-models", "--file", str(path)])
     assert done.exit_code == 0, done.output
-    from service.db import AIModel
+    from service.store.db import AIModel
     assert AIModel.get(AIModel.id == 70).api == "openai_responses"
     r = client.post("/api/admin/models", headers=auth("root", True), json={
         "id": 71, "name": "azure-r", "provider": "azure", "api": "openai_responses", "cost_per_1k_tokens": "0.01"})

@@ -12,7 +12,7 @@ import time
 import pytest
 from werkzeug import Response
 
-from service.db import AlertOutbox, LedgerEntry
+from service.store.db import AlertOutbox, LedgerEntry
 from tests.conftest import auth
 from tests.fakes import openai as fake_openai
 from tests.helpers import invariant, wait_for
@@ -244,7 +244,7 @@ max_concurrent = 4
 ''')
     result = app.test_cli_runner().invoke(args=["seed-models", "--file", str(path)])
     assert result.exit_code == 0, result.output
-    from service.db import AIModel
+    from service.store.db import AIModel
 
     row = AIModel.get_by_id(60)
     assert row.routing == "latency" and [d["name"] for d in row.deployments] == ["east", "west"]
@@ -436,9 +436,9 @@ def test_a_deployment_without_its_key_on_this_gateway_is_skipped(make_app, upstr
 
 
 def test_deployments_cost_a_call_one_redis_round_trip(make_app, redis_proxy, upstream, admin_headers, monkeypatch):
-    import service.chat
+    import service.web.chat
 
-    monkeypatch.setattr(service.chat, "CHAT_MAX_AGE", 3600)  # no catalogue version check among the trips
+    monkeypatch.setattr(service.web.chat, "CHAT_MAX_AGE", 3600)  # no catalogue version check among the trips
     app = make_app(REDIS_URL=redis_proxy.url)
     client = app.test_client()
     fleet = Fleet(upstream, ["a", "b", "c"])

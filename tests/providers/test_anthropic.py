@@ -7,7 +7,7 @@ import pytest
 from core.chat import PassThrough
 from providers.anthropic import AnthropicAdapter
 from providers.base import StreamState
-from service.errors import InvalidRequest, NotImplementedByProvider, ProviderError, UpstreamRejected
+from service.web.errors import InvalidRequest, NotImplementedByProvider, ProviderError, UpstreamRejected
 from tests.providers import ROUND_TRIP, TOOLS, chat, fixture, lines
 
 A = AnthropicAdapter()

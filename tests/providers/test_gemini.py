@@ -6,7 +6,7 @@ import pytest
 
 from providers.base import StreamState
 from providers.gemini import GeminiAdapter
-from service.errors import NotImplementedByProvider, UpstreamRejected
+from service.web.errors import NotImplementedByProvider, UpstreamRejected
 from tests.providers import ROUND_TRIP, TOOLS, chat, fixture, lines
 
 A = GeminiAdapter()

@@ -4,7 +4,7 @@ import json
 
 from providers.base import StreamState
 from providers.ollama import OllamaAdapter
-from service.errors import UpstreamRejected
+from service.web.errors import UpstreamRejected
 from tests.providers import ROUND_TRIP, TOOLS, chat, fixture, lines
 
 A = OllamaAdapter()

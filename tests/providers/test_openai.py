@@ -4,7 +4,7 @@ import json
 
 from providers.base import StreamState
 from providers.openai import OpenAIAdapter
-from service.errors import ProviderError, UpstreamRejected
+from service.web.errors import ProviderError, UpstreamRejected
 from tests.providers import chat, fixture, lines
 
 A = OpenAIAdapter()

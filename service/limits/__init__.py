@@ -1,0 +1,1 @@
+"""Limits: admission (rate windows and concurrency slots), token budgets and their Redis storage."""

@@ -1,0 +1,178 @@
+"""A call's admission in one Redis round trip (SPEC §10): its rate limits, the account's tokens
+this minute and its caps on calls in flight, all taken by one script.
+
+The rate limits are flask-limiter's moving windows, with its keys and its order (sorted by
+window length, the first breach stops the rest; entries taken before a breach stay taken): the
+script runs limits' own acquire and window scripts for each. The tokens-per-minute check reads
+TokenBudget's fixed window; the caps take leases as service/limits/slots.py describes. While Redis is
+down (or without it) the same checks run in process.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+from flask import g
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage, RedisStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from core.errors import RateLimited
+from service.limits.rates import STORAGE_PREFIX
+from service.limits.slots import TAKE_SLOTS, Cap, ConcurrencyLimited, Lease
+
+
+def _on_key(script: bytes) -> str:
+    """One of limits' scripts as a Lua function of its key (the scripts read KEYS[1])."""
+    return script.decode().replace("KEYS[1]", "key")
+
+
+# KEYS: one list per rate limit, the token counter when there is a token limit, one sorted set
+# per cap. ARGV: now, rate limits, 1|0 (token limit), each rate limit's amount and window seconds,
+# the token limit, then the request id, the lease seconds and each cap's limit.
+# Returns {verdict, index, oldest, count, ttl}: verdict 0 admitted, 1 rate limit `index` breached,
+# 2 tokens spent (the counter ends in `ttl` s), 3 cap `index` full; oldest/count: the window of the
+# limit the headers show (the breached one, else the first).
+ADMIT = f"""
+local function acquire(key, ARGV)
+{_on_key(RedisStorage.SCRIPT_ACQUIRE_MOVING_WINDOW)}
+end
+local function window(key, ARGV)
+{_on_key(RedisStorage.SCRIPT_MOVING_WINDOW)}
+end
+{TAKE_SLOTS}
+local now, rates, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local at, oldest, count = 4, false, 0
+for i = 1, rates do
+  local amount, expiry = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+  at = at + 2
+  local taken = acquire(KEYS[i], {{now, amount, expiry, 1}})
+  if i == 1 or not taken then
+    -- limits' search for the window's oldest entry, over the entries there are (not the limit's
+    -- amount: a large limit cost ~log2(amount) LINDEX calls for a short list)
+    local seen = window(KEYS[i], {{now - expiry, math.min(amount, redis.call('llen', KEYS[i]))}})
+    if seen then oldest, count = seen[1], seen[2] else oldest, count = false, 0 end
+  end
+  if not taken then return {{1, i, oldest, count, 0}} end
+end
+if tokens == 1 then
+  local key = KEYS[rates + 1]
+  if tonumber(redis.call('get', key) or '0') >= tonumber(ARGV[at]) then
+    return {{2, 0, oldest, count, redis.call('ttl', key)}}
+  end
+  at = at + 1
+end
+local caps, limits = {{}}, {{}}
+for i = rates + tokens + 1, #KEYS do
+  caps[#caps + 1] = KEYS[i]
+  limits[#limits + 1] = ARGV[at + 1 + #limits + 1]
+end
+local full = take_slots(caps, ARGV[at], tonumber(ARGV[at + 1]), limits)
+if full > 0 then return {{3, full, oldest, count, 0}} end
+return {{0, 0, oldest, count, 0}}
+"""
+
+
+@dataclass(frozen=True)
+class Rate:
+    item: RateLimitItem
+    ids: tuple  # flask-limiter's identifiers: key prefix, caller key, scope (the endpoint)
+
+    @property
+    def key(self) -> str:
+        return self.item.key_for(*self.ids)
+
+
+@lru_cache(maxsize=64)
+def parsed(spec: str) -> tuple[RateLimitItem, ...]:
+    return tuple(parse_many(spec))
+
+
+def rates(specs: list[tuple[str, str]], prefix: str, scope: str) -> list[Rate]:
+    """(limit spec, caller key) pairs as flask-limiter orders them: by window length."""
+    found = [Rate(item, (prefix, key, scope)) for spec, key in specs for item in parsed(spec)]
+    return sorted(found, key=lambda rate: rate.item.GRANULARITY.seconds)
+
+
+class Admission:
+    """Admit a call, or refuse it with 429 (rate_limit_exceeded or concurrency_limit_exceeded)."""
+
+    def __init__(self, cache, slots, budget):
+        self.cache, self.slots, self.budget = cache, slots, budget
+        self.local = MovingWindowRateLimiter(MemoryStorage())
+        self._script = cache.client.register_script(ADMIT) if cache.client is not None else None
+
+    def admit(self, rid: str, rates: list[Rate], account: str, caps: list[Cap]) -> Lease | None:
+        """Take an entry under each rate limit, check the account's tokens this minute, take a slot
+        under each cap; the rate-limit headers go to g.rate_headers for every answer."""
+        lease = self.slots.lease(rid, caps)
+        if not rates and lease is None and self.budget.item is None:
+            return None  # nothing to take: no round trip
+        verdict = self._remote(rates, account, lease) if self._script is not None else None
+        if verdict is None:
+            verdict = self._local(rates, account, lease)
+        kind, index, oldest, count, ttl = verdict
+        shown = rates[index - 1 if kind == 1 else 0] if rates else None
+        reset = None
+        if shown is not None:
+            expiry = shown.item.get_expiry()
+            reset = int((float(oldest) if count else time.time()) + expiry + 1)
+            g.rate_headers = {"X-RateLimit-Limit": str(shown.item.amount),
+                              "X-RateLimit-Remaining": str(max(0, shown.item.amount - int(count))),
+                              "X-RateLimit-Reset": str(reset)}
+        if kind == 1:
+            raise RateLimited(f"Rate limit exceeded: {shown.item}",
+                              headers={"Retry-After": str(max(1, int(reset - time.time())))})
+        if kind == 2:
+            raise self.budget.refusal(max(1, math.ceil(ttl)))
+        if kind == 3:
+            cap = lease.caps[index - 1]
+            raise ConcurrencyLimited(f"Too many calls in flight for {cap.label}: at most {cap.limit} "
+                                     "at once; retry when one finishes", headers={"Retry-After": "1"})
+        self.slots.opened(lease)
+        return lease
+
+    def _remote(self, rates: list[Rate], account: str, lease: Lease | None):
+        """The script's verdict, or None while Redis is down (the caller counts in process)."""
+        tokens = self.budget.item is not None
+        keys = [f"{STORAGE_PREFIX}:{rate.key}" for rate in rates]
+        args = [time.time(), len(rates), int(tokens)]
+        for rate in rates:
+            args += [rate.item.amount, rate.item.get_expiry()]
+        if tokens:
+            keys.append(self.budget.key(account))
+            args.append(self.budget.item.amount)
+        if lease is not None:
+            keys += lease.keys
+            args += [lease.rid, self.slots.lease_seconds, *[cap.limit for cap in lease.caps]]
+        else:
+            args += ["", 0]
+        verdict = self.cache.call(lambda r: self._script(keys=keys, args=args, client=r))
+        if verdict is not None and lease is not None:
+            lease.remote = verdict[0] == 0
+        return verdict
+
+    def _local(self, rates: list[Rate], account: str, lease: Lease | None):
+        """The same verdict from this process's own counts."""
+        for i, rate in enumerate(rates, 1):
+            taken = self.local.hit(rate.item, *rate.ids)
+            if i == 1 or not taken:
+                oldest, count = self.local.storage.get_moving_window(rate.key, rate.item.amount,
+                                                                     rate.item.get_expiry())
+            if not taken:
+                return 1, i, oldest, count, 0
+        first = (oldest, count) if rates else (False, 0)
+        wait = self.budget.local_wait(account)
+        if wait:
+            return 2, 0, *first, wait
+        full = self.slots.take_local(lease) if lease is not None else 0
+        return (3 if full else 0), full, *first, 0
+
+
+def add_headers(response):
+    """The admitted (or refused) call's rate-limit headers on its answer."""
+    for name, value in (g.get("rate_headers") or {}).items():
+        response.headers[name] = value
+    return response

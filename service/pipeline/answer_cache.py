@@ -1,0 +1,274 @@
+"""The response cache (SPEC §16): complete answers of a catalogue row with `cache_ttl`, kept in
+Redis (or in process without it) and served again, at the row's cache-hit price, to the same
+request.
+
+The key is the row and the request as it goes upstream, as canonical JSON: every field of the
+validated request (messages, every parameter, the output cap the gateway decides, an
+embedding's inputs...) but those that cannot change the answer (`user`, `metadata`, `stream`,
+`stream_options`, the request id), plus the account unless the row's scope is `global`. A new
+field a front door adds to its request object is part of the key by default.
+
+A hit is answered after admission, limits and idempotency, like any call: a hold for the hit's
+price, then a settle that writes a `charge` row marked `cache_hit`. Flask-free: the chat view
+passes the client's `Cache-Control`.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+
+from core import prices, transcript
+from core.sse import DONE
+from core.errors import GatewayError
+from core.usage import CLASSES, from_openai
+from service.metrics import CACHE_HITS, CACHE_MISSES, CACHE_SAVED
+from service.money import billing, budgets
+from service.money.ledger_marks import mark
+from service.pipeline.relay import Bill
+from service.store.db import give_back
+
+log = logging.getLogger("tollgate")
+HIT, MISS, BYPASS = "HIT", "MISS", "BYPASS"
+PREFIX = "tollgate:answer:"
+UNANSWERING = ("user", "metadata")  # parameters that cannot change the answer
+OWN_FIELDS = {"request_id", "stream", "include_usage", "stream_options", "model", "_size", *UNANSWERING}
+KEPT = ("chat.completion", "list")  # the bodies a hit can rebuild: chat answers, embeddings
+MAX_ENTRY_BYTES = 1 << 20  # CACHE_MAX_ENTRY_BYTES' default
+MEMORY_BYTES = 64 << 20  # CACHE_MEMORY_BYTES' default: the in-process cache's bound
+
+
+class Memory:
+    """The in-process cache: entries with their expiry, least recently used dropped first
+    once they hold more than `limit` bytes."""
+
+    def __init__(self, limit: int):
+        self.limit, self.size = limit, 0
+        self.entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            found = self.entries.get(key)
+            if found is None:
+                return None
+            if found[0] < time.monotonic():
+                self._drop(key)
+                return None
+            self.entries.move_to_end(key)
+            return found[1]
+
+    def put(self, key: str, value: bytes, ttl: int) -> None:
+        with self._lock:
+            if key in self.entries:
+                self._drop(key)
+            self.entries[key] = (time.monotonic() + ttl, value)
+            self.size += len(value)
+            while self.size > self.limit:
+                self._drop(next(iter(self.entries)))
+
+    def _drop(self, key: str) -> None:
+        self.size -= len(self.entries.pop(key)[1])
+
+
+class Store:
+    """Where entries live: Redis when the gateway has it (shared by every process; a Redis that
+    is down is a miss and no store), else this process's memory."""
+
+    def __init__(self, cache, max_entry: int = MAX_ENTRY_BYTES, memory: int = MEMORY_BYTES):
+        self.cache, self.max_entry = cache, max_entry
+        self.memory = None if cache.enabled else Memory(memory)
+
+    def get(self, key: str) -> bytes | None:
+        if self.memory is not None:
+            return self.memory.get(key)
+        return self.cache.get(PREFIX + key)
+
+    def put(self, key: str, value: bytes, ttl: int) -> bool:
+        """Keep an entry for `ttl` seconds; False when it is over the size bound."""
+        if len(value) > self.max_entry:
+            return False
+        if self.memory is not None:
+            self.memory.put(key, value, ttl)
+        else:
+            self.cache.set(PREFIX + key, value, ttl)
+        return True
+
+
+def init_app(app) -> None:
+    """The process's answer store, next to the gateway's Redis guard."""
+    conf = app.config
+    app.extensions["tollgate_answers"] = Store(app.extensions["tollgate"].cache,
+                                               conf.get("CACHE_MAX_ENTRY_BYTES", MAX_ENTRY_BYTES),
+                                               conf.get("CACHE_MEMORY_BYTES", MEMORY_BYTES))
+
+
+def policy(cache_control: str | None) -> tuple[bool, bool]:
+    """(look up, store) for the client's `Cache-Control`: `no-cache` skips the lookup, `no-store`
+    skips both."""
+    directives = {d.strip().split("=")[0].lower() for d in (cache_control or "").split(",")}
+    if "no-store" in directives:
+        return False, False
+    return "no-cache" not in directives, True
+
+
+def key_of(req, row, account_id: int) -> str:
+    """The cache key of a request on a row (see the module's docstring)."""
+    found = ({f.name: getattr(req, f.name) for f in dataclasses.fields(req)} if dataclasses.is_dataclass(req)
+             else dict(vars(req)))
+    fields = {k: v for k, v in found.items() if k not in OWN_FIELDS}
+    if isinstance(fields.get("params"), dict):
+        fields["params"] = {k: v for k, v in fields["params"].items() if k not in UNANSWERING}
+    material = {"kind": type(req).__name__, "row": [row.id, row.api, row.upstream_model, row.base_url],
+                "cap": req.output_cap(row) if hasattr(req, "output_cap") else None, "account": None if row.cache_scope == "global" else account_id,
+                "request": fields}
+    text = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class Lookup:
+    """One call's dealings with the cache: what it found (`status`, the `X-Cache` header), then
+    the answer, from the cache or from `answer`/`open_stream`, stored when it is complete."""
+
+    def __init__(self, store: Store, req, account_id: int, cache_control: str | None):
+        self.store, self.req, self.row = store, req, req.model
+        self.status, self.key, self.entry, self.keep = None, None, None, False
+        if not getattr(self.row, "cache_ttl", None):
+            return  # not a cached row: no header, no work
+        look, self.keep = policy(cache_control)
+        self.key = key_of(req, self.row, account_id)
+        found = store.get(self.key) if look else None
+        self.entry = _entry(found)
+        self.status = HIT if self.entry else MISS if look else BYPASS
+        if look:
+            (CACHE_HITS if self.entry else CACHE_MISSES).labels(self.row.name).inc()
+
+    @property
+    def headers(self) -> dict:
+        return {"X-Cache": self.status} if self.status else {}
+
+    def complete(self, ctx, answer) -> dict:
+        """The answer body: the cached one, or answer(req, ctx)'s, then kept."""
+        with self._said():
+            if self.entry is not None:
+                return self._hit(ctx)
+            body = answer(self.req, ctx)
+        if self.keep and self.req.model is self.row and body.get("object") in KEPT:
+            self._put(body)  # (a fallback's answer is not this row's)
+        return body
+
+    def stream(self, ctx, open_stream):
+        """The stream's events: the cached answer replayed, or open_stream(req, ctx)'s, gathered
+        and kept once it ended normally."""
+        with self._said():
+            return self._stream(ctx, open_stream)
+
+    @contextlib.contextmanager
+    def _said(self):
+        """An error answer of a cached row says X-Cache too."""
+        try:
+            yield
+        except GatewayError as err:
+            if self.status:
+                err.headers.setdefault("X-Cache", self.status)
+            raise
+
+    def _stream(self, ctx, open_stream):
+        if self.entry is not None:
+            body = self._hit(ctx)
+            return transcript.replay(body, self.req.include_usage)
+        if not self.keep:
+            return open_stream(self.req, ctx)
+        wanted = self.req.include_usage
+        self.req.include_usage = True  # the usage chunk carries the counts a hit reports
+        events = open_stream(self.req, ctx)
+        return self._kept(events, wanted)
+
+    def _kept(self, events, wanted: bool):
+        heard, size = transcript.Transcript(), 0
+        try:
+            for piece in events:
+                size += len(piece)
+                if size <= self.store.max_entry:
+                    heard.feed(piece)
+                if piece == DONE and self._complete(heard, size):
+                    self._put(heard.body())
+                if not wanted and piece.startswith(b"data: {") and b'"choices":[],"usage":' in piece:
+                    continue  # the usage chunk the client did not ask for
+                yield piece
+        finally:
+            events.close()  # a client gone: the relay bills what was delivered; nothing is kept
+
+    def _complete(self, heard, size: int) -> bool:
+        """Whether a stream that sent [DONE] is this row's whole answer, with its counts."""
+        return (size <= self.store.max_entry and heard.finished and bool(heard.usage)
+                and self.req.model is self.row)
+
+    def _put(self, body: dict) -> None:
+        value = json.dumps({"body": body}, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+        if not self.store.put(self.key, value, self.row.cache_ttl):
+            log.info("answer of %s not cached: %d bytes is over CACHE_MAX_ENTRY_BYTES",
+                     self.req.request_id, len(value))
+
+    def _hit(self, ctx) -> dict:
+        """Charge the hit (hold its price, settle, mark the row) and the body to send: the
+        original with a new id, its token counts and the hit's price."""
+        req, row = self.req, self.row
+        body = dict(self.entry["body"])
+        tokens = from_openai(body.get("usage") or {})
+        unit = {c: row.cost_per_1k_cache_hit_tokens or 0 for c in CLASSES}
+        costs = prices.costs(unit, tokens)
+        charge = sum(costs.values())
+        _charge(req, ctx, tokens, unit, charge)
+        CACHE_SAVED.labels(row.name).inc(max(prices.charge(ctx.prices_of(row), tokens) - charge, 0))
+        if body.get("object") == "list":  # embeddings
+            body["usage"] = {**body.get("usage", {}), "cost": billing.to_credits(charge)}
+            return body
+        body.update(id=req.request_id, created=int(time.time()), model=row.name,
+                    usage=Bill(tokens, unit, costs, charge).usage(body.get("usage")))
+        return body
+
+
+def _entry(found: bytes | None) -> dict | None:
+    """A stored entry, or None (nothing, or not an entry: then it is a miss, never a failure)."""
+    if not found:
+        return None
+    try:
+        entry = json.loads(found)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) and isinstance(entry.get("body"), dict) else None
+
+
+def _charge(req, ctx, tokens, unit: dict, charge: int) -> None:
+    """Hold the hit's price (402 when the balance cannot cover it), then settle it as a charge
+    marked `cache_hit`; the database away at the settle: the journal, as every settle."""
+    conf = ctx.conf
+    ctx.reserved = budgets.reservation(ctx.key)  # a hit counts against its key's budget like any call
+    try:
+        billing.retrying(billing.hold, ctx.account_id, req.request_id, charge, conf["HOLD_TTL_SECONDS"],
+                         ctx.ext.owner, req.model.name, ctx.reserved, getattr(ctx.key, "id", None))
+    except billing.DB_ERRORS:
+        ctx.ext.journal.append({"op": "release", "rid": req.request_id})
+        raise
+    ctx.held = charge
+    args = {"account_id": ctx.account_id, "request_id": req.request_id, "model": req.model.name,
+            "prompt_tokens": tokens.prompt, "completion_tokens": tokens.completion, "charge": charge,
+            "estimated": False, "cap": charge, "detail": tokens.detail, "unit_prices": unit,
+            "threshold": conf.get("LOW_BALANCE_ALERTS_MICRO", -1), "key_id": getattr(ctx.key, "id", None),
+            "period": budgets.iso(ctx.reserved.period) if ctx.reserved else None}
+    try:
+        billing.retrying(billing.settle, **args)
+    except billing.DB_ERRORS:
+        ctx.ext.journal.append({"op": "settle", "rid": req.request_id, "args": args})
+    else:
+        mark(req.request_id, cache_hit=True)
+    finally:
+        give_back()
+    ctx.record.update(model=req.model.name, prompt_tokens=tokens.prompt, completion_tokens=tokens.completion,
+                      cost=billing.to_credits(charge), cost_micro=charge, estimated=False, cache_hit=True)

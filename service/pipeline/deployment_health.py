@@ -1,0 +1,477 @@
+"""The state of every deployment (SPEC §15): calls in flight, caps, cool-downs, counters,
+latencies; shared by every process through Redis, counted in process without it.
+
+A call takes its deployment with one script: the first of the candidates it is offered (or,
+for `least_busy`, the one of the best priority with the fewest calls in flight) that is not
+cooling down and under its `max_concurrent`, `rpm` and `tpm`; it leaves a lease in the
+deployment's sorted set of calls in flight (member: the request id, score: when the lease
+ends, in Redis's clock). The process renews its leases on every maintenance tick, so a killed
+process's calls stop counting when their leases end. When the call ends one pipelined round
+trip gives the lease back and counts the call, its error, latency, time to first token and
+tokens. Every key of one model carries the hash tag `{dep:<id>}`: a script's keys share a slot
+on a Redis Cluster.
+
+A 429 cools the deployment (every process) for the provider's Retry-After, else
+DEPLOYMENT_COOLDOWN_SECONDS; a 401/403 disables it in the catalogue (every process, until an
+operator enables it) with a log line, a metric and a `deployment_disabled` alert in the
+outbox; connection errors and 5xx feed its own circuit breaker (service/pipeline/breaker.py).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import redis
+from prometheus_client import Counter, Histogram
+
+from core.errors import RateLimited
+from service.limits.slots import RENEW
+from service.metrics import BUCKETS
+
+log = logging.getLogger("tollgate")
+KEEP = 100  # latencies kept per deployment for its p50
+MINUTE = 60
+FAILED_LATENCY = 10.0  # seconds: what a failed call counts as in a deployment's recent latency
+
+CALLS = Counter("tollgate_deployment_calls_total", "Calls per deployment by outcome",
+                ["model", "deployment", "outcome"])
+SECONDS = Histogram("tollgate_deployment_seconds", "Upstream latency per deployment (to the answer "
+                    "or the stream's first byte)", ["model", "deployment"], buckets=BUCKETS)
+COOLDOWNS = Counter("tollgate_deployment_cooldowns_total", "Cool-downs after a provider's 429",
+                    ["model", "deployment"])
+DISABLED = Counter("tollgate_deployment_disabled_total", "Deployments disabled after a 401/403",
+                   ["model", "deployment"])
+
+# KEYS: per candidate its calls in flight (zset), requests this minute (zset), tokens per minute
+# (hash), cool-down (string). ARGV: request id, lease seconds, mode ('first' | 'least'), then per
+# candidate max_concurrent, rpm, tpm, priority (0: no cap). Returns {index (0: none), wait ms, capped}.
+TAKE = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+local minute = tostring(math.floor(t / 60))
+local rid, lease, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local best, fewest, level, wait, capped = 0, 0, nil, -1, 0
+local n = #KEYS / 4
+for i = 1, n do
+  local live, rpm, tpm, cool = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
+  local conc, rl, tl, prio = tonumber(ARGV[4*i]), tonumber(ARGV[4*i+1]), tonumber(ARGV[4*i+2]), tonumber(ARGV[4*i+3])
+  if level ~= nil and prio > level then break end
+  local ok, later = true, nil
+  local cooling = redis.call('PTTL', cool)
+  if cooling > 0 then ok, later = false, cooling end
+  redis.call('ZREMRANGEBYSCORE', live, '-inf', t)
+  local inflight = redis.call('ZCARD', live)
+  if ok and conc > 0 and inflight >= conc then ok, later, capped = false, 1000, 1 end
+  if ok and rl > 0 then
+    redis.call('ZREMRANGEBYSCORE', rpm, '-inf', t - 60)
+    if redis.call('ZCARD', rpm) >= rl then
+      local oldest = redis.call('ZRANGE', rpm, 0, 0, 'WITHSCORES')
+      ok, later, capped = false, math.ceil((tonumber(oldest[2]) + 60 - t) * 1000), 1
+    end
+  end
+  if ok and tl > 0 and tonumber(redis.call('HGET', tpm, minute) or '0') >= tl then
+    ok, later, capped = false, math.ceil(((math.floor(t / 60) + 1) * 60 - t) * 1000), 1
+  end
+  if ok then
+    if mode ~= 'least' then best = i break end
+    if best == 0 or inflight < fewest then best, fewest, level = i, inflight, prio end
+  elseif wait < 0 or later < wait then wait = later end
+end
+if best == 0 then return {0, wait, capped} end
+redis.call('ZADD', KEYS[4*best-3], t + lease, rid)
+redis.call('EXPIRE', KEYS[4*best-3], math.ceil(lease) + 60)
+if tonumber(ARGV[4*best+1]) > 0 then
+  redis.call('ZADD', KEYS[4*best-2], t, rid)
+  redis.call('EXPIRE', KEYS[4*best-2], 61)
+end
+return {best, 0, 0}
+"""
+
+
+class CapacityExceeded(RateLimited):
+    """Every deployment of the model is at one of its caps (SPEC §8)."""
+
+    code = "capacity_exceeded"
+
+
+def keys(model_id: int, name: str) -> dict[str, str]:
+    """A deployment's Redis keys, all in its model's hash slot."""
+    base = f"tollgate:dep:{{m{model_id}}}:"
+    return {kind: f"{base}{kind}:{name}" for kind in ("live", "rpm", "tpm", "cool", "stats", "lat", "ttft")}
+
+
+@dataclass
+class Pick:
+    """A call's deployment, taken: given back once when the call ends."""
+
+    model_id: int
+    model: str
+    deployment: object
+    rid: str
+    remote: bool
+    latency: float | None = None  # seconds to the answer, or to the stream's first byte
+    done: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.deployment.name
+
+
+@dataclass
+class _Local:
+    """One deployment's state in this process (all of it without Redis; latencies for `latency`)."""
+
+    live: dict = field(default_factory=dict)  # rid -> lease end (monotonic)
+    rpm: deque = field(default_factory=deque)  # call times (monotonic)
+    tpm: dict = field(default_factory=dict)  # minute -> tokens
+    cool_until: float = 0.0  # monotonic
+    requests: int = 0
+    errors: int = 0
+    lat: deque = field(default_factory=lambda: deque(maxlen=KEEP))
+    ttft: deque = field(default_factory=lambda: deque(maxlen=KEEP))
+    ewma: float | None = None  # recent latency, seconds (the `latency` strategy)
+
+
+class Fleet:
+    """Every deployment's state as this process sees it, shared through Redis when it answers."""
+
+    def __init__(self, cache, breakers, lease_seconds: float, cooldown: float):
+        self.cache, self.breakers = cache, breakers
+        self.lease_seconds, self.cooldown = lease_seconds, cooldown
+        self._lock = threading.Lock()
+        self._local: dict[tuple, _Local] = {}
+        self._open: dict[str, Pick] = {}  # this process's remote leases, renewed every tick
+        self._off: dict[tuple, float] = {}  # (model id, name) -> when this process disabled it
+        client = cache.client
+        self._take = client.register_script(TAKE) if client is not None else None
+        self._renew = client.register_script(RENEW) if client is not None else None
+        self.cluster = isinstance(client, redis.RedisCluster)
+
+    def local(self, model_id: int, name: str) -> _Local:
+        key = (model_id, name)
+        found = self._local.get(key)
+        if found is None:
+            with self._lock:
+                found = self._local.setdefault(key, _Local())
+        return found
+
+    @staticmethod
+    def breaker_key(model_id: int, name: str) -> str:
+        return f"dep:{model_id}:{name}"
+
+    def usable(self, row, dep) -> bool:
+        """Enabled, not just disabled here, its breaker not open, not cooling in this process."""
+        if not dep.enabled or (row.id, dep.name) in self._off:
+            return False
+        if self.breakers.state(self.breaker_key(row.id, dep.name)) == "open":
+            return False
+        return self.local(row.id, dep.name).cool_until <= time.monotonic()
+
+    def latency(self, model_id: int):
+        return lambda name: self.local(model_id, name).ewma
+
+    # -- taking and giving back ---------------------------------------------------------------
+
+    def take(self, row, ordered: list, rid: str, least_busy: bool) -> Pick | Cooling:
+        """The first of `ordered` that can take the call (least_busy: the least busy of the best
+        priority that can), its lease taken; else CapacityExceeded when one is at a cap, or
+        Cooling (the wait) when all are cooling down."""
+        verdict = None
+        if self._take is not None:
+            verdict = self._remote(row, ordered, rid, least_busy)
+        remote = verdict is not None
+        if verdict is None:
+            verdict = self._take_local(row, ordered, rid, least_busy)
+        index, wait_ms, capped = verdict
+        if index:
+            pick = Pick(row.id, row.name, ordered[index - 1], rid, remote)
+            if remote:
+                with self._lock:
+                    self._open[rid] = pick
+            return pick
+        wait = max(1, math.ceil(max(wait_ms, 0) / 1000))
+        if capped:
+            raise CapacityExceeded(f"Every deployment of {row.name} is at its capacity; retry later",
+                                   headers={"Retry-After": str(wait)})
+        return Cooling(wait)
+
+    def _remote(self, row, ordered: list, rid: str, least_busy: bool):
+        ks, args = [], [rid, self.lease_seconds, "least" if least_busy else "first"]
+        for dep in ordered:
+            k = keys(row.id, dep.name)
+            ks += [k["live"], k["rpm"], k["tpm"], k["cool"]]
+            args += [dep.max_concurrent, dep.rpm, dep.tpm, dep.priority]
+        return self.cache.call(lambda r: self._take(keys=ks, args=args, client=r))
+
+    def _take_local(self, row, ordered: list, rid: str, least_busy: bool):
+        now = time.monotonic()
+        minute = int(time.time() // MINUTE)
+        best, fewest, level, wait, capped = 0, 0, None, -1, 0
+        with self._lock:
+            for i, dep in enumerate(ordered, 1):
+                if level is not None and dep.priority > level:
+                    break
+                s = self.local(row.id, dep.name)
+                later = None
+                for r in [r for r, end in s.live.items() if end <= now]:
+                    del s.live[r]
+                while s.rpm and s.rpm[0] <= now - MINUTE:
+                    s.rpm.popleft()
+                if s.cool_until > now:
+                    later = (s.cool_until - now) * 1000
+                elif dep.max_concurrent and len(s.live) >= dep.max_concurrent:
+                    later, capped = 1000, 1
+                elif dep.rpm and len(s.rpm) >= dep.rpm:
+                    later, capped = (s.rpm[0] + MINUTE - now) * 1000, 1
+                elif dep.tpm and s.tpm.get(minute, 0) >= dep.tpm:
+                    later, capped = ((minute + 1) * MINUTE - time.time()) * 1000, 1
+                if later is None:
+                    if not least_busy:
+                        best = i
+                        break
+                    if best == 0 or len(s.live) < fewest:
+                        best, fewest, level = i, len(s.live), dep.priority
+                elif wait < 0 or later < wait:
+                    wait = later
+            if best:
+                s = self.local(row.id, ordered[best - 1].name)
+                s.live[rid] = now + self.lease_seconds
+                if ordered[best - 1].rpm:
+                    s.rpm.append(now)
+                return best, 0, 0
+        return 0, wait, capped
+
+    def done(self, pick: Pick, ok: bool = True, latency: float | None = None, ttft: float | None = None,
+             tokens: int = 0, lease=None) -> None:
+        """The call on `pick` ended: its lease back, the call counted (once); with the call's
+        admission `lease` still out, in the round trip that gives that back."""
+        if pick is None or pick.done:
+            return
+        pick.done = True
+        dep = pick.deployment
+        s = self.local(pick.model_id, dep.name)
+        minute = int(time.time() // MINUTE)
+        CALLS.labels(pick.model, dep.name, "ok" if ok else "error").inc()
+        if not ok:  # a refused connection is quick: a failure must not look fast to `latency`
+            latency, s.ewma = None, max(s.ewma or 0.0, FAILED_LATENCY)
+        if latency is not None:
+            SECONDS.labels(pick.model, dep.name).observe(latency)
+            s.ewma = latency if s.ewma is None else 0.7 * s.ewma + 0.3 * latency
+        with self._lock:
+            self._open.pop(pick.rid, None)
+            if not pick.remote:
+                s.live.pop(pick.rid, None)
+                s.requests += 1
+                s.errors += 0 if ok else 1
+                if latency is not None:
+                    s.lat.append(latency)
+                if ttft is not None:
+                    s.ttft.append(ttft)
+                if dep.tpm and tokens:
+                    s.tpm = {minute: s.tpm.get(minute, 0) + tokens}
+                return
+        k = keys(pick.model_id, dep.name)
+
+        def send(pipe) -> None:
+            pipe.zrem(k["live"], pick.rid)
+            pipe.hincrby(k["stats"], "requests", 1)
+            if not ok:
+                pipe.hincrby(k["stats"], "errors", 1)
+            pipe.expire(k["stats"], 86400)
+            for kind, value in (("lat", latency), ("ttft", ttft)):
+                if value is not None:
+                    pipe.lpush(k[kind], round(value, 6))
+                    pipe.ltrim(k[kind], 0, KEEP - 1)
+                    pipe.expire(k[kind], 86400)
+            if dep.tpm and tokens:
+                pipe.hincrby(k["tpm"], str(minute), tokens)
+                pipe.hdel(k["tpm"], str(minute - 2))
+                pipe.expire(k["tpm"], 2 * MINUTE)
+
+        if lease is not None and lease.remote and not lease.returned and not self.cluster:
+            # in the round trip that gives the call's slots back (service/limits/slots.py): no trip of its own
+            # (on a cluster that trip is one slot's transaction, and these keys lie in another)
+            lease.then.append((send, lambda: None))  # Redis gone: the lease ends on its own
+            return
+        self.cache.call(lambda r: _run(r, send))
+
+    def renew(self) -> None:
+        """Extend the leases of this process's calls in flight (the maintenance tick): one script
+        per model (its keys share a slot), the leases ending by Redis's clock."""
+        with self._lock:
+            picks = list(self._open.values())
+        groups: dict = {}
+        for pick in picks:
+            keys_, rids = groups.setdefault(pick.model_id, ([], []))
+            keys_.append(keys(pick.model_id, pick.deployment.name)["live"])
+            rids.append(pick.rid)
+        for keys_, rids in groups.values():
+            self.cache.call(lambda r: self._renew(keys=keys_, args=[self.lease_seconds, *rids], client=r))
+
+    # -- health -------------------------------------------------------------------------------
+
+    def cool(self, row, dep, seconds: float | None) -> float:
+        """Keep the deployment out for the provider's Retry-After (else the setting), everywhere."""
+        seconds = self.cooldown if seconds is None or seconds <= 0 else seconds
+        self.local(row.id, dep.name).cool_until = time.monotonic() + seconds
+        COOLDOWNS.labels(row.name, dep.name).inc()
+        k = keys(row.id, dep.name)["cool"]
+        self.cache.call(lambda r: r.set(k, 1, px=max(1, int(seconds * 1000))))
+        log.warning("deployment %s/%s cooling down for %.1f s after a provider 429", row.name, dep.name,
+                    seconds)
+        return seconds
+
+    def cooling_for(self, row, deps: list) -> int | None:
+        """Seconds until the first of the enabled deployments cooling in this process is back."""
+        now = time.monotonic()
+        left = [self.local(row.id, d.name).cool_until - now for d in deps if d.enabled]
+        left = [x for x in left if x > 0]
+        return max(1, math.ceil(min(left))) if left else None
+
+    def disabled_here(self, model_id: int, name: str) -> None:
+        """This process stops using a deployment at once (the catalogue tells the others)."""
+        self._off[(model_id, name)] = time.monotonic()
+
+    def enabled_here(self, model_id: int, name: str) -> None:
+        self._off.pop((model_id, name), None)
+        self.local(model_id, name).cool_until = 0.0
+
+    def forget_stale(self, max_age: float = 10.0) -> None:
+        """Drop this process's own disable marks once the catalogue has had time to say it."""
+        now = time.monotonic()
+        for key, since in list(self._off.items()):
+            if now - since > max_age:
+                self._off.pop(key, None)
+
+    # -- what the admin endpoint shows --------------------------------------------------------
+
+    def view(self, row, deps: list) -> list[dict]:
+        """Each deployment's state, calls in flight, requests, errors, p50s and cool-down end."""
+        remote = self._read(row, deps) if self.cache.up else None
+        out = []
+        for i, dep in enumerate(deps):
+            s = self.local(row.id, dep.name)
+            if remote is not None:
+                inflight, stats, lat, ttft, cool_ms = remote[i]
+            else:
+                now = time.monotonic()
+                inflight = sum(1 for end in s.live.values() if end > now)
+                stats = {"requests": s.requests, "errors": s.errors}
+                lat, ttft = list(s.lat), list(s.ttft)
+                cool_ms = max(0.0, (s.cool_until - now) * 1000)
+            breaker = self.breakers.state(self.breaker_key(row.id, dep.name))
+            if not dep.enabled or (row.id, dep.name) in self._off:
+                state = "disabled"
+            elif cool_ms > 0:
+                state = "cooling"
+            elif breaker == "open":
+                state = "open"
+            else:
+                state = "ok"
+            out.append({"name": dep.name, "state": state, "enabled": dep.enabled, "weight": dep.weight,
+                        "priority": dep.priority, "in_flight": inflight,
+                        "requests": int(stats.get("requests", 0)), "errors": int(stats.get("errors", 0)),
+                        "p50_latency_ms": _p50(lat), "p50_ttft_ms": _p50(ttft),
+                        "cooldown_until": round(time.time() + cool_ms / 1000, 3) if cool_ms > 0 else None,
+                        "breaker": breaker, "rpm": dep.rpm or None, "tpm": dep.tpm or None,
+                        "max_concurrent": dep.max_concurrent or None})
+        return out
+
+    def _read(self, row, deps: list):
+        def send(r):
+            pipe = r.pipeline(transaction=False)
+            now = time.time()
+            for dep in deps:
+                k = keys(row.id, dep.name)
+                pipe.zcount(k["live"], now, "+inf")
+                pipe.hgetall(k["stats"])
+                pipe.lrange(k["lat"], 0, -1)
+                pipe.lrange(k["ttft"], 0, -1)
+                pipe.pttl(k["cool"])
+            return pipe.execute()
+
+        got = self.cache.call(send)
+        if got is None:
+            return None
+        out = []
+        for i in range(len(deps)):
+            inflight, stats, lat, ttft, cool = got[5 * i:5 * i + 5]
+            out.append((inflight, {k.decode(): v for k, v in stats.items()}, [float(x) for x in lat],
+                        [float(x) for x in ttft], max(0, cool)))
+        return out
+
+
+def _run(client, send) -> list:
+    pipe = client.pipeline(transaction=False)
+    send(pipe)
+    return pipe.execute()
+
+
+class Cooling:
+    """Every candidate is cooling down after a 429: the wait, in seconds."""
+
+    def __init__(self, wait: int):
+        self.wait = wait
+
+
+def _p50(values: list) -> float | None:
+    return round(statistics.median(values) * 1000, 2) if values else None
+
+
+def switch(model_id: int, name: str, enabled: bool, alert: dict | None = None) -> bool | None:
+    """Enable or disable one deployment in the catalogue (every process reloads it): None when
+    the model has no such deployment, else whether it changed. A disable that changed it with
+    `alert` writes one `deployment_disabled` alert to the outbox in the same transaction, so two
+    processes refused at once alert once."""
+    from service.money.billing import write_tx
+    from service.store.db import AIModel, AlertOutbox, db, is_postgres, utcnow
+
+    with write_tx():
+        query = AIModel.select().where(AIModel.id == model_id)
+        row = (query.for_update() if is_postgres(db) else query).first()
+        found = next((d for d in (row.deployments or []) if d["name"] == name), None) if row else None
+        if found is None:
+            return None
+        if found.get("enabled", True) == enabled:
+            return False
+        found["enabled"] = enabled
+        AIModel.update(deployments=row.deployments, updated=utcnow()).where(AIModel.id == model_id).execute()
+        if alert is not None and not enabled:
+            now = utcnow()
+            AlertOutbox.create(account=None, kind="deployment_disabled", request_id=alert.get("request_id"),
+                               balance=0, threshold=0, created=now, next_attempt=now,
+                               detail={"model": row.name, "model_id": model_id, "deployment": name,
+                                       **{k: v for k, v in alert.items() if k != "request_id"}})
+    return True
+
+
+STATES = {"ok": 0, "cooling": 1, "open": 2, "disabled": 3}
+
+
+def gauges(ext):
+    """Scrape-time gauges per deployment (GET /metrics): its state and calls in flight."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    from service.pipeline import deployments
+
+    state = GaugeMetricFamily("tollgate_deployment_state", "0 ok, 1 cooling, 2 open, 3 disabled",
+                              labels=["model", "deployment"])
+    flying = GaugeMetricFamily("tollgate_deployment_in_flight", "Calls in flight (every process with Redis)",
+                               labels=["model", "deployment"])
+    from service.store.db import AIModel
+
+    # read here, not through the registry: prometheus_client collects once when the collector is
+    # registered (at start-up), and a registry loaded then would trust its empty copy a while
+    for row in AIModel.select().where(AIModel.deployments.is_null(False) & AIModel.enabled):
+        found = deployments.of(row)
+        if found:
+            for seen in ext.fleet.view(row, found):
+                state.add_metric([row.name, seen["name"]], STATES[seen["state"]])
+                flying.add_metric([row.name, seen["name"]], seen["in_flight"])
+    yield state
+    yield flying

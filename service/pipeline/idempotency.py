@@ -1,0 +1,104 @@
+"""`Idempotency-Key` on chat calls: a retried call returns the stored answer and pays nothing more.
+
+A key belongs to an account and lives 24 hours. The first call with a key claims it (a row, so
+every process sees it) and runs; when it answers, the answer is stored with the row. The same
+key with the same body returns the stored answer (a stream replays it as events), the same key
+with another body is 422, and a duplicate while the first call still runs is 409 (which SDKs
+retry). A call that fails gives its key back so the retry runs anew; a claim whose process
+died expires like a hold (its owner extends it while the call runs).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+
+from peewee import IntegrityError
+
+from service.store.db import IdempotentCall, utcnow
+from core.errors import GatewayError, InvalidRequest
+
+WINDOW = dt.timedelta(hours=24)
+HEADER = "Idempotency-Key"
+
+
+class KeyInUse(GatewayError):
+    status, type, code = 409, "invalid_request_error", "idempotency_key_in_use"
+
+    def __init__(self):
+        super().__init__("A call with this Idempotency-Key is still running; retry shortly to get its "
+                         "answer", param=HEADER, headers={"x-should-retry": "true"})
+
+
+class KeyReused(GatewayError):
+    status, type, code = 422, "invalid_request_error", "idempotency_key_reused"
+
+    def __init__(self):
+        super().__init__("This Idempotency-Key was used with a different request body; use a new key "
+                         "for a new request", param=HEADER)
+
+
+def check_key(key: str) -> str:
+    if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
+        raise InvalidRequest(f"'{HEADER}' must be 1 to 255 printable ASCII characters", param=HEADER)
+    return key
+
+
+def digest(body: dict, stream: bool) -> str:
+    """The request's fingerprint: its JSON body in canonical form, and whether it streams."""
+    canonical = json.dumps({"body": body, "stream": stream}, sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def claim(account_id: int, key: str, fingerprint: str, owner: str, ttl: int) -> dict | None:
+    """None when this call now owns the key (run it, then `finish` or `abandon`); the stored
+    answer when the key already answered this same request; 409 or 422 otherwise."""
+    for _ in range(3):
+        now = utcnow()
+        try:
+            IdempotentCall.create(account=account_id, key=key, body_hash=fingerprint, owner=owner,
+                                  lease_until=now + dt.timedelta(seconds=ttl), created=now)
+            return None
+        except IntegrityError:
+            pass
+        found = IdempotentCall.get_or_none((IdempotentCall.account == account_id) & (IdempotentCall.key == key))
+        if found is None:
+            continue  # given back meanwhile: claim again
+        stale = found.created < now - WINDOW or (not found.done and found.lease_until < now)
+        if stale:
+            IdempotentCall.delete().where((IdempotentCall.id == found.id)
+                                          & (IdempotentCall.done == found.done)).execute()
+            continue
+        if found.body_hash != fingerprint:
+            raise KeyReused()
+        if not found.done:
+            raise KeyInUse()
+        return json.loads(found.response)
+    raise KeyInUse()
+
+
+def finish(account_id: int, key: str, answer: dict) -> None:
+    """Store the answer: later calls with the key get it."""
+    (IdempotentCall.update(done=True, response=json.dumps(answer, ensure_ascii=False), owner=None)
+     .where((IdempotentCall.account == account_id) & (IdempotentCall.key == key)
+            & (IdempotentCall.done == False)).execute())  # noqa: E712 - peewee expression
+
+
+def abandon(account_id: int, key: str) -> None:
+    """The call failed: give the key back so that a retry runs."""
+    (IdempotentCall.delete()
+     .where((IdempotentCall.account == account_id) & (IdempotentCall.key == key)
+            & (IdempotentCall.done == False)).execute())  # noqa: E712
+
+
+def extend(owner: str, ttl: int) -> int:
+    """Keep the claims of `owner`'s running calls alive (its heartbeat, with its holds)."""
+    return (IdempotentCall.update(lease_until=utcnow() + dt.timedelta(seconds=ttl))
+            .where((IdempotentCall.owner == owner) & (IdempotentCall.done == False)).execute())  # noqa: E712
+
+
+def reap(now: dt.datetime | None = None) -> int:
+    """Forget answers older than the window."""
+    now = now or utcnow()
+    return IdempotentCall.delete().where(IdempotentCall.created < now - WINDOW).execute()

@@ -1,0 +1,71 @@
+"""The audit log (SPEC §17): append-only rows for operators' actions and console sign-ins.
+
+`record(actor, action, target, detail, ip)` adds one row; nothing updates or deletes them (no
+retention prunes them). Actions are dotted names: `credits.topup`, `credits.adjust`,
+`model.create`, `model.update`, `model.delete`, `key.create`, `key.update`, `key.revoke`,
+`account.update`, `console.sign_in`, `console.sign_in_failed`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Blueprint, g, has_request_context, request
+
+from service.store.db import AuditEntry, epoch
+from service.web.auth import require_admin
+from service.web.errors import InvalidRequest
+
+log = logging.getLogger("tollgate")
+bp = Blueprint("audit", __name__, url_prefix="/api/admin")
+bp.before_request(require_admin)
+TEXT_MAX = 255
+
+
+def _cut(value) -> str | None:
+    return None if value is None else str(value)[:TEXT_MAX]
+
+
+def record(actor: str, action: str, target: str | None = None, detail: dict | None = None,
+           ip: str | None = None) -> None:
+    """Append one audit row (in the caller's transaction when there is one). Amounts too large
+    for a float's exact digits are kept as exact decimal strings."""
+    if detail is not None:
+        detail = json.loads(json.dumps(detail, default=str))
+    AuditEntry.create(actor=_cut(actor) or "?", action=_cut(action), target=_cut(target), detail=detail,
+                      ip=_cut(ip))
+
+
+def record_admin(action: str, target: str | None = None, detail: dict | None = None) -> None:
+    """An admin API action by the signed-in operator of this request, from its client address."""
+    account = g.get("account") if has_request_context() else None
+    ip = request.remote_addr if has_request_context() else None
+    record(account.name if account else "?", action, target, detail, ip)
+
+
+def entry_body(e: AuditEntry) -> dict:
+    return {"id": e.id, "created": epoch(e.created), "actor": e.actor, "action": e.action,
+            "target": e.target, "detail": e.detail, "ip": e.ip}
+
+
+def _int(name: str, default: int | None, high: int) -> int | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= high:
+        raise InvalidRequest(f"'{name}' must be an integer between 1 and {high}", param=name)
+    return int(raw)
+
+
+@bp.get("/audit")
+def audit_log():
+    """Newest first; `before` is the `id` of the last row seen; filters by actor and action."""
+    limit, before = _int("limit", 50, 500), _int("before", None, 2 ** 62)
+    query = AuditEntry.select()
+    if before is not None:
+        query = query.where(AuditEntry.id < before)
+    for name in ("actor", "action"):
+        if request.args.get(name):
+            query = query.where(getattr(AuditEntry, name) == request.args[name])
+    rows = list(query.order_by(AuditEntry.id.desc()).limit(limit + 1))
+    return {"data": [entry_body(e) for e in rows[:limit]], "has_more": len(rows) > limit}

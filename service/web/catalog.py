@@ -1,0 +1,72 @@
+"""Model lists: OpenAI's `/api/v1/models` and the seed's `/api/ai-models/enabled`."""
+from __future__ import annotations
+
+import json
+import time
+
+from flask import Blueprint, Response, current_app
+
+from service.money import billing
+from service.pipeline.readiness import ready
+from service.store.db import epoch
+from service.web.auth import authenticate
+from service.web.errors import ModelNotFound
+
+bp = Blueprint("catalog", __name__)
+bp.before_request(authenticate)
+LIST_TTL = 300
+
+
+def openai_model(row, ready: bool) -> dict:
+    """OpenAI's model object, with `ready`: whether the row can answer now (service/pipeline/readiness.py)."""
+    return {"id": row.name, "object": "model", "created": epoch(row.updated), "owned_by": row.provider,
+            "ready": ready}
+
+
+def _ready(rows) -> list[bool]:
+    ext = current_app.extensions["tollgate"]
+    return [ready(row, current_app.config, ext.reach, ext.transport.breakers) for row in rows]
+
+
+def _cached(kind: str, build) -> Response:
+    """The JSON list from Redis when it holds this catalogue version's copy (with these readiness
+    flags), else built and stored."""
+    ext = current_app.extensions["tollgate"]
+    rows = ext.registry.enabled()
+    flags = _ready(rows)
+    key = f"tollgate:models:{kind}:{ext.registry.version}:{''.join('1' if f else '0' for f in flags)}"
+    text = ext.cache.get(key)
+    if text is None:
+        text = json.dumps(build(rows, flags), ensure_ascii=False, separators=(",", ":"))
+        ext.cache.set(key, text, LIST_TTL)
+    return Response(text, mimetype="application/json")
+
+
+@bp.get("/api/v1/models")
+@bp.get("/v1/models")
+def list_models():
+    return _cached("openai", lambda rows, flags: {
+        "object": "list", "data": [openai_model(r, f) for r, f in zip(rows, flags)]})
+
+
+@bp.get("/api/v1/models/<path:name>")
+@bp.get("/v1/models/<path:name>")
+def get_model(name: str):
+    row = current_app.extensions["tollgate"].registry.find(name)
+    if row.name != name and name not in (row.aliases or []):
+        raise ModelNotFound(name)
+    return openai_model(row, _ready([row])[0])
+
+
+def _enabled_rows(rows, flags) -> list:
+    return [{"id": r.id, "modelName": r.name, "provider": r.provider,
+             "costPer1kTokens": billing.to_credits(r.cost_per_1k_tokens)} for r in rows]
+
+
+@bp.get("/api/ai-models/enabled")
+def enabled_models():
+    response = _cached("enabled", _enabled_rows)
+    data = response.get_data(as_text=True)
+    body = ('{"code":200,"message":"获取启用的AI模型列表成功","data":' + data
+            + f',"timestamp":{int(time.time() * 1000)}' + "}")
+    return Response(body, mimetype="application/json")

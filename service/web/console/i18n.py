@@ -1,0 +1,154 @@
+"""The console's words in English and Chinese: the language switch's cookie, else Accept-Language.
+LLM tokens are 词元 (Token); 令牌 and 密钥 are for API keys, as one-api's users read them."""
+from __future__ import annotations
+
+import re
+
+from flask import request
+
+from service.web.console import zh
+
+LANG_COOKIE = "tollgate_lang"
+LANGS = ("en", "zh")
+
+WORDS = {
+    "title": ("Tollgate console", "Tollgate 控制台"),
+    "sign_in": ("Sign in", "登录"),
+    "credential": ("API key or JWT", "API 密钥或 JWT"),
+    "sign_out": ("Sign out", "退出"),
+    "overview": ("Overview", "概览"),
+    "ledger": ("Ledger", "账单明细"),
+    "keys": ("API keys", "API 密钥"),
+    "models": ("Models", "模型"),
+    "playground": ("Playground", "试用"),
+    "accounts": ("Accounts", "账户"),
+    "catalogue": ("Catalogue", "模型目录"),
+    "live": ("Calls and health", "调用与健康"),
+    "balance": ("Balance", "余额"),
+    "held": ("Held", "冻结"),
+    "credits": ("credits", "积分"),
+    "spend_by_day": ("Spend by day (30 days, UTC)", "每日消费（30 天，UTC）"),
+    "spend_by_model": ("Spend by model (30 days)", "按模型消费（30 天）"),
+    "calls": ("Calls", "调用"),
+    "cost": ("Cost", "费用"),
+    "amount_signed": ("Amount (credits)", "金额（积分）"),
+    "model": ("Model", "模型"),
+    "when": ("When (UTC)", "时间（UTC）"),
+    "kind": ("Kind", "类型"),
+    "tokens": ("Tokens", "词元（Token）"),
+    "name": ("Name", "名称"),
+    "create": ("Create", "创建"),
+    "revoke": ("Revoke", "吊销"),
+    "revoked": ("revoked", "已吊销"),
+    "new_key": ("Your new key (shown once):", "新密钥（仅显示一次）："),
+    "prefix": ("Prefix", "前缀"),
+    "created": ("Created", "创建时间"),
+    "prices": ("Prices (credits per 1k tokens)", "价格（每千词元积分）"),
+    "send": ("Send", "发送"),
+    "sending": ("Sending…", "发送中…"),
+    "prompt": ("Prompt", "提示词"),
+    "answer": ("Answer", "回答"),
+    "search": ("Search", "搜索"),
+    "top_up": ("Top up or correct", "充值或更正"),
+    "amount": ("Amount", "金额"),
+    "note": ("Note", "备注"),
+    "operator": ("Operator", "操作员"),
+    "save": ("Save", "保存"),
+    "enabled": ("Enabled", "启用"),
+    "holds": ("Holds (calls in flight)", "冻结（进行中的调用）"),
+    "request_id": ("Request", "请求"),
+    "age": ("Age", "已持续"),
+    "taken_at": ("Taken (UTC)", "冻结时间（UTC）"),
+    "hold_expires": ("Expires if its call stops (UTC)", "调用中断后的释放时间（UTC）"),
+    "breakers": ("Circuit breakers", "熔断器"),
+    "readiness": ("Readiness", "就绪状态"),
+    "reasons": ("Why", "原因"),
+    "none": ("none", "无"),
+    "nothing": ("Nothing yet.", "暂无数据。"),
+    "forbidden": ("Operators only.", "仅限管理员。"),
+    "not_found": ("No such page or account.", "页面或账户不存在。"),
+    "bad_csrf": ("This form is stale or forged; reload the page and try again.", "表单已过期或无效，请刷新后重试。"),
+    "expires": ("Expires", "过期时间"),
+    "bound_by_key": ("This session was opened with an API key: a key made here is no broader than",
+                     "此会话使用 API 密钥登录：在此创建的密钥不会超出该密钥的权限："),
+    "key_models": ("Models (comma-separated; blank: all allowed)", "模型（逗号分隔；留空：全部允许的模型）"),
+    "rpm": ("Requests per minute", "每分钟请求数"),
+    "max_concurrent": ("Calls at once", "并发调用数"),
+    "any": ("any", "全部"),
+    "session_ended": ("Your session has ended: its credential was revoked or has expired. Sign in again.",
+                      "会话已结束：登录凭据已吊销或过期，请重新登录。"),
+    "not_your_key": ("A session opened with an API key may revoke only that key and the keys made from it.",
+                     "使用 API 密钥登录的会话只能吊销该密钥及由它创建的密钥。"),
+    "estimated": ("* estimated: the provider reported no usage, so the charge was counted from the text.",
+                  "* 估算：模型服务未返回用量，按文本估算计费。"),
+    "older": ("Older", "更早"),
+    "newer": ("Newest", "最新"),
+    "next_page": ("Next", "下一页"),
+    "first_page": ("First", "第一页"),
+    "scroll_hint": ("Swipe sideways to see every column.", "左右滑动查看所有列。"),
+    "language": ("中文", "English"),
+    "base_price_required": ("the base price (cost_per_1k_tokens) is required: a cleared price is not 0",
+                            "基础价格（cost_per_1k_tokens）为必填项：清空不等于 0"),
+    "unknown_fallback": ("fallbacks: no model named {}", "fallbacks：不存在名为 {} 的模型"),
+    "row_error": ("Not saved: {}", "未保存：{}"),
+    "ok": ("ok", "正常"), "degraded": ("degraded", "降级"), "down": ("down", "不可用"), "off": ("off", "未配置"),
+    "check_database": ("Database", "数据库"), "check_redis": ("Redis", "Redis"),
+    "check_catalogue": ("Catalogue", "模型目录"), "check_breakers": ("Open circuit breakers", "已熔断的上游"),
+    "check_journal": ("Settles waiting for the database", "等待写入数据库的结算"),
+    # ledger kinds and token classes
+    "kind_charge": ("charge", "扣费"), "kind_topup": ("top-up", "充值"), "kind_adjust": ("correction", "更正"),
+    "kind_overrun": ("overrun", "超额"),
+    "cls_input": ("input", "输入"), "cls_cached_input": ("cached input", "缓存输入"),
+    "cls_cache_write_5m": ("cache write 5 min", "缓存写入 5 分钟"),
+    "cls_cache_write_1h": ("cache write 1 h", "缓存写入 1 小时"),
+    "cls_output": ("output", "输出"), "cls_reasoning": ("reasoning", "推理"),
+    # catalogue fields
+    "f_cost_per_1k_tokens": ("Base price", "基础价格"),
+    "f_cost_per_1k_input_tokens": ("Input", "输入"),
+    "f_cost_per_1k_cached_input_tokens": ("Cached input", "缓存输入"),
+    "f_cost_per_1k_cache_write_5m_tokens": ("Cache write 5 min", "缓存写入 5 分钟"),
+    "f_cost_per_1k_cache_write_1h_tokens": ("Cache write 1 h", "缓存写入 1 小时"),
+    "f_cost_per_1k_output_tokens": ("Output", "输出"),
+    "f_cost_per_1k_reasoning_tokens": ("Reasoning", "推理"),
+    "f_cost_per_1k_cache_hit_tokens": ("Response cache hit", "响应缓存命中"),
+    "f_aliases": ("Aliases (comma-separated)", "别名（逗号分隔）"),
+    "f_fallbacks": ("Fallbacks (comma-separated model names)", "备用模型（逗号分隔的模型名）"),
+    "models_not_allowed": ("This session's key may not use {}", "此会话的密钥不能使用 {}"),
+    "at_most_parent": ("'{}' may be at most {}, this session's key's own", "{}最多为 {}（此会话密钥的上限）"),
+    "outlives_parent": ("The new key may not outlive this session's key (it expires {} UTC)",
+                        "新密钥的有效期不能超过此会话的密钥（其过期时间为 {} UTC）"),
+    "bad_expiry": ("'expires_at' must be a date and time (UTC)", "过期时间必须是日期和时间（UTC）"),
+    "price_unit": ("credits per 1k tokens", "每千词元积分"),
+}
+
+# a message with no Chinese wording: its English detail in a Chinese frame
+ERROR_FRAME_ZH = "参数无效：{}"
+HAN = re.compile("[\u4e00-\u9fff]")  # a message worded in Chinese already
+
+
+def lang() -> str:
+    """The switch's choice (a cookie), else the browser's first language."""
+    chosen = request.cookies.get(LANG_COOKIE)
+    if chosen in LANGS:
+        return chosen
+    header = request.headers.get("Accept-Language", "")
+    return "zh" if header.strip().lower().startswith("zh") else "en"
+
+
+def t(key: str, *args) -> str:
+    en, zh = WORDS[key]
+    return (zh if lang() == "zh" else en).format(*args)
+
+
+def said(english: str) -> str:
+    """A status line of the service's own (readiness) in the page's language."""
+    return (zh.message(english) or english) if lang() == "zh" else english
+
+
+def error(err) -> str:
+    """A GatewayError's message in the page's language: the contract's Chinese where it has one,
+    else service/web/console/zh.py's, else the English detail in a Chinese frame."""
+    message = err.body(lang())["message"]
+    if lang() != "zh" or message != err.message or HAN.search(message):
+        return message
+    return zh.message(message) or ERROR_FRAME_ZH.format(message)

@@ -1,0 +1,359 @@
+"""The request log (SPEC §17): one row per call on the chat, Messages, Responses and embeddings
+doors whose account is known, answered, failed or refused.
+
+The row is built from what service/web/observe.py's access line is built from (`g.outcome`, which
+the relay fills) when the response is done (a stream: when its body closes), and handed to a
+bounded queue; a writer thread per process takes rows off it in batches and inserts each batch
+in one transaction. A call never waits for the database here: a full queue drops the row and
+counts it (`tollgate_request_log_dropped_total`). While the database is away the writer keeps
+its batch and retries it; rows are unique by request id and inserted with ON CONFLICT DO
+NOTHING, so a batch whose commit was not acknowledged and is written again adds nothing.
+Bodies, when the account or key asks for them, are redacted and cut by the writer, off the path
+(whether they are kept is decided when the call ends: the key's flag is on its row, the
+account's is read at most once per FLAG_SECONDS per process).
+"""
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import json
+import logging
+import queue
+import re
+import threading
+import time
+import uuid
+import weakref
+
+from flask import current_app, g, request
+from prometheus_client import Counter, Gauge
+
+from service.store import redact
+from service.store.db import Account, RequestBody, RequestLog, db, utcnow
+
+log = logging.getLogger("tollgate")
+DROPPED = Counter("tollgate_request_log_dropped_total", "Request log rows dropped because the queue was full")
+WRITTEN = Counter("tollgate_request_log_written_total", "Request log rows written")
+DEPTH = Gauge("tollgate_request_log_queue", "Request log rows waiting to be written")
+DOORS = {"chat.completions": "chat", "messages.create": "messages", "responses.create": "responses",
+         "embeddings.create": "embeddings"}
+SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+FLAG_SECONDS = 2.0  # how long a process trusts what it read of an account's `log_bodies`
+PRUNE_BATCH = 5000
+STOP = object()  # queued by close(): the writer ends
+SLACK = 1024  # bytes kept beyond the bound until redaction has run
+
+
+class Writer:
+    """A bounded queue of rows and the thread that writes them in batches."""
+
+    def __init__(self, size: int = 10_000, batch: int = 500, retry: float = 1.0,
+                 prune_every: float = 3600.0, retention: tuple[int, int] = (30, 7)):
+        self.queue: queue.Queue = queue.Queue(maxsize=size)
+        self.batch, self.retry, self.prune_every, self.retention = batch, retry, prune_every, retention
+        self.stop = threading.Event()
+        self.flags: dict[int, tuple[bool, float]] = {}  # account id -> (log_bodies, read at)
+        self.known: tuple = ()  # secrets redacted wherever they appear (the provider keys)
+        self._thread: threading.Thread | None = None
+        self._pid = None
+
+    def start(self) -> None:
+        import os
+
+        if self._thread is None or self._pid != os.getpid():  # a forked child starts its own
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._loop, name="request-log", daemon=True)
+            self._thread.start()
+
+    def submit(self, row: dict, bodies: dict | None = None) -> bool:
+        """Queue a row (and its bodies); False, counted, when the queue is full."""
+        try:
+            self.queue.put_nowait((row, bodies))
+        except queue.Full:
+            DROPPED.inc()
+            return False
+        DEPTH.inc()
+        return True
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued row is written (tests, shutdown); whether it happened in time."""
+        deadline = time.monotonic() + timeout
+        with self.queue.all_tasks_done:
+            while self.queue.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.queue.all_tasks_done.wait(left)
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued (within `timeout`), then stop the thread."""
+        self.flush(timeout)
+        self.stop.set()
+        try:
+            self.queue.put_nowait(STOP)  # wakes the thread at once
+        except queue.Full:
+            pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        last_prune = time.monotonic()
+        while not self.stop.is_set():
+            try:
+                first = self.queue.get(timeout=min(self.prune_every, 5.0))
+            except queue.Empty:
+                first = None
+            if first is STOP:
+                self.queue.task_done()
+                break
+            if first is not None:
+                items = [first]
+                while len(items) < self.batch:
+                    try:
+                        item = self.queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is STOP:
+                        self.queue.task_done()
+                        self.stop.set()
+                        break
+                    items.append(item)
+                self._write_until_done(items)
+            if time.monotonic() - last_prune >= self.prune_every:
+                last_prune = time.monotonic()
+                self._quietly(lambda: prune(*self.retention))
+
+    def _write_until_done(self, items: list) -> None:
+        """Write a batch, retrying while the database is away (the queue meanwhile fills and
+        drops what does not fit: a call never waits on it)."""
+        try:
+            while not self._quietly(lambda: self.write(items)):
+                if self.stop.wait(self.retry):
+                    return
+        finally:
+            for _ in items:
+                DEPTH.dec()
+                self.queue.task_done()
+
+    def _quietly(self, fn) -> bool:
+        from service.money.billing import DB_ERRORS, reconnect
+
+        try:
+            with db.connection_context():
+                fn()
+            return True
+        except DB_ERRORS:
+            log.warning("request log: database unavailable; the batch is kept and retried")
+            reconnect()
+        except Exception:  # noqa: BLE001 - a bad row must not stop the writer
+            log.exception("request log: writing failed")
+            return True  # not retried: the same rows would fail again
+        return False
+
+    def write(self, items: list) -> None:
+        """Insert rows (and the bodies of accounts or keys that keep them) in one transaction."""
+        rows = [row for row, _ in items]
+        kept = [_body_row(row, bodies, self.known) for row, bodies in items if bodies]
+        from service.money.billing import write_tx
+
+        with write_tx():
+            RequestLog.insert_many(rows).on_conflict_ignore().execute()
+            if kept:
+                RequestBody.insert_many(kept).on_conflict_ignore().execute()
+        WRITTEN.inc(len(rows))
+
+    def account_flag(self, account_id: int) -> bool | None:
+        """What this process last read of an account's `log_bodies` (None: not read lately)."""
+        known = self.flags.get(account_id)
+        if known is None or time.monotonic() - known[1] > FLAG_SECONDS:
+            return None
+        return known[0]
+
+    def read_flag(self, account_id: int) -> bool:
+        """An account's `log_bodies` read now (once per FLAG_SECONDS per account and process);
+        False when the database cannot say."""
+        from service.money.billing import DB_ERRORS
+
+        try:
+            flag = bool(Account.select(Account.log_bodies).where(Account.id == account_id).scalar())
+        except DB_ERRORS:
+            return False
+        self.flags[account_id] = (flag, time.monotonic())
+        return flag
+
+    def forget(self, account_id: int) -> None:
+        self.flags.pop(account_id, None)
+
+
+def _body_row(row: dict, bodies: dict, known) -> dict:
+    limit = bodies["limit"]
+    return {"request_id": row["request_id"], "created": row["created"],
+            "request": redact.cut(redact.scrub(_text(bodies.get("request")), known), limit),
+            "response": redact.cut(redact.scrub(_text(bodies.get("response")), known), limit)}
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, list):
+        return b"".join(value).decode("utf-8", "replace")
+    return json.dumps(value, ensure_ascii=False)
+
+
+def prune(days: int, body_days: int, now: dt.datetime | None = None) -> int:
+    """Delete rows older than `days` and bodies older than `body_days`, a chunk at a time;
+    how many rows went."""
+    now = now or utcnow()
+    gone = 0
+    for model, keep in ((RequestBody, body_days), (RequestLog, days)):
+        cutoff = now - dt.timedelta(days=keep)
+        while True:
+            ids = [r.id for r in model.select(model.id).where(model.created < cutoff).limit(PRUNE_BATCH)]
+            if not ids:
+                break
+            model.delete().where(model.id.in_(ids)).execute()
+            if model is RequestLog:
+                gone += len(ids)
+    return gone
+
+
+class _Tee:
+    """A streamed body passed through untouched, its first `limit` bytes kept for the log."""
+
+    def __init__(self, inner, limit: int):
+        self.inner, self.limit, self.kept, self.size = inner, limit, [], 0
+
+    def __iter__(self):
+        for piece in self.inner:
+            if self.size < self.limit:
+                data = piece if isinstance(piece, bytes) else str(piece).encode()
+                self.kept.append(data[: self.limit - self.size])
+                self.size += len(self.kept[-1])
+            yield piece
+
+    def close(self):
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+
+def _keeps_bodies(writer: Writer) -> bool:
+    """Whether this call's bodies are kept: its key's flag (on the row auth read), else its
+    account's (as this process read it in the last FLAG_SECONDS, else read now)."""
+    key = g.get("api_key")
+    if key is not None and key.log_bodies:
+        return True
+    account = g.account
+    flag = getattr(account, "log_bodies", None)
+    if flag is None:
+        flag = writer.account_flag(account.id)
+    if flag is None:
+        flag = writer.read_flag(account.id)
+    return bool(flag)
+
+
+def _row(record: dict, status: int, streamed: bool) -> dict:
+    """The row's fields known when the response is ready (read from the request context);
+    `_finished` adds what the relay wrote to `record` by the time the body closed."""
+    key = g.get("api_key")
+    client_id = request.headers.get("X-Request-ID", "")
+    return {"request_id": record["request_id"], "account_id": g.account.id, "key_id": key.id if key else None,
+            "endpoint": DOORS[request.endpoint], "model": getattr(g.get("model"), "name", None),
+            "status": status, "error_code": g.get("error_code"), "stream": streamed,
+            "client_request_id": client_id if SAFE_ID.fullmatch(client_id) else None}
+
+
+def _finished(row: dict, record: dict, started: float) -> dict:
+    def ms(name):
+        value = record.get(name)
+        return None if value is None else int(round(value))
+
+    latency = time.perf_counter() - started
+    return {**row, "created": utcnow() - dt.timedelta(seconds=latency), "latency_ms": int(round(latency * 1000)),
+            "model": record.get("model") or row["model"], "deployment": record.get("deployment"),
+            "error_code": record.get("error") or row["error_code"],
+            "upstream_ms": ms("upstream_ms"), "ttft_ms": ms("ttft_ms"),
+            "prompt_tokens": record.get("prompt_tokens", 0), "completion_tokens": record.get("completion_tokens", 0),
+            **{f"{c}_tokens": record.get(f"{c}_tokens", 0) for c in ("cached", "cache_write_5m", "cache_write_1h",
+                                                                      "reasoning")},
+            "cost": record.get("cost_micro", 0), "cache_hit": bool(record.get("cache_hit")),
+            "estimated": bool(record.get("estimated"))}
+
+
+def _logged(response):
+    """after_request: queue this call's row (a stream's when its body closes)."""
+    if request.endpoint not in DOORS or "started" not in g:
+        return response
+    if g.get("account") is None and response.status_code == 429:
+        _identify()
+    if g.get("account") is None:
+        return response
+    writer = current_app.extensions.get("tollgate_log")
+    if writer is None:
+        return response
+    try:
+        record = g.setdefault("outcome", {})
+        chat = g.get("chat")
+        record.setdefault("request_id", getattr(chat, "request_id", None) or f"req-{uuid.uuid4().hex}")
+        row, started = _row(record, response.status_code, response.is_streamed), g.started
+        bodies = _bodies(writer, response)
+        if response.is_streamed:
+            response.call_on_close(lambda: _submit(writer, row, record, started, bodies))
+        else:
+            _submit(writer, row, record, started, bodies)
+    except Exception:  # noqa: BLE001 - the log never fails a call
+        log.exception("request log: could not build a row")
+    return response
+
+
+def _identify() -> None:
+    """Embeddings' rate limits are flask-limiter's, taken before the blueprint authenticates:
+    for a refused call the caller is looked up here, so its account still gets the row."""
+    from service.web.auth import authenticate
+
+    try:
+        authenticate()
+    except Exception:  # noqa: BLE001 - no valid credential: no known account, no row
+        g.account = None
+
+
+def _bodies(writer: Writer, response) -> dict | None:
+    """The request and the answer (a stream's first bytes, as they pass) when they may be kept."""
+    if not _keeps_bodies(writer):
+        return None
+    limit = current_app.config.get("LOG_BODY_MAX_BYTES", 65536)
+    limit += SLACK  # a secret cut at the bound is still seen whole by the redaction
+    bodies = {"limit": limit - SLACK, "request": request.get_data(cache=True)[:limit]}  # as the client sent it
+    if response.is_streamed:
+        tee = _Tee(response.response, limit)
+        response.response = tee
+        bodies["response"] = tee.kept
+    else:
+        bodies["response"] = response.get_data()[:limit]
+    return bodies
+
+
+def _submit(writer: Writer, row: dict, record: dict, started: float, bodies: dict | None) -> None:
+    try:
+        writer.submit(_finished(row, record, started), bodies)
+    except Exception:  # noqa: BLE001 - the log never fails a call
+        log.exception("request log: could not queue a row")
+
+
+def init_app(app) -> None:
+    """Start this process's writer (unless REQUEST_LOG is off) and queue a row per call."""
+    conf = app.config
+    if not conf.get("REQUEST_LOG", True):
+        return
+    writer = Writer(conf.get("LOG_QUEUE_SIZE", 10_000), conf.get("LOG_BATCH_SIZE", 500),
+                    retry=conf.get("LOG_RETRY_SECONDS", 1.0), prune_every=conf.get("LOG_PRUNE_SECONDS", 3600.0),
+                    retention=(conf.get("LOG_RETENTION_DAYS", 30), conf.get("LOG_BODY_RETENTION_DAYS", 7)))
+    writer.known = tuple(v for v in (conf.get("PROVIDER_KEYS") or {}).values() if v)
+    app.extensions["tollgate_log"] = writer
+    app.after_request(_logged)
+    writer.start()
+    ref = weakref.ref(writer)
+    atexit.register(lambda: ref() is not None and ref().close())

@@ -1,0 +1,134 @@
+"""POST /v1/responses (and /api/v1/responses), GET/DELETE /v1/responses/<id>, GET …/input_items:
+OpenAI's Responses API in front of the same chat call: a row with `api = "openai_responses"` takes
+the body as sent and its answer comes back whole; any other row is translated both ways
+(frontdoors/responses.py, docs/responses-fields.md). `store` (default true) keeps each answer per
+account: the gateway, not the provider, holds `previous_response_id` state, on every row."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, g, request
+
+from frontdoors import responses as door
+from service.pipeline import deployments
+from service.store.db import StoredResponse, give_back
+from service.web import chat
+from service.web.auth import authenticate
+from service.web.body import json_object
+from core.chat import PassThrough
+from core.errors import InvalidRequest, NotImplementedByProvider, clip
+from service.web.errors import NotFound
+
+bp = Blueprint("responses", __name__)
+NATIVE = "openai_responses"  # rows that speak this door's API take its bodies as sent
+
+
+def _stored(response_id: str) -> StoredResponse:
+    found = StoredResponse.get_or_none((StoredResponse.response_id == response_id)
+                                       & (StoredResponse.account == g.account.id))
+    if found is None:
+        raise NotFound(f"No response with id {clip(response_id)}", param="response_id", code="response_not_found")
+    return found
+
+
+@bp.before_request
+def prepare() -> None:
+    if request.method == "OPTIONS":
+        return
+    authenticate()
+    if request.method != "POST":
+        return
+    body = json_object()
+    door.check(body, native=True)
+    history = []
+    if body.get("previous_response_id") is not None:
+        history = door.items_of(_stored(body["previous_response_id"]).conversation)
+    model = chat.chosen_model(body)
+    if model.api == NATIVE:
+        _pass_through(body, model, history)
+        return
+    chat_body, items, names = door.to_chat(body, history, model.api)
+    g.conversation = history + items
+    chat.prepare_body(chat_body)
+    g.chat.affinity = deployments.conversation_key(history)  # a conversation stays on one deployment
+    g.response_meta = door.Meta(body, g.chat.model.name, names)
+
+
+def _pass_through(body: dict, model, history: list[dict]) -> None:
+    """g.chat for a row that speaks the Responses API: the body as sent (the stored conversation
+    put before its input), rendered back whole under the gateway's id."""
+    g.conversation = history + door.items_of(body.get("input"))
+    meta = g.response_meta = door.Meta(body, model.name)
+    g.model = model
+    g.chat = PassThrough(model, [], {}, body.get("stream") is True, False, meta.id,
+                         body=door.native(body, history, model.max_output_tokens),
+                         render=door.NativeEvents(meta), answer=lambda raw, bill: door.passed(raw, meta, bill),
+                         transcript=door.Heard, replay=door.replay)
+
+
+def _keeper(body: dict, account_id: int, conversation: list[dict], meta: door.Meta):
+    """Store a finished response (when asked to): the conversation it continues, as Responses
+    items (the gateway keeps `previous_response_id` state for every row), and its input items."""
+    items = door.items_of(body.get("input"))
+
+    def keep(done: dict) -> None:
+        if body.get("store") is False:
+            return
+        listed = [{"id": item.get("id") or f"item_{meta.id[5:]}_{i}", **item} for i, item in enumerate(items)]
+        for item in listed:
+            if item.get("type") == "message" and isinstance(item.get("content"), str):
+                item["content"] = [{"type": "input_text", "text": item["content"]}]
+        StoredResponse.create(account=account_id, response_id=done["id"],
+                              conversation=conversation + list(done.get("output") or []),
+                              input_items=listed, body=done)
+    return keep
+
+
+@bp.post("/v1/responses")
+@bp.post("/api/v1/responses")
+def create():
+    body, meta = request.get_json(), g.response_meta
+    keep = _keeper(body, g.account.id, g.conversation, meta)
+
+    def stored(done):
+        try:
+            keep(done)
+        finally:
+            give_back()
+    if isinstance(g.chat, PassThrough):
+        g.chat.render.on_done = stored
+    try:
+        answer = chat.completions()
+    except (InvalidRequest, NotImplementedByProvider) as err:
+        raise door.renamed(err, body)
+    if isinstance(answer, Response):
+        if not isinstance(g.chat, PassThrough):
+            answer.response = door.events(answer.response, meta, stored)
+        return answer
+    completion, status, headers = answer
+    if isinstance(g.chat, PassThrough):
+        if not headers.get("Idempotent-Replayed"):  # a replay is the Response already stored
+            keep(completion)
+        return completion, status, headers
+    done = door.response(completion, meta)
+    keep(done)
+    return done, status, headers
+
+
+@bp.get("/v1/responses/<response_id>")
+@bp.get("/api/v1/responses/<response_id>")
+def retrieve(response_id: str):
+    return _stored(response_id).body
+
+
+@bp.delete("/v1/responses/<response_id>")
+@bp.delete("/api/v1/responses/<response_id>")
+def delete(response_id: str):
+    _stored(response_id).delete_instance()
+    return {"id": response_id, "object": "response", "deleted": True}
+
+
+@bp.get("/v1/responses/<response_id>/input_items")
+@bp.get("/api/v1/responses/<response_id>/input_items")
+def input_items(response_id: str):
+    items = _stored(response_id).input_items
+    return {"object": "list", "data": items, "first_id": items[0]["id"] if items else None,
+            "last_id": items[-1]["id"] if items else None, "has_more": False}
