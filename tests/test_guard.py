@@ -172,7 +172,9 @@ def test_a_chunked_gigabyte_is_cut_at_the_limit(guarded):
         sent, answer = flood(sock, piece, 1 << 30)
     read = sum(live.received)
     print(f"chunked: the client sent {sent} bytes, the server read {read}, temporary files {live.spooled()}")
-    assert read <= LIMIT + 2 * len(piece), read
+    # a chunked body's size is known only once read: the cut comes at the first wake-up past the
+    # limit, and one wake-up may read several pieces (seen: up to 264 KB over on a loaded machine)
+    assert read <= LIMIT + (1 << 20), read
     assert sum(live.spooled()) <= LIMIT + 1  # written: the limit at most
     assert read < 5_000_000 and sent < 16_000_000
     if answer:
