@@ -1,6 +1,7 @@
 """Small helpers shared by tests."""
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 
@@ -59,6 +60,16 @@ def json_answer(body):
 
     return lambda request: Response(json.dumps(body) if isinstance(body, dict) else body,
                                     content_type="application/json")
+
+
+def events(response) -> list:
+    """The data events of an SSE answer (a test client's response), [DONE] as the string."""
+    out = []
+    for block in response.get_data().split(b"\n\n"):
+        if block.startswith(b"data: "):
+            data = block[6:]
+            out.append(data.decode() if data == b"[DONE]" else json.loads(data))
+    return out
 
 
 def anthropic_shape(kind: str, obj: dict) -> None:

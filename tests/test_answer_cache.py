@@ -10,7 +10,7 @@ from service.pipeline.answer_cache import Memory, policy
 from tests import schemas
 from tests.conftest import SECRET, auth, token
 from tests.fakes import openai as fake_openai
-from tests.helpers import account, charges, invariant
+from tests.helpers import account, charges, events, invariant
 from tests.process import Gateway
 
 MSGS = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -42,15 +42,6 @@ def ask(client, who: str = "alice", headers: dict | None = None, **body):
     return client.post("/v1/chat/completions", headers={**auth(who), **(headers or {})},
                        json={"model": "cached", "messages": MSGS, **body})
 
-
-def events(response) -> list:
-    """The data events of an SSE answer, [DONE] as the string."""
-    out = []
-    for block in response.get_data().split(b"\n\n"):
-        if block.startswith(b"data: "):
-            data = block[6:]
-            out.append(data.decode() if data == b"[DONE]" else json.loads(data))
-    return out
 
 
 def test_hit_by_content_answers_the_original_with_a_new_id_and_no_upstream_call(client, cached):

@@ -13,7 +13,7 @@ from werkzeug import Response
 from tests import schemas
 from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
-from tests.helpers import account, charges, holds, invariant, wait_for
+from tests.helpers import account, charges, events, holds, invariant, wait_for
 
 MSGS = [{"role": "user", "content": "Name a colour."}]
 WORDS = ["Deep ", "sea ", "blue."]
@@ -46,14 +46,6 @@ def ask(client, **body):
     return client.post("/v1/chat/completions", headers=auth(),
                        json={"models": ["a", "b"], "messages": MSGS, **body})
 
-
-def events(response) -> list:
-    out = []
-    for block in response.get_data().split(b"\n\n"):
-        if block.startswith(b"data: "):
-            data = block[6:]
-            out.append(data.decode() if data == b"[DONE]" else json.loads(data))
-    return out
 
 
 def check_choices_schema(body: dict) -> None:
