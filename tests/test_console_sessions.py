@@ -244,3 +244,43 @@ def test_a_minted_keys_embeddings_count_under_its_parents_rpm(site, gateway, ups
                           json={"model": "e-free", "input": "hi"})
     assert embed.status_code == 200  # the child's embeddings work ...
     assert api_chat(site, key, "p-free").status_code == 429  # ... and took the parent's only call this minute
+
+
+# issue 36: the playground's compare mode (several models in one call)
+
+
+def compare(browser, site, models) -> requests.Response:
+    return browser.post(f"{site.url}/console/playground/chat", json={"models": models, "prompt": "hi"},
+                        headers={"X-CSRF-Token": browser.csrf})
+
+
+@pytest.mark.parametrize("models, status, code, param", [
+    (["p-free"], 400, "invalid_parameter", "models"),  # one model: the single playground's job
+    (["p-free", "m-openai", "m-ollama", "m-gemini", "m-anthropic"], 400, "invalid_parameter", "models"),  # five
+    ("p-free,m-openai", 400, "invalid_parameter", "models"),
+    (["p-free", "nope"], 404, "model_not_found", "model"),
+    (["p-free", "m-openai"], 403, "forbidden", "models"),  # the session's key may not use m-openai
+])
+def test_compare_refusals_are_the_contracts_body(site, upstream, models, status, code, param):
+    _, key = restricted_key(site, rpm=None)
+    refused = compare(console(site, key), site, models)
+    body = refused.json()
+    assert refused.status_code == status and (body["error"]["code"], body["error"]["param"]) == (code, param)
+    assert (body["success"], body["data"], body["message"]) == (False, None, body["error"]["message"])
+    assert upstream.log == [] and LedgerEntry.select().where(LedgerEntry.kind == "charge").count() == 0
+
+
+def test_each_compared_model_is_one_call_under_the_keys_rpm(site, upstream):
+    _, key = restricted_key(site, models=["p-free", "m-openai"], rpm=2, max_concurrent=None)
+    browser = console(site, key)
+    answered = compare(browser, site, ["p-free", "m-openai"])
+    assert answered.status_code == 200
+    chunks = [json.loads(line[6:]) for line in answered.text.split("\n\n") if line.startswith("data: {")]
+    usage = chunks[-1]["usage"]
+    assert [m["model"] for m in usage["by_model"]] == ["p-free", "m-openai"]
+    charged = {e.model: e for e in LedgerEntry.select().where(LedgerEntry.kind == "charge")}
+    assert {m["model"]: round(m["cost"] * 1_000_000) for m in usage["by_model"]} == \
+        {name: -e.delta for name, e in charged.items()}  # paid by the session's account, a row each
+    assert len({e.parallel_group for e in charged.values()}) == 1
+    assert play(browser, site, "p-free").status_code == 429  # the key's two calls this minute are spent
+    assert api_chat(site, key, "p-free").status_code == 429

@@ -13,9 +13,10 @@ from service.web.account import breakdown
 from service.web.auth import LINEAGE_MAX, create_key, lineage
 from service.web.console import chart, i18n, keys as minting, session
 from service.web.console.views import bp, credits, page
-from service.web.errors import GatewayError
+from service.web.errors import GatewayError, InvalidRequest
 
 LEDGER_PAGE = 50
+COMPARE_MIN, COMPARE_MAX = 2, 4  # models side by side in the playground
 
 
 @bp.get("/")
@@ -133,9 +134,22 @@ def playground():
 
 @bp.post("/playground/chat")
 def playground_chat():
-    """The chat call itself (streamed), paid by the signed-in account, admitted as the API admits
-    it: a key's session takes the key's models, rpm and caps (counted with its API calls)."""
+    """The chat call itself (streamed, with its usage), paid by the signed-in account, admitted as
+    the API admits it: a key's session takes the key's models, rpm and caps (counted with its API
+    calls). Compare mode names `models` (2 to 4): one call with parallel "all", each model admitted
+    as one call (the chat view's own dispatch, docs/cache-and-parallel.md)."""
     body = request.get_json(silent=True) or {}
-    chat.prepare_body({"model": body.get("model"), "messages": [{"role": "user", "content": body.get("prompt") or ""}],
-                       "stream": True, "stream_options": {"include_usage": True}})
-    return chat.admitted(g.chat, chat.chat_rates())
+    call = {"messages": [{"role": "user", "content": body.get("prompt") or ""}],
+            "stream": True, "stream_options": {"include_usage": True}}
+    if "models" in body:
+        chat.prepare_body({**call, "models": _compared(body["models"]), "parallel": "all"})
+    else:
+        chat.prepare_body({**call, "model": body.get("model")})
+    return chat.completions()
+
+
+def _compared(refs):
+    """The compare mode's models: 2 to 4, the page's panels (the API itself takes up to 8)."""
+    if not isinstance(refs, list) or not COMPARE_MIN <= len(refs) <= COMPARE_MAX:
+        raise InvalidRequest(i18n.t("compare_count", COMPARE_MIN, COMPARE_MAX), param="models")
+    return refs
