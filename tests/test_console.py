@@ -447,3 +447,111 @@ def test_the_site_icon_is_served_and_console_pages_carry_no_cors(site, browser):
         assert "Access-Control-Allow-Origin" not in requests.get(f"{site.url}{path}", headers=origin).headers
     assert "Access-Control-Allow-Origin" in requests.get(f"{site.url}/api/v1/models", headers={**origin, **auth()}
                                                          ).headers  # the API keeps its CORS
+
+
+# issue 36: the playground's compare mode
+
+
+class Gated:
+    """A fake model that streams its first word at once and the rest once `gate` is set."""
+
+    def __init__(self, first: str, rest: str):
+        self.first, self.rest, self.gate = first, rest, threading.Event()
+
+    def handler(self, request):
+        def events():
+            yield fake_openai.chunk({"role": "assistant", "content": self.first})
+            self.gate.wait(60)  # a bound for a test that fails, never reached by one that passes
+            yield fake_openai.chunk({"content": self.rest}, finish="stop")
+            yield fake_openai.chunk({}, usage={"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6},
+                                    choices=False)
+            yield b"data: [DONE]\n\n"
+        return Response(events(), mimetype="text/event-stream")
+
+
+@pytest.fixture
+def trio(gateway, upstream):
+    """Rows `fast` (1 credit per 1k), `slow` (2 per 1k: its first word, then the rest once
+    `trio.gate` is set) and `broken` (refuses every call), each behind its own path of the fake
+    server."""
+    for i, (name, price) in enumerate((("fast", "1"), ("slow", "2"), ("broken", "1"))):
+        r = gateway.post("/api/admin/models", headers=auth("root", True), json={
+            "id": 20 + i, "name": name, "api": "openai", "provider": "openai", "upstream_model": "up",
+            "base_url": upstream.url_for(f"/{name}/v1").rstrip("/"), "cost_per_1k_tokens": price,
+            "max_output_tokens": 64})
+        assert r.status_code == 201
+    slow = Gated("Slow", " and steady")
+    upstream.expect_request("/fast/v1/chat/completions").respond_with_handler(
+        fake_openai.Stream(["Quick", " brown"]).handler)
+    upstream.expect_request("/slow/v1/chat/completions").respond_with_handler(slow.handler)
+    upstream.expect_request("/broken/v1/chat/completions").respond_with_json(
+        {"error": {"message": "broken is down for repairs", "type": "invalid_request_error"}}, status=400)
+    return slow
+
+
+def compare_models(browser, names: list[str], prompt: str = "Name a colour") -> None:
+    browser.find_element(By.ID, "compare").click()
+    for name in names:
+        browser.find_element(By.CSS_SELECTOR, f"input[name=models][value='{name}']").click()
+    browser.find_element(By.ID, "prompt").send_keys(prompt)
+    browser.find_element(By.ID, "send").click()
+
+
+def panel(browser, name: str, part: str | None = None):
+    found = browser.find_element(By.CSS_SELECTOR, f"#panels .panel[data-model='{name}']")
+    return found.find_element(By.CLASS_NAME, part) if part else found
+
+
+def test_compare_streams_models_side_by_side_each_with_its_cost(site, trio, browser):
+    sign_in(browser, site, token("alice"))
+    browser.get(f"{site.url}/console/playground")
+    compare_models(browser, ["fast", "slow", "broken"])
+    wait(browser, lambda d: panel(d, "fast").get_attribute("data-finish") == "stop")
+    wait(browser, lambda d: "broken is down for repairs" in panel(d, "broken", "error").text)
+    wait(browser, lambda d: panel(d, "slow", "text").text == "Slow")
+    # one stream, interleaved: fast answered whole and broken failed while slow had said one word
+    assert panel(browser, "fast", "text").text == "Quick brown"
+    assert panel(browser, "slow").get_attribute("data-finish") is None
+    assert "failed" in panel(browser, "broken").get_attribute("class")
+    assert not browser.find_element(By.ID, "send").is_enabled()
+    trio.gate.set()
+    wait(browser, lambda d: d.find_element(By.ID, "playground").get_attribute("data-done") == "1")
+    assert panel(browser, "slow", "text").text == "Slow and steady"
+    costs = {name: panel(browser, name, "cost").text for name in ("fast", "slow", "broken")}
+    billed = {e.model: e for e in charges("alice")}
+    assert sorted(billed) == ["fast", "slow"] and costs["broken"] == "0" and holds() == 0
+    assert all(-billed[name].delta == round(float(costs[name]) * 1_000_000) > 0 for name in billed)
+    assert billed["slow"].delta < billed["fast"].delta  # its own price, twice fast's, on more tokens
+    assert len({e.parallel_group for e in billed.values()}) == 1
+    total = float(browser.find_element(By.ID, "total-cost").text)
+    assert round(total * 1_000_000) == -sum(e.delta for e in billed.values())
+    tops = {name: panel(browser, name).rect for name in ("fast", "slow", "broken")}
+    assert tops["fast"]["y"] == tops["slow"]["y"] == tops["broken"]["y"]  # side by side
+    assert tops["fast"]["x"] < tops["slow"]["x"] < tops["broken"]["x"]
+    shot(browser, "playground-compare")
+    browser.set_window_size(390, 844)  # a phone: the panels stack, nothing scrolls sideways
+    browser.execute_script("arguments[0].scrollIntoView()", browser.find_element(By.ID, "compared"))
+    stacked = [panel(browser, name).rect for name in ("fast", "slow", "broken")]
+    assert stacked[0]["x"] == stacked[1]["x"] == stacked[2]["x"]
+    assert stacked[0]["y"] < stacked[1]["y"] < stacked[2]["y"]
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    shot(browser, "playground-compare-phone")
+    browser.set_window_size(1280, 900)
+    assert [m["message"] for m in browser.get_log("browser") if m["level"] == "SEVERE"] == []  # CSP kept
+
+
+def test_compare_refusals_show_on_the_page_in_either_language(site, trio, upstream, browser):
+    sign_in(browser, site, token("alice"))
+    browser.get(f"{site.url}/console/playground")
+    compare_models(browser, ["fast"])
+    wait(browser, lambda d: d.find_element(By.ID, "playground").get_attribute("data-done") == "1")
+    assert browser.find_element(By.ID, "compare-error").text == "Pick 2 to 4 models to compare"
+    assert browser.find_elements(By.CSS_SELECTOR, "#panels .panel") == []
+    browser.find_element(By.ID, "language").click()
+    wait(browser, ready.text_to_be_present_in_element((By.TAG_NAME, "h1"), "试用"))
+    assert "多个模型并排对比" in browser.find_element(By.ID, "playground").text
+    compare_models(browser, ["fast", "slow", "broken", "m-openai", "m-ollama"])
+    wait(browser, lambda d: d.find_element(By.ID, "playground").get_attribute("data-done") == "1")
+    assert browser.find_element(By.ID, "compare-error").text == "请选择 2 到 4 个模型进行对比"
+    shot(browser, "playground-compare-zh")
+    assert upstream.log == [] and charges("alice") == []
