@@ -270,6 +270,14 @@ def test_compare_refusals_are_the_contracts_body(site, upstream, models, status,
     assert upstream.log == [] and LedgerEntry.select().where(LedgerEntry.kind == "charge").count() == 0
 
 
+@pytest.mark.parametrize("body", [[{"models": ["p-free", "m-openai"]}], "p-free", None])
+def test_a_playground_body_that_is_not_a_json_object_is_400(site, upstream, body):
+    browser = console(site, token("alice"))
+    refused = browser.post(f"{site.url}/console/playground/chat", headers={"X-CSRF-Token": browser.csrf},
+                           **({"data": ""} if body is None else {"json": body}))
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_json" and upstream.log == []
+
+
 def test_each_compared_model_is_one_call_under_the_keys_rpm(site, upstream):
     _, key = restricted_key(site, models=["p-free", "m-openai"], rpm=2, max_concurrent=None)
     browser = console(site, key)

@@ -11,6 +11,7 @@ from service.store.db import Account, ApiKey, LedgerEntry, utcnow
 from service.web import chat, reports
 from service.web.account import breakdown
 from service.web.auth import LINEAGE_MAX, create_key, lineage
+from service.web.body import json_object
 from service.web.console import chart, i18n, keys as minting, session
 from service.web.console.views import bp, credits, page
 from service.web.errors import GatewayError, InvalidRequest
@@ -138,7 +139,7 @@ def playground_chat():
     the API admits it: a key's session takes the key's models, rpm and caps (counted with its API
     calls). Compare mode names `models` (2 to 4): one call with parallel "all", each model admitted
     as one call (the chat view's own dispatch, docs/cache-and-parallel.md)."""
-    body = request.get_json(silent=True) or {}
+    body = json_object()  # as the API reads one: anything but a JSON object is a 400
     call = {"messages": [{"role": "user", "content": body.get("prompt") or ""}],
             "stream": True, "stream_options": {"include_usage": True}}
     if "models" in body:
