@@ -64,8 +64,11 @@ agents: $(AGENTS)/.claude-code-$(CLAUDE_CODE_VERSION) $(AGENTS)/.codex-$(CODEX_V
 # the cluster scripts/services.sh starts (tests/test_cluster.py)
 export REDIS_CLUSTER_URL_TEST ?= redis+cluster://127.0.0.1:7001
 
-# the import contracts (.importlinter), then pytest; the local model is stopped afterwards when
-# this run started it
+# the import contracts (.importlinter), then pytest on TEST_WORKERS processes (pytest-xdist; each
+# with its own PostgreSQL database and Redis db, tests/conftest.py); the local model is stopped
+# afterwards when this run started it. PYTEST_ARGS replaces the defaults (e.g. PYTEST_ARGS=tests/test_chat.py).
+TEST_WORKERS ?= 3
+PYTEST_ARGS ?= -n $(TEST_WORKERS) --dist loadfile
 test: install-test services agents
 	@started=0; scripts/local_model.sh running || started=1; \
 	scripts/local_model.sh start || exit 1; \

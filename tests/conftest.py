@@ -22,6 +22,47 @@ PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:54
 REDIS_URL = os.environ.get("REDIS_URL_TEST") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/15"
 
 
+def _worker_database(url: str, worker: str) -> str:
+    """A PostgreSQL database of this pytest-xdist worker's own (`test_gw1` beside `test`),
+    created on first use: workers drop and create tables, so they cannot share one."""
+    import psycopg2
+
+    parts = urllib.parse.urlparse(url)
+    name = f"{parts.path.lstrip('/')}_{worker}"
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is None:
+                try:
+                    cur.execute(f'CREATE DATABASE "{name}"')
+                except psycopg2.errors.DuplicateDatabase:  # another run made it meanwhile
+                    pass
+    finally:
+        conn.close()
+    return parts._replace(path=f"/{name}").geturl()
+
+
+def _worker_redis(url: str, index: int) -> str:
+    """A Redis db number of this worker's own, counting down from the base (15, 14, …): the
+    fixtures flush their db."""
+    parts = urllib.parse.urlparse(url)
+    base = int(parts.path.lstrip("/") or 0)
+    if index > base:
+        raise RuntimeError(f"{index + 1} test workers need Redis dbs below {base}: set REDIS_URL_TEST")
+    return parts._replace(path=f"/{base - index}").geturl()
+
+
+# Under pytest-xdist (`make test` runs the suite on several workers) each worker has its own
+# PostgreSQL database and Redis db; a file's tests run on one worker (`--dist loadfile`), so the
+# Redis Cluster's tests, which flush it, never run at once.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    PG_URL = _worker_database(PG_URL, WORKER)
+    REDIS_URL = _worker_redis(REDIS_URL, int(WORKER.removeprefix("gw")))
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request, tmp_path):
     if request.param == "sqlite":
