@@ -115,6 +115,8 @@ def test_a_key_session_changes_only_its_own_line_and_never_broader(gateway):
     row = ApiKey.get_by_id(own)
     assert (row.rpm, row.budget, row.budget_period) == (5, 5_000_000, "week")
     jwt = console(gateway.application, token("alice"))  # the account's own session may widen
+    forged = jwt.post(f"/console/keys/{own}", data={"rpm": "50"})  # but not from a form without its token
+    assert forged.status_code == 403 and ApiKey.get_by_id(own).rpm == 5
     assert edit(jwt, own, rpm="50", budget="", budget_period="week").status_code == 303
     assert (ApiKey.get_by_id(own).rpm, ApiKey.get_by_id(own).budget) == (50, None)
 
