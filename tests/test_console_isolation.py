@@ -84,7 +84,8 @@ def test_a_key_session_sees_what_its_key_sees_on_the_api(gateway, two_accounts):
 
 def test_another_accounts_key_is_neither_shown_nor_changed(gateway, two_accounts):
     alice = console(gateway.application, token("alice"))
-    bob_key = two_accounts["bob_key"][0]
+    bob_key, alice_key = two_accounts["bob_key"][0], two_accounts["alice_key"][0]
+    assert alice.get(f"/console/keys/{alice_key}").status_code == 200  # her own key has its page
     assert alice.get(f"/console/keys/{bob_key}").status_code == 404
     changed = alice.post(f"/console/keys/{bob_key}", data={"csrf_token": alice.csrf, "rpm": "1", "budget": "0"})
     assert changed.status_code == 404
