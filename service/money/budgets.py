@@ -123,19 +123,30 @@ def open_period(key) -> None:
         .on_conflict_ignore().execute()
 
 
+def this_period(key) -> dict | None:
+    """A budgeted key's current period in micro-credits: `budget`, `period`, `spent` (holds
+    included, what the budget check compares), `held`, `start` and `end` (None: never resets);
+    None when the key has no budget."""
+    if key.budget is None:
+        return None
+    period = key.budget_period or "total"
+    start = period_start(period)
+    row = KeySpend.get_or_none((KeySpend.key_id == key.id) & (KeySpend.period_start == start))
+    spent, held = (row.spent, row.held) if row else (0, 0)
+    return {"budget": key.budget, "period": period, "spent": spent + held, "held": held, "start": start,
+            "end": period_end(period, start)}
+
+
 def usage(key) -> dict:
     """A key's budget fields as the admin API shows them (credits): budget, period, what it spent
     this period (holds included) and when the period resets."""
     from service.money.billing import to_credits
 
-    if key.budget is None:
+    now = this_period(key)
+    if now is None:
         return {"budget": None, "budget_period": key.budget_period, "spent": None, "held": None,
                 "period_resets_at": None}
-    period = key.budget_period or "total"
-    start = period_start(period)
-    row = KeySpend.get_or_none((KeySpend.key_id == key.id) & (KeySpend.period_start == start))
-    spent, held = (row.spent, row.held) if row else (0, 0)
-    end = period_end(period, start)
-    return {"budget": to_credits(key.budget), "budget_period": period, "spent": to_credits(spent + held),
-            "held": to_credits(held), "period_started_at": start.isoformat() + "Z",
+    end = now["end"]
+    return {"budget": to_credits(key.budget), "budget_period": now["period"], "spent": to_credits(now["spent"]),
+            "held": to_credits(now["held"]), "period_started_at": now["start"].isoformat() + "Z",
             "period_resets_at": None if end is None else end.isoformat() + "Z"}

@@ -102,8 +102,15 @@ def get_key(key_id: int):
 def update_key(key_id: int):
     """Change a key's limits, budget or body logging; a new budget (or period) starts from what
     the key already charged in the current period."""
+    _key(key_id)
+    return key_body(change(key_id, fields(json_object())))
+
+
+def change(key_id: int, changes: dict) -> ApiKey:
+    """Write validated changes (from `fields()`) to a key and audit them (the API's PATCH and the
+    console's key page); a new budget (or period) starts from what the key already charged in the
+    current period. The key's row, as it is now."""
     row = _key(key_id)
-    changes = fields(json_object())
     if "budget" in changes and changes["budget"] is not None and "budget_period" not in changes:
         changes["budget_period"] = row.budget_period or "total"
     if changes:
@@ -113,7 +120,7 @@ def update_key(key_id: int):
             if "budget" in changes or "budget_period" in changes:
                 budgets.open_period(row)
         audit.record_admin("key.update", f"key:{key_id}", shown(changes))
-    return key_body(row)
+    return row
 
 
 def shown(changes: dict) -> dict:

@@ -39,7 +39,16 @@ def _int(name: str, low: int, high: int, default: int | None = None) -> int | No
 
 def page(account_id: int) -> dict:
     """One page of an account's log rows, filtered by the query string."""
-    limit, before = _int("limit", 1, 100, 20), _int("before", 1, 2 ** 62)
+    rows, more = query(account_id)
+    return {"data": [log_row(r) for r in rows], "has_more": more}
+
+
+def query(account_id: int, default_limit: int = 20) -> tuple[list[RequestLog], bool]:
+    """One page of an account's rows, filtered by the query string (`limit`, `before`, `from`,
+    `to`, `model`, `status`, `key_id`), newest first, and whether older rows follow: one range
+    scan of an `(account_id, …, id)` index read backwards. The API and the console's Logs page
+    both read the log through this."""
+    limit, before = _int("limit", 1, 100, default_limit), _int("before", 1, 2 ** 62)
     q = RequestLog.select().where(RequestLog.account_id == account_id)
     if before is not None:
         q = q.where(RequestLog.id < before)
@@ -57,18 +66,24 @@ def page(account_id: int) -> dict:
     if key_id is not None:
         q = q.where(RequestLog.key_id == key_id)
     rows = list(q.order_by(RequestLog.id.desc()).limit(limit + 1))
-    return {"data": [log_row(r) for r in rows[:limit]], "has_more": len(rows) > limit}
+    return rows[:limit], len(rows) > limit
 
 
-def one(account_id: int | None, request_id: str) -> dict:
-    """A row with its bodies (when kept); None for account_id: any account's (admins)."""
+def find(account_id: int | None, request_id: str) -> tuple[RequestLog, RequestBody | None]:
+    """A row and its bodies (None: not kept); None for account_id: any account's (admins).
+    Another account's row is NotFound, as a missing one is."""
     q = RequestLog.select().where(RequestLog.request_id == request_id[:255])
     if account_id is not None:
         q = q.where(RequestLog.account_id == account_id)
     row = q.first()
     if row is None:
         raise NotFound(f"No logged call with request id {request_id}", code="log_not_found")
-    body = RequestBody.get_or_none(RequestBody.request_id == row.request_id)
+    return row, RequestBody.get_or_none(RequestBody.request_id == row.request_id)
+
+
+def one(account_id: int | None, request_id: str) -> dict:
+    """A row with its bodies (when kept); None for account_id: any account's (admins)."""
+    row, body = find(account_id, request_id)
     out = log_row(row)
     if body is not None:
         out["request_body"], out["response_body"] = body.request, body.response

@@ -67,18 +67,21 @@ def summary(account_id: int) -> dict:
     return spend(account_id, group_by, start, end)
 
 
-def spend(account_id: int, group_by: str, start: dt.datetime, end: dt.datetime) -> dict:
-    """Charges per model or per day (UTC) from start to end (excluded)."""
+def spend(account_id: int, group_by: str, start: dt.datetime, end: dt.datetime, key_id: int | None = None) -> dict:
+    """Charges per model or per day (UTC) from start to end (excluded); of one API key's calls
+    when `key_id` is given."""
     key = {"model": LedgerEntry.model, "day": fn.DATE(LedgerEntry.created).coerce(False),
            "key": LedgerEntry.key_id}[group_by]
     e = LedgerEntry
+    where = [e.account == account_id, e.kind == "charge", e.created >= start, e.created < end]
+    if key_id is not None:
+        where.append(e.key_id == key_id)
     rows = (e.select(key.alias("key"), fn.COUNT(e.id).alias("calls"),
                      fn.SUM(e.prompt_tokens).alias("prompt"), fn.SUM(e.completion_tokens).alias("completion"),
                      fn.SUM(e.cached_tokens).alias("cached"), fn.SUM(e.cache_write_5m_tokens).alias("w5"),
                      fn.SUM(e.cache_write_1h_tokens).alias("w1"), fn.SUM(e.reasoning_tokens).alias("reasoning"),
                      fn.SUM(e.delta).alias("delta"))
-            .where((e.account == account_id) & (e.kind == "charge") & (e.created >= start) & (e.created < end))
-            .group_by(key).order_by(key).dicts())
+            .where(*where).group_by(key).order_by(key).dicts())
     data = []
     for r in rows:
         tokens = Usage(int(r["prompt"] or 0), int(r["completion"] or 0), int(r["cached"] or 0),

@@ -60,3 +60,47 @@ def _at_most(field: str, asked: int | None, most: int | None) -> int | None:
         shown = field if i18n.lang() == "en" else zh.FIELDS.get(field, field)
         raise InvalidRequest(i18n.t("at_most_parent", shown, most), param=field)
     return asked or most
+
+
+# Editing a key on its page (service/web/console/key_page.py)
+
+PERIOD_LENGTH = {"day": 0, "week": 1, "month": 2, "total": 3}  # the same amount over a longer period is less
+
+
+def edit_body(form) -> dict:
+    """The key page's form as the JSON API's PATCH body, so `key_admin.fields()` validates it as
+    it validates the API's: blank fields are null (no limit), numbers stay as typed when they are
+    not whole numbers (and are refused there with the API's message)."""
+    body: dict = {"name": (form.get("name") or "").strip() or None}
+    body["models"] = [m.strip() for m in (form.get("models") or "").split(",") if m.strip()] or None
+    for field in ("rpm", "max_concurrent"):
+        text = (form.get(field) or "").strip()
+        body[field] = int(text) if text.isascii() and text.isdigit() and len(text) < 12 else text or None
+    for field in ("expires_at", "budget", "budget_period"):
+        body[field] = (form.get(field) or "").strip() or None
+    return body
+
+
+def edited(changes: dict, session_key: ApiKey | None, key_cap: int) -> dict:
+    """What a session may write (SPEC §14): a JWT's session, the changes as asked; a key's session
+    (editing its own key or one minted from it), no broader than its own key — blank limits are
+    the session key's, broader ones are refused, as for a key minted there (`narrowed`), and a
+    budget is at most the session key's over a period at least as long."""
+    if session_key is None:
+        return changes
+    out = narrowed(changes, session_key, key_cap)
+    if session_key.budget is not None:
+        if changes.get("budget") is None:
+            out["budget"], out["budget_period"] = session_key.budget, session_key.budget_period or "total"
+        elif changes["budget"] > session_key.budget:
+            raise InvalidRequest(i18n.t("budget_over_parent", _credits(session_key.budget)), param="budget")
+        own = session_key.budget_period or "total"
+        if PERIOD_LENGTH[out.get("budget_period") or "total"] < PERIOD_LENGTH[own]:
+            raise InvalidRequest(i18n.t("period_under_parent", i18n.t("period_" + own)), param="budget_period")
+    return out
+
+
+def _credits(micro: int) -> str:
+    from service.web.console.views import credits
+
+    return credits(micro)

@@ -3,10 +3,12 @@ playground. A session opened with an API key sees and does no more than that key
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from flask import current_app, g, redirect, request, url_for
 
 from core import prices as price_classes
+from service.money import budgets
 from service.store.db import Account, ApiKey, LedgerEntry, utcnow
 from service.web import chat, reports
 from service.web.account import breakdown
@@ -18,6 +20,7 @@ from service.web.errors import GatewayError, InvalidRequest
 
 LEDGER_PAGE = 50
 COMPARE_MIN, COMPARE_MAX = 2, 4  # models side by side in the playground
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 @bp.get("/")
@@ -27,9 +30,31 @@ def overview():
     start = dt.datetime.combine(today - dt.timedelta(days=chart.DAYS - 1), dt.time())
     end = utcnow() + dt.timedelta(seconds=1)
     by_day = reports.spend(acct.id, "day", start, end)["data"]
-    by_model = reports.spend(acct.id, "model", start, end)["data"]
-    return page("overview.html", account=acct, chart=chart.bars(chart.days(by_day, today), credits),
-                by_model=by_model)
+    try:
+        first, last = model_range(start, end)
+        by_model, error, status = reports.spend(acct.id, "model", first, last)["data"], None, 200
+    except GatewayError as err:
+        by_model, error, status = [], i18n.error(err), 400
+    shown = {f: request.args.get(f) or "" for f in ("from", "to")} if error else {
+        "from": first.date().isoformat(), "to": (last - dt.timedelta(microseconds=1)).date().isoformat()}
+    return page("overview.html", status, account=acct, chart=chart.bars(chart.days(by_day, today), credits),
+                by_model=by_model, range_error=error, shown=shown)
+
+
+def model_range(start: dt.datetime, end: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """The range of the overview's spend by model: the form's `from` and `to` (UTC dates, both
+    days included, or times, `to` excluded; read as the reports API reads them), else `start`
+    and `end`. A bad or empty range raises InvalidRequest (a message on the form)."""
+    last = reports._time("to")
+    if last is None:
+        last = end
+    elif DATE.fullmatch(request.args["to"]):  # a date: through the end of that day
+        last = min(last, reports.LATEST - dt.timedelta(days=1)) + dt.timedelta(days=1)
+    first = reports._time("from") or (start if last is end else max(last - dt.timedelta(days=chart.DAYS),
+                                                                    reports.EARLIEST))
+    if first >= last:
+        raise InvalidRequest("'from' must be before 'to'", param="from")
+    return first, last
 
 
 def signed(micro: int) -> str:
@@ -67,8 +92,9 @@ def _keys(account_id: int) -> list[ApiKey]:
 
 @bp.get("/keys")
 def keys(error: str | None = None, status: int = 200):
-    return page("keys.html", status, keys=_keys(g.account.id), new_key=session.take_flash(g.console),
-                error=error, form=request.form, parent=g.api_key)
+    rows = _keys(g.account.id)
+    return page("keys.html", status, keys=rows, new_key=session.take_flash(g.console), error=error,
+                form=request.form, parent=g.api_key, spend={k.id: budgets.this_period(k) for k in rows})
 
 
 @bp.post("/keys")
@@ -87,7 +113,7 @@ def create_key_post():
     return redirect(url_for("console.keys"), 303)
 
 
-def _revocable(key_id: int) -> bool:
+def revocable(key_id: int) -> bool:
     """A JWT's session may revoke any of its account's keys; a key's session only itself and the
     keys minted from it (no more than the key could do)."""
     if g.api_key is None:
@@ -103,7 +129,7 @@ def _revocable(key_id: int) -> bool:
 
 @bp.post("/keys/<int:key_id>/revoke")
 def revoke_key(key_id: int):
-    if not _revocable(key_id):
+    if not revocable(key_id):
         return page("message.html", 403, message=i18n.t("not_your_key"))
     (ApiKey.update(revoked_at=utcnow())
      .where((ApiKey.id == key_id) & (ApiKey.account == g.account.id) & ApiKey.revoked_at.is_null()).execute())

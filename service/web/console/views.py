@@ -166,5 +166,6 @@ def _icon(state) -> None:
 
 
 from service.web.console import operator, user  # noqa: E402 - their routes are on bp, so they come after it
+from service.web.console import key_page, logs  # noqa: E402 - the Logs pages and a key's page (issue 35)
 
-PAGES = (user, operator)
+PAGES = (user, operator, logs, key_page)

@@ -12,6 +12,8 @@ FIELDS = {
     "cost_per_1k_cached_input_tokens": "缓存输入价格", "cost_per_1k_cache_write_5m_tokens": "5 分钟缓存写入价格",
     "cost_per_1k_cache_write_1h_tokens": "1 小时缓存写入价格", "cost_per_1k_output_tokens": "输出价格",
     "cost_per_1k_reasoning_tokens": "推理价格", "max_output_tokens": "最大输出词元数",
+    "from": "起始时间", "to": "截止时间", "status": "状态码", "key_id": "密钥", "limit": "每页条数",
+    "before": "翻页位置", "budget": "预算", "budget_period": "预算周期",
 }
 
 # (English, as the validators word it) -> Chinese; {f} is the field, {row} the catalogue row
@@ -33,6 +35,14 @@ PATTERNS = [(re.compile(en), zh) for en, zh in (
     (r"^(?P<row>.+?): (?P<f>\w+) must be an integer from (?P<lo>\d+) to (?P<hi>\d+)$",
      "{row}：{f}必须是 {lo} 到 {hi} 之间的整数"),
     (r"^(?P<row>.+?): (?P<f>\w+) must be a list of names$", "{row}：{f}必须是名称列表"),
+    # the Logs page's filters, the overview's range, a key's page (issue 35)
+    (r"^'(?P<f>\w+)' must be a unix time or an ISO 8601 date or time between 1970-01-01 and 9999-12-31 \(UTC\)$",
+     "{f}必须是 1970-01-01 到 9999-12-31 之间的日期或时间（UTC）"),
+    (r"^'from' must be before 'to'$", "起始时间必须早于截止时间"),
+    (r"^'(?P<f>\w+)' must be an integer between (?P<lo>\d+) and (?P<hi>\d+)$", "{f}必须是 {lo} 到 {hi} 之间的整数"),
+    (r"^'expires_at' must be a unix time or an ISO 8601 time$", "过期时间必须是日期和时间（UTC）"),
+    (r"^'(?P<f>\w+)' must not be negative$", "{f}不能为负数"),
+    (r"^'budget_period' must be day, week, month or total$", "预算周期必须是每日、每周、每月或总计"),
     # readiness (service/web/health.py)
     (r"^(?P<n>\d+) enabled models$", "已启用 {n} 个模型"),
     (r"^database: (?P<e>\w+)$", "数据库：{e}"),
