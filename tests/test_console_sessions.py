@@ -141,6 +141,29 @@ def test_a_key_minted_from_a_keys_session_is_no_broader(site):
     assert child_session.get(f"{site.url}/console/keys", allow_redirects=False).status_code == 302  # its session too
 
 
+def test_a_budget_and_minted_keys_never_meet(site):
+    """A budget binds its own key's calls only, so a budgeted key's session mints no key (one
+    minted under it would spend past the budget), and a key keys were minted from takes no budget."""
+    key_id, key = restricted_key(site, budget=1, budget_period="day")
+    browser = console(site, key)
+    refused = browser.post(f"{site.url}/console/keys", data={"csrf_token": browser.csrf, "name": "child"},
+                           allow_redirects=False)
+    assert refused.status_code == 400 and "A key with a budget cannot make keys" in refused.text
+    assert ApiKey.select().count() == 1
+    parent_id, parent = restricted_key(site)
+    unbudgeted = console(site, parent)
+    made = unbudgeted.post(f"{site.url}/console/keys", data={"csrf_token": unbudgeted.csrf, "name": "child"},
+                           allow_redirects=False)
+    assert made.status_code == 303, made.text
+    later = requests.patch(f"{site.url}/api/admin/keys/{parent_id}", json={"budget": 5}, headers=auth("root", True))
+    assert later.status_code == 400 and later.json()["error"]["param"] == "budget", later.text
+    assert "minted" in later.json()["error"]["message"] and ApiKey.get_by_id(parent_id).budget is None
+    child = ApiKey.get(ApiKey.name == "child")
+    requests.delete(f"{site.url}/api/admin/keys/{child.id}", headers=auth("root", True))
+    assert requests.patch(f"{site.url}/api/admin/keys/{parent_id}", json={"budget": 5},
+                          headers=auth("root", True)).status_code == 200  # once they are revoked
+
+
 def test_revoking_the_key_ends_its_session(site):
     key_id, key = restricted_key(site)
     browser = console(site, key)

@@ -355,3 +355,16 @@ def test_an_embeddings_call_refused_by_its_rate_limit_is_logged(make_app, add_mo
     assert [r.status_code for r in answers] == [200, 429]
     assert [(r.endpoint, r.status, r.error_code) for r in rows(client)] == [
         ("embeddings", 200, None), ("embeddings", 429, "rate_limit_exceeded")]
+
+
+def test_a_routed_call_names_its_deployment(gateway, upstream):
+    """The deployment that answered (SPEC §15) is on the call's row, as on its ledger row."""
+    upstream.expect_request("/b/v1/chat/completions").respond_with_json(fake_openai.completion("ok", 10, 15))
+    r = gateway.post("/api/admin/models", headers=auth("root", True), json={
+        "id": 9, "name": "pool", "api": "openai", "upstream_model": "up", "api_key_env": "FAKE_API_KEY",
+        "base_url": upstream.url_for("/v1"), "cost_per_1k_tokens": "1",
+        "deployments": [{"name": "b", "base_url": upstream.url_for("/b/v1")}]})
+    assert r.status_code == 201, r.json
+    assert chat(gateway, model="pool").status_code == 200
+    (row,) = rows(gateway)
+    assert row.deployment == "b" and LedgerEntry.get(LedgerEntry.kind == "charge").deployment == "b"

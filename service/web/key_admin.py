@@ -111,6 +111,8 @@ def change(key_id: int, changes: dict) -> ApiKey:
     console's key page); a new budget (or period) starts from what the key already charged in the
     current period. The key's row, as it is now."""
     row = _key(key_id)
+    if changes.get("budget") is not None:
+        _mints_nothing(row)
     if "budget" in changes and changes["budget"] is not None and "budget_period" not in changes:
         changes["budget_period"] = row.budget_period or "total"
     if changes:
@@ -121,6 +123,15 @@ def change(key_id: int, changes: dict) -> ApiKey:
                 budgets.open_period(row)
         audit.record_admin("key.update", f"key:{key_id}", shown(changes))
     return row
+
+
+def _mints_nothing(row: ApiKey) -> None:
+    """A budget binds its own key's calls only (the hold counts one key's budget), so a key that
+    live keys were minted from (in its console session) takes none: they would spend past it."""
+    minted = ApiKey.select().where((ApiKey.parent_id == row.id) & ApiKey.revoked_at.is_null()).count()
+    if minted:
+        raise InvalidRequest(f"'budget' cannot be set on a key that {minted} live key(s) were minted from: "
+                             "a budget binds its own key's calls only; revoke them first", param="budget")
 
 
 def shown(changes: dict) -> dict:

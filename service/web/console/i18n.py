@@ -152,6 +152,8 @@ WORDS = {
     "f_aliases": ("Aliases (comma-separated)", "别名（逗号分隔）"),
     "f_fallbacks": ("Fallbacks (comma-separated model names)", "备用模型（逗号分隔的模型名）"),
     "models_not_allowed": ("This session's key may not use {}", "此会话的密钥不能使用 {}"),
+    "budget_mints_nothing": ("A key with a budget cannot make keys: its budget binds only its own calls",
+                             "有预算的密钥不能创建新密钥：预算只约束它自己的调用"),
     "at_most_parent": ("'{}' may be at most {}, this session's key's own", "{}最多为 {}（此会话密钥的上限）"),
     "outlives_parent": ("The new key may not outlive this session's key (it expires {} UTC)",
                         "新密钥的有效期不能超过此会话的密钥（其过期时间为 {} UTC）"),

@@ -1,13 +1,15 @@
 """What a key made on the console's Keys page may be. From a JWT's session: what the form asks.
 From an API key's session: no broader than that key (SPEC §14) — a limit the form leaves blank is
 the key's own, one broader than the key's is refused (never silently clamped), and the new key
-records its parent, so the parent's revocation, models, rpm and caps bind it too (service/web/auth.py)."""
+records its parent, so the parent's revocation, models, rpm and caps bind it too (service/web/auth.py).
+A key with a budget (or under one) mints no keys: a budget binds its own key's calls only."""
 from __future__ import annotations
 
 import datetime as dt
 
 from service.store.db import ApiKey
 from service.web.console import i18n, zh
+from service.web.auth import lineage
 from service.web.errors import InvalidRequest
 
 FIELDS = ("models", "rpm", "max_concurrent", "expires_at")
@@ -37,6 +39,9 @@ def narrowed(asked: dict, parent: ApiKey | None, key_cap: int) -> dict:
     MAX_CONCURRENT_PER_KEY, the cap of a key without its own (0: none)."""
     if parent is None:
         return asked
+    if any(k.budget is not None for k in lineage(parent)):
+        # a key's budget binds its own calls only: a key minted under it would spend past it
+        raise InvalidRequest(i18n.t("budget_mints_nothing"), param="budget")
     out = dict(asked)
     if parent.models:
         extra = sorted(set(asked["models"] or []) - set(parent.models))
