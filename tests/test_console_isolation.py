@@ -99,27 +99,41 @@ def edit(client, key_id: int, **form):
 
 
 def test_a_key_session_changes_only_its_own_line_and_never_broader(gateway):
-    own, plain = minted_key(gateway, rpm=5, budget=5, budget_period="week")
+    own, plain = minted_key(gateway, rpm=5)
     sibling, _ = minted_key(gateway)
     session = console(gateway.application, plain)
     assert session.post("/console/keys", data={"csrf_token": session.csrf, "name": "child"}).status_code == 303
     child = ApiKey.get(ApiKey.parent_id == own).id
     assert edit(session, sibling, rpm="1").status_code == 403 and ApiKey.get_by_id(sibling).rpm is None
     assert "at most 5" in edit(session, child, rpm="6").get_data(as_text=True)
-    assert "at most 5 credits" in edit(session, child, budget="6", budget_period="week").get_data(as_text=True)
-    shorter = edit(session, child, budget="5", budget_period="day")  # 5 a day is more than 5 a week
-    assert shorter.status_code == 400 and "no shorter" in shorter.get_data(as_text=True)
     assert edit(session, child, rpm="2", budget="4", budget_period="month").status_code == 303
     row = ApiKey.get_by_id(child)
     assert (row.rpm, row.budget, row.budget_period) == (2, 4_000_000, "month")
-    assert edit(session, own, rpm="", budget="").status_code == 303  # blank: the key's own, not removed
-    row = ApiKey.get_by_id(own)
-    assert (row.rpm, row.budget, row.budget_period) == (5, 5_000_000, "week")
+    minted = edit(session, own, budget="3")  # keys were minted under it: a budget would not bind them
+    assert minted.status_code == 400 and "minted" in minted.get_data(as_text=True)
+    assert edit(session, own, rpm="").status_code == 303  # blank: the key's own, not removed
+    assert (ApiKey.get_by_id(own).rpm, ApiKey.get_by_id(own).budget) == (5, None)
     jwt = console(gateway.application, token("alice"))  # the account's own session may widen
     forged = jwt.post(f"/console/keys/{own}", data={"rpm": "50"})  # but not from a form without its token
     assert forged.status_code == 403 and ApiKey.get_by_id(own).rpm == 5
-    assert edit(jwt, own, rpm="50", budget="", budget_period="week").status_code == 303
-    assert (ApiKey.get_by_id(own).rpm, ApiKey.get_by_id(own).budget) == (50, None)
+    assert edit(jwt, own, rpm="50").status_code == 303 and ApiKey.get_by_id(own).rpm == 50
+
+
+def test_a_budgeted_key_session_keeps_its_budget_and_mints_nothing(gateway):
+    own, plain = minted_key(gateway, rpm=5, budget=5, budget_period="week")
+    session = console(gateway.application, plain)
+    refused = session.post("/console/keys", data={"csrf_token": session.csrf, "name": "child"})
+    assert refused.status_code == 400 and "A key with a budget cannot make keys" in refused.get_data(as_text=True)
+    assert "at most 5 credits" in edit(session, own, budget="6", budget_period="week").get_data(as_text=True)
+    shorter = edit(session, own, budget="5", budget_period="day")  # 5 a day is more than 5 a week
+    assert shorter.status_code == 400 and "no shorter" in shorter.get_data(as_text=True)
+    assert edit(session, own, rpm="", budget="").status_code == 303  # blank: the key's own, not removed
+    row = ApiKey.get_by_id(own)
+    assert (row.rpm, row.budget, row.budget_period) == (5, 5_000_000, "week")
+    assert edit(session, own, budget="4", budget_period="month").status_code == 303  # narrower: saved
+    jwt = console(gateway.application, token("alice"))
+    assert edit(jwt, own, budget="", budget_period="week").status_code == 303  # the account may lift it
+    assert ApiKey.get_by_id(own).budget is None
 
 
 @pytest.mark.parametrize("query, message", [

@@ -53,7 +53,7 @@ def key_edit(key_id: int):
     try:
         changes = key_admin.fields(rules.edit_body(request.form))
         changes = rules.edited(changes, g.api_key, current_app.config["MAX_CONCURRENT_PER_KEY"])
+        key_admin.change(key_id, changes)
     except GatewayError as err:
         return key_page(key_id, i18n.error(err), 400)
-    key_admin.change(key_id, changes)
     return redirect(url_for("console.key_page", key_id=key_id), 303)

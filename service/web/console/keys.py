@@ -39,9 +39,6 @@ def narrowed(asked: dict, parent: ApiKey | None, key_cap: int) -> dict:
     MAX_CONCURRENT_PER_KEY, the cap of a key without its own (0: none)."""
     if parent is None:
         return asked
-    if any(k.budget is not None for k in lineage(parent)):
-        # a key's budget binds its own calls only: a key minted under it would spend past it
-        raise InvalidRequest(i18n.t("budget_mints_nothing"), param="budget")
     out = dict(asked)
     if parent.models:
         extra = sorted(set(asked["models"] or []) - set(parent.models))
@@ -56,6 +53,13 @@ def narrowed(asked: dict, parent: ApiKey | None, key_cap: int) -> dict:
                                  param="expires_at")
         out["expires_at"] = asked["expires_at"] or parent.expires_at
     return out
+
+
+def may_mint(parent: ApiKey | None) -> None:
+    """A key's session whose key has a budget (or is under one) mints no keys: a budget binds its
+    own key's calls only, and a key minted under it would spend past it."""
+    if parent is not None and any(k.budget is not None for k in lineage(parent)):
+        raise InvalidRequest(i18n.t("budget_mints_nothing"), param="budget")
 
 
 def _at_most(field: str, asked: int | None, most: int | None) -> int | None:

@@ -102,6 +102,7 @@ def create_key_post():
     """A new key (no broader than the session's own key, service/web/console/keys.py), shown once on
     the page the answer redirects to: a refresh there makes no second key."""
     try:
+        minting.may_mint(g.api_key)
         asked = minting.parse(request.form)
         limits = minting.narrowed(asked, g.api_key, current_app.config["MAX_CONCURRENT_PER_KEY"])
     except GatewayError as err:
