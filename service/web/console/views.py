@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, current_app, g, redirect, render_template, request, send_from_directory, url_for
 
 from service.web import reports
-from service.web.console import i18n, session, signin
+from service.web.console import i18n, session, signin, signin_audit
 from service.web.errors import AuthenticationFailed, GatewayError, RateLimited
 
 bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
@@ -122,6 +122,7 @@ def login_post():
         token, row = session.sign_in(credential)
     except GatewayError as err:
         throttle.failed(tries)
+        signin_audit.failed(credential, err.message)
         return _login_page(401, error=err.body(i18n.lang())["message"])
     throttle.cleared(list(tries)[1])
     response = redirect(url_for("console.overview"))
