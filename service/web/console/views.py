@@ -167,5 +167,6 @@ def _icon(state) -> None:
 
 
 from service.web.console import operator, user  # noqa: E402 - their routes are on bp, so they come after it
+from service.web.console import audit_log, deployments  # noqa: E402 - the operator's deployments and audit pages
 
-PAGES = (user, operator)
+PAGES = (user, operator, deployments, audit_log)
