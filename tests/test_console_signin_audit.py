@@ -82,5 +82,5 @@ def test_the_address_is_the_clients_behind_a_trusted_proxy(make_app):
 def test_tries_refused_unchecked_by_the_throttle_or_a_stale_form_leave_no_row(make_app):
     client = make_app(CONSOLE_SIGNIN_FREE_PER_IP=1, CONSOLE_SIGNIN_BACKOFF_SECONDS=600).test_client()
     assert [sign_in(client, f"sk-guess{i}") for i in range(3)] == [401, 401, 429]
-    assert client.post("/console/login", data={"credential": "sk-x", "csrf_token": "stale"}).status_code == 429
+    assert client.post("/console/login", data={"credential": "sk-x", "csrf_token": "stale"}).status_code == 403
     assert [e.action for e in rows()] == ["console.sign_in_failed"] * 2  # the two that were checked
