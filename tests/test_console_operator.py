@@ -163,7 +163,8 @@ def test_the_audit_log_lists_top_ups_with_their_note_and_sign_ins(site, browser)
     browser.find_element(By.CSS_SELECTOR, "#top-up button").click()
     wait(browser, ready.staleness_of(before))
     browser.find_element(By.LINK_TEXT, "Audit log").click()
-    top_up = wait(browser, ready.presence_of_element_located((By.CSS_SELECTOR, "#audit tr[data-action='credits.topup']")))
+    top_up = wait(browser, ready.presence_of_element_located(
+        (By.CSS_SELECTOR, "#audit tr[data-action='credits.topup']")))
     assert top_up.find_element(By.CLASS_NAME, "actor").text == "root"
     assert top_up.find_element(By.CLASS_NAME, "target").text == "account:alice"
     assert top_up.find_element(By.CLASS_NAME, "detail").text == "amount: 5.5, note: invoice 42"
@@ -189,6 +190,7 @@ def test_the_audit_log_pages_and_keeps_its_filter(site, browser):
     assert len(first) == 50 and first[0].find_element(By.CLASS_NAME, "target").text == "key:59"
     browser.find_element(By.ID, "older").click()
     wait(browser, ready.staleness_of(first[0]))
-    rest = [r.find_element(By.CLASS_NAME, "target").text for r in browser.find_elements(By.CSS_SELECTOR, "#audit tbody tr")]
+    rest = [r.find_element(By.CLASS_NAME, "target").text
+            for r in browser.find_elements(By.CSS_SELECTOR, "#audit tbody tr")]
     assert rest == [f"key:{i}" for i in range(9, -1, -1)] and not browser.find_elements(By.ID, "older")
     assert browser.find_element(By.ID, "actor").get_attribute("value") == "bot"
