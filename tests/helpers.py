@@ -139,20 +139,3 @@ class Outage:
             self.proxy.close()
             billing.reconnect()
             db.initialize(open_database(self.direct))  # the fixtures' clean-up goes direct
-
-
-def chromium(profile_dir):
-    """Debian's headless Chromium under Selenium, as tests/test_console.py drives it (its
-    `browser` fixture); the caller quits it."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile_dir}", "--window-size=1280,900"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    driver.set_page_load_timeout(30)
-    return driver

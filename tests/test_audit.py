@@ -59,3 +59,18 @@ def test_amounts_beyond_a_floats_digits_are_recorded_exactly(client, admin_heade
                     json={"amount": "999999999999.000001"})
     assert r.status_code == 200
     assert AuditEntry.get().detail["amount"] == "999999999999.000001"
+
+
+def test_deployment_switches_are_recorded_once_per_change(client, admin_headers):
+    assert client.post("/api/admin/models", headers=admin_headers, json={
+        "id": 60, "name": "pool", "api": "openai", "cost_per_1k_tokens": "1",
+        "deployments": [{"name": "east"}, {"name": "west"}]}).status_code == 201
+    for enabled in (False, False, True):  # the second changes nothing and is not recorded
+        r = client.patch("/api/admin/models/60/deployments/west", headers=admin_headers, json={"enabled": enabled})
+        assert r.status_code == 200
+    assert client.patch("/api/admin/models/60/deployments/north", headers=admin_headers,
+                        json={"enabled": False}).status_code == 404
+    switched = AuditEntry.select().where(AuditEntry.action.startswith("deployment.")).order_by(AuditEntry.id)
+    assert [(e.actor, e.action, e.target, e.detail) for e in switched] == [
+        ("root", "deployment.disable", "model:60", {"model": "pool", "deployment": "west"}),
+        ("root", "deployment.enable", "model:60", {"model": "pool", "deployment": "west"})]

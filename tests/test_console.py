@@ -9,17 +9,16 @@ import threading
 
 import pytest
 import requests
-from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
-from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium.webdriver.support.ui import Select
 from werkzeug import Response
 
 from config.settings import ROOT
 from service.money import billing
 from service.store.db import AIModel, ApiKey, ConsoleSession, LedgerEntry
+from tests.browser import chromium, wait
+from tests.browser import sign_in as sign_in_at
 from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
 from tests.helpers import account, charges, holds
@@ -37,23 +36,9 @@ def site(gateway, upstream, live_factory):
 
 @pytest.fixture
 def browser(tmp_path):
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1280,900"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console's own errors
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    driver.set_page_load_timeout(30)
+    driver = chromium(tmp_path / "chromium")
     yield driver
     driver.quit()
-
-
-def wait(driver, condition, seconds: float = 15):
-    # a page being replaced may answer a lookup with "Node ... does not belong to the document"
-    # (Chromium 156): polled again, like a missing element; the condition must still come true
-    return WebDriverWait(driver, seconds, ignored_exceptions=(WebDriverException,)).until(condition)
 
 
 def shot(driver, name: str) -> None:
@@ -62,10 +47,7 @@ def shot(driver, name: str) -> None:
 
 
 def sign_in(driver, site, credential: str) -> None:
-    driver.get(f"{site.url}/console/login")
-    driver.find_element(By.ID, "credential").send_keys(credential)
-    driver.find_element(By.ID, "sign-in").click()
-    wait(driver, ready.presence_of_element_located((By.ID, "balance")))
+    sign_in_at(driver, site.url, credential)
 
 
 def sign_out(driver) -> None:

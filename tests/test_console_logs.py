@@ -17,7 +17,8 @@ from werkzeug import Response
 from service.store.db import ApiKey, RequestLog, utcnow
 from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
-from tests.helpers import account, charges, chromium
+from tests.browser import chromium
+from tests.helpers import account, charges
 
 HI = [{"role": "user", "content": "hi"}]
 

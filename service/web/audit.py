@@ -3,7 +3,9 @@
 `record(actor, action, target, detail, ip)` adds one row; nothing updates or deletes them (no
 retention prunes them). Actions are dotted names: `credits.topup`, `credits.adjust`,
 `model.create`, `model.update`, `model.delete`, `key.create`, `key.update`, `key.revoke`,
-`account.update`, `console.sign_in`, `console.sign_in_failed`.
+`account.update`, `deployment.enable`, `deployment.disable`, `console.sign_in`,
+`console.sign_in_failed`. The API (`GET /api/admin/audit`) and the console's audit page read them
+through `entries`.
 """
 from __future__ import annotations
 
@@ -20,6 +22,9 @@ log = logging.getLogger("tollgate")
 bp = Blueprint("audit", __name__, url_prefix="/api/admin")
 bp.before_request(require_admin)
 TEXT_MAX = 255
+ACTIONS = ("credits.topup", "credits.adjust", "model.create", "model.update", "model.delete", "key.create",
+           "key.update", "key.revoke", "account.update", "deployment.enable", "deployment.disable",
+           "console.sign_in", "console.sign_in_failed")
 
 
 def _cut(value) -> str | None:
@@ -60,12 +65,21 @@ def _int(name: str, default: int | None, high: int) -> int | None:
 @bp.get("/audit")
 def audit_log():
     """Newest first; `before` is the `id` of the last row seen; filters by actor and action."""
-    limit, before = _int("limit", 50, 500), _int("before", None, 2 ** 62)
+    rows, more = entries(_int("limit", 50, 500), _int("before", None, 2 ** 62),
+                         request.args.get("actor"), request.args.get("action"))
+    return {"data": [entry_body(e) for e in rows], "has_more": more}
+
+
+def entries(limit: int, before: int | None = None, actor: str | None = None,
+            action: str | None = None) -> tuple[list[AuditEntry], bool]:
+    """One page of rows, newest first (`before`: the id of the last row seen; blank filters are
+    none), and whether older rows remain."""
     query = AuditEntry.select()
     if before is not None:
         query = query.where(AuditEntry.id < before)
-    for name in ("actor", "action"):
-        if request.args.get(name):
-            query = query.where(getattr(AuditEntry, name) == request.args[name])
+    if actor:
+        query = query.where(AuditEntry.actor == actor)
+    if action:
+        query = query.where(AuditEntry.action == action)
     rows = list(query.order_by(AuditEntry.id.desc()).limit(limit + 1))
-    return {"data": [entry_body(e) for e in rows[:limit]], "has_more": len(rows) > limit}
+    return rows[:limit], len(rows) > limit

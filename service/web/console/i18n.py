@@ -159,6 +159,31 @@ WORDS = {
                         "新密钥的有效期不能超过此会话的密钥（其过期时间为 {} UTC）"),
     "bad_expiry": ("'expires_at' must be a date and time (UTC)", "过期时间必须是日期和时间（UTC）"),
     "price_unit": ("credits per 1k tokens", "每千词元积分"),
+    # the operator's deployments page and the catalogue's deployments (SPEC §15)
+    "deployments": ("Deployments", "部署"),
+    "deployments_help": ("Each catalogue model with deployments: their state as the router sees it. A disabled "
+                         "deployment takes no calls until it is enabled here; edit deployments on the catalogue page.",
+                         "每个配置了部署的模型及其各部署在路由中的状态。已停用的部署在此重新启用前不接收调用；"
+                         "部署的字段在模型目录页面编辑。"),
+    "no_deployments": ("No catalogue model has deployments yet; add them on the catalogue page.",
+                       "目录中还没有配置部署的模型，可在模型目录页面添加。"),
+    "routing": ("Routing", "路由策略"), "state": ("State", "状态"), "in_flight": ("In flight", "进行中"),
+    "requests": ("Requests", "请求数"), "errors": ("Errors", "错误数"),
+    "p50_latency": ("p50 latency", "延迟中位数"), "p50_ttft": ("p50 first token", "首词元时间中位数"),
+    "cooling_until": ("Cooling until (UTC)", "冷却结束（UTC）"), "weight": ("Weight", "权重"),
+    "priority": ("Priority", "优先级"), "caps": ("Caps (rpm / tpm / at once)", "上限（每分钟请求 / 每分钟词元 / 并发）"),
+    "enable": ("Enable", "启用"), "disable": ("Disable", "停用"),
+    "dep_ok": ("ok", "正常"), "dep_cooling": ("cooling", "冷却中"), "dep_open": ("open (circuit breaker)", "已熔断"),
+    "dep_disabled": ("disabled", "已停用"),
+    "f_routing": ("Routing across deployments", "部署间路由策略"),
+    "routing_default": ("default (weighted)", "默认（按权重）"),
+    "f_deployments": ("Deployments (JSON: a list of tables, as [[models.deployments]] in models.toml; blank: none)",
+                      "部署（JSON：表的列表，同 models.toml 中的 [[models.deployments]]；留空：无）"),
+    "deployments_not_json": ("deployments: not valid JSON ({})", "部署：不是有效的 JSON（{}）"),
+    # the operator's audit log (SPEC §17)
+    "audit": ("Audit log", "审计日志"), "actor": ("Actor", "操作者"), "action": ("Action", "操作"),
+    "target": ("Target", "对象"), "detail": ("Detail", "详情"), "address": ("Address", "地址"),
+    "filter": ("Filter", "筛选"),
 }
 
 # a message with no Chinese wording: its English detail in a Chinese frame

@@ -3,13 +3,16 @@ catalogue form, calls in flight and health."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from urllib.parse import quote
 
 from flask import abort, current_app, g, redirect, request, url_for
 
 from service import seed
 from service.money import billing
+from service.pipeline.deployments import STRATEGIES
 from service.store.db import Account, Hold, utcnow
+from service.web import audit
 from service.web.console import i18n
 from service.web.console.user import cursor, ledger_rows
 from service.web.console.views import bp, page
@@ -81,7 +84,11 @@ def admin_credit(name: str):
     acct = _account(name)
     try:
         note = (request.form.get("note") or "").strip() or None
-        billing.credit(acct.id, billing.to_micro(request.form.get("amount", ""), "amount"), note, g.account.name)
+        amount = billing.to_micro(request.form.get("amount", ""), "amount")
+        with billing.write_tx():  # audited as the admin API audits it: with the change, or neither
+            billing.credit(acct.id, amount, note, g.account.name)
+            audit.record_admin("credits.topup" if amount > 0 else "credits.adjust", f"account:{name}",
+                               {"amount": billing.to_credits(amount), "note": note})
     except GatewayError as err:
         return admin_account(name, i18n.error(err), 400)
     return redirect(account_url(name), 303)
@@ -92,7 +99,23 @@ def admin_models(failed: int | None = None, error: str | None = None, status: in
     """Every catalogue row as its own form; a refused save comes back on its row, as typed."""
     rows = list(current_app.extensions["tollgate"].registry.rows())
     return page("admin_models.html", status, rows=rows, failed=failed, error=error, form=request.form,
-                fields=seed.PRICES)
+                fields=seed.PRICES, strategies=STRATEGIES,
+                deployments={r.id: json.dumps(r.deployments, indent=2, ensure_ascii=False) if r.deployments else ""
+                             for r in rows})
+
+
+def _deployments(text: str) -> list | None:
+    """The form's deployments field: JSON, a list of tables as in models.toml (blank: none); the
+    catalogue's validator (seed.validate) then checks each as `make seed-models` does."""
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    except RecursionError:
+        where = "nested too deeply"
+    raise InvalidRequest(i18n.t("deployments_not_json", where), param="deployments")
 
 
 def _changes(form) -> dict:
@@ -105,6 +128,10 @@ def _changes(form) -> dict:
     for field in ("aliases", "fallbacks"):
         if field in form:
             changes[field] = [v.strip() for v in form[field].split(",") if v.strip()]
+    if "deployments" in form:
+        changes["deployments"] = _deployments(form["deployments"])
+    if "routing" in form:
+        changes["routing"] = form["routing"].strip() or None
     known = {n for r in current_app.extensions["tollgate"].registry.rows() for n in [r.name, *(r.aliases or [])]}
     unknown = [n for n in changes.get("fallbacks", []) if n not in known]
     if unknown:
@@ -121,8 +148,11 @@ def admin_model_update(model_id: int):
     if row is None:
         abort(404)
     try:
-        merged = seed.validate({**model_body(row), **_changes(request.form)}, row.name)
-        seed.upsert([merged])
+        changes = _changes(request.form)
+        merged = seed.validate({**model_body(row), **changes}, row.name)
+        with billing.write_tx():  # audited as the admin API's PATCH: the fields sent
+            seed.upsert([merged])
+            audit.record_admin("model.update", f"model:{model_id}", changes)
     except GatewayError as err:
         return admin_models(model_id, i18n.t("row_error", i18n.error(err)), 400)
     ext.registry.invalidate()

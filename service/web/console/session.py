@@ -12,8 +12,10 @@ import secrets
 
 from flask import current_app, g, request
 
+from service.money.billing import write_tx
 from service.store.db import Account, ConsoleSession, utcnow
 from service.web.auth import Caller, _claims, _from_jwt, _from_key, live_key
+from service.web.console import signin_audit
 
 COOKIE = "tollgate_console"
 LOGIN_COOKIE = "tollgate_login"  # the sign-in form's token (double submit: cookie and field)
@@ -33,18 +35,21 @@ def sign_in(credential: str) -> tuple[str, ConsoleSession]:
     """A new session for an API key or a JWT (checked as the JSON API checks them); the
     cookie value and the row. A bad credential raises AuthenticationFailed."""
     credential = credential.strip()
-    key_id = None
+    key = None
     if credential.startswith("sk-"):
         account, key = _from_key(credential)
-        admin, key_id, expiry = False, key.id, key.expires_at
+        admin, expiry = False, key.expires_at
     else:
         account, admin = _from_jwt(credential)
         exp = _claims(credential).get("exp")
         expiry = (dt.datetime.fromtimestamp(exp, dt.timezone.utc).replace(tzinfo=None)
                   if isinstance(exp, (int, float)) else None)
     token = secrets.token_urlsafe(32)
-    row = ConsoleSession.create(token_hash=_hash(token), account=account.id, admin=admin, key_id=key_id,
-                                csrf=secrets.token_urlsafe(32), expires_at=_ends(expiry))
+    with write_tx():  # the session and its audit row commit together
+        row = ConsoleSession.create(token_hash=_hash(token), account=account.id, admin=admin,
+                                    key_id=key.id if key else None, csrf=secrets.token_urlsafe(32),
+                                    expires_at=_ends(expiry))
+        signin_audit.succeeded(account.name, key, admin)
     return token, row
 
 

@@ -40,15 +40,21 @@ def identities(address: str | None, credential: str) -> dict[str, int]:
     credential (a JWT's subject, so forged tokens for one account from many addresses meet;
     otherwise the credential itself)."""
     conf = current_app.config
-    who = _digest(credential)
-    if not credential.startswith("sk-"):
-        try:
-            sub = pyjwt.decode(credential, options={"verify_signature": False}).get("sub")
-            who = f"sub:{_digest(sub)}" if isinstance(sub, str) else who
-        except pyjwt.PyJWTError:
-            pass
+    sub = subject(credential)
+    who = f"sub:{_digest(sub)}" if sub is not None else _digest(credential)
     return {f"ip:{address or 'unknown'}": conf["CONSOLE_SIGNIN_FREE_PER_IP"],
             f"cred:{who}": conf["CONSOLE_SIGNIN_FREE_PER_CREDENTIAL"]}
+
+
+def subject(credential: str) -> str | None:
+    """The account a JWT claims (its `sub`, unverified), or None: a key, or not a JWT."""
+    if credential.startswith("sk-"):
+        return None
+    try:
+        sub = pyjwt.decode(credential, options={"verify_signature": False}).get("sub")
+    except pyjwt.PyJWTError:
+        return None
+    return sub if isinstance(sub, str) else None
 
 
 class Throttle:

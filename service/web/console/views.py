@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, current_app, g, redirect, render_template, request, send_from_directory, url_for
 
 from service.web import reports
-from service.web.console import i18n, session, signin
+from service.web.console import i18n, session, signin, signin_audit
 from service.web.errors import AuthenticationFailed, GatewayError, RateLimited
 
 bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
@@ -122,6 +122,7 @@ def login_post():
         token, row = session.sign_in(credential)
     except GatewayError as err:
         throttle.failed(tries)
+        signin_audit.failed(credential, err.message)
         return _login_page(401, error=err.body(i18n.lang())["message"])
     throttle.cleared(list(tries)[1])
     response = redirect(url_for("console.overview"))
@@ -167,5 +168,6 @@ def _icon(state) -> None:
 
 from service.web.console import operator, user  # noqa: E402 - their routes are on bp, so they come after it
 from service.web.console import key_page, logs  # noqa: E402 - the Logs pages and a key's page (issue 35)
+from service.web.console import audit_log, deployments  # noqa: E402 - the operator's deployments and audit pages
 
-PAGES = (user, operator, logs, key_page)
+PAGES = (user, operator, logs, key_page, deployments, audit_log)
