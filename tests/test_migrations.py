@@ -50,7 +50,9 @@ def test_upgrade_from_first_schema_keeps_everything(make_app, db_url):
     first_schema()
 
     app = make_app()  # starting the app upgrades in place
-    assert migrations.current_version() == migrations.STEPS[-1][0] == len(migrations.STEPS)
+    assert migrations.current_version() == migrations.STEPS[-1][0]
+    numbers = [v for v, _ in migrations.STEPS]  # 15-17 are merged from other branches
+    assert numbers == sorted(set(numbers)) and set(range(1, 15)) <= set(numbers)
     result = app.test_cli_runner().invoke(args=["db", "upgrade"])
     assert "nothing to do" in result.output
     assert AIModel.get_by_id(4).cost_per_1k_tokens == 14_000
