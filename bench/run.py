@@ -336,12 +336,12 @@ def services() -> dict[str, list[int]]:
     return found
 
 
-def metered(url: str, conc: int, auth: str, proc: subprocess.Popen) -> dict:
+def metered(url: str, conc: int, auth: str, proc: subprocess.Popen, **options) -> dict:
     """wrk's numbers plus the CPU per call (ms) of the target's processes, PostgreSQL and Redis, and
-    the target's context switches per call, read from /proc around the run."""
+    the target's context switches per call, read from /proc around the run (`options`: wrk's)."""
     groups = {"own": tree(proc.pid), **services()}
     before = {name: usage(pids) for name, pids in groups.items()}
-    result = wrk(url, conc, auth)
+    result = wrk(url, conc, auth, **options)
     groups.update(services())  # a backend that started during the run counts from zero
     calls = max(result["requests"], 1)
     for name, pids in groups.items():
@@ -476,7 +476,8 @@ def measure() -> dict:
         elif chosen:
             results["scenarios"] = scenarios.run(chosen, {
                 "stack": stack, "env": env, "urls": urls, "auth": auth, "db": DB, "py": PY,
-                "base": f"http://127.0.0.1:{ports['gateway']}", "wrk": wrk, "fire": fire, "flask": flask,
+                "base": f"http://127.0.0.1:{ports['gateway']}", "fire": fire, "flask": flask, "metered": metered,
+                "gateway": gateway,
                 "free_port": free_port, "await_port": await_port})
         results["settings"] = {"workers": WORKERS, "threads": THREADS, "seconds": DURATION}
         return results

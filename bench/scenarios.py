@@ -138,7 +138,7 @@ def med(runs: list[dict], field: str) -> float:
     return statistics.median(r[field] for r in runs)
 
 
-def summary(runs: dict, fields=("rps", "p50", "p99")) -> dict:
+def summary(runs: dict, fields=("rps", "p50", "p99", "cpu")) -> dict:
     """Medians per variant, with the rounds kept."""
     return {label: {**{f: med(rs, f) for f in fields}, "errors": sum(r["errors"] for r in rs),
                     "rounds": [{f: r[f] for f in fields} for r in rs]}
@@ -147,9 +147,18 @@ def summary(runs: dict, fields=("rps", "p50", "p99")) -> dict:
 
 # --- the scenarios ----------------------------------------------------------------------------
 
+def metering(ctx, proc):
+    """wrk through `proc`, with its CPU per call (ms, all its threads, from /proc) as `cpu`."""
+    def run(url, conc, auth, **options):
+        result = ctx["metered"](url, conc, auth, proc, **options)
+        result["cpu"] = result["cpu own"]
+        return result
+    return run
+
+
 def routing(ctx) -> dict:
     """A model with three deployments against one, same gateway, interleaved."""
-    wrk, url, auth = ctx["wrk"], ctx["urls"]["gateway"], ctx["auth"]
+    wrk, url, auth = metering(ctx, ctx["gateway"]), ctx["urls"]["gateway"], ctx["auth"]
     for model in ("bench", "bench3"):
         ctx["fire"](url, auth, 300, body=body(model))
     variants = {}
@@ -160,14 +169,15 @@ def routing(ctx) -> dict:
     res = summary(interleave(variants))
     c1 = res["three deployments, c=1"]["p50"] - res["one deployment, c=1"]["p50"]
     per_call = 1000 / res["three deployments, c=32"]["rps"] - 1000 / res["one deployment, c=32"]["rps"]
-    return {"variants": res, "added_p50_c1_ms": c1, "added_per_call_c32_ms": per_call,
+    cpu = {f"c={c}": res[f"three deployments, c={c}"]["cpu"] - res[f"one deployment, c={c}"]["cpu"] for c in (1, 32)}
+    return {"variants": res, "added_p50_c1_ms": c1, "added_per_call_c32_ms": per_call, "added_cpu_ms": cpu,
             "target_ms": 0.1, "met": c1 <= 0.1 and per_call <= 0.1, "load": load_average()}
 
 
 def request_log(ctx) -> dict:
     """Two gateways alike but for REQUEST_LOG, c=32 throughput, interleaved."""
-    stack, env, auth, wrk = ctx["stack"], ctx["env"], ctx["auth"], ctx["wrk"]
-    urls, procs = {}, []
+    stack, env, auth = ctx["stack"], ctx["env"], ctx["auth"]
+    urls, procs, meters = {}, [], {}
     try:
         for label, on in (("log on", "true"), ("log off", "false")):
             port = ctx["free_port"]()
@@ -176,10 +186,11 @@ def request_log(ctx) -> dict:
             proc = stack.start([ctx["py"], "-m", "service.server"], name=f"gateway-log-{on}",
                                env={**env, "PORT": str(port), "DATA_DIR": str(data), "REQUEST_LOG": on})
             procs.append(proc)
+            meters[label] = metering(ctx, proc)
             ctx["await_port"](port)
             urls[label] = f"http://127.0.0.1:{port}/api/v1/chat/completions"
             ctx["fire"](urls[label], auth, 500)
-        res = summary(interleave({label: (lambda u=u: wrk(u, 32, auth, seconds=SECONDS))
+        res = summary(interleave({label: (lambda u=u, m=meters[label]: m(u, 32, auth, seconds=SECONDS))
                                   for label, u in urls.items()}))
     finally:
         for proc in procs:
@@ -187,7 +198,7 @@ def request_log(ctx) -> dict:
             proc.wait(30)
             stack.procs.remove(proc)
     ratio = res["log on"]["rps"] / res["log off"]["rps"]
-    return {"variants": res, "ratio": ratio, "target": 0.95, "met": ratio >= 0.95, "load": load_average()}
+    return {"variants": res, "ratio": ratio, "added_cpu_ms": res["log on"]["cpu"] - res["log off"]["cpu"], "target": 0.95, "met": ratio >= 0.95, "load": load_average()}
 
 
 def psql(db_url: str, sql: str) -> str:
@@ -280,7 +291,7 @@ def logs_page(ctx) -> dict:
 def cache(ctx) -> dict:
     """Hits (free, priced) and an uncached call of the same body at c=1; misses (a new prompt each
     call) on a cached row and the same on an uncached row; interleaved."""
-    wrk, url, auth = ctx["wrk"], ctx["urls"]["gateway"], ctx["auth"]
+    wrk, url, auth = metering(ctx, ctx["gateway"]), ctx["urls"]["gateway"], ctx["auth"]
     for model in ("bench", "cached", "cached-priced"):  # warm, and store the two hits' answers
         ctx["fire"](url, auth, 100, body=body(model))
     check = requests.post(url, json=body("cached"), headers={"Authorization": auth}, timeout=30)
@@ -300,7 +311,8 @@ def cache(ctx) -> dict:
     uncached = res["uncached row"]["p50"]
     speedups = {label: uncached / res[label]["p50"] for label in res if label.startswith("hit")}
     miss_added = res["miss (cached row, new prompts)"]["p50"] - res["uncached row, new prompts"]["p50"]
-    return {"variants": res, "hit_speedup": speedups, "hit_target": 5.0,
+    miss_cpu = res["miss (cached row, new prompts)"]["cpu"] - res["uncached row, new prompts"]["cpu"]
+    return {"variants": res, "hit_speedup": speedups, "hit_target": 5.0, "miss_added_cpu_ms": miss_cpu,
             "miss_added_ms": miss_added, "miss_target_ms": 0.2,
             "met_hit": all(s >= 5 for s in speedups.values()), "met_miss": miss_added <= 0.2,
             "load": load_average()}
@@ -332,16 +344,16 @@ def _ok(good: bool) -> str:
 
 
 def _rounds(v: dict) -> str:
-    return ", ".join("%.0f/%.2f" % (r["rps"], r["p50"]) for r in v["rounds"])
+    return ", ".join("%.0f/%.2f/%.2f" % (r["rps"], r["p50"], r["cpu"]) for r in v["rounds"])
 
 
 def _variant_rows(res: dict) -> str:
-    return "\n".join(f"| {label} | {v['rps']:.0f} | {v['p50']:.2f} | {v['p99']:.2f} | {_rounds(v)} | {v['errors']} |"
-                     for label, v in res.items())
+    return "\n".join(f"| {label} | {v['rps']:.0f} | {v['p50']:.2f} | {v['p99']:.2f} | {v['cpu']:.3f} | "
+                     f"{_rounds(v)} | {v['errors']} |" for label, v in res.items())
 
 
-HEAD = ("| variant | requests/s (median) | p50 ms (median) | p99 ms (median) | each round: req/s / p50 ms | non-2xx |\n"
-        "|---|---|---|---|---|---|")
+HEAD = ("| variant | requests/s | p50 ms | p99 ms | gateway CPU ms per call | "
+        "each round: req/s / p50 ms / CPU ms | non-2xx |\n|---|---|---|---|---|---|---|")
 
 
 def lines(found: dict | None) -> str:
@@ -350,21 +362,25 @@ def lines(found: dict | None) -> str:
         return ""
     parts = [BEGIN, "## Same-run comparisons (issues 34, 35, 36)", "",
              "Variants interleaved: every round runs each for a short wrk run, the order reversed every "
-             "other round; medians over the rounds. Load average (1, 5, 15 min) before and after each "
-             "scenario. `BENCH_ONLY=routing,log,logs_page,cache make bench` re-runs them alone."]
+             "other round; medians over the rounds. The gateway's CPU per call (all its threads, from "
+             "/proc around each run) moves far less with the machine's load than latency does. Load "
+             "average (1, 5, 15 min) before and after each scenario. "
+             "`BENCH_ONLY=routing,log,cache,logs_page make bench` re-runs them alone."]
     if "routing" in found:
         r = found["routing"]
         parts += ["", f"### Routing: three deployments against one (issue 34; {r['when']}, "
                   f"{r['rounds']} rounds × {r['round_seconds']} s, load {r['load_before']} → {r['load']})", "",
                   HEAD, _variant_rows(r["variants"]), "",
                   f"* added per call: c=1 p50 **{r['added_p50_c1_ms']:+.3f} ms**, c=32 (1/throughput) "
-                  f"**{r['added_per_call_c32_ms']:+.3f} ms** (target ≤ 0.1 ms: {_ok(r['met'])})"]
+                  f"**{r['added_per_call_c32_ms']:+.3f} ms** (target ≤ 0.1 ms: {_ok(r['met'])}); the gateway's "
+                  f"CPU per call: {r['added_cpu_ms']['c=1']:+.3f} ms at c=1, {r['added_cpu_ms']['c=32']:+.3f} ms at c=32"]
     if "log" in found:
         r = found["log"]
         parts += ["", f"### Request log on against off, c=32 (issue 35; {r['when']}, "
                   f"{r['rounds']} rounds × {r['round_seconds']} s, load {r['load_before']} → {r['load']})", "",
                   HEAD, _variant_rows(r["variants"]), "",
-                  f"* with the log: **{r['ratio']:.1%}** of the throughput without (target ≥ 95%: {_ok(r['met'])})"]
+                  f"* with the log: **{r['ratio']:.1%}** of the throughput without (target ≥ 95%: {_ok(r['met'])}); "
+                  f"the gateway's CPU per call {r['added_cpu_ms']:+.3f} ms"]
     if "logs_page" in found:
         r = found["logs_page"]
         rows = []
@@ -388,7 +404,8 @@ def lines(found: dict | None) -> str:
                   HEAD, _variant_rows(r["variants"]), "",
                   f"* a hit against the uncached row (p50 ratio): {speed} (target ≥ 5×: {_ok(r['met_hit'])})",
                   f"* a miss on a cached row over the uncached row, the same new prompts: "
-                  f"**{r['miss_added_ms']:+.3f} ms** p50 (target ≤ 0.2 ms: {_ok(r['met_miss'])})"]
+                  f"**{r['miss_added_ms']:+.3f} ms** p50 (target ≤ 0.2 ms: {_ok(r['met_miss'])}); the gateway's "
+                  f"CPU per call {r['miss_added_cpu_ms']:+.3f} ms"]
     parts += [END, ""]
     return "\n".join(parts)
 
