@@ -8,7 +8,7 @@ import requests
 
 from service.money import billing, budgets
 from service.pipeline.answer_cache import Memory, policy
-from service.store.db import KeySpend, LedgerEntry
+from service.store.db import AlertOutbox, KeySpend, LedgerEntry
 from tests import schemas
 from tests.conftest import SECRET, auth, token
 from tests.fakes import openai as fake_openai
@@ -242,6 +242,15 @@ def test_the_charge_writes_cache_hit_itself_and_charges_a_request_once(client, c
     with pytest.raises(billing.InsufficientCredits):
         billing.charge(alice, "chatcmpl-hit-3", "global", 10, 5, 100_000_000)  # more than is left
     assert len(charges("alice")) == 2 and account("alice").balance == 100_000_000 - 1234
+    invariant("alice")
+
+
+def test_a_charge_that_crosses_the_low_balance_line_writes_its_alert_with_it(client, cached):
+    alice = account("alice").id
+    billing.charge(alice, "chatcmpl-hit-a", "global", 10, 5, 60_000_000, threshold=50_000_000)
+    billing.charge(alice, "chatcmpl-hit-b", "global", 10, 5, 1, threshold=50_000_000)  # already below
+    alerts = list(AlertOutbox.select().where(AlertOutbox.account == alice))
+    assert [(a.request_id, a.balance, a.threshold) for a in alerts] == [("chatcmpl-hit-a", 40_000_000, 50_000_000)]
     invariant("alice")
 
 
