@@ -245,6 +245,18 @@ def test_the_charge_writes_cache_hit_itself_and_charges_a_request_once(client, c
     invariant("alice")
 
 
+def test_a_charge_leaves_what_other_calls_hold(client, cached):
+    alice = account("alice").id
+    billing.hold(alice, "chatcmpl-in-flight", 99_600_000, 60)
+    with pytest.raises(billing.InsufficientCredits):
+        billing.charge(alice, "chatcmpl-hit-x", "global", 10, 5, 400_001)
+    assert billing.charge(alice, "chatcmpl-hit-y", "global", 10, 5, 400_000) is True  # exactly what is free
+    assert (account("alice").balance, account("alice").held) == (99_600_000, 99_600_000)
+    billing.release("chatcmpl-in-flight")
+    assert [e.request_id for e in charges("alice")] == ["chatcmpl-hit-y"]
+    invariant("alice")
+
+
 def test_a_charge_that_crosses_the_low_balance_line_writes_its_alert_with_it(client, cached):
     alice = account("alice").id
     billing.charge(alice, "chatcmpl-hit-a", "global", 10, 5, 60_000_000, threshold=50_000_000)
