@@ -77,6 +77,8 @@ test: install-test services agents
 	exit $$status
 
 
+# every scenario; BENCH_ONLY=routing,log,cache,logs_page (any of them, and `standard` for the
+# earlier ones) runs only those and replaces their section of bench/results.* (docs/benchmarks.md)
 bench: install-test services wrk
 	$(PY) -m bench.run
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import requests
 
+from bench import scenarios
 from service.server.server import raise_descriptor_limit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,7 +157,7 @@ name = "paced-{framing}"
 api = "openai"
 base_url = "http://127.0.0.1:{port}/v1"
 cost_per_1k_tokens = "0.002"
-""" for i, (framing, port) in enumerate(framed.items())))
+""" for i, (framing, port) in enumerate(framed.items())) + scenarios.models_toml(static_port))
     flask(env, "seed-models", "--file", str(models))
     flask(env, "accounts", "topup", "bench", "1000000000")
     return flask(env, "tokens", "issue", "bench", "--expires-in", "86400")
@@ -229,11 +230,11 @@ def ablation(stack: Stack, env: dict, auth: str, bare_url: str) -> dict:
     return out
 
 
-def fire(url: str, auth: str, count: int, clients: int = 8) -> int:
+def fire(url: str, auth: str, count: int, clients: int = 8, body: dict = BODY) -> int:
     """Exactly `count` calls from `clients` threads (wrk runs for a time, not a count)."""
     def client(calls: int) -> list[int]:
         session = requests.Session()
-        return [session.post(url, json=BODY, headers={"Authorization": auth}, timeout=30).status_code
+        return [session.post(url, json=body, headers={"Authorization": auth}, timeout=30).status_code
                 for _ in range(calls)]
 
     shares = [count // clients + (i < count % clients) for i in range(clients)]
@@ -243,11 +244,13 @@ def fire(url: str, auth: str, count: int, clients: int = 8) -> int:
     return count
 
 
-def wrk(url: str, conc: int, auth: str = "", seconds: int = DURATION) -> dict:
+def wrk(url: str, conc: int, auth: str = "", seconds: int = DURATION, body: dict = BODY,
+        lua: str = "", env: dict | None = None) -> dict:
+    """wrk's numbers for a run; `lua="distinct"`: a new prompt on every call (bench/scenarios.py)."""
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
-    script.write_text(WRK_LUA)
+    script.write_text(scenarios.DISTINCT_LUA if lua == "distinct" else WRK_LUA)
     threads = min(2, conc)
-    env = {**os.environ, "WRK_BODY": json.dumps(BODY), "WRK_AUTH": auth}
+    env = {**os.environ, "WRK_BODY": json.dumps(body), "WRK_AUTH": auth, **(env or {})}
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{conc}", f"-d{seconds}s", "--latency", "-s", str(script),
                           url], capture_output=True, text=True, env=env, check=True).stdout
     script.unlink()
@@ -333,12 +336,12 @@ def services() -> dict[str, list[int]]:
     return found
 
 
-def metered(url: str, conc: int, auth: str, proc: subprocess.Popen) -> dict:
+def metered(url: str, conc: int, auth: str, proc: subprocess.Popen, **options) -> dict:
     """wrk's numbers plus the CPU per call (ms) of the target's processes, PostgreSQL and Redis, and
-    the target's context switches per call, read from /proc around the run."""
+    the target's context switches per call, read from /proc around the run (`options`: wrk's)."""
     groups = {"own": tree(proc.pid), **services()}
     before = {name: usage(pids) for name, pids in groups.items()}
-    result = wrk(url, conc, auth)
+    result = wrk(url, conc, auth, **options)
     groups.update(services())  # a backend that started during the run counts from zero
     calls = max(result["requests"], 1)
     for name, pids in groups.items():
@@ -408,6 +411,36 @@ def versions() -> dict:
             "redis": cmd("redis-server", "--version"), "nginx": cmd("nginx", "-v"), "wrk": cmd("wrk", "-v")}
 
 
+def standard_scenarios(stack: Stack, env: dict, ports: dict, framed: dict, urls: dict, auth: str,
+                       gateway: subprocess.Popen, bare: subprocess.Popen, results: dict) -> None:
+    """`make bench`'s scenarios from before issues 34-36: memory, load, idle connections, the
+    ablation and streams."""
+    auths = {"gateway": auth}
+    results["memory"] = {}
+    warm = fire(urls["gateway"], auth, 2000)
+    results["memory"]["after 2 000"] = (warm, rss_mb(gateway))
+    more = fire(urls["gateway"], auth, 18000)
+    results["memory"]["after 20 000"] = (warm + more, rss_mb(gateway))
+    procs = {"gateway": gateway, "bare proxy": bare}
+    results["load"] = {name: {c: metered(url, c, auths.get(name, ""), procs[name]) if name in procs
+                              else wrk(url, c) for c in CONCURRENCY}
+                       for name, url in urls.items()}
+    results["idle"] = {name: {0: load[1], IDLE: with_idle(urls[name], auths.get(name, ""), IDLE)}
+                       for name, load in results["load"].items() if name in procs}
+    results["idle"]["bare proxy on waitress's loop"] = waitress_loop(stack, ports["static"])
+    results["ablation"] = ablation(stack, env, auth, urls["bare proxy"])
+    results["stream"] = {}
+    for label, framing in FRAMINGS:  # the same stream, framed three ways
+        port = framed.get(framing, ports["paced"])
+        model = "paced" if framing == "chunked" else f"paced-{framing}"
+        direct = f"http://127.0.0.1:{port}/v1/chat/completions"
+        stream_lags(direct, {}, 3, model)  # warm both paths
+        stream_lags(urls["gateway"], {"Authorization": auth}, 3, model)
+        results["stream"][f"direct{label}"] = stream_lags(direct, {}, 60, model)
+        results["stream"][f"gateway{label}"] = stream_lags(urls["gateway"], {"Authorization": auth}, 60,
+                                                           model)
+
+
 def measure() -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
     stack = Stack(tmp)
@@ -434,32 +467,18 @@ def measure() -> dict:
         urls = {"upstream": f"http://127.0.0.1:{ports['static']}/v1/chat/completions",
                 "bare proxy": f"http://127.0.0.1:{ports['bare']}/v1/chat/completions",
                 "gateway": f"http://127.0.0.1:{ports['gateway']}/api/v1/chat/completions"}
-        auths = {"gateway": auth}
-        results = {"memory": {}, "versions": versions()}
-        warm = fire(urls["gateway"], auth, 2000)
-        results["memory"]["after 2 000"] = (warm, rss_mb(gateway))
-        more = fire(urls["gateway"], auth, 18000)
-        results["memory"]["after 20 000"] = (warm + more, rss_mb(gateway))
-        procs = {"gateway": gateway, "bare proxy": bare}
-        results["load"] = {name: {c: metered(url, c, auths.get(name, ""), procs[name]) if name in procs
-                                  else wrk(url, c) for c in CONCURRENCY}
-                           for name, url in urls.items()}
-        results["idle"] = {name: {0: load[1], IDLE: with_idle(urls[name], auths.get(name, ""), IDLE)}
-                           for name, load in results["load"].items() if name in procs}
-        results["idle"]["bare proxy on waitress's loop"] = waitress_loop(stack, ports["static"])
-        results["ablation"] = ablation(stack, env, auth, urls["bare proxy"])
-        results["stream"] = {}
-        for label, framing in FRAMINGS:  # the same stream, framed three ways
-            port = framed.get(framing, ports["paced"])
-            model = "paced" if framing == "chunked" else f"paced-{framing}"
-            direct = f"http://127.0.0.1:{port}/v1/chat/completions"
-            stream_lags(direct, {}, 3, model)  # warm both paths
-            stream_lags(urls["gateway"], {"Authorization": auth}, 3, model)
-            results["stream"][f"direct{label}"] = stream_lags(direct, {}, 60, model)
-            results["stream"][f"gateway{label}"] = stream_lags(urls["gateway"], {"Authorization": auth}, 60,
-                                                               model)
+        results = {"versions": versions()}
+        standard, chosen = scenarios.wanted()
+        if standard:
+            standard_scenarios(stack, env, ports, framed, urls, auth, gateway, bare, results)
         if PEER:
             peer(stack, ports, results)
+        elif chosen:
+            results["scenarios"] = scenarios.run(chosen, {
+                "stack": stack, "env": env, "urls": urls, "auth": auth, "db": DB, "py": PY,
+                "base": f"http://127.0.0.1:{ports['gateway']}", "fire": fire, "flask": flask, "metered": metered,
+                "gateway": gateway,
+                "free_port": free_port, "await_port": await_port})
         results["settings"] = {"workers": WORKERS, "threads": THREADS, "seconds": DURATION}
         return results
     finally:
@@ -613,9 +632,16 @@ Produced by `make {'bench-peer' if PEER else 'bench'}` (bench/run.py) on {time.s
 def main() -> None:
     results = measure()
     name = "results-peer" if PEER else "results"
-    out = ROOT / "bench" / f"{name}.md"
-    out.write_text(report(results))
-    (ROOT / "bench" / f"{name}.json").write_text(json.dumps(results, indent=1, default=str))
+    out, raw = ROOT / "bench" / f"{name}.md", ROOT / "bench" / f"{name}.json"
+    if "load" in results:
+        out.write_text(report(results) + "\n" + scenarios.lines(results.get("scenarios")))
+    else:  # BENCH_ONLY without the standard scenarios: theirs stay, the chosen ones are replaced
+        kept = json.loads(raw.read_text()) if raw.exists() else {}
+        kept.setdefault("scenarios", {}).update(results.get("scenarios", {}))
+        results = {**kept, "scenarios": kept["scenarios"]}
+        out.write_text(scenarios.merge_markdown(out.read_text() if out.exists() else "# Benchmark results\n",
+                                                scenarios.lines(results["scenarios"])))
+    raw.write_text(json.dumps(results, indent=1, default=str))
     print(out.read_text())
 
 

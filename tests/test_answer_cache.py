@@ -6,11 +6,13 @@ import json
 import pytest
 import requests
 
+from service.money import billing, budgets
 from service.pipeline.answer_cache import Memory, policy
+from service.store.db import AlertOutbox, KeySpend, LedgerEntry
 from tests import schemas
 from tests.conftest import SECRET, auth, token
 from tests.fakes import openai as fake_openai
-from tests.helpers import account, charges, events, invariant
+from tests.helpers import account, charges, events, holds, invariant, ledger
 from tests.process import Gateway
 
 MSGS = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -202,7 +204,102 @@ def test_a_hit_needs_the_balance_for_its_price(client, cached, topup):
     topup("carol", "0.5")
     refused = ask(client, "carol", model="global")  # the hit costs 1 credit
     assert refused.status_code == 402 and refused.headers["X-Cache"] == "HIT"
-    assert charges("carol") == [] and account("carol").held == 0
+    assert refused.json["error"]["code"] == "insufficient_credits"
+    assert ledger("carol")[-1].kind == "topup" and charges("carol") == []
+    assert (account("carol").balance, account("carol").held, holds()) == (500_000, 0, 0)
+    invariant("carol")
+
+
+def test_a_hit_is_one_charge_with_its_mark_and_no_hold(client, cached, admin_headers):
+    """The hit's price is known before it is answered: one guarded statement debits it and writes
+    its row, `cache_hit` and the key included (no hold, no settle, no UPDATE after)."""
+    answer_with(cached, "Four.", prompt=700, completion=300)
+    ask(client, "bob", model="global")
+    made = client.post("/api/admin/keys", headers=admin_headers, json={"account": "alice", "budget": "2",
+                                                                        "budget_period": "day"}).json
+    hit = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {made['key']}"},
+                      json={"model": "global", "messages": MSGS})
+    assert hit.status_code == 200 and hit.headers["X-Cache"] == "HIT" and hit.json["usage"]["cost"] == 0.5
+    [row] = charges("alice")
+    assert (row.delta, row.cache_hit, row.key_id, row.prompt_tokens, row.completion_tokens) == (
+        -500_000, True, made["id"], 700, 300)
+    assert row.prices == {c: 500_000 for c in row.prices}  # 0.5 credits per 1k tokens, every class
+    assert (account("alice").balance, account("alice").held, holds()) == (99_500_000, 0, 0)
+    spend = KeySpend.get(KeySpend.key_id == made["id"])
+    assert (spend.spent, spend.held) == (500_000, 0)
+    invariant("alice")
+
+
+def test_the_charge_writes_cache_hit_itself_and_charges_a_request_once(client, cached):
+    alice = account("alice").id
+    assert billing.charge(alice, "chatcmpl-hit-1", "global", 10, 5, 1234, unit_prices={"input": 1}) is True
+    [row] = LedgerEntry.select().where(LedgerEntry.request_id == "chatcmpl-hit-1")
+    assert (row.kind, row.delta, row.cache_hit, row.estimated) == ("charge", -1234, True, False)
+    assert billing.charge(alice, "chatcmpl-hit-1", "global", 10, 5, 1234) is False  # a retry: nothing more
+    assert account("alice").balance == 100_000_000 - 1234 and account("alice").held == 0
+    assert billing.charge(alice, "chatcmpl-hit-2", "global", 10, 5, 0) is True  # free: a row all the same
+    assert [e.delta for e in charges("alice")] == [-1234, 0]
+    with pytest.raises(billing.InsufficientCredits):
+        billing.charge(alice, "chatcmpl-hit-3", "global", 10, 5, 100_000_000)  # more than is left
+    assert len(charges("alice")) == 2 and account("alice").balance == 100_000_000 - 1234
+    invariant("alice")
+
+
+def test_a_charge_leaves_what_other_calls_hold(client, cached):
+    alice = account("alice").id
+    billing.hold(alice, "chatcmpl-in-flight", 99_600_000, 60)
+    with pytest.raises(billing.InsufficientCredits):
+        billing.charge(alice, "chatcmpl-hit-x", "global", 10, 5, 400_001)
+    assert billing.charge(alice, "chatcmpl-hit-y", "global", 10, 5, 400_000) is True  # exactly what is free
+    assert (account("alice").balance, account("alice").held) == (99_600_000, 99_600_000)
+    billing.release("chatcmpl-in-flight")
+    assert [e.request_id for e in charges("alice")] == ["chatcmpl-hit-y"]
+    invariant("alice")
+
+
+def test_a_charge_that_crosses_the_low_balance_line_writes_its_alert_with_it(client, cached):
+    alice = account("alice").id
+    billing.charge(alice, "chatcmpl-hit-a", "global", 10, 5, 60_000_000, threshold=50_000_000)
+    billing.charge(alice, "chatcmpl-hit-b", "global", 10, 5, 1, threshold=50_000_000)  # already below
+    alerts = list(AlertOutbox.select().where(AlertOutbox.account == alice))
+    assert [(a.request_id, a.balance, a.threshold) for a in alerts] == [("chatcmpl-hit-a", 40_000_000, 50_000_000)]
+    invariant("alice")
+
+
+def test_a_hit_the_keys_budget_cannot_pay_is_refused_and_changes_nothing(client, cached, admin_headers):
+    answer_with(cached, "Four.", prompt=1000, completion=1000)
+    ask(client, "bob", model="global")  # the hit costs 1 credit
+    made = client.post("/api/admin/keys", headers=admin_headers, json={"account": "alice", "budget": "0.5",
+                                                                        "budget_period": "day"}).json
+    refused = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {made['key']}"},
+                          json={"model": "global", "messages": MSGS})
+    assert refused.status_code == 402 and refused.headers["X-Cache"] == "HIT"
+    assert refused.json["error"]["code"] == "key_budget_exceeded"
+    assert charges("alice") == [] and (account("alice").balance, account("alice").held, holds()) == (
+        100_000_000, 0, 0)
+    spend = KeySpend.get_or_none(KeySpend.key_id == made["id"])
+    assert spend is None or (spend.spent, spend.held) == (0, 0)
+    invariant("alice")
+
+
+def test_a_void_gives_an_unconfirmed_hit_back_once(client, cached, admin_headers):
+    """The journal's `void`: a hit whose charge the database never confirmed (the call failed) is
+    given back if it was charged after all, once, key spend included."""
+    answer_with(cached, "Four.", prompt=1000, completion=1000)
+    ask(client, "bob", model="global")
+    made = client.post("/api/admin/keys", headers=admin_headers, json={"account": "alice", "budget": "5",
+                                                                        "budget_period": "day"}).json
+    hit = client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {made['key']}"},
+                      json={"model": "global", "messages": MSGS})
+    period = budgets.iso(budgets.period_start("day"))
+    entry = {"op": "void", "rid": hit.json["id"], "period": period}
+    billing.apply_journalled(entry)
+    billing.apply_journalled(entry)  # replayed twice after a crash: given back once
+    billing.apply_journalled({"op": "void", "rid": "chatcmpl-never-charged", "period": None})
+    assert [(e.kind, e.delta) for e in ledger("alice")[-2:]] == [("charge", -1_000_000), ("adjust", 1_000_000)]
+    assert account("alice").balance == 100_000_000
+    assert KeySpend.get(KeySpend.key_id == made["id"]).spent == 0
+    invariant("alice")
 
 
 def test_a_hit_is_idempotent(client, cached):

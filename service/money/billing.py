@@ -96,6 +96,12 @@ PG_HOLD = ("tollgate_hold(%s::text[], %s::bigint[], %s::bigint[], %s::timestamp[
 PG_SETTLE = ("tollgate_settle(%s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[], "
              "%s::bigint[], %s::boolean[], %s::timestamp[], %s::bigint[], %s::bigint[], %s::bigint[], "
              "%s::bigint[], %s::bigint[], %s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::timestamp[])")
+PG_CHARGE = ("tollgate_charge(%s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], "
+             "%s::timestamp[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::text[], %s::bigint[], "
+             "%s::bigint[], %s::timestamp[], %s::bigint[], %s::boolean[])")
+PG_CHARGE_FIELDS = ("rid", "account", "model", "prompt", "completion", "amount", "now", "cached",
+                    "cache_write_5m", "cache_write_1h", "reasoning", "prices", "threshold", "key", "period",
+                    "budget", "cache_hit")
 PG_HOLD_FIELDS = ("rid", "account", "amount", "expires", "owner", "model", "now", "key", "period", "budget")
 PG_SETTLE_FIELDS = ("rid", "account", "model", "prompt", "completion", "charge", "estimated", "now",
                     "overrun", "cached", "cache_write_5m", "cache_write_1h", "reasoning", "prices",
@@ -143,17 +149,22 @@ _link = _BatchLink()
 
 
 def _pg_write(jobs: list) -> None:
-    """Run queued holds and settles as one statement (on the group commit's own connection)."""
+    """Run queued holds, settles and charges as one statement (on the group commit's own
+    connection). A batch of holds only commits without waiting for its WAL flush."""
     holds = [j for j in jobs if j.kind == "hold"]
     settles = [j for j in jobs if j.kind == "settle"]
+    charges = [j for j in jobs if j.kind == "charge"]
     calls, params = [], []
-    for group, call, fields in ((holds, PG_HOLD, PG_HOLD_FIELDS), (settles, PG_SETTLE, PG_SETTLE_FIELDS)):
+    groups = ((holds, PG_HOLD, PG_HOLD_FIELDS), (settles, PG_SETTLE, PG_SETTLE_FIELDS),
+              (charges, PG_CHARGE, PG_CHARGE_FIELDS))
+    for group, call, fields in groups:
         if group:
             calls.append(call)
             params += [[j.args[f] for j in group] for f in fields]
-    sql = ("" if settles else "SET LOCAL synchronous_commit TO off; ") + "SELECT " + ", ".join(calls)
+    durable = settles or charges
+    sql = ("" if durable else "SET LOCAL synchronous_commit TO off; ") + "SELECT " + ", ".join(calls)
     results = iter(_link.execute(sql, params))
-    for group in (holds, settles):
+    for group in (holds, settles, charges):
         if group:
             for job, ok in zip(group, next(results)):
                 job.result = ok
@@ -302,6 +313,84 @@ def settle(account_id: int, request_id: str, model: str, prompt_tokens: int,
     return True
 
 
+def charge(account_id: int, request_id: str, model: str, prompt_tokens: int, completion_tokens: int,
+           amount: int, detail: dict | None = None, unit_prices: dict | None = None, threshold: int = -1,
+           key: budgets.Reservation | None = None, key_id: int | None = None, cache_hit: bool = True) -> bool:
+    """A call whose price is known before it starts (a cache hit, SPEC §16) paid in one guarded
+    transaction, with no hold: `amount` is debited only if balance - held covers it (else 402
+    insufficient_credits), counted in the key's period budget only if it fits (else 402
+    key_budget_exceeded), and the ledger row (`charge`, with `cache_hit` and the key) is written
+    by the same statement; a refused charge changes nothing. A charge that takes the balance
+    below the low-balance threshold writes its alert in the same transaction, as a settle does.
+    Free (0) takes no balance and no budget but still writes its row. False: the request was
+    already charged (a retry after a lost answer), and nothing changed."""
+    if amount < 0 or amount > MAX_BALANCE:
+        raise InsufficientCredits()  # no balance can cover it
+    detail = {k: int((detail or {}).get(k) or 0) for k in DETAIL}
+    key_id = key.key_id if key else key_id
+    now = utcnow()
+    if _postgres():
+        code = _group.submit("charge", {
+            "rid": request_id, "account": account_id, "model": model, "prompt": prompt_tokens,
+            "completion": completion_tokens, "amount": amount, "now": now, **detail,
+            "prices": None if unit_prices is None else json.dumps(unit_prices), "threshold": threshold,
+            "key": key_id, "period": key.period if key else None, "budget": key.budget if key else None,
+            "cache_hit": cache_hit})
+        if code in (1, 2):
+            raise budgets.KeyBudgetExceeded() if code == 2 else InsufficientCredits()
+        return code == 0
+    if LedgerEntry.select().where(LedgerEntry.request_id == request_id).exists():
+        return False
+    try:
+        _charge_sqlite(account_id, request_id, model, prompt_tokens, completion_tokens, amount, detail,
+                       unit_prices, threshold, key, key_id, cache_hit, now)
+    except IntegrityError:
+        if LedgerEntry.select().where(LedgerEntry.request_id == request_id).exists():
+            return False  # charged meanwhile by another try; this one took nothing
+        raise
+    return True
+
+
+def _charge_sqlite(account_id, request_id, model, prompt_tokens, completion_tokens, amount, detail,
+                   unit_prices, threshold, key, key_id, cache_hit, now) -> None:
+    with write_tx():
+        if amount:
+            taken = (Account.update(balance=Account.balance - amount)
+                     .where((Account.id == account_id) & (Account.balance - Account.held >= amount))
+                     .execute())
+            if not taken:
+                raise InsufficientCredits()
+            if key is not None:
+                budgets.spend(key, amount)  # raises, and the transaction takes nothing
+        LedgerEntry.create(account=account_id, request_id=request_id, model=model, prompt_tokens=prompt_tokens,
+                           completion_tokens=completion_tokens, delta=-amount, kind="charge", estimated=False,
+                           prices=unit_prices, key_id=key_id, cache_hit=cache_hit, created=now,
+                           **{f"{k}_tokens": v for k, v in detail.items()})
+        if threshold >= 0 and amount > 0:
+            _alert_if_crossed(account_id, request_id, amount, threshold)
+
+
+def void(request_id: str, period: str | None = None) -> int:
+    """Give back a charge whose answer never reached the client: a cache hit whose commit went
+    unanswered while the database stayed away (journalled as `void`). An `adjust` row
+    `<request id>:void` credits the amount back once (its request id is unique), and the key's
+    period spend drops by it; the amount given back (0: it was never charged, or is given back
+    already)."""
+    with write_tx():
+        found = LedgerEntry.get_or_none((LedgerEntry.request_id == request_id) & (LedgerEntry.kind == "charge"))
+        back = f"{request_id}:void"
+        if found is None or LedgerEntry.select().where(LedgerEntry.request_id == back).exists():
+            return 0
+        amount = -found.delta
+        LedgerEntry.create(account=found.account_id, request_id=back, model=found.model, delta=amount,
+                           kind="adjust", note="answer not delivered: the database did not confirm its charge",
+                           key_id=found.key_id)
+        if amount:
+            Account.update(balance=Account.balance + amount).where(Account.id == found.account_id).execute()
+            budgets.settle(found.key_id, budgets.parse(period), -amount, give_back=True)
+    return amount
+
+
 def _alert_if_crossed(account_id: int, request_id: str, charge: int, default: int) -> None:
     """Inside a settle's transaction: an outbox row when this charge crossed the threshold."""
     acct = Account.get_by_id(account_id)
@@ -326,6 +415,8 @@ def apply_journalled(entry: dict) -> None:
     """Apply one journal line (service/money/journal.py): a settle or a release, each idempotent."""
     if entry.get("op") == "settle":
         retrying(settle, **entry["args"])
+    elif entry.get("op") == "void":
+        retrying(void, entry["rid"], entry.get("period"))
     elif entry.get("op") == "release":
         retrying(release, entry["rid"])
 

@@ -93,10 +93,23 @@ def take(found: Reservation, amount: int) -> None:
         raise KeyBudgetExceeded()
 
 
-def settle(key_id: int | None, period: dt.datetime | None, charge: int) -> None:
+def spend(found: Reservation, amount: int) -> None:
+    """Inside a charge's transaction (SQLite; a charge with no hold, service/money/billing.charge):
+    raise the key's spend if it fits in the budget, else 402."""
+    _ensure_row(found.key_id, found.period)
+    taken = (KeySpend.update(spent=KeySpend.spent + amount)
+             .where((KeySpend.key_id == found.key_id) & (KeySpend.period_start == found.period)
+                    & (KeySpend.spent + KeySpend.held + amount <= found.budget))
+             .execute())
+    if not taken:
+        raise KeyBudgetExceeded()
+
+
+def settle(key_id: int | None, period: dt.datetime | None, charge: int, give_back: bool = False) -> None:
     """Inside a settle's transaction (SQLite), after its hold was taken back: the charge counts
-    as the key's spend in the period its hold was taken in."""
-    if period is not None and key_id is not None and charge > 0:
+    as the key's spend in the period its hold was taken in (`give_back`: a voided charge, a
+    negative amount, leaves it)."""
+    if period is not None and key_id is not None and (charge > 0 or give_back):
         _ensure_row(key_id, period)
         (KeySpend.update(spent=KeySpend.spent + charge)
          .where((KeySpend.key_id == key_id) & (KeySpend.period_start == period)).execute())

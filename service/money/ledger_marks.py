@@ -1,5 +1,5 @@
-"""Marks on a settled ledger row that the money code does not need: `cache_hit` and
-`parallel_group` (SPEC §16).
+"""Marks on a settled ledger row that the money code does not need: `parallel_group` (SPEC §16).
+(A cache hit's `cache_hit` is written by the statement that charges it: billing.charge.)
 
 They are written by one more UPDATE right after the settle, not inside it: on PostgreSQL a
 settle is one item of a group commit's batch function, and the marks change no amount. A

@@ -8,9 +8,10 @@ embedding's inputs...) but those that cannot change the answer (`user`, `metadat
 `stream_options`, the request id), plus the account unless the row's scope is `global`. A new
 field a front door adds to its request object is part of the key by default.
 
-A hit is answered after admission, limits and idempotency, like any call: a hold for the hit's
-price, then a settle that writes a `charge` row marked `cache_hit`. Flask-free: the chat view
-passes the client's `Cache-Control`.
+A hit is answered after admission, limits and idempotency, like any call, and paid in one
+guarded statement (its price is known before it is answered): the balance and the key's budget
+checked and debited and its `charge` row, marked `cache_hit`, written together. Flask-free: the
+chat view passes the client's `Cache-Control`.
 """
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ from core.errors import GatewayError
 from core.usage import CLASSES, from_openai
 from service.metrics import CACHE_HITS, CACHE_MISSES, CACHE_SAVED
 from service.money import billing, budgets
-from service.money.ledger_marks import mark
 from service.pipeline.relay import Bill
 from service.store.db import give_back
 
@@ -216,7 +216,7 @@ class Lookup:
                      self.req.request_id, len(value))
 
     def _hit(self, ctx) -> dict:
-        """Charge the hit (hold its price, settle, mark the row) and the body to send: the
+        """Charge the hit (one guarded statement) and the body to send: the
         original with a new id, its token counts and the hit's price."""
         req, row = self.req, self.row
         body = dict(self.entry["body"])
@@ -246,28 +246,21 @@ def _entry(found: bytes | None) -> dict | None:
 
 
 def _charge(req, ctx, tokens, unit: dict, charge: int) -> None:
-    """Hold the hit's price (402 when the balance cannot cover it), then settle it as a charge
-    marked `cache_hit`; the database away at the settle: the journal, as every settle."""
+    """Pay the hit: its price is known before it is answered, so one guarded statement debits it
+    (402 when the balance or the key's budget cannot cover it, and nothing changes) and writes
+    its `charge` row with `cache_hit` and the key; no hold, no settle (service/money/billing.charge).
+    The database away: the call fails as a hold would, and the journal gives the charge back in
+    case its commit went through unanswered."""
     conf = ctx.conf
     ctx.reserved = budgets.reservation(ctx.key)  # a hit counts against its key's budget like any call
     try:
-        billing.retrying(billing.hold, ctx.account_id, req.request_id, charge, conf["HOLD_TTL_SECONDS"],
-                         ctx.ext.owner, req.model.name, ctx.reserved, getattr(ctx.key, "id", None))
+        billing.retrying(billing.charge, ctx.account_id, req.request_id, req.model.name, tokens.prompt,
+                         tokens.completion, charge, tokens.detail, unit, conf.get("LOW_BALANCE_ALERTS_MICRO", -1),
+                         ctx.reserved, getattr(ctx.key, "id", None))
     except billing.DB_ERRORS:
-        ctx.ext.journal.append({"op": "release", "rid": req.request_id})
+        ctx.ext.journal.append({"op": "void", "rid": req.request_id,
+                                "period": budgets.iso(ctx.reserved.period) if ctx.reserved else None})
         raise
-    ctx.held = charge
-    args = {"account_id": ctx.account_id, "request_id": req.request_id, "model": req.model.name,
-            "prompt_tokens": tokens.prompt, "completion_tokens": tokens.completion, "charge": charge,
-            "estimated": False, "cap": charge, "detail": tokens.detail, "unit_prices": unit,
-            "threshold": conf.get("LOW_BALANCE_ALERTS_MICRO", -1), "key_id": getattr(ctx.key, "id", None),
-            "period": budgets.iso(ctx.reserved.period) if ctx.reserved else None}
-    try:
-        billing.retrying(billing.settle, **args)
-    except billing.DB_ERRORS:
-        ctx.ext.journal.append({"op": "settle", "rid": req.request_id, "args": args})
-    else:
-        mark(req.request_id, cache_hit=True)
     finally:
         give_back()
     ctx.record.update(model=req.model.name, prompt_tokens=tokens.prompt, completion_tokens=tokens.completion,

@@ -533,13 +533,93 @@ def _v14_request_log_key_budgets_audit() -> None:
         db.execute_sql(PG_FUNCTIONS_V14)
 
 
+# Migration 15: a charge whose price is known before the call (a cache hit, SPEC §16) in one
+# guarded statement instead of a hold and a settle: the balance debited only while
+# balance - held covers it, the key's period spend raised only while spent + held stays within
+# its budget, and the ledger row (with its `cache_hit`) written, all in the one transaction.
+# Results: 0 charged, 1 the balance cannot cover it, 2 the key's budget cannot, 3 the request
+# was already charged (a retry after a lost answer; nothing changes). Nothing is held.
+PG_FUNCTIONS_V15 = """
+CREATE OR REPLACE FUNCTION tollgate_charge(rids text[], accounts bigint[], models text[],
+    prompts bigint[], completions bigint[], amounts bigint[], stamps timestamp[], cacheds bigint[],
+    writes5m bigint[], writes1h bigint[], reasonings bigint[], prices text[], thresholds bigint[],
+    keys bigint[], periods timestamp[], budgets bigint[], hits boolean[])
+    RETURNS int[]
+LANGUAGE plpgsql AS $$
+DECLARE
+  done int[] := '{}';
+  code int;
+  bal bigint;
+  own bigint;
+  line bigint;
+BEGIN
+  FOR i IN 1 .. coalesce(array_length(rids, 1), 0) LOOP
+    code := 0;
+    bal := NULL;
+    own := NULL;
+    IF amounts[i] > 0 THEN
+      UPDATE account SET balance = balance - amounts[i]
+        WHERE id = accounts[i] AND balance - held >= amounts[i]
+        RETURNING balance, low_balance_threshold INTO bal, own;
+      IF NOT FOUND THEN
+        code := 1;
+      ELSIF budgets[i] IS NOT NULL THEN
+        INSERT INTO key_spend (key_id, period_start, spent, held) VALUES (keys[i], periods[i], 0, 0)
+          ON CONFLICT (key_id, period_start) DO NOTHING;
+        UPDATE key_spend SET spent = spent + amounts[i]
+          WHERE key_id = keys[i] AND period_start = periods[i] AND spent + held + amounts[i] <= budgets[i];
+        IF NOT FOUND THEN
+          code := 2;
+          UPDATE account SET balance = balance + amounts[i] WHERE id = accounts[i];
+        END IF;
+      END IF;
+    END IF;
+    IF code = 0 THEN
+      INSERT INTO ledgerentry (account_id, request_id, model, prompt_tokens, completion_tokens, delta,
+                               kind, estimated, absorbed, cached_tokens, cache_write_5m_tokens,
+                               cache_write_1h_tokens, reasoning_tokens, prices, created, key_id, cache_hit)
+        VALUES (accounts[i], rids[i], models[i], prompts[i], completions[i], -amounts[i], 'charge',
+                FALSE, 0, cacheds[i], writes5m[i], writes1h[i], reasonings[i], prices[i], stamps[i],
+                keys[i], hits[i])
+        ON CONFLICT (request_id) DO NOTHING;
+      IF NOT FOUND THEN
+        code := 3;  -- charged before: give back what this try took
+        IF amounts[i] > 0 THEN
+          UPDATE account SET balance = balance + amounts[i] WHERE id = accounts[i];
+          IF budgets[i] IS NOT NULL THEN
+            UPDATE key_spend SET spent = spent - amounts[i] WHERE key_id = keys[i] AND period_start = periods[i];
+          END IF;
+        END IF;
+      ELSE
+        line := coalesce(own, thresholds[i]);
+        IF thresholds[i] >= 0 AND amounts[i] > 0 AND line > 0 AND bal < line AND bal + amounts[i] >= line THEN
+          INSERT INTO alert_outbox (account_id, kind, request_id, balance, threshold, created,
+                                    next_attempt, attempts)
+            VALUES (accounts[i], 'low_balance', rids[i], bal, line, stamps[i], stamps[i], 0);
+        END IF;
+      END IF;
+    END IF;
+    done := done || code;
+  END LOOP;
+  RETURN done;
+END $$;
+"""
+
+
+def _v15_one_statement_charges() -> None:
+    """A cache hit's charge in one guarded statement (PostgreSQL's batch function; SQLite needs none)."""
+    if is_postgres(db):
+        db.execute_sql(PG_FUNCTIONS_V15)
+
+
 STEPS = [(1, _v1_initial), (2, _v2_ledger_page_index), (3, _v3_batch_functions),
          (4, _v4_owned_holds_overruns_checks), (5, _v5_key_concurrency),
          (6, _v6_token_classes_idempotency_alerts), (7, _v7_model_kind_stored_responses),
          (8, _v8_console_sessions), (9, _v9_one_schema),
          (10, _v10_sessions_keep_their_credential), (11, _v11_answer_cache_parallel),
          (12, _v12_holds_model_and_age), (13, _v13_deployments),
-         (14, _v14_request_log_key_budgets_audit)]
+         (14, _v14_request_log_key_budgets_audit),
+         (15, _v15_one_statement_charges)]
 
 
 def current_version() -> int:

@@ -1,0 +1,418 @@
+"""The same-run comparisons of issues 34, 35 and 36 (part of `make bench`; alone with
+`BENCH_ONLY=routing,log,logs_page,cache make bench`, any subset).
+
+Each comparison runs its variants interleaved: round after round, every variant for a short wrk
+run (BENCH_ROUND_SECONDS, 3 s), the order reversed every other round (A B, B A, A B ...), and
+reports each variant's median over the rounds (BENCH_ROUNDS, 5). Drift of a shared, loaded
+machine then falls on both sides alike.
+
+* routing (issue 34): a model with three deployments, all on the static upstream, against a
+  model with one; c=1 p50 and c=32 throughput. Target: at most 0.1 ms more per call.
+* log (issue 35): two gateways alike but for REQUEST_LOG (true / false), c=32 throughput.
+  Target: with the log, within 5% of without.
+* logs_page (issue 35): 1 000 000 request-log rows for the bench account (generate_series),
+  then the first Logs page: `GET /api/v1/logs` through the gateway, and the console's
+  `/console/logs` after a real sign-in with an API key (reported absent if the route is not
+  there). Target: under 100 ms; p50 and p99 of 50 requests.
+* cache (issue 36): a cache hit (free, and at a price) against the same call on an uncached
+  row (c=1 p50; target: the hit at least 5× faster), and a miss on a cached row (a new prompt
+  on every call) against the same new prompts on an uncached row (target: ≤ 0.2 ms more).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+NAMES = ("routing", "log", "cache", "logs_page")  # a million log rows come last
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+SECONDS = int(os.environ.get("BENCH_ROUND_SECONDS", "3"))
+LOG_ROWS = int(os.environ.get("BENCH_LOG_ROWS", "1000000"))
+PAGE_REQUESTS = 50
+HIT_PRICE = "0.001"  # credits per 1000 tokens of a priced hit
+
+# catalogue rows of these scenarios, next to run.py's (ids 20 and up)
+MODELS = """
+[[models]]
+id = 20
+name = "bench3"
+api = "openai"
+base_url = "http://127.0.0.1:{static}/v1"
+cost_per_1k_tokens = "0.002"
+[[models.deployments]]
+name = "one"
+[[models.deployments]]
+name = "two"
+[[models.deployments]]
+name = "three"
+
+[[models]]
+id = 21
+name = "cached"
+api = "openai"
+base_url = "http://127.0.0.1:{static}/v1"
+cost_per_1k_tokens = "0.002"
+cache_ttl = 3600
+
+[[models]]
+id = 22
+name = "cached-priced"
+api = "openai"
+base_url = "http://127.0.0.1:{static}/v1"
+cost_per_1k_tokens = "0.002"
+cache_ttl = 3600
+cost_per_1k_cache_hit_tokens = "{hit_price}"
+"""
+
+# a new prompt on every call (a cache miss every time): each wrk thread tags its prompts with
+# the run's nonce, its own number and a counter
+DISTINCT_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local auth = os.getenv("WRK_AUTH")
+if auth and auth ~= "" then wrk.headers["Authorization"] = auth end
+local head, tail = os.getenv("WRK_HEAD"), os.getenv("WRK_TAIL")
+local made = 0
+function setup(thread)
+  made = made + 1
+  thread:set("tag", os.getenv("WRK_NONCE") .. "-" .. made)
+end
+local n = 0
+function request()
+  n = n + 1
+  return wrk.format(nil, nil, nil, head .. tag .. "-" .. n .. tail)
+end
+"""
+
+
+def models_toml(static_port: int) -> str:
+    return MODELS.format(static=static_port, hit_price=HIT_PRICE)
+
+
+def wanted() -> tuple[bool, list[str]]:
+    """(run the standard scenarios?, the new ones to run) from BENCH_ONLY (unset: everything)."""
+    only = [n.strip() for n in os.environ.get("BENCH_ONLY", "").split(",") if n.strip()]
+    if not only:
+        return True, list(NAMES)
+    unknown = set(only) - set(NAMES) - {"standard"}
+    if unknown:
+        raise SystemExit(f"BENCH_ONLY: unknown {sorted(unknown)}; choose from standard, {', '.join(NAMES)}")
+    return "standard" in only, [n for n in NAMES if n in only]
+
+
+def body(model: str, content: str = "Say hello in one word.") -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": content}]}
+
+
+def distinct(model: str) -> dict:
+    """WRK_HEAD / WRK_TAIL around a per-call tag for DISTINCT_LUA."""
+    text = json.dumps(body(model, "Say hello in one word. @@TAG@@"))
+    head, tail = text.split("@@TAG@@")
+    return {"WRK_HEAD": head, "WRK_TAIL": tail, "WRK_NONCE": uuid.uuid4().hex[:12]}
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def interleave(variants: dict, rounds: int = ROUNDS) -> dict:
+    """Run every variant once per round, the order reversed every other round; each variant's
+    list of results."""
+    out = {label: [] for label in variants}
+    labels = list(variants)
+    for i in range(rounds):
+        for label in (labels if i % 2 == 0 else labels[::-1]):
+            out[label].append(variants[label]())
+    return out
+
+
+def med(runs: list[dict], field: str) -> float:
+    return statistics.median(r[field] for r in runs)
+
+
+def summary(runs: dict, fields=("rps", "p50", "p99", "cpu")) -> dict:
+    """Medians per variant, with the rounds kept."""
+    return {label: {**{f: med(rs, f) for f in fields}, "errors": sum(r["errors"] for r in rs),
+                    "rounds": [{f: r[f] for f in fields} for r in rs]}
+            for label, rs in runs.items()}
+
+
+# --- the scenarios ----------------------------------------------------------------------------
+
+def metering(ctx, proc):
+    """wrk through `proc`, with its CPU per call (ms, all its threads, from /proc) as `cpu`."""
+    def run(url, conc, auth, **options):
+        result = ctx["metered"](url, conc, auth, proc, **options)
+        result["cpu"] = result["cpu own"]
+        return result
+    return run
+
+
+def routing(ctx) -> dict:
+    """A model with three deployments against one, same gateway, interleaved."""
+    wrk, url, auth = metering(ctx, ctx["gateway"]), ctx["urls"]["gateway"], ctx["auth"]
+    for model in ("bench", "bench3"):
+        ctx["fire"](url, auth, 300, body=body(model))
+    variants = {}
+    for label, model in (("one deployment", "bench"), ("three deployments", "bench3")):
+        for conc in (1, 32):
+            variants[f"{label}, c={conc}"] = (lambda m=model, c=conc:
+                                             wrk(url, c, auth, seconds=SECONDS, body=body(m)))
+    res = summary(interleave(variants))
+    c1 = res["three deployments, c=1"]["p50"] - res["one deployment, c=1"]["p50"]
+    per_call = 1000 / res["three deployments, c=32"]["rps"] - 1000 / res["one deployment, c=32"]["rps"]
+    cpu = {f"c={c}": res[f"three deployments, c={c}"]["cpu"] - res[f"one deployment, c={c}"]["cpu"] for c in (1, 32)}
+    return {"variants": res, "added_p50_c1_ms": c1, "added_per_call_c32_ms": per_call, "added_cpu_ms": cpu,
+            "target_ms": 0.1, "met": c1 <= 0.1 and per_call <= 0.1, "load": load_average()}
+
+
+def request_log(ctx) -> dict:
+    """Two gateways alike but for REQUEST_LOG, c=32 throughput, interleaved."""
+    stack, env, auth = ctx["stack"], ctx["env"], ctx["auth"]
+    urls, procs, meters = {}, [], {}
+    try:
+        for label, on in (("log on", "true"), ("log off", "false")):
+            port = ctx["free_port"]()
+            data = stack.tmp / f"log-{on}"  # a data directory of its own: it claims the same CPU
+            data.mkdir()
+            proc = stack.start([ctx["py"], "-m", "service.server"], name=f"gateway-log-{on}",
+                               env={**env, "PORT": str(port), "DATA_DIR": str(data), "REQUEST_LOG": on})
+            procs.append(proc)
+            meters[label] = metering(ctx, proc)
+            ctx["await_port"](port)
+            urls[label] = f"http://127.0.0.1:{port}/api/v1/chat/completions"
+            ctx["fire"](urls[label], auth, 500)
+        res = summary(interleave({label: (lambda u=u, m=meters[label]: m(u, 32, auth, seconds=SECONDS))
+                                  for label, u in urls.items()}))
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+            stack.procs.remove(proc)
+    ratio = res["log on"]["rps"] / res["log off"]["rps"]
+    return {"variants": res, "ratio": ratio, "added_cpu_ms": res["log on"]["cpu"] - res["log off"]["cpu"], "target": 0.95, "met": ratio >= 0.95, "load": load_average()}
+
+
+def psql(db_url: str, sql: str) -> str:
+    return subprocess.run(["psql", db_url, "-qAtc", sql], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def fill_log(db_url: str, account_id: int, keys: list[int], rows: int) -> float:
+    """`rows` request-log rows for one account, spread over models, statuses, keys, endpoints and
+    the last ~23 days (inside the default 30 days' retention); the seconds it took."""
+    key_array = "ARRAY[" + ",".join(map(str, keys)) + ",NULL]::int[]"
+    started = time.monotonic()
+    psql(db_url, f"""
+INSERT INTO request_log (request_id, account_id, key_id, created, endpoint, model, deployment, status,
+    error_code, latency_ms, upstream_ms, ttft_ms, prompt_tokens, completion_tokens, cost, cache_hit,
+    estimated, stream)
+SELECT 'benchlog-' || g, {account_id}, ({key_array})[1 + g % {len(keys) + 1}],
+       (now() AT TIME ZONE 'utc') - ({rows} - g) * interval '2 seconds',
+       (ARRAY['chat','chat','chat','messages','responses','embeddings'])[1 + g % 6],
+       (ARRAY['bench','bench3','cached','gpt-4o-mini','deepseek-chat','claude-sonnet','qwen-plus'])[1 + g % 7],
+       CASE WHEN g % 7 = 1 THEN (ARRAY['one','two','three'])[1 + g % 3] END,
+       s.status, CASE s.status WHEN 200 THEN NULL WHEN 429 THEN 'rate_limited'
+         WHEN 402 THEN 'insufficient_credits' WHEN 502 THEN 'upstream_error' ELSE 'invalid_request' END,
+       50 + g % 2000, 40 + g % 1900, CASE WHEN g % 3 = 0 THEN 20 + g % 400 END,
+       g % 3000, g % 800, g % 5000, g % 13 = 0, g % 97 = 0, g % 3 = 0
+FROM generate_series(1, {rows}) g,
+     LATERAL (SELECT (ARRAY[200,200,200,200,200,200,200,429,402,502,400])[1 + g % 11] AS status) s;
+ANALYZE request_log;""")
+    return time.monotonic() - started
+
+
+def timed(session: requests.Session, url: str, count: int, **kwargs) -> dict:
+    """`count` GETs one after another (after 5 not counted): status, p50, p99, worst (ms)."""
+    for _ in range(5):
+        session.get(url, timeout=30, **kwargs)
+    times, statuses = [], set()
+    for _ in range(count):
+        started = time.perf_counter()
+        r = session.get(url, timeout=30, **kwargs)
+        times.append((time.perf_counter() - started) * 1000)
+        statuses.add(r.status_code)
+    return {"statuses": sorted(statuses), "p50": statistics.median(times),
+            "p99": statistics.quantiles(times, n=100, method="inclusive")[98], "worst": max(times), "requests": count,
+            "rows": len(r.json().get("data", [])) if r.headers.get("Content-Type", "").startswith(
+                "application/json") else None}
+
+
+def console_sign_in(base: str, api_key: str) -> requests.Session:
+    """The console's own sign-in: fetch the form, post it with its token and the key."""
+    session = requests.Session()
+    form = session.get(f"{base}/console/login", timeout=30)
+    form.raise_for_status()
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)
+    done = session.post(f"{base}/console/login", data={"csrf_token": token, "credential": api_key},
+                        allow_redirects=False, timeout=30)
+    if done.status_code != 302:
+        raise RuntimeError(f"console sign-in answered {done.status_code}")
+    return session
+
+
+def logs_page(ctx) -> dict:
+    db_url, base = ctx["db"], ctx["base"]
+    account_id = int(psql(db_url, "SELECT id FROM account WHERE name = 'bench'"))
+    keys, plain = [], []
+    for i in range(3):
+        out = ctx["flask"](ctx["env"], "keys", "create", "bench", "--label", f"bench-logs-{i}")
+        found = re.match(r"id (\d+): (\S+)", out)
+        keys.append(int(found.group(1)))
+        plain.append(found.group(2))
+    before = int(psql(db_url, "SELECT count(*) FROM request_log"))
+    seconds = fill_log(db_url, account_id, keys, LOG_ROWS)
+    total = int(psql(db_url, "SELECT count(*) FROM request_log"))
+    out = {"rows": total, "rows_before": before, "fill_seconds": seconds}
+    api = requests.Session()
+    api.headers["Authorization"] = ctx["auth"]
+    out["GET /api/v1/logs"] = timed(api, f"{base}/api/v1/logs", PAGE_REQUESTS)
+    out["GET /api/v1/logs?model=gpt-4o-mini&status=429"] = timed(
+        api, f"{base}/api/v1/logs?model=gpt-4o-mini&status=429", PAGE_REQUESTS)
+    console = console_sign_in(base, plain[0])
+    probe = console.get(f"{base}/console/logs", timeout=30, allow_redirects=False)
+    if probe.status_code == 404:
+        out["GET /console/logs"] = {"absent": True, "status": 404}
+    else:
+        out["GET /console/logs"] = timed(console, f"{base}/console/logs", PAGE_REQUESTS, allow_redirects=False)
+    measured = [v for v in out.values() if isinstance(v, dict) and "p50" in v]
+    out.update(target_ms=100, met=all(v["p99"] < 100 and v["statuses"] == [200] for v in measured),
+               load=load_average())
+    return out
+
+
+def cache(ctx) -> dict:
+    """Hits (free, priced) and an uncached call of the same body at c=1; misses (a new prompt each
+    call) on a cached row and the same on an uncached row; interleaved."""
+    wrk, url, auth = metering(ctx, ctx["gateway"]), ctx["urls"]["gateway"], ctx["auth"]
+    for model in ("bench", "cached", "cached-priced"):  # warm, and store the two hits' answers
+        ctx["fire"](url, auth, 100, body=body(model))
+    check = requests.post(url, json=body("cached"), headers={"Authorization": auth}, timeout=30)
+    assert check.headers.get("X-Cache") == "HIT", check.headers
+    for model in ("bench", "cached"):
+        wrk(url, 8, auth, seconds=2, lua="distinct", env=distinct(model))  # warm the miss paths
+    variants = {
+        "hit (free)": lambda: wrk(url, 1, auth, seconds=SECONDS, body=body("cached")),
+        f"hit ({HIT_PRICE}/1k tokens)": lambda: wrk(url, 1, auth, seconds=SECONDS, body=body("cached-priced")),
+        "uncached row": lambda: wrk(url, 1, auth, seconds=SECONDS, body=body("bench")),
+        "miss (cached row, new prompts)": lambda: wrk(url, 1, auth, seconds=SECONDS, lua="distinct",
+                                                      env=distinct("cached")),
+        "uncached row, new prompts": lambda: wrk(url, 1, auth, seconds=SECONDS, lua="distinct",
+                                                 env=distinct("bench")),
+    }
+    res = summary(interleave(variants))
+    uncached = res["uncached row"]["p50"]
+    speedups = {label: uncached / res[label]["p50"] for label in res if label.startswith("hit")}
+    miss_added = res["miss (cached row, new prompts)"]["p50"] - res["uncached row, new prompts"]["p50"]
+    miss_cpu = res["miss (cached row, new prompts)"]["cpu"] - res["uncached row, new prompts"]["cpu"]
+    return {"variants": res, "hit_speedup": speedups, "hit_target": 5.0, "miss_added_cpu_ms": miss_cpu,
+            "miss_added_ms": miss_added, "miss_target_ms": 0.2,
+            "met_hit": all(s >= 5 for s in speedups.values()), "met_miss": miss_added <= 0.2,
+            "load": load_average()}
+
+
+RUNNERS = {"routing": routing, "log": request_log, "logs_page": logs_page, "cache": cache}
+
+
+def run(names: list[str], ctx: dict) -> dict:
+    """The chosen scenarios, in NAMES' order (the log comparison before a million rows are added)."""
+    out = {}
+    for name in names:
+        started = time.monotonic()
+        load = load_average()
+        out[name] = {**RUNNERS[name](ctx), "load_before": load,
+                     "seconds": round(time.monotonic() - started, 1),
+                     "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "rounds": ROUNDS, "round_seconds": SECONDS}
+    return out
+
+
+# --- the report -------------------------------------------------------------------------------
+
+BEGIN, END = "<!-- scenarios: begin -->", "<!-- scenarios: end -->"
+
+
+def _ok(good: bool) -> str:
+    return "met" if good else "NOT met"
+
+
+def _rounds(v: dict) -> str:
+    return ", ".join("%.0f/%.2f/%.2f" % (r["rps"], r["p50"], r["cpu"]) for r in v["rounds"])
+
+
+def _variant_rows(res: dict) -> str:
+    return "\n".join(f"| {label} | {v['rps']:.0f} | {v['p50']:.2f} | {v['p99']:.2f} | {v['cpu']:.3f} | "
+                     f"{_rounds(v)} | {v['errors']} |" for label, v in res.items())
+
+
+HEAD = ("| variant | requests/s | p50 ms | p99 ms | gateway CPU ms per call | "
+        "each round: req/s / p50 ms / CPU ms | non-2xx |\n|---|---|---|---|---|---|---|")
+
+
+def lines(found: dict | None) -> str:
+    """The scenarios' section of bench/results.md (between markers, so BENCH_ONLY can replace it)."""
+    if not found:
+        return ""
+    parts = [BEGIN, "## Same-run comparisons (issues 34, 35, 36)", "",
+             "Variants interleaved: every round runs each for a short wrk run, the order reversed every "
+             "other round; medians over the rounds. The gateway's CPU per call (all its threads, from "
+             "/proc around each run) moves far less with the machine's load than latency does. Load "
+             "average (1, 5, 15 min) before and after each scenario. "
+             "`BENCH_ONLY=routing,log,cache,logs_page make bench` re-runs them alone."]
+    if "routing" in found:
+        r = found["routing"]
+        parts += ["", f"### Routing: three deployments against one (issue 34; {r['when']}, "
+                  f"{r['rounds']} rounds × {r['round_seconds']} s, load {r['load_before']} → {r['load']})", "",
+                  HEAD, _variant_rows(r["variants"]), "",
+                  f"* added per call: c=1 p50 **{r['added_p50_c1_ms']:+.3f} ms**, c=32 (1/throughput) "
+                  f"**{r['added_per_call_c32_ms']:+.3f} ms** (target ≤ 0.1 ms: {_ok(r['met'])}); the gateway's "
+                  f"CPU per call: {r['added_cpu_ms']['c=1']:+.3f} ms at c=1, {r['added_cpu_ms']['c=32']:+.3f} ms at c=32"]
+    if "log" in found:
+        r = found["log"]
+        parts += ["", f"### Request log on against off, c=32 (issue 35; {r['when']}, "
+                  f"{r['rounds']} rounds × {r['round_seconds']} s, load {r['load_before']} → {r['load']})", "",
+                  HEAD, _variant_rows(r["variants"]), "",
+                  f"* with the log: **{r['ratio']:.1%}** of the throughput without (target ≥ 95%: {_ok(r['met'])}); "
+                  f"the gateway's CPU per call {r['added_cpu_ms']:+.3f} ms"]
+    if "logs_page" in found:
+        r = found["logs_page"]
+        rows = []
+        for label, v in r.items():
+            if isinstance(v, dict) and v.get("absent"):
+                rows.append(f"| `{label}` | absent (404: the console has no Logs page in this build) | | | |")
+            elif isinstance(v, dict) and "p50" in v:
+                rows.append(f"| `{label}` | {v['statuses']} | {v['p50']:.2f} | {v['p99']:.2f} | {v['worst']:.2f} |")
+        parts += ["", f"### The first Logs page over {r['rows']:,} request-log rows (issue 35; {r['when']}, "
+                  f"load {r['load_before']} → {r['load']})", "",
+                  f"{r['rows'] - r['rows_before']:,} rows inserted for the bench account with generate_series "
+                  f"in {r['fill_seconds']:.1f} s (then ANALYZE); {PAGE_REQUESTS} requests each, one after another, "
+                  "over a kept connection, timed by the client.", "",
+                  "| request | statuses | p50 ms | p99 ms | worst ms |", "|---|---|---|---|---|", *rows, "",
+                  f"* under 100 ms at p99 (every page measured): {_ok(r['met'])}"]
+    if "cache" in found:
+        r = found["cache"]
+        speed = "; ".join(f"{label} **{s:.2f}×**" for label, s in r["hit_speedup"].items())
+        parts += ["", f"### Response cache, c=1 (issue 36; {r['when']}, {r['rounds']} rounds × "
+                  f"{r['round_seconds']} s, load {r['load_before']} → {r['load']})", "",
+                  HEAD, _variant_rows(r["variants"]), "",
+                  f"* a hit against the uncached row (p50 ratio): {speed} (target ≥ 5×: {_ok(r['met_hit'])})",
+                  f"* a miss on a cached row over the uncached row, the same new prompts: "
+                  f"**{r['miss_added_ms']:+.3f} ms** p50 (target ≤ 0.2 ms: {_ok(r['met_miss'])}); the gateway's "
+                  f"CPU per call {r['miss_added_cpu_ms']:+.3f} ms"]
+    parts += [END, ""]
+    return "\n".join(parts)
+
+
+def merge_markdown(old: str, section: str) -> str:
+    """`old` with its scenarios section replaced by `section` (appended when it had none)."""
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        return head + section.rstrip("\n") + rest.split(END, 1)[1]
+    return old.rstrip("\n") + "\n\n" + section
