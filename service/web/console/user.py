@@ -8,7 +8,7 @@ from flask import current_app, g, redirect, request, url_for
 
 from core import prices as price_classes
 from service.store.db import Account, ApiKey, LedgerEntry, utcnow
-from service.web import chat, reports
+from service.web import calls, reports
 from service.web.account import breakdown
 from service.web.auth import LINEAGE_MAX, create_key, lineage
 from service.web.console import chart, i18n, keys as minting, session
@@ -136,6 +136,6 @@ def playground_chat():
     """The chat call itself (streamed), paid by the signed-in account, admitted as the API admits
     it: a key's session takes the key's models, rpm and caps (counted with its API calls)."""
     body = request.get_json(silent=True) or {}
-    chat.prepare_body({"model": body.get("model"), "messages": [{"role": "user", "content": body.get("prompt") or ""}],
-                       "stream": True, "stream_options": {"include_usage": True}})
-    return chat.admitted(g.chat, chat.chat_rates())
+    req = calls.parse_chat({"model": body.get("model"), "messages": [{"role": "user", "content": body.get("prompt") or ""}],
+                            "stream": True, "stream_options": {"include_usage": True}})
+    return calls.respond(calls.run(req))
