@@ -9,7 +9,7 @@ embedding's inputs...) but those that cannot change the answer (`user`, `metadat
 field a front door adds to its request object is part of the key by default.
 
 A hit is answered after admission, limits and idempotency, like any call: a hold for the hit's
-price, then a settle that writes a `charge` row marked `cache_hit`. Flask-free: the chat view
+price, then a settle that writes a `charge` row marked `cache_hit`. Flask-free: the Call
 passes the client's `Cache-Control`.
 """
 from __future__ import annotations

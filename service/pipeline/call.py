@@ -18,7 +18,7 @@ class Call:
     """A parsed request (a ChatRequest, a PassThrough, an EmbeddingRequest or a parallel Plan) and
     what it is answered with: who pays, which key, the limits, the idempotency key with the
     request's fingerprint, the client's Cache-Control, the outcome record; the process's shared
-    state (`ext`, service/app.py's Tollgate), the response cache's store and the settings."""
+    state (`ext`: the app factory's Tollgate), the response cache's store and the settings."""
 
     request: object
     account: object  # who pays: .id, .name

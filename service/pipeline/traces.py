@@ -8,7 +8,7 @@ children time the steps: admission, hold, the provider call, settle. Spans go to
 BatchSpanProcessor, whose own thread exports them: a call never waits on the exporter. The
 pipeline opens a step with `step(record, name)` on the call's outcome record (where the call's
 span is kept), so it needs no Flask and works inside a stream's body too; the request hooks that
-open and close the call's span are the web layer's (service/web/tracing.py).
+open and close the call's span are the web layer's (its tracing module).
 """
 from __future__ import annotations
 

@@ -60,12 +60,13 @@ def parse_chat(body: dict, force_stream: bool = False):
 def run(req, scope: str = CALL_SCOPE) -> Answer:
     """The pipeline's answer to `req` (a parsed request, or a parallel Plan), paid by the caller
     in g, limited in `scope`'s windows; its rate-limit headers go on whatever is answered."""
-    conf, key = current_app.config, request.headers.get(idempotency.HEADER)
+    key = request.headers.get(idempotency.HEADER)
     stream = req.group.stream if isinstance(req, parallel.Plan) else req.stream
-    call = Call(req, g.account, g.api_key, limits(scope), observe.outcome(), current_app.extensions["tollgate"],
-                current_app.extensions["tollgate_answers"], conf, key,
-                idempotency.digest(request.get_json(), stream) if key is not None else None,
-                request.headers.get("Cache-Control"))
+    call = Call(req, account=g.account, key=g.api_key, limits=limits(scope), record=observe.outcome(),
+                ext=current_app.extensions["tollgate"], answers=current_app.extensions["tollgate_answers"],
+                conf=current_app.config, idempotency_key=key,
+                digest=idempotency.digest(request.get_json(), stream) if key is not None else None,
+                cache_control=request.headers.get("Cache-Control"))
     try:
         return call.run()
     finally:
