@@ -62,7 +62,7 @@ def step(record: dict | None, name: str, **attributes):
         span.end()
 
 
-def close(span, record: dict, model, status: int, operation: str) -> None:
+def end_span(span, record: dict, model, status: int, operation: str) -> None:
     """The call's attributes, known once its body is done, and the end of its span."""
     from opentelemetry.trace import Status, StatusCode
 

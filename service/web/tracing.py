@@ -33,9 +33,9 @@ def _end(response):
     status = response.status_code
     operation = DOORS.get(request.endpoint, "chat")
     if response.is_streamed:
-        response.call_on_close(lambda: traces.close(span, record, model, status, operation))
+        response.call_on_close(lambda: traces.end_span(span, record, model, status, operation))
     else:
-        traces.close(span, record, model, status, operation)
+        traces.end_span(span, record, model, status, operation)
     return response
 
 
