@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import threading
+from types import SimpleNamespace
 
 import pytest
 import redis
 from werkzeug import Response
 
 import service.web.calls
+from service.limits.rates import EMBEDDINGS_SCOPE, Limits
 
 from tests.conftest import auth
 from tests.fakes import openai as fake_openai
@@ -176,3 +178,21 @@ def test_embeddings_take_their_rate_limits_through_the_admission_in_their_own_wi
     assert window(r, "{acct:alice}", 1, "embeddings.create") == 1
     assert window(r, "{acct:alice}", 1) == 0  # the chat call's window is not theirs
     assert r.zcard("tollgate:inflight:{acct:alice}") == 0
+
+
+def test_a_callers_limits_are_plain_values_in_flask_limiters_order():
+    """service/limits takes no request: the view hands it the account, the key lineage and the
+    settings; embeddings' own windows, a minted key's ancestors in the chat call's."""
+    key = SimpleNamespace(id=7, rpm=3, max_concurrent=None, prefix="sk-abc")
+    parent = SimpleNamespace(id=5, rpm=9, max_concurrent=2, prefix="sk-par")
+    limits = Limits("kay", (key, parent), "5/minute;100/hour", "tollgate", 4, 8, EMBEDDINGS_SCOPE)
+    assert [r.key for r in limits.rates(SimpleNamespace(id=1, rpm=2))] == [
+        "LIMITER/tollgate/{acct:kay}/embeddings.create/5/1/minute",
+        "LIMITER/tollgate/{acct:kay}:model:1/embeddings.create/2/1/minute",
+        "LIMITER/tollgate/{acct:kay}:key:7/embeddings.create/3/1/minute",
+        "LIMITER/tollgate/{acct:kay}:key:5/chat.completions/9/1/minute",
+        "LIMITER/tollgate/{acct:kay}/embeddings.create/100/1/hour"]
+    assert [(c.key, c.limit) for c in limits.caps()] == [
+        ("{acct:kay}", 4), ("{acct:kay}:key:7", 8), ("{acct:kay}:key:5", 2)]
+    assert [r.key for r in Limits("kay", default="5/minute").rates(SimpleNamespace(id=1, rpm=None))] == [
+        "LIMITER/tollgate/{acct:kay}/chat.completions/5/1/minute"]
