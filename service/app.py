@@ -12,7 +12,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import settings
-from service.limits.admission import Admission, add_headers
+from service.limits.admission import Admission
 from service.limits.limit_storage import OneTripRedisStorage
 from service.limits.rates import TokenBudget
 from service.limits.slots import Slots
@@ -29,6 +29,7 @@ from service.store.cache import Cache
 from service.store.db import CONNECTIONS_BESIDE_POOL, connection_budget, db, give_back, open_database
 from service.store.registry import Registry
 from service.web.body import no_nul_characters
+from service.web.calls import add_rate_headers
 from service.web.errors import keep_error_headers, register_error_handlers
 from service.web.extensions import cors, jwt, limiter
 from service.web.jsonout import ExactJSONProvider
@@ -162,7 +163,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.teardown_appcontext(_give_back_connection)
 
     app.after_request(keep_error_headers)  # before the limiter's, so it runs after it
-    app.after_request(add_headers)  # the chat call's rate-limit headers (service/limits/admission.py)
+    app.after_request(add_rate_headers)  # a call's rate-limit headers (service/web/calls.py)
     jwt.init_app(app)
     # the API's CORS; never on console pages (their forms and cookies are for this site only)
     cors.init_app(app, resources={r"^/(?!console(/|$)).*": {}}, origins=conf["CORS_ORIGINS"], expose_headers=[
@@ -186,17 +187,17 @@ def create_app(overrides: dict | None = None) -> Flask:
                       conf["DEPLOYMENT_COOLDOWN_SECONDS"])
 
     from service import cli
-    from service.pipeline import answer_cache, traces
+    from service.pipeline import answer_cache
     from service.web import (
         account, admin, audit, catalog, chat, deployment_admin, embeddings, health, key_admin, logs_api, messages,
-        observe, request_log, responses,
+        observe, request_log, responses, tracing,
     )
 
     answer_cache.init_app(app)
 
     observe.init_app(app)
     request_log.init_app(app)  # after observe's: its hook runs first and names the request id
-    traces.init_app(app)
+    tracing.init_app(app)
     app.before_request(no_nul_characters)  # after observe's: the refusal is timed and logged
     for module in (chat, messages, responses, embeddings, catalog, account, admin, deployment_admin, health,
                    observe, logs_api, key_admin, audit):

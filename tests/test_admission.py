@@ -1,15 +1,17 @@
 """A call's rate limits, token budget and caps taken by one Redis script (service/limits/admission.py),
-with flask-limiter's keys and order; embeddings keep flask-limiter for their rate limits."""
+with flask-limiter's keys and order; embeddings take theirs through the same admission."""
 from __future__ import annotations
 
 import json
 import threading
+from types import SimpleNamespace
 
 import pytest
 import redis
 from werkzeug import Response
 
-import service.web.chat
+import service.web.calls
+from service.limits.rates import EMBEDDINGS_SCOPE, Limits
 
 from tests.conftest import auth
 from tests.fakes import openai as fake_openai
@@ -34,7 +36,7 @@ def calls(info: dict, command: str) -> int:
 
 def test_a_chat_calls_limits_budget_and_caps_take_one_script_call(limited, redis_proxy, monkeypatch):
     # the catalogue's version check (a GET at most once a second) out of the round trips counted
-    monkeypatch.setattr(service.web.chat, "CHAT_MAX_AGE", 3600)
+    monkeypatch.setattr(service.web.calls, "CHAT_MAX_AGE", 3600)
     app, client = limited(RATE_LIMIT_DEFAULT="5/minute", TOKEN_LIMIT_PER_MINUTE=1000,
                           MAX_CONCURRENT_PER_ACCOUNT=4, MAX_CONCURRENT_PER_KEY=2)
     made = client.post("/api/admin/keys", json={"account": "kay", "rpm": 3}, headers=auth("root", True)).json
@@ -100,7 +102,7 @@ def streamed(client, then=None):
 
 def test_a_streamed_call_counts_its_tokens_in_the_give_back_round_trip(limited, upstream, redis_proxy,
                                                                       monkeypatch):
-    monkeypatch.setattr(service.web.chat, "CHAT_MAX_AGE", 3600)  # no version check among the round trips
+    monkeypatch.setattr(service.web.calls, "CHAT_MAX_AGE", 3600)  # no version check among the round trips
     app, client = limited(TOKEN_LIMIT_PER_MINUTE=1000, MAX_CONCURRENT_PER_ACCOUNT=4)
     r = redis.Redis.from_url(app.config["REDIS_URL"])
     gate = threading.Event()
@@ -162,7 +164,7 @@ def test_chat_messages_and_responses_share_one_per_account_limit(limited):
     assert window(redis.Redis.from_url(app.config["REDIS_URL"]), "{acct:alice}", 3) == 3
 
 
-def test_embeddings_keep_flask_limiter_for_their_rate_limits(limited, upstream):
+def test_embeddings_take_their_rate_limits_through_the_admission_in_their_own_windows(limited, upstream):
     app, client = limited(RATE_LIMIT_DEFAULT="1/minute", MAX_CONCURRENT_PER_ACCOUNT=4)
     client.post("/api/admin/models", headers=auth("root", True), json={
         "id": 3, "name": "e1", "api": "openai", "kind": "embedding", "base_url": upstream.url_for("/v1")})
@@ -174,4 +176,23 @@ def test_embeddings_keep_flask_limiter_for_their_rate_limits(limited, upstream):
     assert_429(client.post("/v1/embeddings", json={"model": "e1", "input": "hi"}, headers=auth()))
     r = redis.Redis.from_url(app.config["REDIS_URL"])
     assert window(r, "{acct:alice}", 1, "embeddings.create") == 1
+    assert window(r, "{acct:alice}", 1) == 0  # the chat call's window is not theirs
     assert r.zcard("tollgate:inflight:{acct:alice}") == 0
+
+
+def test_a_callers_limits_are_plain_values_in_flask_limiters_order():
+    """service/limits takes no request: the view hands it the account, the key lineage and the
+    settings; embeddings' own windows, a minted key's ancestors in the chat call's."""
+    key = SimpleNamespace(id=7, rpm=3, max_concurrent=None, prefix="sk-abc")
+    parent = SimpleNamespace(id=5, rpm=9, max_concurrent=2, prefix="sk-par")
+    limits = Limits("kay", (key, parent), "5/minute;100/hour", "tollgate", 4, 8, EMBEDDINGS_SCOPE)
+    assert [r.key for r in limits.rates(SimpleNamespace(id=1, rpm=2))] == [
+        "LIMITER/tollgate/{acct:kay}/embeddings.create/5/1/minute",
+        "LIMITER/tollgate/{acct:kay}:model:1/embeddings.create/2/1/minute",
+        "LIMITER/tollgate/{acct:kay}:key:7/embeddings.create/3/1/minute",
+        "LIMITER/tollgate/{acct:kay}:key:5/chat.completions/9/1/minute",
+        "LIMITER/tollgate/{acct:kay}/embeddings.create/100/1/hour"]
+    assert [(c.key, c.limit) for c in limits.caps()] == [
+        ("{acct:kay}", 4), ("{acct:kay}:key:7", 8), ("{acct:kay}:key:5", 2)]
+    assert [r.key for r in Limits("kay", default="5/minute").rates(SimpleNamespace(id=1, rpm=None))] == [
+        "LIMITER/tollgate/{acct:kay}/chat.completions/5/1/minute"]

@@ -436,9 +436,9 @@ def test_a_deployment_without_its_key_on_this_gateway_is_skipped(make_app, upstr
 
 
 def test_deployments_cost_a_call_one_redis_round_trip(make_app, redis_proxy, upstream, admin_headers, monkeypatch):
-    import service.web.chat
+    import service.web.calls
 
-    monkeypatch.setattr(service.web.chat, "CHAT_MAX_AGE", 3600)  # no catalogue version check among the trips
+    monkeypatch.setattr(service.web.calls, "CHAT_MAX_AGE", 3600)  # no catalogue version check among the trips
     app = make_app(REDIS_URL=redis_proxy.url)
     client = app.test_client()
     fleet = Fleet(upstream, ["a", "b", "c"])

@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from functools import lru_cache
 
-from flask import g
-from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from core.errors import RateLimited
-from service.limits.rates import STORAGE_PREFIX
+from service.limits.rates import STORAGE_PREFIX, Rate
 from service.limits.slots import TAKE_SLOTS, Cap, ConcurrencyLimited, Lease
 
 
@@ -75,27 +71,6 @@ return {{0, 0, oldest, count, 0}}
 """
 
 
-@dataclass(frozen=True)
-class Rate:
-    item: RateLimitItem
-    ids: tuple  # flask-limiter's identifiers: key prefix, caller key, scope (the endpoint)
-
-    @property
-    def key(self) -> str:
-        return self.item.key_for(*self.ids)
-
-
-@lru_cache(maxsize=64)
-def parsed(spec: str) -> tuple[RateLimitItem, ...]:
-    return tuple(parse_many(spec))
-
-
-def rates(specs: list[tuple[str, str]], prefix: str, scope: str) -> list[Rate]:
-    """(limit spec, caller key) pairs as flask-limiter orders them: by window length."""
-    found = [Rate(item, (prefix, key, scope)) for spec, key in specs for item in parsed(spec)]
-    return sorted(found, key=lambda rate: rate.item.GRANULARITY.seconds)
-
-
 class Admission:
     """Admit a call, or refuse it with 429 (rate_limit_exceeded or concurrency_limit_exceeded)."""
 
@@ -104,9 +79,11 @@ class Admission:
         self.local = MovingWindowRateLimiter(MemoryStorage())
         self._script = cache.client.register_script(ADMIT) if cache.client is not None else None
 
-    def admit(self, rid: str, rates: list[Rate], account: str, caps: list[Cap]) -> Lease | None:
+    def admit(self, rid: str, rates: list[Rate], account: str, caps: list[Cap],
+              headers: dict | None = None) -> Lease | None:
         """Take an entry under each rate limit, check the account's tokens this minute, take a slot
-        under each cap; the rate-limit headers go to g.rate_headers for every answer."""
+        under each cap; the rate-limit headers, which every answer carries (a refusal too), go
+        into `headers`."""
         lease = self.slots.lease(rid, caps)
         if not rates and lease is None and self.budget.item is None:
             return None  # nothing to take: no round trip
@@ -119,9 +96,10 @@ class Admission:
         if shown is not None:
             expiry = shown.item.get_expiry()
             reset = int((float(oldest) if count else time.time()) + expiry + 1)
-            g.rate_headers = {"X-RateLimit-Limit": str(shown.item.amount),
-                              "X-RateLimit-Remaining": str(max(0, shown.item.amount - int(count))),
-                              "X-RateLimit-Reset": str(reset)}
+            if headers is not None:
+                headers.update({"X-RateLimit-Limit": str(shown.item.amount),
+                                "X-RateLimit-Remaining": str(max(0, shown.item.amount - int(count))),
+                                "X-RateLimit-Reset": str(reset)})
         if kind == 1:
             raise RateLimited(f"Rate limit exceeded: {shown.item}",
                               headers={"Retry-After": str(max(1, int(reset - time.time())))})
@@ -170,9 +148,3 @@ class Admission:
         full = self.slots.take_local(lease) if lease is not None else 0
         return (3 if full else 0), full, *first, 0
 
-
-def add_headers(response):
-    """The admitted (or refused) call's rate-limit headers on its answer."""
-    for name, value in (g.get("rate_headers") or {}).items():
-        response.headers[name] = value
-    return response

@@ -1,55 +1,83 @@
-"""Rate-limit keys and the dynamic limits of SPEC §10 (flask-limiter does the counting)."""
+"""A caller's rate limits and caps (SPEC §10) with flask-limiter's keys and windows, and the tokens
+per minute; service/limits/admission.py takes them."""
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
+from functools import lru_cache
 
-from flask import current_app, g, request
-from limits import RateLimitItemPerMinute
+from limits import RateLimitItem, RateLimitItemPerMinute, parse_many
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
 from core.errors import RateLimited  # the class service.web.errors re-exports
+from service.limits.slots import Cap
 
 STORAGE_PREFIX = "LIMITS"  # limits' RedisStorage prefix: the keys flask-limiter uses for the same limits
+# One window per limit shared by chat, Messages and Responses (SPEC §13): a door is a way to ask,
+# not a second allowance. The scopes are the routes' flask-limiter endpoints, so windows survive
+# upgrades.
+CALL_SCOPE = "chat.completions"
+EMBEDDINGS_SCOPE = "embeddings.create"
 
 
-def limit_key() -> str:
-    """The caller: its account when authenticated, else its client address."""
-    account = g.get("account")
-    if account is not None:
-        return f"{{acct:{account.name}}}"  # a hash tag: one caller's keys share a Redis Cluster slot
-    return f"{{ip:{request.remote_addr or 'unknown'}}}"
+@dataclass(frozen=True)
+class Rate:
+    item: RateLimitItem
+    ids: tuple  # flask-limiter's identifiers: key prefix, caller key, scope (the endpoint)
+
+    @property
+    def key(self) -> str:
+        return self.item.key_for(*self.ids)
 
 
-def default_limit() -> str:
-    return current_app.config["RATE_LIMIT_DEFAULT"]
+@lru_cache(maxsize=64)
+def parsed(spec: str) -> tuple[RateLimitItem, ...]:
+    return tuple(parse_many(spec))
 
 
-def _per_row(attr: str, label: str):
-    """Key, limit and exemption functions for an `rpm` set on the request's model or API key."""
-
-    def row():
-        return g.get(attr)
-
-    def key() -> str:
-        found = row()
-        return f"{limit_key()}:{label}:{found.id if found else '-'}"
-
-    def limit() -> str:
-        found = row()
-        return f"{found.rpm}/minute" if found is not None and found.rpm else "1000000/minute"
-
-    def exempt() -> bool:
-        found = row()
-        return found is None or not found.rpm
-
-    return key, limit, exempt
+def account_key(account: str) -> str:
+    """An account's limit key: a hash tag, so one caller's keys share a Redis Cluster slot."""
+    return f"{{acct:{account}}}"
 
 
-# per account per model (the catalogue row's rpm), and per API key (the key's rpm)
-model_key, model_limit, no_model_limit = _per_row("model", "model")
-key_key, key_limit, no_key_limit = _per_row("api_key", "key")
+@dataclass(frozen=True)
+class Limits:
+    """What one caller may take on one door (SPEC §10): the default rate limit (per account), a
+    model's rpm (per account per model), its API key's rpm and the rpm of the keys that key was
+    minted from (a console session's key: its calls count under theirs too, in the chat call's
+    window), and the caps on calls in flight of the account and of each of those keys."""
+
+    account: str  # the account's name
+    keys: tuple = ()  # the API key and the keys it was minted from, nearest first (none: a JWT)
+    default: str = "60/minute"  # RATE_LIMIT_DEFAULT
+    prefix: str = "tollgate"  # RATELIMIT_KEY_PREFIX
+    per_account: int = 0  # MAX_CONCURRENT_PER_ACCOUNT
+    per_key: int = 0  # MAX_CONCURRENT_PER_KEY (a key's own max_concurrent first)
+    scope: str = CALL_SCOPE
+
+    def rates(self, model) -> list[Rate]:
+        """The rate limits of a call on `model`, in flask-limiter's order: by window length."""
+        caller = account_key(self.account)
+        specs = [(self.default, caller, self.scope)]
+        if model is not None and model.rpm:
+            specs.append((f"{model.rpm}/minute", f"{caller}:model:{model.id}", self.scope))
+        if self.keys and self.keys[0].rpm:
+            specs.append((f"{self.keys[0].rpm}/minute", f"{caller}:key:{self.keys[0].id}", self.scope))
+        specs += [(f"{parent.rpm}/minute", f"{caller}:key:{parent.id}", CALL_SCOPE)
+                  for parent in self.keys[1:] if parent.rpm]
+        found = [Rate(item, (self.prefix, key, scope)) for spec, key, scope in specs for item in parsed(spec)]
+        return sorted(found, key=lambda rate: rate.item.GRANULARITY.seconds)
+
+    def caps(self) -> list[Cap]:
+        """The caps on calls in flight: the account's, and each key's of its lineage."""
+        tag = account_key(self.account)  # one script takes them all: one Redis Cluster slot
+        found = [Cap(tag, self.per_account, f"account {self.account}")]
+        for each in self.keys:
+            found.append(Cap(f"{tag}:key:{each.id}", each.max_concurrent or self.per_key,
+                             f"API key {each.prefix}… (id {each.id})"))
+        return found
 
 
 class TokenBudget:

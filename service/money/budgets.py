@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from peewee import fn
 
 from core.errors import GatewayError, InsufficientCredits
+from service.money.credits import to_credits
 from service.store.db import KeySpend, LedgerEntry, utcnow
 
 PERIODS = ("day", "week", "month", "total")
@@ -153,8 +154,6 @@ def this_period(key) -> dict | None:
 def usage(key) -> dict:
     """A key's budget fields as the admin API shows them (credits): budget, period, what it spent
     this period (holds included) and when the period resets."""
-    from service.money.billing import to_credits
-
     now = this_period(key)
     if now is None:
         return {"budget": None, "budget_period": key.budget_period, "spent": None, "held": None,

@@ -11,7 +11,7 @@ field a front door adds to its request object is part of the key by default.
 A hit is answered after admission, limits and idempotency, like any call, and paid in one
 guarded statement (its price is known before it is answered): the balance and the key's budget
 checked and debited and its `charge` row, marked `cache_hit`, written together. Flask-free: the
-chat view passes the client's `Cache-Control`.
+Call passes the client's `Cache-Control`.
 """
 from __future__ import annotations
 

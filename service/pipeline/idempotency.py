@@ -15,8 +15,10 @@ import json
 
 from peewee import IntegrityError
 
-from service.store.db import IdempotentCall, utcnow
+from core import transcript
 from core.errors import GatewayError, InvalidRequest
+from service.pipeline.answer import Answer
+from service.store.db import IdempotentCall, give_back, utcnow
 
 WINDOW = dt.timedelta(hours=24)
 HEADER = "Idempotency-Key"
@@ -102,3 +104,50 @@ def reap(now: dt.datetime | None = None) -> int:
     """Forget answers older than the window."""
     now = now or utcnow()
     return IdempotentCall.delete().where(IdempotentCall.created < now - WINDOW).execute()
+
+
+def once(req, account_id: int, key: str | None, fingerprint: str | None, owner: str, ttl: int, run) -> Answer:
+    """run() once per `Idempotency-Key` (when the call has one): the stored answer for a repeat of
+    the same request, 409/422 for a clash; a stream is stored when it ended properly."""
+    if key is None:
+        return run()
+    stored = claim(account_id, check_key(key), fingerprint, owner, ttl)
+    if stored is not None:
+        return _replayed(req, stored)
+    try:
+        answer = run()
+    except BaseException:
+        abandon(account_id, key)
+        raise
+    if answer.streamed:  # a stream: its answer is known when it ends
+        answer.events = _recorded(answer.events, account_id, key, req.request_id, getattr(req, "transcript", None))
+    else:
+        finish(account_id, key, answer.body)
+    return answer
+
+
+def _replayed(req, stored: dict) -> Answer:
+    """The stored answer of an earlier call with the same key and body; nothing is charged."""
+    headers = {"X-Request-ID": stored["id"], "Idempotent-Replayed": "true"}
+    if not req.stream:
+        return Answer(stored, headers=headers)
+    replay = getattr(req, "replay", None) or transcript.replay  # a pass-through call's own format
+    return Answer(events=replay(stored, req.include_usage), headers=headers)
+
+
+def _recorded(events, account_id: int, key: str, request_id: str, listener=None):
+    """The stream's events as they go; a stream that ended properly is stored for its key, any
+    other gives the key back (`listener`: a pass-through call's own transcript)."""
+    heard = listener() if listener else transcript.Transcript()
+    try:
+        for piece in events:
+            heard.feed(piece)
+            yield piece
+    finally:
+        try:
+            if heard.finished:
+                finish(account_id, key, {"id": request_id, **heard.body()})
+            else:
+                abandon(account_id, key)
+        finally:
+            give_back()

@@ -7,7 +7,7 @@ Each model's call is a leg: an ordinary call of its own (admitted against the li
 settled, one ledger row) run on a thread of its own; the legs' rows share `parallel_group`, the
 answer's id. A leg closed early pays for what it consumed, as a client that hung up does: its
 upstream socket is shut, so a read that waits for the next token ends at once, and the relay
-settles what it had relayed. Flask-free: the chat view admits the legs and renders the answer.
+settles what it had relayed. Flask-free: service/pipeline/call.py admits the legs, a view renders the answer.
 """
 from __future__ import annotations
 

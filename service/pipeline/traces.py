@@ -7,15 +7,13 @@ The call's span (kind SERVER) carries the GenAI semantic-convention attributes
 children time the steps: admission, hold, the provider call, settle. Spans go to a
 BatchSpanProcessor, whose own thread exports them: a call never waits on the exporter. The
 pipeline opens a step with `step(record, name)` on the call's outcome record (where the call's
-span is kept), so it needs no Flask and works inside a stream's body too; only the request
-hooks, which the web layer installs, import Flask.
+span is kept), so it needs no Flask and works inside a stream's body too; the request hooks that
+open and close the call's span are the web layer's (its tracing module).
 """
 from __future__ import annotations
 
 import contextlib
 
-DOORS = {"chat.completions": "chat", "messages.create": "chat", "responses.create": "chat",
-         "embeddings.create": "embeddings"}
 SYSTEMS = {"openai": "openai", "anthropic": "anthropic", "gemini": "gcp.gemini", "ollama": "ollama",
            "openai_responses": "openai"}  # gen_ai.system per wire protocol (the row's provider is shown too)
 SPAN, TRACER = "_span", "_tracer"
@@ -64,38 +62,7 @@ def step(record: dict | None, name: str, **attributes):
         span.end()
 
 
-def _begin() -> None:
-    from flask import current_app, g, request
-
-    tracing = current_app.extensions.get("tollgate_traces")
-    if tracing is None or request.endpoint not in DOORS:
-        return
-    from opentelemetry.trace import SpanKind
-
-    operation = DOORS[request.endpoint]
-    span = tracing.tracer.start_span(operation, kind=SpanKind.SERVER, attributes={
-        "gen_ai.operation.name": operation, "http.request.method": request.method, "url.path": request.path})
-    g.setdefault("outcome", {}).update({SPAN: span, TRACER: tracing.tracer})
-
-
-def _end(response):
-    from flask import g, request
-
-    record = g.get("outcome") or {}
-    span = record.get(SPAN)
-    if span is None:
-        return response
-    model = g.get("model")
-    status = response.status_code
-    operation = DOORS.get(request.endpoint, "chat")
-    if response.is_streamed:
-        response.call_on_close(lambda: _close(span, record, model, status, operation))
-    else:
-        _close(span, record, model, status, operation)
-    return response
-
-
-def _close(span, record: dict, model, status: int, operation: str) -> None:
+def end_span(span, record: dict, model, status: int, operation: str) -> None:
     """The call's attributes, known once its body is done, and the end of its span."""
     from opentelemetry.trace import Status, StatusCode
 
@@ -122,13 +89,3 @@ def _close(span, record: dict, model, status: int, operation: str) -> None:
         span.set_attributes(attrs)
     finally:
         span.end()
-
-
-def init_app(app) -> None:
-    """Trace calls when OTEL_EXPORTER_OTLP_ENDPOINT is set."""
-    endpoint = app.config.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    if not endpoint:
-        return
-    app.extensions["tollgate_traces"] = Tracing(endpoint, app.config.get("OTEL_SERVICE_NAME", "tollgate"))
-    app.before_request(_begin)
-    app.after_request(_end)

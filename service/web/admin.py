@@ -1,8 +1,6 @@
 """Admin API: catalogue rows, credits, account view, API keys (admin role only)."""
 from __future__ import annotations
 
-import datetime as dt
-
 from flask import Blueprint, current_app, g
 from peewee import JOIN, fn
 
@@ -196,21 +194,6 @@ def list_alerts():
                       **({"detail": r.detail} if r.detail is not None else {})} for r in rows]}
 
 
-def _expiry(value) -> dt.datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise InvalidRequest("'expires_at' must be a unix time or an ISO 8601 time", param="expires_at")
-    try:
-        if isinstance(value, int):
-            return dt.datetime.fromtimestamp(value, dt.timezone.utc).replace(tzinfo=None)
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except (ValueError, OverflowError, OSError):
-        raise InvalidRequest("'expires_at' must be a unix time or an ISO 8601 time",
-                             param="expires_at") from None
-    return parsed.astimezone(dt.timezone.utc).replace(tzinfo=None) if parsed.tzinfo else parsed
-
-
 @bp.post("/keys")
 def create_api_key():
     body = _json()
@@ -233,7 +216,7 @@ def create_api_key():
         extra["budget_period"] = "total"
     acct = billing.account(name, current_app.config["NEW_ACCOUNT_CREDITS_MICRO"])
     with billing.write_tx():
-        row, plain = create_key(acct, label, rpm, models, _expiry(body.get("expires_at")),
+        row, plain = create_key(acct, label, rpm, models, key_admin.expiry(body.get("expires_at")),
                                 body.get("max_concurrent"))
         if extra:
             ApiKey.update(**extra).where(ApiKey.id == row.id).execute()

@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+import datetime as dt
+
 from flask import Blueprint, request
 
 from service.money import billing, budgets
@@ -45,10 +47,24 @@ def budget_fields(body: dict) -> dict:
     return out
 
 
+def expiry(value) -> dt.datetime | None:
+    """A key's `expires_at` (a unix time or an ISO 8601 time; null: never) as naive UTC."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InvalidRequest("'expires_at' must be a unix time or an ISO 8601 time", param="expires_at")
+    try:
+        if isinstance(value, int):
+            return dt.datetime.fromtimestamp(value, dt.timezone.utc).replace(tzinfo=None)
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (ValueError, OverflowError, OSError):
+        raise InvalidRequest("'expires_at' must be a unix time or an ISO 8601 time",
+                             param="expires_at") from None
+    return parsed.astimezone(dt.timezone.utc).replace(tzinfo=None) if parsed.tzinfo else parsed
+
+
 def fields(body: dict) -> dict:
     """Every editable field the body names, validated, as column values."""
-    from service.web.admin import _expiry
-
     unknown = sorted(set(body) - set(EDITABLE))
     if unknown:
         raise InvalidRequest(f"'{unknown[0]}' is not an API key field", param=unknown[0])
@@ -63,7 +79,7 @@ def fields(body: dict) -> dict:
             raise InvalidRequest("'name' must be a string", param="name")
         out["name"] = body["name"]
     if "expires_at" in body:
-        out["expires_at"] = _expiry(body["expires_at"])
+        out["expires_at"] = expiry(body["expires_at"])
     return out | budget_fields(body)
 
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, g, request
 
 from core.chat import PassThrough
 from frontdoors import anthropic
 from service.pipeline import deployments
-from service.web import chat
+from service.web import calls
 from service.web.auth import authenticate
 from service.web.body import json_object
 
@@ -38,11 +38,11 @@ def prepare() -> None:
     counting = request.path.endswith("/count_tokens")
     body = json_object()
     own = anthropic.native_chat(body)  # what the gateway reads of any Messages body
-    model = chat.chosen_model(own)
+    model = calls.chosen_model(own)
     if model.api == NATIVE:  # the row speaks Messages: the body as sent (and counted as sent)
         _pass_through(body, own, model)
     else:
-        chat.prepare_body(anthropic.to_chat(body, counting))
+        calls.parse_chat(anthropic.to_chat(body, counting))
     g.chat.affinity = deployments.anthropic_user(body)  # keeps a user's calls on one deployment
     g.request_hex = g.chat.request_id.removeprefix("chatcmpl-")
 
@@ -72,14 +72,14 @@ def request_id(response):
 @bp.post("/v1/messages")
 @bp.post("/api/v1/messages")
 def create():
-    answer = chat.completions()
+    answer = calls.run(g.get("parallel") or g.chat)
     if isinstance(g.chat, PassThrough):  # the provider's own message or events, rendered already
-        return answer
-    if isinstance(answer, Response):
-        answer.response = anthropic.events(answer.response)
-        return answer
-    body, status, headers = answer
-    return anthropic.message(body), status, headers
+        return calls.respond(answer)
+    if answer.streamed:
+        answer.events = anthropic.events(answer.events)
+    else:
+        answer.body = anthropic.message(answer.body)
+    return calls.respond(answer)
 
 
 @bp.post("/v1/messages/count_tokens")

@@ -287,8 +287,6 @@ def _logged(response):
     """after_request: queue this call's row (a stream's when its body closes)."""
     if request.endpoint not in DOORS or "started" not in g:
         return response
-    if g.get("account") is None and response.status_code == 429:
-        _identify()
     if g.get("account") is None:
         return response
     writer = current_app.extensions.get("tollgate_log")
@@ -307,17 +305,6 @@ def _logged(response):
     except Exception:  # noqa: BLE001 - the log never fails a call
         log.exception("request log: could not build a row")
     return response
-
-
-def _identify() -> None:
-    """Embeddings' rate limits are flask-limiter's, taken before the blueprint authenticates:
-    for a refused call the caller is looked up here, so its account still gets the row."""
-    from service.web.auth import authenticate
-
-    try:
-        authenticate()
-    except Exception:  # noqa: BLE001 - no valid credential: no known account, no row
-        g.account = None
 
 
 def _bodies(writer: Writer, response) -> dict | None:

@@ -5,12 +5,12 @@ the body as sent and its answer comes back whole; any other row is translated bo
 account: the gateway, not the provider, holds `previous_response_id` state, on every row."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, g, request
 
 from frontdoors import responses as door
 from service.pipeline import deployments
 from service.store.db import StoredResponse, give_back
-from service.web import chat
+from service.web import calls
 from service.web.auth import authenticate
 from service.web.body import json_object
 from core.chat import PassThrough
@@ -41,13 +41,13 @@ def prepare() -> None:
     history = []
     if body.get("previous_response_id") is not None:
         history = door.items_of(_stored(body["previous_response_id"]).conversation)
-    model = chat.chosen_model(body)
+    model = calls.chosen_model(body)
     if model.api == NATIVE:
         _pass_through(body, model, history)
         return
     chat_body, items, names = door.to_chat(body, history, model.api)
     g.conversation = history + items
-    chat.prepare_body(chat_body)
+    calls.parse_chat(chat_body)
     g.chat.affinity = deployments.conversation_key(history)  # a conversation stays on one deployment
     g.response_meta = door.Meta(body, g.chat.model.name, names)
 
@@ -96,21 +96,20 @@ def create():
     if isinstance(g.chat, PassThrough):
         g.chat.render.on_done = stored
     try:
-        answer = chat.completions()
+        answer = calls.run(g.get("parallel") or g.chat)
     except (InvalidRequest, NotImplementedByProvider) as err:
         raise door.renamed(err, body)
-    if isinstance(answer, Response):
+    if answer.streamed:
         if not isinstance(g.chat, PassThrough):
-            answer.response = door.events(answer.response, meta, stored)
-        return answer
-    completion, status, headers = answer
+            answer.events = door.events(answer.events, meta, stored)
+        return calls.respond(answer)
     if isinstance(g.chat, PassThrough):
-        if not headers.get("Idempotent-Replayed"):  # a replay is the Response already stored
-            keep(completion)
-        return completion, status, headers
-    done = door.response(completion, meta)
-    keep(done)
-    return done, status, headers
+        if not answer.headers.get("Idempotent-Replayed"):  # a replay is the Response already stored
+            keep(answer.body)
+        return calls.respond(answer)
+    answer.body = door.response(answer.body, meta)
+    keep(answer.body)
+    return calls.respond(answer)
 
 
 @bp.get("/v1/responses/<response_id>")

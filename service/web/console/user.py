@@ -10,7 +10,7 @@ from flask import current_app, g, redirect, request, url_for
 from core import prices as price_classes
 from service.money import budgets
 from service.store.db import Account, ApiKey, LedgerEntry, utcnow
-from service.web import chat, reports
+from service.web import calls, reports
 from service.web.account import breakdown
 from service.web.auth import LINEAGE_MAX, create_key, lineage
 from service.web.body import json_object
@@ -165,15 +165,15 @@ def playground_chat():
     """The chat call itself (streamed, with its usage), paid by the signed-in account, admitted as
     the API admits it: a key's session takes the key's models, rpm and caps (counted with its API
     calls). Compare mode names `models` (2 to 4): one call with parallel "all", each model admitted
-    as one call (the chat view's own dispatch, docs/cache-and-parallel.md)."""
+    as one call (the API's own Call, docs/cache-and-parallel.md)."""
     body = json_object()  # as the API reads one: anything but a JSON object is a 400
     call = {"messages": [{"role": "user", "content": body.get("prompt") or ""}],
             "stream": True, "stream_options": {"include_usage": True}}
     if "models" in body:
-        chat.prepare_body({**call, "models": _compared(body["models"]), "parallel": "all"})
+        req = calls.parse_chat({**call, "models": _compared(body["models"]), "parallel": "all"})
     else:
-        chat.prepare_body({**call, "model": body.get("model")})
-    return chat.completions()
+        req = calls.parse_chat({**call, "model": body.get("model")})
+    return calls.respond(calls.run(req))
 
 
 def _compared(refs):
