@@ -203,7 +203,7 @@ def create_app(overrides: dict | None = None) -> Flask:
                    observe, logs_api, key_admin, audit):
         app.register_blueprint(module.bp)
     if conf.get("CONSOLE_ENABLED", True):
-        from service.web.console.views import bp as console
+        from service.web.console.pages import bp as console
 
         app.register_blueprint(console)
     register_error_handlers(app)

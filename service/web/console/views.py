@@ -164,10 +164,3 @@ def _icon(state) -> None:
     """/favicon.ico for every page (browsers ask for it at the root)."""
     state.app.add_url_rule("/favicon.ico", "favicon", lambda: send_from_directory(
         bp.static_folder, "favicon.ico", mimetype="image/vnd.microsoft.icon", max_age=86400))
-
-
-from service.web.console import operator, user  # noqa: E402 - their routes are on bp, so they come after it
-from service.web.console import key_page, logs  # noqa: E402 - the Logs pages and a key's page (issue 35)
-from service.web.console import audit_log, deployments  # noqa: E402 - the operator's deployments and audit pages
-
-PAGES = (user, operator, logs, key_page, deployments, audit_log)
