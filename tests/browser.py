@@ -2,12 +2,16 @@
 an explicit wait, and signing in through the form."""
 from __future__ import annotations
 
+from config.settings import ROOT
 from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import WebDriverWait
+
+
+SHOTS = ROOT / "docs" / "screenshots"  # the main pages, as the browser tests saw them (not committed)
 
 
 def chromium(profile) -> webdriver.Chrome:
@@ -35,3 +39,9 @@ def sign_in(driver, url: str, credential: str) -> None:
     driver.find_element(By.ID, "credential").send_keys(credential)
     driver.find_element(By.ID, "sign-in").click()
     wait(driver, ready.presence_of_element_located((By.ID, "balance")))
+
+
+def shot(driver, name: str) -> None:
+    """A screenshot of the page as it stands, to docs/screenshots/<name>.png."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SHOTS / f"{name}.png"))

@@ -294,3 +294,13 @@ def gateway(make_app, upstream):
         assert r.status_code == 201
     client.post("/api/admin/accounts/alice/credits", json={"amount": 100}, headers=auth("root", True))
     return client
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Debian's headless Chromium driven by Selenium (tests/browser.py), quit afterwards."""
+    from tests.browser import chromium
+
+    driver = chromium(tmp_path / "chromium")
+    yield driver
+    driver.quit()

@@ -14,16 +14,14 @@ from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import Select
 from werkzeug import Response
 
-from config.settings import ROOT
 from service.money import billing
 from service.store.db import AIModel, ApiKey, ConsoleSession, LedgerEntry
-from tests.browser import chromium, wait
+from tests.browser import shot, wait
 from tests.browser import sign_in as sign_in_at
 from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
 from tests.helpers import account, charges, holds
 
-SHOTS = ROOT / "docs" / "screenshots"
 
 
 @pytest.fixture
@@ -32,18 +30,6 @@ def site(gateway, upstream, live_factory):
     upstream.expect_request("/v1/chat/completions").respond_with_handler(
         lambda request: Response(fake.events(), mimetype="text/event-stream"))
     return live_factory(gateway.application)
-
-
-@pytest.fixture
-def browser(tmp_path):
-    driver = chromium(tmp_path / "chromium")
-    yield driver
-    driver.quit()
-
-
-def shot(driver, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(SHOTS / f"{name}.png"))
 
 
 def sign_in(driver, site, credential: str) -> None:

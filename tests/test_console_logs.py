@@ -17,7 +17,6 @@ from werkzeug import Response
 from service.store.db import ApiKey, RequestLog, utcnow
 from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
-from tests.browser import chromium
 from tests.helpers import account, charges
 
 HI = [{"role": "user", "content": "hi"}]
@@ -31,13 +30,6 @@ def site(gateway, upstream, live_factory):
     server = live_factory(gateway.application)
     server.log = gateway.application.extensions["tollgate_log"]
     return server
-
-
-@pytest.fixture
-def browser(tmp_path):
-    driver = chromium(tmp_path / "chromium")
-    yield driver
-    driver.quit()
 
 
 def wait(driver, condition, seconds: float = 15):

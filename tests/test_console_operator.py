@@ -12,14 +12,12 @@ from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import Select
 from werkzeug import Response
 
-from config.settings import ROOT
 from service.store.db import AIModel, AuditEntry
 from service.web import audit
-from tests.browser import chromium, sign_in, wait
+from tests.browser import shot, sign_in, wait
 from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
 
-SHOTS = ROOT / "docs" / "screenshots"
 HI = [{"role": "user", "content": "hi"}]
 
 
@@ -38,18 +36,6 @@ def site(gateway, upstream, live_factory):
                         {"name": "west", "priority": 1}]})
     assert r.status_code == 201, r.json
     return live_factory(gateway.application)
-
-
-@pytest.fixture
-def browser(tmp_path):
-    driver = chromium(tmp_path / "chromium")
-    yield driver
-    driver.quit()
-
-
-def shot(driver, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(SHOTS / f"{name}.png"))
 
 
 def deployment(driver, name: str):
