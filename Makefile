@@ -79,6 +79,7 @@ test: install-test services agents
 
 # every scenario; BENCH_ONLY=routing,log,cache,logs_page (any of them, and `standard` for the
 # earlier ones) runs only those and replaces their section of bench/results.* (docs/benchmarks.md)
+# BENCH_ONLY=against BENCH_AGAINST=<git revision>: this checkout's gateway against that commit's
 bench: install-test services wrk
 	$(PY) -m bench.run
 

@@ -71,10 +71,10 @@ class Stack:
     def __init__(self, tmp: Path):
         self.tmp, self.procs = tmp, []
 
-    def start(self, args, env=None, name="proc", drop=()) -> subprocess.Popen:
+    def start(self, args, env=None, name="proc", drop=(), cwd=ROOT) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "wb")
         env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in drop}
-        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log,
+        proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         return proc
@@ -475,9 +475,9 @@ def measure() -> dict:
             peer(stack, ports, results)
         elif chosen:
             results["scenarios"] = scenarios.run(chosen, {
-                "stack": stack, "env": env, "urls": urls, "auth": auth, "db": DB, "py": PY,
-                "base": f"http://127.0.0.1:{ports['gateway']}", "fire": fire, "flask": flask, "metered": metered,
-                "gateway": gateway,
+                "stack": stack, "env": env, "urls": urls, "auth": auth, "db": DB, "redis": REDIS, "py": PY,
+                "models": tmp / "models.toml", "base": f"http://127.0.0.1:{ports['gateway']}", "fire": fire,
+                "flask": flask, "metered": metered, "gateway": gateway,
                 "free_port": free_port, "await_port": await_port})
         results["settings"] = {"workers": WORKERS, "threads": THREADS, "seconds": DURATION}
         return results
@@ -630,6 +630,7 @@ Produced by `make {'bench-peer' if PEER else 'bench'}` (bench/run.py) on {time.s
 
 
 def main() -> None:
+    scenarios.wanted()  # BENCH_ONLY (and BENCH_AGAINST) checked before anything starts
     results = measure()
     name = "results-peer" if PEER else "results"
     out, raw = ROOT / "bench" / f"{name}.md", ROOT / "bench" / f"{name}.json"

@@ -17,27 +17,40 @@ machine then falls on both sides alike.
 * cache (issue 36): a cache hit (free, and at a price) against the same call on an uncached
   row (c=1 p50; target: the hit at least 5× faster), and a miss on a cached row (a new prompt
   on every call) against the same new prompts on an uncached row (target: ≤ 0.2 ms more).
+* against (issue 37): this checkout's gateway against the one at the git revision BENCH_AGAINST
+  (required: `BENCH_ONLY=against BENCH_AGAINST=f8551c4 make bench`), side by side on the same
+  static upstream: non-streamed calls at c=1 (p50) and c=32 (req/s) and the CPU per call.
+  The older code runs from a temporary `git worktree` (removed afterwards) with the same
+  virtual environment, its own database (BENCH_AGAINST_DATABASE_URL) and Redis db
+  (BENCH_AGAINST_REDIS_URL), migrated and seeded by its own commands. Target: no slower.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import requests
 
-NAMES = ("routing", "log", "cache", "logs_page")  # a million log rows come last
+NAMES = ("routing", "log", "cache", "against", "logs_page")  # a million log rows come last
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SECONDS = int(os.environ.get("BENCH_ROUND_SECONDS", "3"))
 LOG_ROWS = int(os.environ.get("BENCH_LOG_ROWS", "1000000"))
 PAGE_REQUESTS = 50
 HIT_PRICE = "0.001"  # credits per 1000 tokens of a priced hit
+AGAINST = os.environ.get("BENCH_AGAINST", "").strip()  # a git revision; `against` needs one
+AGAINST_DB = os.environ.get("BENCH_AGAINST_DATABASE_URL")  # default: the bench's with `_against`
+AGAINST_REDIS = os.environ.get("BENCH_AGAINST_REDIS_URL", "redis://127.0.0.1:6379/13")
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("config", "core", "frontdoors", "providers", "service")  # the project's own, top level
 
 # catalogue rows of these scenarios, next to run.py's (ids 20 and up)
 MODELS = """
@@ -98,14 +111,20 @@ def models_toml(static_port: int) -> str:
 
 
 def wanted() -> tuple[bool, list[str]]:
-    """(run the standard scenarios?, the new ones to run) from BENCH_ONLY (unset: everything)."""
+    """(run the standard scenarios?, the new ones to run) from BENCH_ONLY (unset: everything, and
+    `against` when BENCH_AGAINST names a revision)."""
     only = [n.strip() for n in os.environ.get("BENCH_ONLY", "").split(",") if n.strip()]
-    if not only:
-        return True, list(NAMES)
     unknown = set(only) - set(NAMES) - {"standard"}
     if unknown:
         raise SystemExit(f"BENCH_ONLY: unknown {sorted(unknown)}; choose from standard, {', '.join(NAMES)}")
-    return "standard" in only, [n for n in NAMES if n in only]
+    if "against" in only and not AGAINST:
+        raise SystemExit("BENCH_ONLY=against needs BENCH_AGAINST=<git revision> (e.g. f8551c4): "
+                         "the commit to compare this checkout with")
+    chosen = [n for n in NAMES if n in only or not only and (n != "against" or AGAINST)]
+    if "against" in chosen and subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "-q",
+                                               f"{AGAINST}^{{commit}}"], capture_output=True).returncode:
+        raise SystemExit(f"BENCH_AGAINST={AGAINST}: no such commit in {ROOT}")
+    return not only or "standard" in only, chosen
 
 
 def body(model: str, content: str = "Say hello in one word.") -> dict:
@@ -318,7 +337,152 @@ def cache(ctx) -> dict:
             "load": load_average()}
 
 
-RUNNERS = {"routing": routing, "log": request_log, "logs_page": logs_page, "cache": cache}
+# Started as `python -c BOOT <root> <packages> serve|check` with cwd=<root> and PYTHONPATH=<root>: it
+# prints where each of the project's packages was imported from and stops if any came from
+# outside <root> (the package is installed in editable mode, pointing at another checkout);
+# `serve` then runs `python -m service.server` in the same process.
+BOOT = r"""
+import json, os, runpy, sys
+root, names, then = os.path.realpath(sys.argv[1]), sys.argv[2].split(","), sys.argv[3]
+where = {name: os.path.realpath(__import__(name).__file__) for name in names}
+print("bench-imports " + json.dumps(where), file=sys.stderr, flush=True)
+outside = {name: path for name, path in where.items() if not path.startswith(root + os.sep)}
+if outside:
+    sys.exit(f"bench: imported from outside {root}: {outside}")
+if then == "serve":
+    sys.argv = ["service.server"]
+    runpy.run_module("service.server", run_name="__main__", alter_sys=True)
+"""
+
+
+def git(root: Path, *args) -> str:
+    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def fresh_database(db_url: str, redis_url: str) -> None:
+    """`db_url` dropped and created empty (through the server's `postgres` database); `redis_url`'s
+    db flushed."""
+    name, admin = db_url.rsplit("/", 1)[1], db_url.rsplit("/", 1)[0] + "/postgres"
+    for sql in (f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}"):
+        subprocess.run(["psql", admin, "-qc", sql], check=True, capture_output=True)
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+
+
+def packages(root: Path) -> str:
+    return ",".join(n for n in PACKAGES if (root / n / "__init__.py").exists())
+
+
+def imports(log: str, root: Path) -> dict:
+    """The boot's record of where the packages came from, relative to `root`; fails without one."""
+    found = re.search(r"^bench-imports (.*)$", log, re.M)
+    if not found:
+        raise RuntimeError(f"no import record from the gateway at {root}:\n{log[-3000:]}")
+    real = os.path.realpath(root)
+    return {"root": real, "packages": {name: os.path.relpath(path, real)
+                                       for name, path in json.loads(found.group(1)).items()}}
+
+
+def serve(ctx, root: Path, env: dict, name: str) -> tuple[subprocess.Popen, dict]:
+    """A gateway from the code at `root` (cwd and PYTHONPATH), through BOOT; waits until it listens
+    and returns it with where its packages came from."""
+    proc = ctx["stack"].start([ctx["py"], "-c", BOOT, str(root), packages(root), "serve"], name=name,
+                              env={**env, "PYTHONPATH": str(root)}, cwd=root)
+    log = ctx["stack"].tmp / f"{name}.log"
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            ctx["await_port"](int(env["PORT"]), 0.5)
+            break
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+    return proc, imports(log.read_text(), root)
+
+
+def against(ctx) -> dict:
+    """This checkout's gateway against the one at BENCH_AGAINST, side by side on the same static
+    upstream, interleaved: c=1 p50 and c=32 throughput, with each one's CPU per call."""
+    stack, root, auth = ctx["stack"], ROOT, ctx["auth"]
+    commit = git(root, "rev-parse", "--verify", f"{AGAINST}^{{commit}}")
+    this = {"commit": git(root, "rev-parse", "HEAD"),
+            "changed": bool(git(root, "status", "--porcelain", "--untracked-files=no"))}
+    old_db = AGAINST_DB or ctx["db"] + "_against"
+    if old_db == ctx["db"] or AGAINST_REDIS == ctx["redis"]:
+        raise SystemExit("against: BENCH_AGAINST_DATABASE_URL and BENCH_AGAINST_REDIS_URL must differ "
+                         "from BENCH_DATABASE_URL and BENCH_REDIS_URL (a database and a Redis db each)")
+    tree = Path(tempfile.mkdtemp(prefix="tollgate-against-")) / "tree"
+    git(root, "worktree", "add", "--detach", str(tree), commit)
+    procs = []
+    try:
+        # the older code: its own database, migrated and seeded by its own commands
+        fresh_database(old_db, AGAINST_REDIS)
+        old_data = stack.tmp / "against-old-seed"
+        old_data.mkdir()
+        old_env = {**ctx["env"], "DATABASE_URL": old_db, "REDIS_URL": AGAINST_REDIS, "DATA_DIR": str(old_data),
+                   "PYTHONPATH": str(tree)}
+
+        def old(*args, script=("-m", "flask", "--app", "wsgi")) -> str:
+            out = subprocess.run([ctx["py"], *script, *args], cwd=tree, env={**os.environ, **old_env},
+                                 capture_output=True, text=True)
+            if out.returncode:
+                raise RuntimeError(f"at {AGAINST}: {' '.join(args)} failed:\n{out.stdout}{out.stderr}")
+            return out.stdout.strip()
+
+        old("check", script=("-c", BOOT, str(tree), packages(tree)))  # the seed's imports: the tree's
+        old("seed-models", "--file", str(ctx["models"]))  # the same catalogue as this checkout's
+        old("accounts", "topup", "bench", "1000000000")
+        old_auth = "Bearer " + old("tokens", "issue", "bench", "--expires-in", "86400")
+
+        targets, found = {}, {}
+        for side, code, env, key in (("this checkout", root, ctx["env"], auth),
+                                     (f"at {AGAINST}", tree, old_env, old_auth)):
+            port = ctx["free_port"]()
+            data = stack.tmp / f"against-{len(targets)}"  # a data directory of its own: both claim the same CPU
+            data.mkdir()
+            proc, found[side] = serve(ctx, code, {**env, "PORT": str(port), "DATA_DIR": str(data)},
+                                      f"gateway-against-{len(targets)}")
+            procs.append(proc)
+            url = f"http://127.0.0.1:{port}/api/v1/chat/completions"
+            ctx["fire"](url, key, 500)  # warm-up, every call answered 200
+            targets[side] = (url, key, metering(ctx, proc))
+        variants = {f"{side}, c={conc}": (lambda u=u, k=k, m=m, c=conc: m(u, c, k, seconds=SECONDS))
+                    for conc in (1, 32) for side, (u, k, m) in targets.items()}
+        res = summary(interleave(variants))
+        schema = {side: int(psql(db, "SELECT max(version) FROM schema_version"))  # each migrated its own
+                  for side, db in zip(targets, (ctx["db"], old_db))}
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+            stack.procs.remove(proc)
+        git(root, "worktree", "remove", "--force", str(tree))
+        shutil.rmtree(tree.parent, ignore_errors=True)
+    new, was = list(targets)
+    c1, c32 = (res[f"{new}, c=1"], res[f"{was}, c=1"]), (res[f"{new}, c=32"], res[f"{was}, c=32"])
+
+    def rounds_no_slower(pair, field, higher_better):
+        return sum((a[field] >= b[field]) if higher_better else (a[field] <= b[field])
+                   for a, b in zip(pair[0]["rounds"], pair[1]["rounds"]))
+
+    out = {"variants": res, "this": this, "against": {"rev": AGAINST, "commit": commit}, "imports": found,
+           "schema": schema, "sides": [new, was],
+           "p50_c1_ms": c1[0]["p50"] - c1[1]["p50"], "rps_c32_ratio": c32[0]["rps"] / c32[1]["rps"],
+           "cpu_ms": {"c=1": c1[0]["cpu"] - c1[1]["cpu"], "c=32": c32[0]["cpu"] - c32[1]["cpu"]},
+           "rounds_no_slower": {"p50 c=1": rounds_no_slower(c1, "p50", False),
+                                "req/s c=32": rounds_no_slower(c32, "rps", True),
+                                "cpu c=1": rounds_no_slower(c1, "cpu", False),
+                                "cpu c=32": rounds_no_slower(c32, "cpu", False)},
+           "load": load_average()}
+    out["met"] = out["p50_c1_ms"] <= 0 and out["rps_c32_ratio"] >= 1
+    return out
+
+
+RUNNERS = {"routing": routing, "log": request_log, "logs_page": logs_page, "cache": cache, "against": against}
 
 
 def run(names: list[str], ctx: dict) -> dict:
@@ -360,12 +524,13 @@ def lines(found: dict | None) -> str:
     """The scenarios' section of bench/results.md (between markers, so BENCH_ONLY can replace it)."""
     if not found:
         return ""
-    parts = [BEGIN, "## Same-run comparisons (issues 34, 35, 36)", "",
+    parts = [BEGIN, "## Same-run comparisons (issues 34, 35, 36, 37)", "",
              "Variants interleaved: every round runs each for a short wrk run, the order reversed every "
              "other round; medians over the rounds. The gateway's CPU per call (all its threads, from "
              "/proc around each run) moves far less with the machine's load than latency does. Load "
              "average (1, 5, 15 min) before and after each scenario. "
-             "`BENCH_ONLY=routing,log,cache,logs_page make bench` re-runs them alone."]
+             "`BENCH_ONLY=routing,log,cache,logs_page make bench` re-runs them alone "
+             "(`against` with `BENCH_AGAINST=<git revision>`)."]
     if "routing" in found:
         r = found["routing"]
         parts += ["", f"### Routing: three deployments against one (issue 34; {r['when']}, "
@@ -406,6 +571,28 @@ def lines(found: dict | None) -> str:
                   f"* a miss on a cached row over the uncached row, the same new prompts: "
                   f"**{r['miss_added_ms']:+.3f} ms** p50 (target ≤ 0.2 ms: {_ok(r['met_miss'])}); the gateway's "
                   f"CPU per call {r['miss_added_cpu_ms']:+.3f} ms"]
+    if "against" in found:
+        r = found["against"]
+        new, was = r["sides"]
+        this = r["this"]["commit"][:10] + (" with uncommitted changes" if r["this"]["changed"] else "")
+        n = r["rounds"]
+        won = r["rounds_no_slower"]
+        parts += ["", f"### This checkout against {r['against']['rev']} (issue 37; {r['when']}, {n} rounds × "
+                  f"{r['round_seconds']} s, load {r['load_before']} → {r['load']})", "",
+                  f"This checkout ({this}) and `{r['against']['rev']}` ({r['against']['commit'][:10]}, from a "
+                  "temporary git worktree), two gateways side by side on the same static upstream, each with "
+                  "its own database and Redis db, seeded alike by its own commands; the same virtual "
+                  "environment. Each serving process imported " + ", ".join(f"`{name}`" for name in
+                                                                  r["imports"][was]["packages"])
+                  + " from its own tree (checked in the process at start: it stops otherwise); schema "
+                  f"versions: {r['schema'][new]} here, {r['schema'][was]} at {r['against']['rev']}.", "",
+                  HEAD, _variant_rows(r["variants"]), "",
+                  f"* c=1 p50: **{r['p50_c1_ms']:+.3f} ms** against {r['against']['rev']} (no slower in "
+                  f"{won['p50 c=1']} of {n} rounds); c=32 throughput: **{r['rps_c32_ratio']:.1%}** of it (no slower in "
+                  f"{won['req/s c=32']} of {n} rounds)",
+                  f"* the gateway's CPU per call: {r['cpu_ms']['c=1']:+.3f} ms at c=1 ({won['cpu c=1']} of {n} "
+                  f"rounds no more), {r['cpu_ms']['c=32']:+.3f} ms at c=32 ({won['cpu c=32']} of {n})",
+                  f"* no slower (median p50 at c=1 and median req/s at c=32): {_ok(r['met'])}"]
     parts += [END, ""]
     return "\n".join(parts)
 
