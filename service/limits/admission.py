@@ -87,7 +87,14 @@ class Admission:
         lease = self.slots.lease(rid, caps)
         if not rates and lease is None and self.budget.item is None:
             return None  # nothing to take: no round trip
-        verdict = self._remote(rates, account, lease) if self._script is not None else None
+        verdict = None
+        if self._script is not None:
+            # a call admitted by the script holds a remote lease even without caps: what ends
+            # with the call (its tokens, its deployment) rides on that lease's give-back
+            remote = lease if lease is not None else Lease(rid, [])
+            verdict = self._remote(rates, account, remote)
+            if verdict is not None:
+                lease = remote
         if verdict is None:
             verdict = self._local(rates, account, lease)
         kind, index, oldest, count, ttl = verdict
@@ -122,7 +129,7 @@ class Admission:
         if tokens:
             keys.append(self.budget.key(account))
             args.append(self.budget.item.amount)
-        if lease is not None:
+        if lease is not None and lease.caps:
             keys += lease.keys
             args += [lease.rid, self.slots.lease_seconds, *[cap.limit for cap in lease.caps]]
         else:

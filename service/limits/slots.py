@@ -117,6 +117,8 @@ class Slots:
                         if not members:
                             del self._local[cap.key]
                 return
+        if not lease.keys and not lease.then:
+            return  # no slot taken, nothing to count: no round trip
         try:
             # MULTI/EXEC: still one round trip, and no key expires between two of its commands
             pipe = self.cache.client.pipeline(transaction=bool(lease.then))

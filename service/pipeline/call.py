@@ -95,7 +95,7 @@ class Call:
             ctx.close()
             slots.give_back(lease)
             raise
-        return Answer(events=events, headers=headers, on_close=[lambda: slots.give_back(lease), ctx.close])
+        return Answer(events=events, headers=headers, on_close=[ctx.close, lambda: slots.give_back(lease)])
 
     def _plan(self, plan: parallel.Plan) -> Answer:
         """Several models at once: each model's call admitted on its own (its limits, caps and
