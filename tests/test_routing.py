@@ -399,7 +399,8 @@ def test_least_busy_goes_where_fewest_calls_are_in_flight(make_app, upstream, re
         release.set()
 
 
-def test_a_stream_names_its_deployment_and_times_its_first_token(client, upstream, add_model, topup,
+@pytest.mark.parametrize("store", ["redis", "memory"], indirect=True)
+def test_a_stream_names_its_deployment_and_times_its_first_token(client, store, upstream, add_model, topup,
                                                                   admin_headers):
     fleet = Fleet(upstream, ["s"])
     body = (fake_openai.chunk({"role": "assistant", "content": ""}) + fake_openai.chunk({"content": "hi"})
@@ -418,7 +419,8 @@ def test_a_stream_names_its_deployment_and_times_its_first_token(client, upstrea
     invariant("alice")
 
 
-def test_messages_and_responses_keep_their_affinity(client, upstream, add_model, topup):
+@pytest.mark.parametrize("store", ["redis", "memory"], indirect=True)
+def test_messages_and_responses_keep_their_affinity(client, store, upstream, add_model, topup):
     names = ["d1", "d2", "d3", "d4"]
     fleet = Fleet(upstream, names)
     add_pool(add_model, fleet, [{"name": n} for n in names])
@@ -441,7 +443,8 @@ def test_messages_and_responses_keep_their_affinity(client, upstream, add_model,
     assert sum(turns.values()) == 11 and max(turns.values()) >= 10, turns
 
 
-def test_metrics_count_each_deployments_calls(client, upstream, add_model, topup):
+@pytest.mark.parametrize("store", ["redis", "memory"], indirect=True)
+def test_metrics_count_each_deployments_calls(client, store, upstream, add_model, topup):
     fleet = Fleet(upstream, ["m1", "m2"])
     add_pool(add_model, fleet, [{"name": "m1"}, {"name": "m2", "priority": 1}])
     topup("alice", 10)
@@ -456,7 +459,8 @@ def test_metrics_count_each_deployments_calls(client, upstream, add_model, topup
     assert 'tollgate_deployment_in_flight{deployment="m2",model="pool"} 0.0' in text
 
 
-def test_latency_routing_prefers_the_faster_deployment(client, upstream, add_model, topup):
+@pytest.mark.parametrize("store", ["redis", "memory"], indirect=True)
+def test_latency_routing_prefers_the_faster_deployment(client, store, upstream, add_model, topup):
     fleet = Fleet(upstream, ["slow", "fast"])
 
     def slow(request):
@@ -534,6 +538,49 @@ def test_deployments_cost_a_call_no_redis_round_trip(make_app, redis_proxy, upst
     stats = [r.hgetall(f"tollgate:dep:{{m60}}:stats:{name}") for name in "abc"]
     assert sum(int(s.get(b"requests", 0)) for s in stats) == 4
     assert all(r.zcard(f"tollgate:dep:{{m60}}:live:{name}") == 0 for name in "abc")
+
+
+def test_a_stream_closed_unread_gives_its_deployment_back_with_its_slots(make_app, redis_proxy, upstream,
+                                                                         admin_headers, monkeypatch):
+    import service.web.calls
+
+    monkeypatch.setattr(service.web.calls, "CHAT_MAX_AGE", 3600)  # no catalogue version check among the trips
+    app = make_app(REDIS_URL=redis_proxy.url)
+    client = app.test_client()
+    gate = threading.Event()
+
+    def slow_stream(request):
+        def events():
+            yield fake_openai.chunk({"role": "assistant", "content": ""})
+            gate.wait(10)
+            yield fake_openai.chunk({"content": "late"}, finish="stop")
+            yield b"data: [DONE]\n\n"
+        return Response(events(), mimetype="text/event-stream")
+
+    fleet = Fleet(upstream, ["a", "b", "c"])
+    for name in fleet.answer:
+        fleet.answer[name] = slow_stream
+    add_pool(lambda **row: client.post("/api/admin/models", json=row, headers=admin_headers).json, fleet,
+             [{"name": "a"}, {"name": "b"}, {"name": "c"}])
+    client.post("/api/admin/accounts/alice/credits", json={"amount": 10}, headers=admin_headers)
+
+    def closed_unread() -> None:
+        answer = client.post("/api/v1/chat/completions", headers=auth("alice"), buffered=False,
+                             json={"model": "pool", "messages": HI, "stream": True})
+        assert answer.status_code == 200
+        next(iter(answer.response))
+        answer.close()
+
+    try:
+        closed_unread()  # warm
+        before = redis_proxy.reads
+        closed_unread()
+        assert redis_proxy.reads - before == 2  # the admission's script, then slots and deployment together
+    finally:
+        gate.set()
+    r = redis.Redis.from_url(app.config["REDIS_URL"])
+    assert all(r.zcard(f"tollgate:dep:{{m60}}:live:{name}") == 0 for name in "abc")
+    assert r.zcard("tollgate:inflight:{acct:alice}") == 0
 
 
 def test_a_model_is_ready_while_one_of_its_deployments_is(client, upstream, add_model, admin_headers):
