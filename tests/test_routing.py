@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+import redis
 from werkzeug import Response
 
 from service.store.db import AlertOutbox, LedgerEntry
@@ -55,6 +56,13 @@ class Fleet:
         return {name: len(self.calls[name]) for name in self.answer}
 
 
+@pytest.fixture
+def app(make_app, request):
+    """The app on the real Redis where a test asks for `store` (then the admission's script takes
+    the first deployment), else counting in process."""
+    return make_app(REDIS_URL=request.getfixturevalue("store") if "store" in request.fixturenames else None)
+
+
 def add_pool(add_model, fleet: Fleet, deployments: list[dict], **row) -> dict:
     """Model `pool` (id 60, 1 credit per 1k tokens) served by the given deployments."""
     for d in deployments:
@@ -88,8 +96,9 @@ def test_weights_one_to_three_over_2000_calls(client, upstream, add_model, topup
     assert LedgerEntry.select().where(LedgerEntry.deployment == "b").count() == fleet.counts()["b"]
 
 
-def test_dead_priority_zero_costs_no_client_a_failed_call(make_app, upstream, admin_headers):
-    app = make_app(BREAKER_THRESHOLD=3, BREAKER_COOLDOWN=60)
+@pytest.mark.parametrize("store", ["redis", "memory"], indirect=True)
+def test_dead_priority_zero_costs_no_client_a_failed_call(make_app, store, upstream, admin_headers):
+    app = make_app(REDIS_URL=store, BREAKER_THRESHOLD=3, BREAKER_COOLDOWN=60)
     client = app.test_client()
     fleet = Fleet(upstream, ["backup"])
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
@@ -166,7 +175,8 @@ def test_a_401_disables_its_deployment_after_one_call_and_alerts_once(make_app, 
     invariant("alice")
 
 
-def test_affinity_holds_for_one_key_and_spreads_over_many(client, upstream, add_model, topup):
+@pytest.mark.parametrize("store", ["redis", "memory"], indirect=True)
+def test_affinity_holds_for_one_key_and_spreads_over_many(client, store, upstream, add_model, topup):
     names = ["d1", "d2", "d3", "d4"]
     fleet = Fleet(upstream, names)
     add_pool(add_model, fleet, [{"name": n} for n in names])
@@ -181,7 +191,8 @@ def test_affinity_holds_for_one_key_and_spreads_over_many(client, upstream, add_
     assert all(20 <= v <= 80 for v in spread.values()), spread  # 50 each on average
 
 
-def test_rpm_cap_refuses_with_capacity_exceeded(client, upstream, add_model, topup):
+@pytest.mark.parametrize("store", ["redis", "memory"], indirect=True)
+def test_rpm_cap_refuses_with_capacity_exceeded(client, store, upstream, add_model, topup):
     fleet = Fleet(upstream, ["a", "b"])
     add_pool(add_model, fleet, [{"name": "a", "rpm": 2}, {"name": "b", "rpm": 1}])
     topup("alice", 100)
@@ -193,13 +204,51 @@ def test_rpm_cap_refuses_with_capacity_exceeded(client, upstream, add_model, top
     invariant("alice")
 
 
-def test_tpm_cap_counts_the_tokens_of_finished_calls(client, upstream, add_model, topup):
+@pytest.mark.parametrize("store", ["redis", "memory"], indirect=True)
+def test_tpm_cap_counts_the_tokens_of_finished_calls(client, store, upstream, add_model, topup):
     fleet = Fleet(upstream, ["only"])
     add_pool(add_model, fleet, [{"name": "only", "tpm": 30}])  # each call: 15 tokens
     topup("alice", 100)
     assert [call(client).status_code for _ in range(2)] == [200, 200]
     refused = call(client)
     assert refused.status_code == 429 and refused.json["error"]["code"] == "capacity_exceeded"
+
+
+@pytest.mark.parametrize("store", ["redis"], indirect=True)
+def test_a_call_refused_by_its_rate_limit_takes_no_deployment(make_app, store, upstream, admin_headers):
+    app = make_app(REDIS_URL=store, RATE_LIMIT_DEFAULT="2/minute")
+    client = app.test_client()
+    fleet = Fleet(upstream, ["a", "b"])
+    add_pool(lambda **row: client.post("/api/admin/models", json=row, headers=admin_headers).json, fleet,
+             [{"name": "a", "rpm": 10}, {"name": "b", "rpm": 10}])
+    client.post("/api/admin/accounts/alice/credits", json={"amount": 10}, headers=admin_headers)
+    assert [call(client).status_code for _ in range(2)] == [200, 200]
+    refused = call(client)
+    assert refused.status_code == 429 and refused.json["error"]["code"] == "rate_limit_exceeded"
+    r = redis.Redis.from_url(store)
+    assert sum(r.zcard(f"tollgate:dep:{{m60}}:rpm:{n}") for n in "ab") == 2  # the two calls answered
+    assert sum(r.zcard(f"tollgate:dep:{{m60}}:live:{n}") for n in "ab") == 0
+    assert sum(fleet.counts().values()) == 2
+
+
+@pytest.mark.parametrize("store", ["redis", "memory"], indirect=True)
+def test_a_call_refused_before_its_provider_leaves_its_deployment_untouched(client, store, upstream, add_model,
+                                                                           topup, admin_headers):
+    """On Redis the admission's script took a deployment for a call that is then refused (no
+    credits to hold): it is given back, and its rpm counts only the calls that reached it."""
+    fleet = Fleet(upstream, ["only"])
+    add_pool(add_model, fleet, [{"name": "only", "rpm": 2}])
+    assert [call(client).status_code for _ in range(3)] == [402] * 3
+    topup("alice", 100)
+    assert [call(client).status_code for _ in range(2)] == [200, 200]
+    refused = call(client)
+    assert refused.status_code == 429 and refused.json["error"]["code"] == "capacity_exceeded"
+    assert fleet.counts() == {"only": 2}
+    if store is not None:
+        r = redis.Redis.from_url(store)
+        assert r.zcard("tollgate:dep:{m60}:live:only") == 0 and r.zcard("tollgate:dep:{m60}:rpm:only") == 2
+    state = view(client, admin_headers)
+    assert state["only"]["in_flight"] == 0 and state["only"]["requests"] == 2
 
 
 def test_deployments_are_validated_like_every_field(client, admin_headers, add_model):
@@ -350,7 +399,8 @@ def test_least_busy_goes_where_fewest_calls_are_in_flight(make_app, upstream, re
         release.set()
 
 
-def test_a_stream_names_its_deployment_and_times_its_first_token(client, upstream, add_model, topup,
+@pytest.mark.parametrize("store", ["redis", "memory"], indirect=True)
+def test_a_stream_names_its_deployment_and_times_its_first_token(client, store, upstream, add_model, topup,
                                                                   admin_headers):
     fleet = Fleet(upstream, ["s"])
     body = (fake_openai.chunk({"role": "assistant", "content": ""}) + fake_openai.chunk({"content": "hi"})
@@ -369,7 +419,8 @@ def test_a_stream_names_its_deployment_and_times_its_first_token(client, upstrea
     invariant("alice")
 
 
-def test_messages_and_responses_keep_their_affinity(client, upstream, add_model, topup):
+@pytest.mark.parametrize("store", ["redis", "memory"], indirect=True)
+def test_messages_and_responses_keep_their_affinity(client, store, upstream, add_model, topup):
     names = ["d1", "d2", "d3", "d4"]
     fleet = Fleet(upstream, names)
     add_pool(add_model, fleet, [{"name": n} for n in names])
@@ -392,7 +443,8 @@ def test_messages_and_responses_keep_their_affinity(client, upstream, add_model,
     assert sum(turns.values()) == 11 and max(turns.values()) >= 10, turns
 
 
-def test_metrics_count_each_deployments_calls(client, upstream, add_model, topup):
+@pytest.mark.parametrize("store", ["redis", "memory"], indirect=True)
+def test_metrics_count_each_deployments_calls(client, store, upstream, add_model, topup):
     fleet = Fleet(upstream, ["m1", "m2"])
     add_pool(add_model, fleet, [{"name": "m1"}, {"name": "m2", "priority": 1}])
     topup("alice", 10)
@@ -407,7 +459,8 @@ def test_metrics_count_each_deployments_calls(client, upstream, add_model, topup
     assert 'tollgate_deployment_in_flight{deployment="m2",model="pool"} 0.0' in text
 
 
-def test_latency_routing_prefers_the_faster_deployment(client, upstream, add_model, topup):
+@pytest.mark.parametrize("store", ["redis", "memory"], indirect=True)
+def test_latency_routing_prefers_the_faster_deployment(client, store, upstream, add_model, topup):
     fleet = Fleet(upstream, ["slow", "fast"])
 
     def slow(request):
@@ -435,27 +488,99 @@ def test_a_deployment_without_its_key_on_this_gateway_is_skipped(make_app, upstr
     assert view(client, admin_headers)["keyless"]["errors"] == 3
 
 
-def test_deployments_cost_a_call_one_redis_round_trip(make_app, redis_proxy, upstream, admin_headers, monkeypatch):
+def streamed_or_not(request):
+    """A deployment's answer: streamed when asked (7 + 2 tokens), else a completion (10 + 5)."""
+    if json.loads(request.data).get("stream"):
+        return Response([fake_openai.chunk({"role": "assistant", "content": "ok"}),
+                         fake_openai.chunk({}, finish="stop"),
+                         fake_openai.chunk({}, usage={"prompt_tokens": 7, "completion_tokens": 2,
+                                                      "total_tokens": 9}, choices=False),
+                         b"data: [DONE]\n\n"], mimetype="text/event-stream")
+    return Response(json.dumps(fake_openai.completion("ok", 10, 5)), content_type="application/json")
+
+
+@pytest.mark.parametrize("settings", [{}, {"MAX_CONCURRENT_PER_ACCOUNT": 0, "TOKEN_LIMIT_PER_MINUTE": 1000}])
+def test_deployments_cost_a_call_no_redis_round_trip(make_app, redis_proxy, upstream, admin_headers, monkeypatch,
+                                                     settings):
     import service.web.calls
 
     monkeypatch.setattr(service.web.calls, "CHAT_MAX_AGE", 3600)  # no catalogue version check among the trips
-    app = make_app(REDIS_URL=redis_proxy.url)
+    app = make_app(REDIS_URL=redis_proxy.url, **settings)
     client = app.test_client()
     fleet = Fleet(upstream, ["a", "b", "c"])
+    for name in fleet.answer:
+        fleet.answer[name] = streamed_or_not
     add_pool(lambda **row: client.post("/api/admin/models", json=row, headers=admin_headers).json, fleet,
              [{"name": "a"}, {"name": "b"}, {"name": "c"}])
     client.post("/api/admin/models", headers=admin_headers, json={
         "id": 61, "name": "single", "api": "openai", "base_url": fleet.base("a"), "cost_per_1k_tokens": "1"})
     client.post("/api/admin/accounts/alice/credits", json={"amount": 10}, headers=admin_headers)
+    r = redis.Redis.from_url(app.config["REDIS_URL"])
 
-    def trips(model: str) -> int:
-        assert call(client, model=model).status_code == 200  # warm: catalogue cached, scripts loaded
+    def one(model: str, stream: bool) -> None:
+        answer = client.post("/api/v1/chat/completions", headers=auth("alice"), buffered=False,
+                             json={"model": model, "messages": HI, "stream": stream})
+        assert answer.status_code == 200
+        b"".join(answer.response)
+        answer.close()
+
+    def trips(model: str, stream: bool) -> int:
+        one(model, stream)  # warm: catalogue cached, scripts loaded
         before = redis_proxy.reads
-        assert call(client, model=model).status_code == 200
+        one(model, stream)
         return redis_proxy.reads - before
 
-    # the deployment is taken by one script; given back in the round trip that gives the slots back
-    assert trips("pool") == trips("single") + 1
+    for stream in (False, True):
+        # the deployment is taken by the admission's script and given back in the round trip that
+        # gives the call's slots back and counts its tokens: the admission's trip, then that one
+        assert trips("pool", stream) == trips("single", stream) == 2
+    assert sum(fleet.counts().values()) == 8
+    stats = [r.hgetall(f"tollgate:dep:{{m60}}:stats:{name}") for name in "abc"]
+    assert sum(int(s.get(b"requests", 0)) for s in stats) == 4
+    assert all(r.zcard(f"tollgate:dep:{{m60}}:live:{name}") == 0 for name in "abc")
+
+
+def test_a_stream_closed_unread_gives_its_deployment_back_with_its_slots(make_app, redis_proxy, upstream,
+                                                                         admin_headers, monkeypatch):
+    import service.web.calls
+
+    monkeypatch.setattr(service.web.calls, "CHAT_MAX_AGE", 3600)  # no catalogue version check among the trips
+    app = make_app(REDIS_URL=redis_proxy.url)
+    client = app.test_client()
+    gate = threading.Event()
+
+    def slow_stream(request):
+        def events():
+            yield fake_openai.chunk({"role": "assistant", "content": ""})
+            gate.wait(10)
+            yield fake_openai.chunk({"content": "late"}, finish="stop")
+            yield b"data: [DONE]\n\n"
+        return Response(events(), mimetype="text/event-stream")
+
+    fleet = Fleet(upstream, ["a", "b", "c"])
+    for name in fleet.answer:
+        fleet.answer[name] = slow_stream
+    add_pool(lambda **row: client.post("/api/admin/models", json=row, headers=admin_headers).json, fleet,
+             [{"name": "a"}, {"name": "b"}, {"name": "c"}])
+    client.post("/api/admin/accounts/alice/credits", json={"amount": 10}, headers=admin_headers)
+
+    def closed_unread() -> None:
+        answer = client.post("/api/v1/chat/completions", headers=auth("alice"), buffered=False,
+                             json={"model": "pool", "messages": HI, "stream": True})
+        assert answer.status_code == 200
+        next(iter(answer.response))
+        answer.close()
+
+    try:
+        closed_unread()  # warm
+        before = redis_proxy.reads
+        closed_unread()
+        assert redis_proxy.reads - before == 2  # the admission's script, then slots and deployment together
+    finally:
+        gate.set()
+    r = redis.Redis.from_url(app.config["REDIS_URL"])
+    assert all(r.zcard(f"tollgate:dep:{{m60}}:live:{name}") == 0 for name in "abc")
+    assert r.zcard("tollgate:inflight:{acct:alice}") == 0
 
 
 def test_a_model_is_ready_while_one_of_its_deployments_is(client, upstream, add_model, admin_headers):

@@ -17,7 +17,7 @@ from limits.strategies import MovingWindowRateLimiter
 
 from core.errors import RateLimited
 from service.limits.rates import STORAGE_PREFIX, Rate
-from service.limits.slots import TAKE_SLOTS, Cap, ConcurrencyLimited, Lease
+from service.limits.slots import TAKE_DEPLOYMENT, TAKE_SLOTS, Candidates, Cap, ConcurrencyLimited, Lease
 
 
 def _on_key(script: bytes) -> str:
@@ -26,11 +26,15 @@ def _on_key(script: bytes) -> str:
 
 
 # KEYS: one list per rate limit, the token counter when there is a token limit, one sorted set
-# per cap. ARGV: now, rate limits, 1|0 (token limit), each rate limit's amount and window seconds,
-# the token limit, then the request id, the lease seconds and each cap's limit.
-# Returns {verdict, index, oldest, count, ttl}: verdict 0 admitted, 1 rate limit `index` breached,
-# 2 tokens spent (the counter ends in `ttl` s), 3 cap `index` full; oldest/count: the window of the
-# limit the headers show (the breached one, else the first).
+# per cap, then four keys per candidate deployment (TAKE_DEPLOYMENT's). ARGV: now, rate limits,
+# 1|0 (token limit), each rate limit's amount and window seconds, the token limit, then the
+# request id, the lease seconds, the number of caps and each cap's limit, then (with candidate
+# deployments) TAKE_DEPLOYMENT's ARGV after its request id.
+# Returns {verdict, index, oldest, count, ttl[, deployment]}: verdict 0 admitted (with the
+# 1-based candidate deployment taken, 0: none could take it), 1 rate limit `index` breached,
+# 2 tokens spent (the counter ends in `ttl` s), 3 cap `index` full; oldest/count: the window of
+# the limit the headers show (the breached one, else the first). A refused call takes nothing
+# past the limit that refused it: no slot, no deployment.
 ADMIT = f"""
 local function acquire(key, ARGV)
 {_on_key(RedisStorage.SCRIPT_ACQUIRE_MOVING_WINDOW)}
@@ -39,6 +43,9 @@ local function window(key, ARGV)
 {_on_key(RedisStorage.SCRIPT_MOVING_WINDOW)}
 end
 {TAKE_SLOTS}
+local function take_deployment(KEYS, ARGV)
+{TAKE_DEPLOYMENT}
+end
 local now, rates, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local at, oldest, count = 4, false, 0
 for i = 1, rates do
@@ -60,14 +67,21 @@ if tokens == 1 then
   end
   at = at + 1
 end
+local rid, lease, ncaps = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
 local caps, limits = {{}}, {{}}
-for i = rates + tokens + 1, #KEYS do
-  caps[#caps + 1] = KEYS[i]
-  limits[#limits + 1] = ARGV[at + 1 + #limits + 1]
+for i = 1, ncaps do
+  caps[i] = KEYS[rates + tokens + i]
+  limits[i] = ARGV[at + 2 + i]
 end
-local full = take_slots(caps, ARGV[at], tonumber(ARGV[at + 1]), limits)
+local full = take_slots(caps, rid, lease, limits)
 if full > 0 then return {{3, full, oldest, count, 0}} end
-return {{0, 0, oldest, count, 0}}
+local first = rates + tokens + ncaps + 1
+if #KEYS < first then return {{0, 0, oldest, count, 0, 0}} end
+-- the call's deployment, by the deployment's own rules, now that nothing refused the call
+local dk, da = {{}}, {{rid}}
+for i = first, #KEYS do dk[#dk + 1] = KEYS[i] end
+for i = at + 3 + ncaps, #ARGV do da[#da + 1] = ARGV[i] end
+return {{0, 0, oldest, count, 0, take_deployment(dk, da)[1]}}
 """
 
 
@@ -80,17 +94,26 @@ class Admission:
         self._script = cache.client.register_script(ADMIT) if cache.client is not None else None
 
     def admit(self, rid: str, rates: list[Rate], account: str, caps: list[Cap],
-              headers: dict | None = None) -> Lease | None:
+              headers: dict | None = None, deployments: Candidates | None = None) -> Lease | None:
         """Take an entry under each rate limit, check the account's tokens this minute, take a slot
-        under each cap; the rate-limit headers, which every answer carries (a refusal too), go
-        into `headers`."""
+        under each cap and, with candidate `deployments` (a lone Redis only: their keys lie in
+        another Cluster slot), the first of them that can take the call (lease.deployment, 0:
+        none could, or Redis did not answer); the rate-limit headers, which every answer carries
+        (a refusal too), go into `headers`."""
         lease = self.slots.lease(rid, caps)
         if not rates and lease is None and self.budget.item is None:
             return None  # nothing to take: no round trip
-        verdict = self._remote(rates, account, lease) if self._script is not None else None
+        verdict = None
+        if self._script is not None:
+            # a call admitted by the script holds a remote lease even without caps: what ends
+            # with the call (its tokens, its deployment) rides on that lease's give-back
+            remote = lease if lease is not None else Lease(rid, [])
+            verdict = self._remote(rates, account, remote, deployments)
+            if verdict is not None:
+                lease = remote
         if verdict is None:
             verdict = self._local(rates, account, lease)
-        kind, index, oldest, count, ttl = verdict
+        kind, index, oldest, count, ttl = verdict[:5]
         shown = rates[index - 1 if kind == 1 else 0] if rates else None
         reset = None
         if shown is not None:
@@ -109,10 +132,12 @@ class Admission:
             cap = lease.caps[index - 1]
             raise ConcurrencyLimited(f"Too many calls in flight for {cap.label}: at most {cap.limit} "
                                      "at once; retry when one finishes", headers={"Retry-After": "1"})
+        if len(verdict) > 5:
+            lease.deployment = int(verdict[5])
         self.slots.opened(lease)
         return lease
 
-    def _remote(self, rates: list[Rate], account: str, lease: Lease | None):
+    def _remote(self, rates: list[Rate], account: str, lease: Lease, deployments: Candidates | None = None):
         """The script's verdict, or None while Redis is down (the caller counts in process)."""
         tokens = self.budget.item is not None
         keys = [f"{STORAGE_PREFIX}:{rate.key}" for rate in rates]
@@ -122,13 +147,13 @@ class Admission:
         if tokens:
             keys.append(self.budget.key(account))
             args.append(self.budget.item.amount)
-        if lease is not None:
-            keys += lease.keys
-            args += [lease.rid, self.slots.lease_seconds, *[cap.limit for cap in lease.caps]]
-        else:
-            args += ["", 0]
+        keys += lease.keys
+        args += [lease.rid, self.slots.lease_seconds, len(lease.caps), *[cap.limit for cap in lease.caps]]
+        if deployments is not None:
+            keys += deployments.keys
+            args += deployments.args(lease.rid)[1:]
         verdict = self.cache.call(lambda r: self._script(keys=keys, args=args, client=r))
-        if verdict is not None and lease is not None:
+        if verdict is not None:
             lease.remote = verdict[0] == 0
         return verdict
 

@@ -35,6 +35,52 @@ local function take_slots(keys, rid, lease, limits)
   return 0
 end
 """
+# A deployment of a model (service/pipeline/deployment_health.py), taken for a call by the
+# deployment's own script, or by the admission script (service/limits/admission.py) on a lone Redis.
+# KEYS: per candidate its calls in flight (zset), requests this minute (zset), tokens per minute
+# (hash), cool-down (string). ARGV: request id, lease seconds, mode ('first' | 'least'), then per
+# candidate max_concurrent, rpm, tpm, priority (0: no cap). Returns {index (0: none), wait ms, capped}.
+TAKE_DEPLOYMENT = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+local minute = tostring(math.floor(t / 60))
+local rid, lease, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local best, fewest, level, wait, capped = 0, 0, nil, -1, 0
+local n = #KEYS / 4
+for i = 1, n do
+  local live, rpm, tpm, cool = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
+  local conc, rl, tl, prio = tonumber(ARGV[4*i]), tonumber(ARGV[4*i+1]), tonumber(ARGV[4*i+2]), tonumber(ARGV[4*i+3])
+  if level ~= nil and prio > level then break end
+  local ok, later = true, nil
+  local cooling = redis.call('PTTL', cool)
+  if cooling > 0 then ok, later = false, cooling end
+  redis.call('ZREMRANGEBYSCORE', live, '-inf', t)
+  local inflight = redis.call('ZCARD', live)
+  if ok and conc > 0 and inflight >= conc then ok, later, capped = false, 1000, 1 end
+  if ok and rl > 0 then
+    redis.call('ZREMRANGEBYSCORE', rpm, '-inf', t - 60)
+    if redis.call('ZCARD', rpm) >= rl then
+      local oldest = redis.call('ZRANGE', rpm, 0, 0, 'WITHSCORES')
+      ok, later, capped = false, math.ceil((tonumber(oldest[2]) + 60 - t) * 1000), 1
+    end
+  end
+  if ok and tl > 0 and tonumber(redis.call('HGET', tpm, minute) or '0') >= tl then
+    ok, later, capped = false, math.ceil(((math.floor(t / 60) + 1) * 60 - t) * 1000), 1
+  end
+  if ok then
+    if mode ~= 'least' then best = i break end
+    if best == 0 or inflight < fewest then best, fewest, level = i, inflight, prio end
+  elseif wait < 0 or later < wait then wait = later end
+end
+if best == 0 then return {0, wait, capped} end
+redis.call('ZADD', KEYS[4*best-3], t + lease, rid)
+redis.call('EXPIRE', KEYS[4*best-3], math.ceil(lease) + 60)
+if tonumber(ARGV[4*best+1]) > 0 then
+  redis.call('ZADD', KEYS[4*best-2], t, rid)
+  redis.call('EXPIRE', KEYS[4*best-2], 61)
+end
+return {best, 0, 0}
+"""
 # KEYS: sorted sets; ARGV: lease seconds, then one request id per key: push each lease's end.
 RENEW = """
 local now = redis.call('TIME')
@@ -45,6 +91,21 @@ for i, key in ipairs(KEYS) do
 end
 return 0
 """
+
+
+@dataclass
+class Candidates:
+    """The deployments a call may take, in the order it tries them, as TAKE_DEPLOYMENT wants them:
+    per candidate its four keys, and its max_concurrent, rpm, tpm and priority (plain values:
+    service/pipeline/deployment_health.py builds them)."""
+
+    keys: list
+    limits: list
+    least_busy: bool
+    lease_seconds: float
+
+    def args(self, rid: str) -> list:
+        return [rid, self.lease_seconds, "least" if self.least_busy else "first", *self.limits]
 
 
 class ConcurrencyLimited(RateLimited):
@@ -68,6 +129,10 @@ class Lease:
     # Redis fails (service/limits/rates.py's token spend)
     then: list = field(default_factory=list)
     returned: bool = False
+    # the deployment the admission script took with the call (1-based among the candidates, 0:
+    # none), and what the pipeline made of it (service/pipeline/deployment_health.py's Pick)
+    deployment: int = 0
+    ahead: object = None
 
 
 class Slots:
@@ -117,6 +182,8 @@ class Slots:
                         if not members:
                             del self._local[cap.key]
                 return
+        if not lease.keys and not lease.then:
+            return  # no slot taken, nothing to count: no round trip
         try:
             # MULTI/EXEC: still one round trip, and no key expires between two of its commands
             pipe = self.cache.client.pipeline(transaction=bool(lease.then))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from core.embedding import EmbeddingRequest
 from service.limits.rates import Limits
-from service.pipeline import answer_cache, idempotency, parallel, relay, traces
+from service.pipeline import answer_cache, deployments, idempotency, parallel, relay, router, traces
 from service.pipeline.answer import Answer
 
 
@@ -45,10 +45,19 @@ class Call:
         return self._once(req, lambda: self._answer(req, lease), [lambda: self.ext.slots.give_back(lease)])
 
     def _admit(self, req):
-        """Take the call's limits for its model (its rpm), or 429."""
+        """Take the call's limits for its model (its rpm), or 429; on a lone Redis, a routed row's
+        first deployment in the same script (service/pipeline/router.py tries the call on it first)."""
         self.model = req.model
-        return self.ext.admission.admit(req.request_id, self.limits.rates(req.model), self.account.name,
-                                        self.limits.caps(), self.rate_headers)
+        fleet, ahead = self.ext.fleet, None
+        if (not isinstance(req, EmbeddingRequest) and req.model is not None and deployments.of(req.model)
+                and fleet.folds()):
+            ahead = router.candidates(req, req.model, fleet)
+        lease = self.ext.admission.admit(req.request_id, self.limits.rates(req.model), self.account.name,
+                                         self.limits.caps(), self.rate_headers,
+                                         fleet.candidates(req.model, *ahead) if ahead else None)
+        if ahead and lease is not None and lease.deployment:
+            fleet.taken(req.model, ahead[0], lease)
+        return lease
 
     def _once(self, req, run, undo: list) -> Answer:
         """run() under the idempotency key; undo when it never ran (a replay, a refused key)."""
@@ -95,7 +104,7 @@ class Call:
             ctx.close()
             slots.give_back(lease)
             raise
-        return Answer(events=events, headers=headers, on_close=[lambda: slots.give_back(lease), ctx.close])
+        return Answer(events=events, headers=headers, on_close=[ctx.close, lambda: slots.give_back(lease)])
 
     def _plan(self, plan: parallel.Plan) -> Answer:
         """Several models at once: each model's call admitted on its own (its limits, caps and

@@ -1,15 +1,18 @@
 """The state of every deployment (SPEC §15): calls in flight, caps, cool-downs, counters,
 latencies; shared by every process through Redis, counted in process without it.
 
-A call takes its deployment with one script: the first of the candidates it is offered (or,
-for `least_busy`, the one of the best priority with the fewest calls in flight) that is not
-cooling down and under its `max_concurrent`, `rpm` and `tpm`; it leaves a lease in the
-deployment's sorted set of calls in flight (member: the request id, score: when the lease
-ends, in Redis's clock). The process renews its leases on every maintenance tick, so a killed
-process's calls stop counting when their leases end. When the call ends one pipelined round
-trip gives the lease back and counts the call, its error, latency, time to first token and
-tokens. Every key of one model carries the hash tag `{dep:<id>}`: a script's keys share a slot
-on a Redis Cluster.
+A call takes its deployment with one script (TAKE_DEPLOYMENT, service/limits/slots.py): the
+first of the candidates it is offered (or, for `least_busy`, the one of the best priority with
+the fewest calls in flight) that is not cooling down and under its `max_concurrent`, `rpm` and
+`tpm`; it leaves a lease in the deployment's sorted set of calls in flight (member: the request
+id, score: when the lease ends, in Redis's clock). On a lone Redis the call's admission script
+runs it for the call's first try (`taken`); later tries, and every try on a Redis Cluster, run
+it on its own (`take`). The process renews its leases on every maintenance tick, so a killed
+process's calls stop counting when their leases end. When the call ends the lease goes back and
+the call, its error, latency, time to first token and tokens are counted, in the round trip
+that gives the call's admission lease back (its own pipelined round trip on a Cluster, or when
+the call has no such lease). Every key of one model carries the hash tag `{m<id>}`: a script's
+keys share a slot on a Redis Cluster.
 
 A 429 cools the deployment (every process) for the provider's Retry-After, else
 DEPLOYMENT_COOLDOWN_SECONDS; a 401/403 disables it in the catalogue (every process, until an
@@ -30,7 +33,7 @@ import redis
 from prometheus_client import Counter, Histogram
 
 from core.errors import RateLimited
-from service.limits.slots import RENEW
+from service.limits.slots import RENEW, TAKE_DEPLOYMENT as TAKE, Candidates
 from service.metrics import BUCKETS
 
 log = logging.getLogger("tollgate")
@@ -46,52 +49,6 @@ COOLDOWNS = Counter("tollgate_deployment_cooldowns_total", "Cool-downs after a p
                     ["model", "deployment"])
 DISABLED = Counter("tollgate_deployment_disabled_total", "Deployments disabled after a 401/403",
                    ["model", "deployment"])
-
-# KEYS: per candidate its calls in flight (zset), requests this minute (zset), tokens per minute
-# (hash), cool-down (string). ARGV: request id, lease seconds, mode ('first' | 'least'), then per
-# candidate max_concurrent, rpm, tpm, priority (0: no cap). Returns {index (0: none), wait ms, capped}.
-TAKE = """
-local now = redis.call('TIME')
-local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
-local minute = tostring(math.floor(t / 60))
-local rid, lease, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local best, fewest, level, wait, capped = 0, 0, nil, -1, 0
-local n = #KEYS / 4
-for i = 1, n do
-  local live, rpm, tpm, cool = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
-  local conc, rl, tl, prio = tonumber(ARGV[4*i]), tonumber(ARGV[4*i+1]), tonumber(ARGV[4*i+2]), tonumber(ARGV[4*i+3])
-  if level ~= nil and prio > level then break end
-  local ok, later = true, nil
-  local cooling = redis.call('PTTL', cool)
-  if cooling > 0 then ok, later = false, cooling end
-  redis.call('ZREMRANGEBYSCORE', live, '-inf', t)
-  local inflight = redis.call('ZCARD', live)
-  if ok and conc > 0 and inflight >= conc then ok, later, capped = false, 1000, 1 end
-  if ok and rl > 0 then
-    redis.call('ZREMRANGEBYSCORE', rpm, '-inf', t - 60)
-    if redis.call('ZCARD', rpm) >= rl then
-      local oldest = redis.call('ZRANGE', rpm, 0, 0, 'WITHSCORES')
-      ok, later, capped = false, math.ceil((tonumber(oldest[2]) + 60 - t) * 1000), 1
-    end
-  end
-  if ok and tl > 0 and tonumber(redis.call('HGET', tpm, minute) or '0') >= tl then
-    ok, later, capped = false, math.ceil(((math.floor(t / 60) + 1) * 60 - t) * 1000), 1
-  end
-  if ok then
-    if mode ~= 'least' then best = i break end
-    if best == 0 or inflight < fewest then best, fewest, level = i, inflight, prio end
-  elseif wait < 0 or later < wait then wait = later end
-end
-if best == 0 then return {0, wait, capped} end
-redis.call('ZADD', KEYS[4*best-3], t + lease, rid)
-redis.call('EXPIRE', KEYS[4*best-3], math.ceil(lease) + 60)
-if tonumber(ARGV[4*best+1]) > 0 then
-  redis.call('ZADD', KEYS[4*best-2], t, rid)
-  redis.call('EXPIRE', KEYS[4*best-2], 61)
-end
-return {best, 0, 0}
-"""
-
 
 class CapacityExceeded(RateLimited):
     """Every deployment of the model is at one of its caps (SPEC §8)."""
@@ -116,6 +73,8 @@ class Pick:
     remote: bool
     latency: float | None = None  # seconds to the answer, or to the stream's first byte
     done: bool = False
+    usable: list | None = None  # taken by the admission script: the candidates it was offered
+    routed: bool = False  # taken by the admission script: the router has tried the call on it
 
     @property
     def name(self) -> str:
@@ -200,13 +159,58 @@ class Fleet:
                                    headers={"Retry-After": str(wait)})
         return Cooling(wait)
 
-    def _remote(self, row, ordered: list, rid: str, least_busy: bool):
-        ks, args = [], [rid, self.lease_seconds, "least" if least_busy else "first"]
+    def candidates(self, row, ordered: list, least_busy: bool) -> Candidates:
+        """What the take script (its own, or the admission's) needs of `ordered`: plain values."""
+        ks, limits = [], []
         for dep in ordered:
             k = keys(row.id, dep.name)
             ks += [k["live"], k["rpm"], k["tpm"], k["cool"]]
-            args += [dep.max_concurrent, dep.rpm, dep.tpm, dep.priority]
-        return self.cache.call(lambda r: self._take(keys=ks, args=args, client=r))
+            limits += [dep.max_concurrent, dep.rpm, dep.tpm, dep.priority]
+        return Candidates(ks, limits, least_busy, self.lease_seconds)
+
+    def _remote(self, row, ordered: list, rid: str, least_busy: bool):
+        found = self.candidates(row, ordered, least_busy)
+        return self.cache.call(lambda r: self._take(keys=found.keys, args=found.args(rid), client=r))
+
+    def folds(self) -> bool:
+        """Whether the admission script can take a call's deployment (a lone Redis that answers:
+        on a Cluster a deployment's keys lie in another slot than the account's)."""
+        return self._take is not None and not self.cluster and self.cache.up
+
+    def taken(self, row, ordered: list, lease) -> Pick:
+        """The deployment the admission script took with the call (lease.deployment among
+        `ordered`): renewed like any, and given back in the lease's round trip if the call never
+        tries it (a cached answer, a replay, a refused hold)."""
+        pick = Pick(row.id, row.name, ordered[lease.deployment - 1], lease.rid, True, usable=ordered)
+        with self._lock:
+            self._open[pick.rid] = pick
+        k = keys(row.id, pick.deployment.name)
+
+        def unused(pipe) -> None:
+            with self._lock:
+                if pick.routed:
+                    return  # the router tried it: Fleet.done gives it back and counts it
+                self._open.pop(pick.rid, None)
+            pipe.zrem(k["live"], pick.rid)
+            if pick.deployment.rpm:
+                pipe.zrem(k["rpm"], pick.rid)
+
+        def instead() -> None:  # Redis gone: the lease ends on its own
+            with self._lock:
+                if not pick.routed:
+                    self._open.pop(pick.rid, None)
+
+        lease.then.append((unused, instead))
+        lease.ahead = pick
+        return pick
+
+    def routes(self, pick: Pick) -> bool:
+        """The router takes the admission's pick for its first try (once; False if already)."""
+        with self._lock:
+            if pick.routed:
+                return False
+            pick.routed = True
+            return True
 
     def _take_local(self, row, ordered: list, rid: str, least_busy: bool):
         now = time.monotonic()

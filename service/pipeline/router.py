@@ -46,18 +46,23 @@ def first_answer(chat, row, ctx, make_call, attempt):
         chat.model = row
         call = make_call(chat)
         return call, attempt(call)
-    fleet, routing = ctx.ext.fleet, deployments.strategy(row)
-    affinity = deployments.affinity_key(chat)
+    fleet = ctx.ext.fleet
+    ahead = getattr(ctx.lease, "ahead", None)
+    if ahead is not None and (ahead.model_id != row.id or not fleet.routes(ahead)):
+        ahead = None  # the admission took a deployment of another row (or it was tried already)
     tried, last, cooling = set(), None, None
     while True:
-        usable = [d for d in deps if d.name not in tried and fleet.usable(row, d)]
-        if not usable:
-            break
-        ordered = deployments.order(usable, routing, affinity, fleet.latency(row.id))
-        pick = fleet.take(row, ordered, chat.request_id, routing == "least_busy" and affinity is None)
-        if isinstance(pick, Cooling):
-            cooling = pick.wait
-            break
+        if ahead is not None:  # the first try: the deployment the admission script took
+            pick, usable, ahead = ahead, ahead.usable, None
+        else:
+            found = candidates(chat, row, fleet, tried)
+            if found is None:
+                break
+            usable, least_busy = found
+            pick = fleet.take(row, usable, chat.request_id, least_busy)
+            if isinstance(pick, Cooling):
+                cooling = pick.wait
+                break
         dep = pick.deployment
         tried.add(dep.name)
         chat.model = dep.target
@@ -81,6 +86,20 @@ def first_answer(chat, row, ctx, make_call, attempt):
         ctx.record["deployment"] = dep.name
         return call, result
     raise _nobody(row, deps, fleet, last, cooling)
+
+
+def candidates(chat, row, fleet, tried=()) -> tuple[list, bool] | None:
+    """The row's usable deployments not yet tried, in the order the call tries them, and whether
+    the take is `least_busy`; None when none is usable. All of it is this process's knowledge:
+    the admission computes it before its script (service/pipeline/call.py), the router for
+    every later try."""
+    routing = deployments.strategy(row)
+    affinity = deployments.affinity_key(chat)
+    usable = [d for d in deployments.of(row) if d.name not in tried and fleet.usable(row, d)]
+    if not usable:
+        return None
+    ordered = deployments.order(usable, routing, affinity, fleet.latency(row.id))
+    return ordered, routing == "least_busy" and affinity is None
 
 
 def _nobody(row, deps: list, fleet, last, cooling) -> GatewayError:
