@@ -5,6 +5,7 @@ import json
 
 import pytest
 import requests
+from werkzeug import Response
 
 from service.money import billing, budgets
 from service.pipeline.answer_cache import Memory, policy
@@ -59,6 +60,23 @@ def test_hit_by_content_answers_the_original_with_a_new_id_and_no_upstream_call(
     assert body["choices"] == first.json["choices"] and body["model"] == "cached"
     assert body["usage"]["prompt_tokens"] == 9 and body["usage"]["completion_tokens"] == 3
     assert body["usage"]["cost"] == 0 and first.json["usage"]["cost"] == 0.012
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_row_with_deployments_keeps_and_serves_its_answers(client, cached, add_model, stream):
+    """An answer from one of the row's deployments is the row's answer: kept, then a hit."""
+    add_model(id=23, name="pooled", api="openai", base_url=cached.url_for("/v1"), cost_per_1k_tokens="1",
+              cache_ttl=60, deployments=[{"name": "a"}, {"name": "b"}])
+    cached.expect_request("/v1/chat/completions").respond_with_handler(
+        fake_openai.Stream(["Four", "."]).handler if stream else
+        lambda request: Response(json.dumps(fake_openai.completion("Four.", 9, 3)), content_type="application/json"))
+    first = ask(client, model="pooled", stream=stream, stream_options={"include_usage": True})
+    first.get_data()
+    assert first.status_code == 200 and first.headers["X-Cache"] == "MISS"
+    cached.clear()  # a second upstream call would fail
+    second = ask(client, model="pooled")
+    assert second.status_code == 200 and second.headers["X-Cache"] == "HIT", second.json
+    assert second.json["choices"][0]["message"]["content"] == "Four."
 
 
 @pytest.mark.parametrize("change", [

@@ -158,7 +158,7 @@ class Lookup:
             if self.entry is not None:
                 return self._hit(ctx)
             body = answer(self.req, ctx)
-        if self.keep and self.req.model is self.row and body.get("object") in KEPT:
+        if self.keep and self._this_rows() and body.get("object") in KEPT:
             self._put(body)  # (a fallback's answer is not this row's)
         return body
 
@@ -207,7 +207,13 @@ class Lookup:
     def _complete(self, heard, size: int) -> bool:
         """Whether a stream that sent [DONE] is this row's whole answer, with its counts."""
         return (size <= self.store.max_entry and heard.finished and bool(heard.usage)
-                and self.req.model is self.row)
+                and self._this_rows())
+
+    def _this_rows(self) -> bool:
+        """Whether the answer is this row's: its own, or one of its deployments' (a deployment's
+        view of the row, service/pipeline/deployments.py), not a fallback's."""
+        model = self.req.model
+        return model is self.row or getattr(model, "row", None) is self.row
 
     def _put(self, body: dict) -> None:
         value = json.dumps({"body": body}, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
