@@ -28,7 +28,7 @@ import weakref
 from flask import current_app, g, request
 from prometheus_client import Counter, Gauge
 
-from service.store import redact
+from service.store import bulk, redact
 from service.store.db import Account, RequestBody, RequestLog, db, utcnow
 
 log = logging.getLogger("tollgate")
@@ -158,9 +158,8 @@ class Writer:
         from service.money.billing import write_tx
 
         with write_tx():
-            RequestLog.insert_many(rows).on_conflict_ignore().execute()
-            if kept:
-                RequestBody.insert_many(kept).on_conflict_ignore().execute()
+            bulk.insert_ignoring_duplicates(RequestLog, rows)
+            bulk.insert_ignoring_duplicates(RequestBody, kept)
         WRITTEN.inc(len(rows))
 
     def account_flag(self, account_id: int) -> bool | None:
