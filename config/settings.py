@@ -21,9 +21,16 @@ def _jwt_secret(data_dir: Path) -> str:
         return path.read_text().strip()
     data_dir.mkdir(parents=True, exist_ok=True)
     key = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    draft = data_dir / f".jwt-secret.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(key)
+    try:
+        os.link(draft, path)  # whole or not at all: processes starting at once agree on one key
+    except FileExistsError:
+        key = path.read_text().strip()  # another process was first
+    finally:
+        os.unlink(draft)
     return key
 
 

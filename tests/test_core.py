@@ -30,3 +30,17 @@ def test_the_pipeline_and_money_import_no_flask():
 def _loads_no_flask(code: str) -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_processes_starting_at_once_agree_on_one_generated_jwt_key(tmp_path):
+    """data/jwt-secret is made whole or not at all: every starter reads the same key (a second
+    pytest worker, or gateway worker, once met a half-made file: FileExistsError)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from config.settings import _jwt_secret
+
+    with ThreadPoolExecutor(8) as pool:
+        keys = set(pool.map(lambda _: _jwt_secret(tmp_path), range(32)))
+    assert len(keys) == 1 and (tmp_path / "jwt-secret").read_text() == keys.pop()
+    assert oct((tmp_path / "jwt-secret").stat().st_mode & 0o777) == "0o600"
+    assert [p.name for p in tmp_path.iterdir()] == ["jwt-secret"]  # no draft left behind

@@ -88,7 +88,7 @@ class Leg:
     group_id: str = ""
 
     def __post_init__(self):
-        self.ctx.ext = _Watched(self.ctx.ext, self.opened)
+        self.ctx.ext = _Watched(self.ctx.ext, self.opened, self.stop)
 
     def close(self) -> None:
         """Close the leg at once: its loop stops at the next piece, and a read waiting for one
@@ -106,16 +106,16 @@ class _Watched:
     """The gateway's shared state as a leg's relay sees it: the same, but for a transport that
     remembers the streams it opens (so that the leg can be closed from another thread)."""
 
-    def __init__(self, ext, opened: list):
-        self._ext, self.transport = ext, _Opening(ext.transport, opened)
+    def __init__(self, ext, opened: list, stop: threading.Event):
+        self._ext, self.transport = ext, _Opening(ext.transport, opened, stop)
 
     def __getattr__(self, name):
         return getattr(self._ext, name)
 
 
 class _Opening:
-    def __init__(self, transport, opened: list):
-        self._transport, self._opened = transport, opened
+    def __init__(self, transport, opened: list, stop: threading.Event):
+        self._transport, self._opened, self._stop = transport, opened, stop
 
     def __getattr__(self, name):
         return getattr(self._transport, name)
@@ -123,6 +123,8 @@ class _Opening:
     def open_stream(self, call):
         stream = self._transport.open_stream(call)
         self._opened.append(stream)
+        if self._stop.is_set():  # closed while it was opening (close() set stop, then saw no stream)
+            _cut(stream)
         return stream
 
 
