@@ -14,10 +14,29 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Ports for servers a test starts in another process, below the kernel's ephemeral range (from
+# 32768): a port bind(0) picked and let go could be taken meanwhile by any outgoing connection, or
+# by another pytest-xdist worker's pick. Each worker has its own thousand, taken in turn.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_PORTS = iter(range(20000 + 1000 * (_WORKER % 12), 21000 + 1000 * (_WORKER % 12)))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, for a server about to be started."""
+    global _PORTS
+    for _ in range(2000):
+        port = next(_PORTS, None)
+        if port is None:  # a long run: start the worker's range again
+            _PORTS = iter(range(20000 + 1000 * (_WORKER % 12), 21000 + 1000 * (_WORKER % 12)))
+            continue
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use
+            return port
+    raise RuntimeError("no free port in this worker's range")
 
 
 class Gateway:
