@@ -502,3 +502,30 @@ def test_the_key_leaves_out_what_cannot_change_the_answer():
     assert key_of(base, SimpleNamespace(**{**vars(row), "upstream_model": "n"}), 1) != key_of(base, row, 1)
     native = SimpleNamespace(model=row, body={"messages": MSGS}, request_id="r3", stream=False)
     assert key_of(native, row, 1) == key_of(SimpleNamespace(**{**vars(native), "request_id": "r4"}), row, 1)
+
+
+def test_on_a_lone_redis_the_cache_takes_no_round_trip_of_its_own(make_app, cached, redis_url, redis_proxy,
+                                                                   monkeypatch):
+    """The admission script reads the entry, and a miss's answer is stored by the lease's
+    give-back: a cached row's miss and hit take the round trips of an uncached row's call."""
+    import redis
+
+    import service.web.calls
+
+    monkeypatch.setattr(service.web.calls, "CHAT_MAX_AGE", 3600)  # the catalogue's version check
+    client = make_app(REDIS_URL=redis_proxy.url).test_client()
+    answer_with(cached, "Four.")
+    assert ask(client, model="plain").status_code == 200  # warm: catalogue cached, script loaded
+
+    def trips(**body):
+        before = redis_proxy.reads
+        response = ask(client, **body)
+        return response.headers.get("X-Cache"), redis_proxy.reads - before
+
+    uncached = trips(model="plain")
+    assert uncached == (None, 2)  # the admission script, the lease given back
+    assert trips() == ("MISS", 2)
+    assert len(redis.Redis.from_url(redis_url).keys("tollgate:answer:*")) == 1  # stored before it answered
+    assert trips() == ("HIT", 2)
+    assert trips(messages=[{"role": "user", "content": "And 3 + 3?"}]) == ("MISS", 2)
+    assert len(cached.log) == 4

@@ -25,16 +25,18 @@ def _on_key(script: bytes) -> str:
     return script.decode().replace("KEYS[1]", "key")
 
 
-# KEYS: one list per rate limit, the token counter when there is a token limit, one sorted set
-# per cap, then four keys per candidate deployment (TAKE_DEPLOYMENT's). ARGV: now, rate limits,
-# 1|0 (token limit), each rate limit's amount and window seconds, the token limit, then the
-# request id, the lease seconds, the number of caps and each cap's limit, then (with candidate
-# deployments) TAKE_DEPLOYMENT's ARGV after its request id.
-# Returns {verdict, index, oldest, count, ttl[, deployment]}: verdict 0 admitted (with the
-# 1-based candidate deployment taken, 0: none could take it), 1 rate limit `index` breached,
-# 2 tokens spent (the counter ends in `ttl` s), 3 cap `index` full; oldest/count: the window of
-# the limit the headers show (the breached one, else the first). A refused call takes nothing
-# past the limit that refused it: no slot, no deployment.
+# KEYS: the cached answer to read (with peek 1), one list per rate limit, the token counter when
+# there is a token limit, one sorted set per cap, then four keys per candidate deployment
+# (TAKE_DEPLOYMENT's). ARGV: now, rate limits, 1|0 (token limit), 1|0 (peek), each rate limit's
+# amount and window seconds, the token limit, then the request id, the lease seconds, the number
+# of caps and each cap's limit, then (with candidate deployments) TAKE_DEPLOYMENT's ARGV after
+# its request id.
+# Returns {verdict, index, oldest, count, ttl[, deployment, answer]}: verdict 0 admitted (with
+# the 1-based candidate deployment taken, 0: none could take it, and the cached answer read, or
+# false), 1 rate limit `index` breached, 2 tokens spent (the counter ends in `ttl` s), 3 cap
+# `index` full; oldest/count: the window of the limit the headers show (the breached one, else
+# the first). A refused call takes nothing past the limit that refused it: no slot, no
+# deployment, no answer.
 ADMIT = f"""
 local function acquire(key, ARGV)
 {_on_key(RedisStorage.SCRIPT_ACQUIRE_MOVING_WINDOW)}
@@ -46,22 +48,22 @@ end
 local function take_deployment(KEYS, ARGV)
 {TAKE_DEPLOYMENT}
 end
-local now, rates, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local at, oldest, count = 4, false, 0
+local now, rates, tokens, peek = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local at, oldest, count = 5, false, 0
 for i = 1, rates do
   local amount, expiry = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
   at = at + 2
-  local taken = acquire(KEYS[i], {{now, amount, expiry, 1}})
+  local taken = acquire(KEYS[peek + i], {{now, amount, expiry, 1}})
   if i == 1 or not taken then
     -- limits' search for the window's oldest entry, over the entries there are (not the limit's
     -- amount: a large limit cost ~log2(amount) LINDEX calls for a short list)
-    local seen = window(KEYS[i], {{now - expiry, math.min(amount, redis.call('llen', KEYS[i]))}})
+    local seen = window(KEYS[peek + i], {{now - expiry, math.min(amount, redis.call('llen', KEYS[peek + i]))}})
     if seen then oldest, count = seen[1], seen[2] else oldest, count = false, 0 end
   end
   if not taken then return {{1, i, oldest, count, 0}} end
 end
 if tokens == 1 then
-  local key = KEYS[rates + 1]
+  local key = KEYS[peek + rates + 1]
   if tonumber(redis.call('get', key) or '0') >= tonumber(ARGV[at]) then
     return {{2, 0, oldest, count, redis.call('ttl', key)}}
   end
@@ -70,18 +72,20 @@ end
 local rid, lease, ncaps = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
 local caps, limits = {{}}, {{}}
 for i = 1, ncaps do
-  caps[i] = KEYS[rates + tokens + i]
+  caps[i] = KEYS[peek + rates + tokens + i]
   limits[i] = ARGV[at + 2 + i]
 end
 local full = take_slots(caps, rid, lease, limits)
 if full > 0 then return {{3, full, oldest, count, 0}} end
-local first = rates + tokens + ncaps + 1
-if #KEYS < first then return {{0, 0, oldest, count, 0, 0}} end
+-- the cached answer of the call (service/pipeline/answer_cache.py), read in the same round trip
+local answer = peek == 1 and redis.call('GET', KEYS[1])
+local first = peek + rates + tokens + ncaps + 1
+if #KEYS < first then return {{0, 0, oldest, count, 0, 0, answer}} end
 -- the call's deployment, by the deployment's own rules, now that nothing refused the call
 local dk, da = {{}}, {{rid}}
 for i = first, #KEYS do dk[#dk + 1] = KEYS[i] end
 for i = at + 3 + ncaps, #ARGV do da[#da + 1] = ARGV[i] end
-return {{0, 0, oldest, count, 0, take_deployment(dk, da)[1]}}
+return {{0, 0, oldest, count, 0, take_deployment(dk, da)[1], answer}}
 """
 
 
@@ -94,12 +98,15 @@ class Admission:
         self._script = cache.client.register_script(ADMIT) if cache.client is not None else None
 
     def admit(self, rid: str, rates: list[Rate], account: str, caps: list[Cap],
-              headers: dict | None = None, deployments: Candidates | None = None) -> Lease | None:
+              headers: dict | None = None, deployments: Candidates | None = None,
+              peek: str | None = None) -> Lease | None:
         """Take an entry under each rate limit, check the account's tokens this minute, take a slot
         under each cap and, with candidate `deployments` (a lone Redis only: their keys lie in
         another Cluster slot), the first of them that can take the call (lease.deployment, 0:
         none could, or Redis did not answer); the rate-limit headers, which every answer carries
-        (a refusal too), go into `headers`."""
+        (a refusal too), go into `headers`. `peek` (a lone Redis only): a key read in the same
+        round trip once the call is admitted (lease.peeked: (its value or None,); None when the
+        script did not run), the call's cached answer."""
         lease = self.slots.lease(rid, caps)
         if not rates and lease is None and self.budget.item is None:
             return None  # nothing to take: no round trip
@@ -108,7 +115,7 @@ class Admission:
             # a call admitted by the script holds a remote lease even without caps: what ends
             # with the call (its tokens, its deployment) rides on that lease's give-back
             remote = lease if lease is not None else Lease(rid, [])
-            verdict = self._remote(rates, account, remote, deployments)
+            verdict = self._remote(rates, account, remote, deployments, peek)
             if verdict is not None:
                 lease = remote
         if verdict is None:
@@ -134,14 +141,18 @@ class Admission:
                                      "at once; retry when one finishes", headers={"Retry-After": "1"})
         if len(verdict) > 5:
             lease.deployment = int(verdict[5])
+        if peek is not None and len(verdict) > 6:
+            lease.peeked = (verdict[6] or None,)
         self.slots.opened(lease)
         return lease
 
-    def _remote(self, rates: list[Rate], account: str, lease: Lease, deployments: Candidates | None = None):
+    def _remote(self, rates: list[Rate], account: str, lease: Lease, deployments: Candidates | None = None,
+                peek: str | None = None):
         """The script's verdict, or None while Redis is down (the caller counts in process)."""
         tokens = self.budget.item is not None
-        keys = [f"{STORAGE_PREFIX}:{rate.key}" for rate in rates]
-        args = [time.time(), len(rates), int(tokens)]
+        keys = [] if peek is None else [peek]
+        keys += [f"{STORAGE_PREFIX}:{rate.key}" for rate in rates]
+        args = [time.time(), len(rates), int(tokens), int(peek is not None)]
         for rate in rates:
             args += [rate.item.amount, rate.item.get_expiry()]
         if tokens:

@@ -128,11 +128,15 @@ class Lease:
     # more for the give-back's round trip: (send(pipeline), instead()) pairs; instead() runs when
     # Redis fails (service/limits/rates.py's token spend)
     then: list = field(default_factory=list)
+    also: list = field(default_factory=list)  # send(pipeline)s needing no transaction, lost when Redis fails
     returned: bool = False
     # the deployment the admission script took with the call (1-based among the candidates, 0:
     # none), and what the pipeline made of it (service/pipeline/deployment_health.py's Pick)
     deployment: int = 0
     ahead: object = None
+    # what the admission script read with the call (service/limits/admission.py's `peek`): a
+    # 1-tuple of the value (None: nothing there); None when it read nothing
+    peeked: tuple | None = None
 
 
 class Slots:
@@ -182,7 +186,7 @@ class Slots:
                         if not members:
                             del self._local[cap.key]
                 return
-        if not lease.keys and not lease.then:
+        if not lease.keys and not lease.then and not lease.also:
             return  # no slot taken, nothing to count: no round trip
         try:
             # MULTI/EXEC: still one round trip, and no key expires between two of its commands
@@ -190,6 +194,8 @@ class Slots:
             for key in lease.keys:
                 pipe.zrem(key, lease.rid)
             for send, _ in lease.then:
+                send(pipe)
+            for send in lease.also:
                 send(pipe)
             pipe.execute()
         except Exception as exc:  # noqa: BLE001 - the lease ends on its own

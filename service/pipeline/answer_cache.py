@@ -24,6 +24,8 @@ import threading
 import time
 from collections import OrderedDict
 
+import redis
+
 from core import prices, transcript
 from core.sse import DONE
 from core.errors import GatewayError
@@ -83,18 +85,28 @@ class Store:
     def __init__(self, cache, max_entry: int = MAX_ENTRY_BYTES, memory: int = MEMORY_BYTES):
         self.cache, self.max_entry = cache, max_entry
         self.memory = None if cache.enabled else Memory(memory)
+        self.lone = cache.enabled and not isinstance(cache.client, redis.RedisCluster)
 
     def get(self, key: str) -> bytes | None:
         if self.memory is not None:
             return self.memory.get(key)
         return self.cache.get(PREFIX + key)
 
-    def put(self, key: str, value: bytes, ttl: int) -> bool:
-        """Keep an entry for `ttl` seconds; False when it is over the size bound."""
+    def peek(self, key: str) -> str | None:
+        """The Redis key of an entry when the admission script can read it with the call's limits
+        (a lone Redis: on a Cluster it lies in another slot than the account's keys)."""
+        return PREFIX + key if self.lone else None
+
+    def put(self, key: str, value: bytes, ttl: int, lease=None) -> bool:
+        """Keep an entry for `ttl` seconds; False when it is over the size bound. With the call's
+        lease on a lone Redis (taken there, not yet given back) the SET rides on the lease's
+        give-back, the round trip the call makes anyway, and costs the call no wait of its own."""
         if len(value) > self.max_entry:
             return False
         if self.memory is not None:
             self.memory.put(key, value, ttl)
+        elif self.lone and lease is not None and lease.remote and not lease.returned:
+            lease.also.append(lambda pipe: pipe.set(PREFIX + key, value, ex=ttl))
         else:
             self.cache.set(PREFIX + key, value, ttl)
         return True
@@ -117,11 +129,22 @@ def policy(cache_control: str | None) -> tuple[bool, bool]:
     return "no-cache" not in directives, True
 
 
+_NAMES: dict[type, tuple] = {}  # a request dataclass -> the names of its fields that make the key
+
+
+def _names(kind: type) -> tuple:
+    names = _NAMES.get(kind)
+    if names is None:
+        names = _NAMES.setdefault(kind, tuple(f.name for f in dataclasses.fields(kind) if f.name not in OWN_FIELDS))
+    return names
+
+
 def key_of(req, row, account_id: int) -> str:
     """The cache key of a request on a row (see the module's docstring)."""
-    found = ({f.name: getattr(req, f.name) for f in dataclasses.fields(req)} if dataclasses.is_dataclass(req)
-             else dict(vars(req)))
-    fields = {k: v for k, v in found.items() if k not in OWN_FIELDS}
+    if dataclasses.is_dataclass(req):
+        fields = {name: getattr(req, name) for name in _names(type(req))}
+    else:
+        fields = {k: v for k, v in vars(req).items() if k not in OWN_FIELDS}
     if isinstance(fields.get("params"), dict):
         fields["params"] = {k: v for k, v in fields["params"].items() if k not in UNANSWERING}
     material = {"kind": type(req).__name__, "row": [row.id, row.api, row.upstream_model, row.base_url],
@@ -135,18 +158,33 @@ class Lookup:
     """One call's dealings with the cache: what it found (`status`, the `X-Cache` header), then
     the answer, from the cache or from `answer`/`open_stream`, stored when it is complete."""
 
-    def __init__(self, store: Store, req, account_id: int, cache_control: str | None):
+    def __init__(self, store: Store, req, account_id: int, cache_control: str | None, read: bool = True):
+        """The call's key; the entry read now, or (read=False) by read() once the call is admitted
+        (its admission script may have read it along: peek())."""
         self.store, self.req, self.row = store, req, req.model
-        self.status, self.key, self.entry, self.keep = None, None, None, False
+        self.status, self.key, self.entry, self.keep, self.look, self.lease = None, None, None, False, False, None
         if not getattr(self.row, "cache_ttl", None):
             return  # not a cached row: no header, no work
-        look, self.keep = policy(cache_control)
+        self.look, self.keep = policy(cache_control)
         self.key = key_of(req, self.row, account_id)
-        found = store.get(self.key) if look else None
-        self.entry = _entry(found)
-        self.status = HIT if self.entry else MISS if look else BYPASS
-        if look:
+        if read:
+            self.read()
+
+    def peek(self) -> str | None:
+        """The Redis key for the admission script to read with the call's limits, if any."""
+        return self.store.peek(self.key) if self.look else None
+
+    def read(self, lease=None) -> None:
+        """Look the entry up (what the admission script read with `lease`, else the store), once
+        the call is admitted; an entry kept later rides on the lease's give-back (Store.put)."""
+        self.lease = lease
+        if self.key is None:
+            return
+        if self.look:
+            peeked = getattr(lease, "peeked", None)
+            self.entry = _entry(peeked[0] if peeked is not None else self.store.get(self.key))
             (CACHE_HITS if self.entry else CACHE_MISSES).labels(self.row.name).inc()
+        self.status = HIT if self.entry else MISS if self.look else BYPASS
 
     @property
     def headers(self) -> dict:
@@ -159,7 +197,7 @@ class Lookup:
                 return self._hit(ctx)
             body = answer(self.req, ctx)
         if self.keep and self._this_rows() and body.get("object") in KEPT:
-            self._put(body)  # (a fallback's answer is not this row's)
+            self._put(body, self.lease)  # (a fallback's answer is not this row's)
         return body
 
     def stream(self, ctx, open_stream):
@@ -215,9 +253,9 @@ class Lookup:
         model = self.req.model
         return model is self.row or getattr(model, "row", None) is self.row
 
-    def _put(self, body: dict) -> None:
+    def _put(self, body: dict, lease=None) -> None:
         value = json.dumps({"body": body}, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
-        if not self.store.put(self.key, value, self.row.cache_ttl):
+        if not self.store.put(self.key, value, self.row.cache_ttl, lease):
             log.info("answer of %s not cached: %d bytes is over CACHE_MAX_ENTRY_BYTES",
                      self.req.request_id, len(value))
 

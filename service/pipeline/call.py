@@ -40,13 +40,15 @@ class Call:
         if isinstance(self.request, parallel.Plan):
             return self._plan(self.request)
         req = self.request
+        cached = answer_cache.Lookup(self.answers, req, self.account.id, self.cache_control, read=False)
         with traces.step(self.record, "admission"):
-            lease = self._admit(req)
-        return self._once(req, lambda: self._answer(req, lease), [lambda: self.ext.slots.give_back(lease)])
+            lease = self._admit(req, cached.peek())
+        return self._once(req, lambda: self._answer(req, lease, cached), [lambda: self.ext.slots.give_back(lease)])
 
-    def _admit(self, req):
+    def _admit(self, req, peek: str | None = None):
         """Take the call's limits for its model (its rpm), or 429; on a lone Redis, a routed row's
-        first deployment in the same script (service/pipeline/router.py tries the call on it first)."""
+        first deployment and the call's cached answer (`peek`) in the same script
+        (service/pipeline/router.py tries the call on that deployment first)."""
         self.model = req.model
         fleet, ahead = self.ext.fleet, None
         if (not isinstance(req, EmbeddingRequest) and req.model is not None and deployments.of(req.model)
@@ -54,7 +56,7 @@ class Call:
             ahead = router.candidates(req, req.model, fleet)
         lease = self.ext.admission.admit(req.request_id, self.limits.rates(req.model), self.account.name,
                                          self.limits.caps(), self.rate_headers,
-                                         fleet.candidates(req.model, *ahead) if ahead else None)
+                                         fleet.candidates(req.model, *ahead) if ahead else None, peek)
         if ahead and lease is not None and lease.deployment:
             fleet.taken(req.model, ahead[0], lease)
         return lease
@@ -83,13 +85,13 @@ class Call:
         return relay.Context(self.account.id, ext, self.conf, lambda tokens: ext.budget.spend(name, tokens, lease),
                              {} if record is None else record, lease=lease, key=self.key)
 
-    def _answer(self, req, lease) -> Answer:
+    def _answer(self, req, lease, cached: answer_cache.Lookup) -> Answer:
         """The admitted call, through the cache: a body, or the stream (its lease and deployment
         given back when its response closes)."""
         slots = self.ext.slots
         self.record.update(request_id=req.request_id, model=req.model.name)
         ctx = self._context(lease, self.record)
-        cached = answer_cache.Lookup(self.answers, req, self.account.id, self.cache_control)
+        cached.read(lease)
         headers = {"X-Request-ID": req.request_id, **cached.headers}
         if not req.stream:
             complete = relay.embed if isinstance(req, EmbeddingRequest) else relay.complete
