@@ -49,7 +49,11 @@ def _postgres() -> bool:
 # make exactly the guarded single-row changes of the SQLite transactions below, item by item.
 # A batch of holds only commits without waiting for its WAL flush: if the database crashed
 # before the flush, the holds and their `held` increments vanish together, nothing stays
-# locked, and each call's settle then charges without a hold. Settles wait for the flush.
+# locked, and each call's settle then charges without a hold. So does a batch whose charges
+# are all free (cache hits at the default hit price, 0): such a row moves no balance and no
+# budget, so a crash before the flush loses only the record of a hit that cost nothing, never
+# money, and the balance still equals top-ups minus charges. Settles and priced charges wait
+# for the flush.
 PG_HOLD = ("tollgate_hold(%s::text[], %s::bigint[], %s::bigint[], %s::timestamp[], %s::text[], %s::text[], "
            "%s::timestamp[], %s::bigint[], %s::timestamp[], %s::bigint[])")
 PG_SETTLE = ("tollgate_settle(%s::text[], %s::bigint[], %s::text[], %s::bigint[], %s::bigint[], "
@@ -109,7 +113,8 @@ _link = _BatchLink()
 
 def _pg_write(jobs: list) -> None:
     """Run queued holds, settles and charges as one statement (on the group commit's own
-    connection). A batch of holds only commits without waiting for its WAL flush."""
+    connection). A batch of holds and free charges only commits without waiting for its WAL
+    flush."""
     holds = [j for j in jobs if j.kind == "hold"]
     settles = [j for j in jobs if j.kind == "settle"]
     charges = [j for j in jobs if j.kind == "charge"]
@@ -120,7 +125,7 @@ def _pg_write(jobs: list) -> None:
         if group:
             calls.append(call)
             params += [[j.args[f] for j in group] for f in fields]
-    durable = settles or charges
+    durable = settles or any(j.args["amount"] for j in charges)
     sql = ("" if durable else "SET LOCAL synchronous_commit TO off; ") + "SELECT " + ", ".join(calls)
     results = iter(_link.execute(sql, params))
     for group in (holds, settles, charges):
