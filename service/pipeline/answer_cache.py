@@ -12,6 +12,10 @@ A hit is answered after admission, limits and idempotency, like any call, and pa
 guarded statement (its price is known before it is answered): the balance and the key's budget
 checked and debited and its `charge` row, marked `cache_hit`, written together. Flask-free: the
 Call passes the client's `Cache-Control`.
+
+On a lone Redis the cache adds no round trip to a call: the admission script reads the entry
+(Lookup.peek, then read with the lease), and a plain answer is stored by the pipeline that gives
+the call's slots back before it answers (Store.put with the lease).
 """
 from __future__ import annotations
 
