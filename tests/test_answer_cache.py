@@ -63,8 +63,13 @@ def test_hit_by_content_answers_the_original_with_a_new_id_and_no_upstream_call(
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_row_with_deployments_keeps_and_serves_its_answers(client, cached, add_model, stream):
-    """An answer from one of the row's deployments is the row's answer: kept, then a hit."""
+@pytest.mark.parametrize("on_redis", [False, True])
+def test_a_row_with_deployments_keeps_and_serves_its_answers(client, cached, add_model, stream, on_redis, make_app,
+                                                             request):
+    """An answer from one of the row's deployments is the row's answer: kept, then a hit (on a
+    lone Redis the admission script takes the deployment and reads the entry together)."""
+    if on_redis:
+        client = make_app(REDIS_URL=request.getfixturevalue("redis_url")).test_client()
     add_model(id=23, name="pooled", api="openai", base_url=cached.url_for("/v1"), cost_per_1k_tokens="1",
               cache_ttl=60, deployments=[{"name": "a"}, {"name": "b"}])
     cached.expect_request("/v1/chat/completions").respond_with_handler(
@@ -77,6 +82,10 @@ def test_a_row_with_deployments_keeps_and_serves_its_answers(client, cached, add
     second = ask(client, model="pooled")
     assert second.status_code == 200 and second.headers["X-Cache"] == "HIT", second.json
     assert second.json["choices"][0]["message"]["content"] == "Four."
+    if on_redis:
+        import redis
+
+        assert len(redis.Redis.from_url(request.getfixturevalue("redis_url")).keys("tollgate:answer:*")) == 1
 
 
 @pytest.mark.parametrize("change", [
