@@ -218,6 +218,31 @@ def test_a_batch_whose_commit_is_not_acknowledged_is_not_written_twice(gateway, 
     assert len(tries) >= 2 and sorted(r.request_id for r in found) == sorted(ids)
 
 
+def test_a_batch_keeps_text_as_it_was_and_leaves_out_a_row_already_there(gateway):
+    """The writer's batch (one COPY on PostgreSQL, whose text format escapes tabs, line ends and
+    backslashes): text comes back as it was sent; a batch holding a row that is there already
+    (its first commit went through unacknowledged) adds only the others."""
+    odd = "a\tb\nc\\d\re \\N é"
+    fields = {"account_id": 1, "key_id": None, "created": utcnow(), "endpoint": "chat", "deployment": None,
+              "status": 200, "error_code": odd, "latency_ms": 5, "upstream_ms": None, "ttft_ms": 3,
+              "prompt_tokens": 1, "completion_tokens": 2, "cached_tokens": 0, "cache_write_5m_tokens": 0,
+              "cache_write_1h_tokens": 0, "reasoning_tokens": 0, "cost": 3, "cache_hit": False, "estimated": True,
+              "stream": False, "client_request_id": None}
+
+    def row(request_id, model):
+        values = {**fields, "request_id": request_id, "model": model}
+        return tuple(values[c] for c in request_log.COLUMNS), None
+
+    writer(gateway).write([row("r-1", odd)])
+    writer(gateway).write([row("r-1", "again"), row("r-2", odd)])
+    found = {r.request_id: r for r in RequestLog.select()}
+    assert sorted(found) == ["r-1", "r-2"]
+    for r in found.values():
+        assert (r.model, r.error_code, r.upstream_ms, r.ttft_ms, r.estimated, r.cache_hit) == (odd, odd, None, 3,
+                                                                                               True, False)
+        assert r.created == fields["created"]
+
+
 @pytest.fixture
 def outage(db_url, tmp_path):
     found = Outage(db_url, tmp_path)

@@ -3,6 +3,7 @@ CPU a row for a request-log batch, against about 20 with execute_values and abou
 the request log's writer runs beside the calls and shares their interpreter."""
 from __future__ import annotations
 
+import datetime as dt
 import io
 
 from peewee import IntegrityError, __exception_wrapper__
@@ -10,6 +11,7 @@ from peewee import IntegrityError, __exception_wrapper__
 from service.store.db import db, is_postgres
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+# (None is \N; PostgreSQL reads Python's `True`/`False` as booleans and str() of a datetime as a timestamp)
 
 
 def insert_ignoring_duplicates(model, rows: list[dict]) -> None:
@@ -32,10 +34,11 @@ def append(model, columns: tuple[str, ...], rows: list[tuple]) -> None:
     if not rows:
         return
     if not is_postgres(db):
-        _insert(model, columns, [tuple(str(v) if hasattr(v, "isoformat") else v for v in row) for row in rows])
+        _insert(model, columns, [tuple(str(v) if isinstance(v, dt.datetime) else v for v in row) for row in rows])
         return
     table, names = _names(model, columns)
-    text = "".join(["\t".join([_copy_field(v) for v in row]) + "\n" for row in rows])
+    text = "".join(["\t".join(["\\N" if v is None else v.translate(_COPY_ESCAPES) if isinstance(v, str) else str(v)
+                                for v in row]) + "\n" for row in rows])  # COPY's text format
     try:
         with db.atomic(), __exception_wrapper__:  # psycopg2's errors as peewee's, as for a query
             db.cursor().copy_expert(f"COPY {table} ({names}) FROM STDIN", io.StringIO(text))
@@ -43,15 +46,6 @@ def append(model, columns: tuple[str, ...], rows: list[tuple]) -> None:
     except IntegrityError:
         pass
     _insert(model, columns, rows)
-
-
-def _copy_field(value) -> str:
-    """A value in COPY's text format (PostgreSQL reads `True`/`False` as booleans)."""
-    if value is None:
-        return "\\N"
-    if value.__class__ is str:
-        return value.translate(_COPY_ESCAPES)
-    return str(value)
 
 
 def _names(model, columns) -> tuple[str, str]:

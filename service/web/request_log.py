@@ -239,13 +239,11 @@ class _Tee:
             close()
 
 
-def _keeps_bodies(writer: Writer) -> bool:
+def _keeps_bodies(writer: Writer, account, key) -> bool:
     """Whether this call's bodies are kept: its key's flag (on the row auth read), else its
     account's (as this process read it in the last FLAG_SECONDS, else read now)."""
-    key = g.get("api_key")
     if key is not None and key.log_bodies:
         return True
-    account = g.account
     flag = getattr(account, "log_bodies", None)
     if flag is None:
         flag = writer.account_flag(account.id)
@@ -255,28 +253,33 @@ def _keeps_bodies(writer: Writer) -> bool:
 
 
 def _logged(response):
-    """after_request: queue this call's row (a stream's when its body closes)."""
-    if request.endpoint not in DOORS or "started" not in g:
+    """after_request: queue this call's row (a stream's when its body closes). `g` and `request`
+    are resolved once: each use of Flask's proxies is a context-variable lookup of its own."""
+    req = request._get_current_object()
+    endpoint = DOORS.get(req.endpoint)
+    if endpoint is None:
         return response
-    account = g.get("account")
-    if account is None:
+    ctx = g._get_current_object()
+    account = ctx.get("account")
+    if account is None or "started" not in ctx:
         return response
     writer = current_app.extensions.get("tollgate_log")
     if writer is None:
         return response
     try:
-        record = g.setdefault("outcome", {})
+        record = ctx.setdefault("outcome", {})
         if "request_id" not in record:
-            record["request_id"] = getattr(g.get("chat"), "request_id", None) or f"req-{uuid.uuid4().hex}"
-        key = g.get("api_key")
-        client_id = request.headers.get("X-Request-ID")
+            record["request_id"] = getattr(ctx.get("chat"), "request_id", None) or f"req-{uuid.uuid4().hex}"
+        key = ctx.get("api_key")
+        client_id = req.headers.get("X-Request-ID")
+        streamed = response.is_streamed
         # what the request context knows; the relay's part of the record is read when the body is done
-        known = (account.id, key.id if key is not None else None, DOORS[request.endpoint],
-                 getattr(g.get("model"), "name", None), response.status_code, g.get("error_code"),
-                 response.is_streamed, client_id if client_id and SAFE_ID.fullmatch(client_id) else None)
-        started = g.started
-        bodies = _bodies(writer, response)
-        if response.is_streamed:
+        known = (account.id, key.id if key is not None else None, endpoint, getattr(ctx.get("model"), "name", None),
+                 response.status_code, ctx.get("error_code"), streamed,
+                 client_id if client_id and SAFE_ID.fullmatch(client_id) else None)
+        started = ctx.started
+        bodies = _bodies(req, response, streamed) if _keeps_bodies(writer, account, key) else None
+        if streamed:
             response.call_on_close(lambda: _submit(writer, known, record, started, bodies))
         else:
             writer.submit(_row(known, record, started), bodies)
@@ -306,14 +309,12 @@ def _row(known: tuple, record: dict, started: float) -> tuple:
             get("cost_micro") or 0, bool(get("cache_hit")), bool(get("estimated")), streamed, client_id)
 
 
-def _bodies(writer: Writer, response) -> dict | None:
-    """The request and the answer (a stream's first bytes, as they pass) when they may be kept."""
-    if not _keeps_bodies(writer):
-        return None
+def _bodies(req, response, streamed: bool) -> dict:
+    """The request and the answer (a stream's first bytes, as they pass), to be kept."""
     limit = current_app.config.get("LOG_BODY_MAX_BYTES", 65536)
     limit += SLACK  # a secret cut at the bound is still seen whole by the redaction
-    bodies = {"limit": limit - SLACK, "request": request.get_data(cache=True)[:limit]}  # as the client sent it
-    if response.is_streamed:
+    bodies = {"limit": limit - SLACK, "request": req.get_data(cache=True)[:limit]}  # as the client sent it
+    if streamed:
         tee = _Tee(response.response, limit)
         response.response = tee
         bodies["response"] = tee.kept
