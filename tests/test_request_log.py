@@ -5,13 +5,15 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+import requests
 from peewee import OperationalError
 
 from service.store.db import LedgerEntry, RequestBody, RequestLog, utcnow
 from service.web import request_log
-from tests.conftest import PROVIDER_KEY, auth
+from tests.conftest import PROVIDER_KEY, SECRET, auth, token
 from tests.fakes import openai as fake_openai
 from tests.helpers import Outage, invariant
+from tests.process import Gateway
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -268,6 +270,27 @@ def test_a_database_outage_never_fails_a_call_because_of_the_log(make_app, outag
         outage.restore()
     found = rows(client)
     assert sorted(r.request_id for r in found) == sorted([first.json["id"]] + [r.json["id"] for r in during])
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_worker_that_stops_writes_the_rows_it_holds(make_app, add_model, db_url, redis_url, upstream, tmp_path):
+    """Rows wait in a process up to LOG_WRITE_SECONDS (here longer than the test); a forked worker,
+    which ends without running atexit, writes them when SIGTERM stops it."""
+    make_app()
+    add_model(id=10, name="free", api="openai", base_url=upstream.url_for("/v1"), cost_per_1k_tokens="0")
+    upstream.expect_request("/v1/chat/completions").respond_with_json(fake_openai.completion("ok", 10, 15))
+    gw = Gateway({"DATABASE_URL": db_url, "REDIS_URL": redis_url, "JWT_SECRET_KEY": SECRET, "DATA_DIR": str(tmp_path),
+                  "WORKERS": "2", "PIN_WORKERS": "false", "LOG_WRITE_SECONDS": "3600",
+                  "SHUTDOWN_GRACE_SECONDS": "0.5"}, tmp_path / "gw.log")
+    try:
+        answers = [requests.post(f"{gw.url}/api/v1/chat/completions", timeout=30, json={"model": "free", "messages": HI},
+                                 headers={"Authorization": f"Bearer {token()}"}) for _ in range(6)]
+        assert [a.status_code for a in answers] == [200] * 6
+        assert RequestLog.select().count() == 0  # held in the workers
+    finally:
+        gw.stop()
+    assert gw.proc.returncode == 0
+    assert sorted(r.request_id for r in RequestLog.select()) == sorted(a.json()["id"] for a in answers)
 
 
 def test_a_full_queue_drops_rows_and_counts_them(gateway, upstream):

@@ -85,6 +85,8 @@ class Writer:
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every row queued so far is written (tests, shutdown); whether it happened in
         time. A mark queued behind them is set once the batch that holds it is done."""
+        if self._thread is None or not self._thread.is_alive():
+            return not self.pending  # no writer (not started, or stopped): nothing will be written
         done = threading.Event()
         self.pending.append(done)
         self.wake.set()
