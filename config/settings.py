@@ -140,6 +140,7 @@ def load() -> dict:
         "LOG_BODY_MAX_BYTES": int(env("LOG_BODY_MAX_BYTES", "65536")),
         "LOG_QUEUE_SIZE": int(env("LOG_QUEUE_SIZE", "10000")),
         "LOG_BATCH_SIZE": int(env("LOG_BATCH_SIZE", "500")),
+        "LOG_WRITE_SECONDS": float(env("LOG_WRITE_SECONDS", "0.5")),  # the writer writes what gathered this often
         "LOG_PRUNE_SECONDS": float(env("LOG_PRUNE_SECONDS", "3600")),
         "LOG_RETRY_SECONDS": float(env("LOG_RETRY_SECONDS", "1")),  # a batch the database refused, again
         # traces: OTLP/HTTP to this endpoint (unset: none); OTEL_* settings are the SDK's own

@@ -5,13 +5,15 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+import requests
 from peewee import OperationalError
 
 from service.store.db import LedgerEntry, RequestBody, RequestLog, utcnow
 from service.web import request_log
-from tests.conftest import PROVIDER_KEY, auth
+from tests.conftest import PROVIDER_KEY, SECRET, auth, token
 from tests.fakes import openai as fake_openai
 from tests.helpers import Outage, invariant
+from tests.process import Gateway
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -218,6 +220,31 @@ def test_a_batch_whose_commit_is_not_acknowledged_is_not_written_twice(gateway, 
     assert len(tries) >= 2 and sorted(r.request_id for r in found) == sorted(ids)
 
 
+def test_a_batch_keeps_text_as_it_was_and_leaves_out_a_row_already_there(gateway):
+    """The writer's batch (one COPY on PostgreSQL, whose text format escapes tabs, line ends and
+    backslashes): text comes back as it was sent; a batch holding a row that is there already
+    (its first commit went through unacknowledged) adds only the others."""
+    odd = "a\tb\nc\\d\re \\N é"
+    fields = {"account_id": 1, "key_id": None, "created": utcnow(), "endpoint": "chat", "deployment": None,
+              "status": 200, "error_code": odd, "latency_ms": 5, "upstream_ms": None, "ttft_ms": 3,
+              "prompt_tokens": 1, "completion_tokens": 2, "cached_tokens": 0, "cache_write_5m_tokens": 0,
+              "cache_write_1h_tokens": 0, "reasoning_tokens": 0, "cost": 3, "cache_hit": False, "estimated": True,
+              "stream": False, "client_request_id": None}
+
+    def row(request_id, model):
+        values = {**fields, "request_id": request_id, "model": model}
+        return tuple(values[c] for c in request_log.COLUMNS), None
+
+    writer(gateway).write([row("r-1", odd)])
+    writer(gateway).write([row("r-1", "again"), row("r-2", odd)])
+    found = {r.request_id: r for r in RequestLog.select()}
+    assert sorted(found) == ["r-1", "r-2"]
+    for r in found.values():
+        assert (r.model, r.error_code, r.upstream_ms, r.ttft_ms, r.estimated, r.cache_hit) == (odd, odd, None, 3,
+                                                                                               True, False)
+        assert r.created == fields["created"]
+
+
 @pytest.fixture
 def outage(db_url, tmp_path):
     found = Outage(db_url, tmp_path)
@@ -245,15 +272,34 @@ def test_a_database_outage_never_fails_a_call_because_of_the_log(make_app, outag
     assert sorted(r.request_id for r in found) == sorted([first.json["id"]] + [r.json["id"] for r in during])
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_worker_that_stops_writes_the_rows_it_holds(make_app, add_model, db_url, redis_url, upstream, tmp_path):
+    """Rows wait in a process up to LOG_WRITE_SECONDS (here longer than the test); a forked worker,
+    which ends without running atexit, writes them when SIGTERM stops it."""
+    make_app()
+    add_model(id=10, name="free", api="openai", base_url=upstream.url_for("/v1"), cost_per_1k_tokens="0")
+    upstream.expect_request("/v1/chat/completions").respond_with_json(fake_openai.completion("ok", 10, 15))
+    gw = Gateway({"DATABASE_URL": db_url, "REDIS_URL": redis_url, "JWT_SECRET_KEY": SECRET, "DATA_DIR": str(tmp_path),
+                  "WORKERS": "2", "PIN_WORKERS": "false", "LOG_WRITE_SECONDS": "3600",
+                  "SHUTDOWN_GRACE_SECONDS": "0.5"}, tmp_path / "gw.log")
+    try:
+        answers = [requests.post(f"{gw.url}/api/v1/chat/completions", timeout=30, json={"model": "free", "messages": HI},
+                                 headers={"Authorization": f"Bearer {token()}"}) for _ in range(6)]
+        assert [a.status_code for a in answers] == [200] * 6
+        assert RequestLog.select().count() == 0  # held in the workers
+    finally:
+        gw.stop()
+    assert gw.proc.returncode == 0
+    assert sorted(r.request_id for r in RequestLog.select()) == sorted(a.json()["id"] for a in answers)
+
+
 def test_a_full_queue_drops_rows_and_counts_them(gateway, upstream):
     upstream.expect_request("/v1/chat/completions").respond_with_json(fake_openai.completion("ok", 10, 15))
     full = request_log.Writer(size=1)  # not started: nothing takes rows off it
     gateway.application.extensions["tollgate_log"] = full
     dropped = request_log.DROPPED._value.get()
     assert [chat(gateway).status_code for _ in range(3)] == [200, 200, 200]
-    assert request_log.DROPPED._value.get() == dropped + 2 and full.queue.qsize() == 1
-    full.queue.get_nowait()
-    full.queue.task_done()
+    assert request_log.DROPPED._value.get() == dropped + 2 and len(full.pending) == 1
 
 
 def test_retention_prunes_rows_and_bodies_sooner(gateway, upstream):

@@ -187,6 +187,9 @@ def serve(sock: socket.socket | None = None) -> None:
         server.run()
     except KeyboardInterrupt:
         pass
+    request_log = app.extensions.get("tollgate_log")
+    if request_log is not None:  # the rows of the last calls, before a forked worker's os._exit (no atexit)
+        request_log.close()
     log.warning("tollgate worker %d stopped", os.getpid())
 
 

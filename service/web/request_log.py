@@ -2,12 +2,15 @@
 doors whose account is known, answered, failed or refused.
 
 The row is built from what service/web/observe.py's access line is built from (`g.outcome`, which
-the relay fills) when the response is done (a stream: when its body closes), and handed to a
-bounded queue; a writer thread per process takes rows off it in batches and inserts each batch
-in one transaction. A call never waits for the database here: a full queue drops the row and
+the relay fills) when the response is done (a stream: when its body closes): one tuple in the
+table's column order, appended to a bounded deque. A call takes no lock and wakes no thread for
+it; a writer thread per process wakes every LOG_WRITE_SECONDS, takes what gathered and writes it
+in one transaction (one COPY on PostgreSQL), so the per-batch cost of a transaction is shared by
+a few hundred calls, and the writer takes the interpreter from the calls a few times a second,
+not once per call. A call never waits for the database here: a full deque drops the row and
 counts it (`tollgate_request_log_dropped_total`). While the database is away the writer keeps
-its batch and retries it; rows are unique by request id and inserted with ON CONFLICT DO
-NOTHING, so a batch whose commit was not acknowledged and is written again adds nothing.
+its batch and retries it; rows are unique by request id (service/store/bulk.py leaves out a row
+that is there), so a batch whose commit was not acknowledged and is written again adds nothing.
 Bodies, when the account or key asks for them, are redacted and cut by the writer, off the path
 (whether they are kept is decided when the call ends: the key's flag is on its row, the
 account's is read at most once per FLAG_SECONDS per process).
@@ -15,10 +18,10 @@ account's is read at most once per FLAG_SECONDS per process).
 from __future__ import annotations
 
 import atexit
+import collections
 import datetime as dt
 import json
 import logging
-import queue
 import re
 import threading
 import time
@@ -35,27 +38,31 @@ log = logging.getLogger("tollgate")
 DROPPED = Counter("tollgate_request_log_dropped_total", "Request log rows dropped because the queue was full")
 WRITTEN = Counter("tollgate_request_log_written_total", "Request log rows written")
 DEPTH = Gauge("tollgate_request_log_queue", "Request log rows waiting to be written")
+_writers: weakref.WeakSet = weakref.WeakSet()  # this process's writers, whose queues DEPTH shows
+DEPTH.set_function(lambda: sum(len(w.pending) for w in list(_writers)))  # read at scrape time
 DOORS = {"chat.completions": "chat", "messages.create": "messages", "responses.create": "responses",
          "embeddings.create": "embeddings"}
 SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 FLAG_SECONDS = 2.0  # how long a process trusts what it read of an account's `log_bodies`
 PRUNE_BATCH = 5000
-STOP = object()  # queued by close(): the writer ends
 SLACK = 1024  # bytes kept beyond the bound until redaction has run
 
 
 class Writer:
-    """A bounded queue of rows and the thread that writes them in batches."""
+    """A bounded deque of rows and the thread that writes what gathered on it every `interval`."""
 
     def __init__(self, size: int = 10_000, batch: int = 500, retry: float = 1.0,
-                 prune_every: float = 3600.0, retention: tuple[int, int] = (30, 7)):
-        self.queue: queue.Queue = queue.Queue(maxsize=size)
-        self.batch, self.retry, self.prune_every, self.retention = batch, retry, prune_every, retention
+                 prune_every: float = 3600.0, retention: tuple[int, int] = (30, 7), interval: float = 0.5):
+        self.pending: collections.deque = collections.deque()  # (row, bodies) and flush() marks
+        self.size, self.batch, self.retry, self.prune_every, self.retention = size, batch, retry, prune_every, retention
+        self.interval = interval
         self.stop = threading.Event()
+        self.wake = threading.Event()  # write now (flush, close), not at the next interval
         self.flags: dict[int, tuple[bool, float]] = {}  # account id -> (log_bodies, read at)
         self.known: tuple = ()  # secrets redacted wherever they appear (the provider keys)
         self._thread: threading.Thread | None = None
         self._pid = None
+        _writers.add(self)
 
     def start(self) -> None:
         import os
@@ -65,76 +72,71 @@ class Writer:
             self._thread = threading.Thread(target=self._loop, name="request-log", daemon=True)
             self._thread.start()
 
-    def submit(self, row: dict, bodies: dict | None = None) -> bool:
-        """Queue a row (and its bodies); False, counted, when the queue is full."""
-        try:
-            self.queue.put_nowait((row, bodies))
-        except queue.Full:
+    def submit(self, row: tuple, bodies: dict | None = None) -> bool:
+        """Queue a row (and its bodies); False, counted, when the deque is full. No lock: a
+        deque's append is atomic, and the bound is checked without one (a few rows over it, at
+        worst, when many calls end at once)."""
+        if len(self.pending) >= self.size:
             DROPPED.inc()
             return False
-        DEPTH.inc()
+        self.pending.append((row, bodies))
         return True
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every queued row is written (tests, shutdown); whether it happened in time."""
-        deadline = time.monotonic() + timeout
-        with self.queue.all_tasks_done:
-            while self.queue.unfinished_tasks:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.queue.all_tasks_done.wait(left)
-        return True
+        """Wait until every row queued so far is written (tests, shutdown); whether it happened in
+        time. A mark queued behind them is set once the batch that holds it is done."""
+        if self._thread is None or not self._thread.is_alive():
+            return not self.pending  # no writer (not started, or stopped): nothing will be written
+        done = threading.Event()
+        self.pending.append(done)
+        self.wake.set()
+        return done.wait(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued (within `timeout`), then stop the thread."""
         self.flush(timeout)
         self.stop.set()
-        try:
-            self.queue.put_nowait(STOP)  # wakes the thread at once
-        except queue.Full:
-            pass
+        self.wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
     def _loop(self) -> None:
         last_prune = time.monotonic()
-        while not self.stop.is_set():
-            try:
-                first = self.queue.get(timeout=min(self.prune_every, 5.0))
-            except queue.Empty:
-                first = None
-            if first is STOP:
-                self.queue.task_done()
+        while True:
+            self.wake.wait(self.interval)
+            self.wake.clear()  # before taking rows: a mark queued after this is seen now or next time
+            stopping = self.stop.is_set()
+            left = len(self.pending)  # what gathered; rows that come while it is written wait their turn
+            while left > 0:
+                items, marks = self._take(min(left, self.batch))
+                left -= len(items) + len(marks)
+                if not self._write_until_done(items, marks):
+                    break  # stopped while the database is away: what is left stays unwritten
+            if stopping:
                 break
-            if first is not None:
-                items = [first]
-                while len(items) < self.batch:
-                    try:
-                        item = self.queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is STOP:
-                        self.queue.task_done()
-                        self.stop.set()
-                        break
-                    items.append(item)
-                self._write_until_done(items)
             if time.monotonic() - last_prune >= self.prune_every:
                 last_prune = time.monotonic()
                 self._quietly(lambda: prune(*self.retention))
 
-    def _write_until_done(self, items: list) -> None:
-        """Write a batch, retrying while the database is away (the queue meanwhile fills and
-        drops what does not fit: a call never waits on it)."""
+    def _take(self, count: int) -> tuple[list, list]:
+        """The first `count` entries of the deque: rows, and the flush marks among them."""
+        items, marks, popleft = [], [], self.pending.popleft
+        for _ in range(count):
+            item = popleft()
+            (marks if item.__class__ is threading.Event else items).append(item)
+        return items, marks
+
+    def _write_until_done(self, items: list, marks: list) -> bool:
+        """Write a batch, retrying while the database is away (the deque meanwhile fills and
+        drops what does not fit: a call never waits on it); False when stopped meanwhile."""
         try:
-            while not self._quietly(lambda: self.write(items)):
+            while items and not self._quietly(lambda: self.write(items)):
                 if self.stop.wait(self.retry):
-                    return
+                    return False
+            return True
         finally:
-            for _ in items:
-                DEPTH.dec()
-                self.queue.task_done()
+            for mark in marks:
+                mark.set()
 
     def _quietly(self, fn) -> bool:
         from service.money.billing import DB_ERRORS, reconnect
@@ -158,7 +160,7 @@ class Writer:
         from service.money.billing import write_tx
 
         with write_tx():
-            bulk.insert_ignoring_duplicates(RequestLog, rows)
+            bulk.append(RequestLog, COLUMNS, rows)
             bulk.insert_ignoring_duplicates(RequestBody, kept)
         WRITTEN.inc(len(rows))
 
@@ -185,9 +187,9 @@ class Writer:
         self.flags.pop(account_id, None)
 
 
-def _body_row(row: dict, bodies: dict, known) -> dict:
+def _body_row(row: tuple, bodies: dict, known) -> dict:
     limit = bodies["limit"]
-    return {"request_id": row["request_id"], "created": row["created"],
+    return {"request_id": row[0], "created": row[3],  # COLUMNS' first and fourth
             "request": redact.cut(redact.scrub(_text(bodies.get("request")), known), limit),
             "response": redact.cut(redact.scrub(_text(bodies.get("response")), known), limit)}
 
@@ -239,13 +241,11 @@ class _Tee:
             close()
 
 
-def _keeps_bodies(writer: Writer) -> bool:
+def _keeps_bodies(writer: Writer, account, key) -> bool:
     """Whether this call's bodies are kept: its key's flag (on the row auth read), else its
     account's (as this process read it in the last FLAG_SECONDS, else read now)."""
-    key = g.get("api_key")
     if key is not None and key.log_bodies:
         return True
-    account = g.account
     flag = getattr(account, "log_bodies", None)
     if flag is None:
         flag = writer.account_flag(account.id)
@@ -254,66 +254,69 @@ def _keeps_bodies(writer: Writer) -> bool:
     return bool(flag)
 
 
-def _row(record: dict, status: int, streamed: bool) -> dict:
-    """The row's fields known when the response is ready (read from the request context);
-    `_finished` adds what the relay wrote to `record` by the time the body closed."""
-    key = g.get("api_key")
-    client_id = request.headers.get("X-Request-ID", "")
-    return {"request_id": record["request_id"], "account_id": g.account.id, "key_id": key.id if key else None,
-            "endpoint": DOORS[request.endpoint], "model": getattr(g.get("model"), "name", None),
-            "status": status, "error_code": g.get("error_code"), "stream": streamed,
-            "client_request_id": client_id if SAFE_ID.fullmatch(client_id) else None}
-
-
-def _finished(row: dict, record: dict, started: float) -> dict:
-    def ms(name):
-        value = record.get(name)
-        return None if value is None else int(round(value))
-
-    latency = time.perf_counter() - started
-    return {**row, "created": utcnow() - dt.timedelta(seconds=latency), "latency_ms": int(round(latency * 1000)),
-            "model": record.get("model") or row["model"], "deployment": record.get("deployment"),
-            "error_code": record.get("error") or row["error_code"],
-            "upstream_ms": ms("upstream_ms"), "ttft_ms": ms("ttft_ms"),
-            "prompt_tokens": record.get("prompt_tokens", 0), "completion_tokens": record.get("completion_tokens", 0),
-            **{f"{c}_tokens": record.get(f"{c}_tokens", 0) for c in ("cached", "cache_write_5m", "cache_write_1h",
-                                                                      "reasoning")},
-            "cost": record.get("cost_micro", 0), "cache_hit": bool(record.get("cache_hit")),
-            "estimated": bool(record.get("estimated"))}
-
-
 def _logged(response):
-    """after_request: queue this call's row (a stream's when its body closes)."""
-    if request.endpoint not in DOORS or "started" not in g:
+    """after_request: queue this call's row (a stream's when its body closes). `g` and `request`
+    are resolved once: each use of Flask's proxies is a context-variable lookup of its own."""
+    req = request._get_current_object()
+    endpoint = DOORS.get(req.endpoint)
+    if endpoint is None:
         return response
-    if g.get("account") is None:
+    ctx = g._get_current_object()
+    account = ctx.get("account")
+    if account is None or "started" not in ctx:
         return response
     writer = current_app.extensions.get("tollgate_log")
     if writer is None:
         return response
     try:
-        record = g.setdefault("outcome", {})
-        chat = g.get("chat")
-        record.setdefault("request_id", getattr(chat, "request_id", None) or f"req-{uuid.uuid4().hex}")
-        row, started = _row(record, response.status_code, response.is_streamed), g.started
-        bodies = _bodies(writer, response)
-        if response.is_streamed:
-            response.call_on_close(lambda: _submit(writer, row, record, started, bodies))
+        record = ctx.setdefault("outcome", {})
+        if "request_id" not in record:
+            record["request_id"] = getattr(ctx.get("chat"), "request_id", None) or f"req-{uuid.uuid4().hex}"
+        key = ctx.get("api_key")
+        client_id = req.headers.get("X-Request-ID")
+        streamed = response.is_streamed
+        # what the request context knows; the relay's part of the record is read when the body is done
+        known = (account.id, key.id if key is not None else None, endpoint, getattr(ctx.get("model"), "name", None),
+                 response.status_code, ctx.get("error_code"), streamed,
+                 client_id if client_id and SAFE_ID.fullmatch(client_id) else None)
+        started = ctx.started
+        bodies = _bodies(req, response, streamed) if _keeps_bodies(writer, account, key) else None
+        if streamed:
+            response.call_on_close(lambda: _submit(writer, known, record, started, bodies))
         else:
-            _submit(writer, row, record, started, bodies)
+            writer.submit(_row(known, record, started), bodies)
     except Exception:  # noqa: BLE001 - the log never fails a call
         log.exception("request log: could not build a row")
     return response
 
 
-def _bodies(writer: Writer, response) -> dict | None:
-    """The request and the answer (a stream's first bytes, as they pass) when they may be kept."""
-    if not _keeps_bodies(writer):
-        return None
+COLUMNS = ("request_id", "account_id", "key_id", "created", "endpoint", "model", "deployment", "status",
+           "error_code", "latency_ms", "upstream_ms", "ttft_ms", "prompt_tokens", "completion_tokens",
+           "cached_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "reasoning_tokens", "cost",
+           "cache_hit", "estimated", "stream", "client_request_id")  # the order of _row's tuple
+
+
+def _row(known: tuple, record: dict, started: float) -> tuple:
+    """The row, in COLUMNS order: what `_logged` read from the request context, and what the relay
+    wrote to `record` by the time the body was done."""
+    account_id, key_id, endpoint, model, status, error_code, streamed, client_id = known
+    latency = time.perf_counter() - started
+    get = record.get
+    upstream, ttft = get("upstream_ms"), get("ttft_ms")
+    return (record["request_id"], account_id, key_id, utcnow() - dt.timedelta(seconds=latency), endpoint,
+            get("model") or model, get("deployment"), status, get("error") or error_code, round(latency * 1000),
+            None if upstream is None else round(upstream), None if ttft is None else round(ttft),
+            get("prompt_tokens") or 0, get("completion_tokens") or 0, get("cached_tokens") or 0,
+            get("cache_write_5m_tokens") or 0, get("cache_write_1h_tokens") or 0, get("reasoning_tokens") or 0,
+            get("cost_micro") or 0, bool(get("cache_hit")), bool(get("estimated")), streamed, client_id)
+
+
+def _bodies(req, response, streamed: bool) -> dict:
+    """The request and the answer (a stream's first bytes, as they pass), to be kept."""
     limit = current_app.config.get("LOG_BODY_MAX_BYTES", 65536)
     limit += SLACK  # a secret cut at the bound is still seen whole by the redaction
-    bodies = {"limit": limit - SLACK, "request": request.get_data(cache=True)[:limit]}  # as the client sent it
-    if response.is_streamed:
+    bodies = {"limit": limit - SLACK, "request": req.get_data(cache=True)[:limit]}  # as the client sent it
+    if streamed:
         tee = _Tee(response.response, limit)
         response.response = tee
         bodies["response"] = tee.kept
@@ -322,9 +325,9 @@ def _bodies(writer: Writer, response) -> dict | None:
     return bodies
 
 
-def _submit(writer: Writer, row: dict, record: dict, started: float, bodies: dict | None) -> None:
+def _submit(writer: Writer, known: tuple, record: dict, started: float, bodies: dict | None) -> None:
     try:
-        writer.submit(_finished(row, record, started), bodies)
+        writer.submit(_row(known, record, started), bodies)
     except Exception:  # noqa: BLE001 - the log never fails a call
         log.exception("request log: could not queue a row")
 
@@ -336,7 +339,8 @@ def init_app(app) -> None:
         return
     writer = Writer(conf.get("LOG_QUEUE_SIZE", 10_000), conf.get("LOG_BATCH_SIZE", 500),
                     retry=conf.get("LOG_RETRY_SECONDS", 1.0), prune_every=conf.get("LOG_PRUNE_SECONDS", 3600.0),
-                    retention=(conf.get("LOG_RETENTION_DAYS", 30), conf.get("LOG_BODY_RETENTION_DAYS", 7)))
+                    retention=(conf.get("LOG_RETENTION_DAYS", 30), conf.get("LOG_BODY_RETENTION_DAYS", 7)),
+                    interval=conf.get("LOG_WRITE_SECONDS", 0.5))
     writer.known = tuple(v for v in (conf.get("PROVIDER_KEYS") or {}).values() if v)
     app.extensions["tollgate_log"] = writer
     app.after_request(_logged)
