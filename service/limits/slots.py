@@ -81,6 +81,44 @@ if tonumber(ARGV[4*best+1]) > 0 then
 end
 return {best, 0, 0}
 """
+# Gives a call's slots back and counts what its deployment's call left to count
+# (service/pipeline/deployment_health.py), in one command (as plain commands in a MULTI these were
+# eight more to send and read back). KEYS: the caps' sorted sets, then per deployment: its calls in
+# flight and requests this minute (zsets), stats (hash), latencies and times to first token
+# (lists), tokens per minute (hash). ARGV: request id, number of caps, then per deployment: tried
+# (0: never tried, its entry this minute goes too), ok (1|0), latency and time to first token
+# ('': none), tokens (0: not counted), this minute, the minute whose tokens go, latencies kept.
+GIVE_BACK = """
+local rid, ncaps = ARGV[1], tonumber(ARGV[2])
+for i = 1, ncaps do redis.call('ZREM', KEYS[i], rid) end
+local at = 3
+for k = ncaps + 1, #KEYS, 6 do
+  local tried, ok, tokens, keep = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 4]), tonumber(ARGV[at + 7])
+  redis.call('ZREM', KEYS[k], rid)
+  if tried == '0' then
+    redis.call('ZREM', KEYS[k + 1], rid)
+  else
+    redis.call('HINCRBY', KEYS[k + 2], 'requests', 1)
+    if ok == '0' then redis.call('HINCRBY', KEYS[k + 2], 'errors', 1) end
+    redis.call('EXPIRE', KEYS[k + 2], 86400)
+    for j = 1, 2 do
+      local value = ARGV[at + 1 + j]
+      if value ~= '' then
+        redis.call('LPUSH', KEYS[k + 2 + j], value)
+        redis.call('LTRIM', KEYS[k + 2 + j], 0, keep - 1)
+        redis.call('EXPIRE', KEYS[k + 2 + j], 86400)
+      end
+    end
+    if tokens > 0 then
+      redis.call('HINCRBY', KEYS[k + 5], ARGV[at + 5], tokens)
+      redis.call('HDEL', KEYS[k + 5], ARGV[at + 6])
+      redis.call('EXPIRE', KEYS[k + 5], 120)
+    end
+  end
+  at = at + 8
+end
+return 0
+"""
 # KEYS: sorted sets; ARGV: lease seconds, then one request id per key: push each lease's end.
 RENEW = """
 local now = redis.call('TIME')
@@ -128,6 +166,10 @@ class Lease:
     # more for the give-back's round trip: (send(pipeline), instead()) pairs; instead() runs when
     # Redis fails (service/limits/rates.py's token spend)
     then: list = field(default_factory=list)
+    # GIVE_BACK's deployments, lone Redis only: callables called at the give-back, each (keys, args)
+    # of one deployment, or None (nothing left to give back); Redis failing, their leases end
+    # on their own (service/pipeline/deployment_health.py)
+    parts: list = field(default_factory=list)
     returned: bool = False
     # the deployment the admission script took with the call (1-based among the candidates, 0:
     # none), and what the pipeline made of it (service/pipeline/deployment_health.py's Pick)
@@ -145,6 +187,8 @@ class Slots:
         self._open: dict[str, Lease] = {}  # this process's leases, for renewal
         client = cache.client
         self._renew = client.register_script(RENEW) if client is not None else None
+        self._give = client.register_script(GIVE_BACK) if client is not None else None
+        self.cluster = isinstance(client, redis.RedisCluster)
 
     def lease(self, rid: str, caps: list[Cap]) -> Lease | None:
         """The slots a call needs (none when no cap is set); taken by service/limits/admission.py."""
@@ -182,13 +226,29 @@ class Slots:
                         if not members:
                             del self._local[cap.key]
                 return
-        if not lease.keys and not lease.then:
+        parts = [part for part in (each() for each in lease.parts) if part is not None]
+        if not lease.keys and not lease.then and not parts:
             return  # no slot taken, nothing to count: no round trip
         try:
-            # MULTI/EXEC: still one round trip, and no key expires between two of its commands
-            pipe = self.cache.client.pipeline(transaction=bool(lease.then))
-            for key in lease.keys:
-                pipe.zrem(key, lease.rid)
+            if self.cluster:  # the keys of one call may lie in several slots (no parts here)
+                pipe = self.cache.client.pipeline(transaction=bool(lease.then))
+                for key in lease.keys:
+                    pipe.zrem(key, lease.rid)
+                for send, _ in lease.then:
+                    send(pipe)
+                pipe.execute()
+                return
+            keys, args = list(lease.keys), [lease.rid, len(lease.keys)]
+            for more, values in parts:
+                keys += more
+                args += values
+            if not lease.then:
+                self._give(keys=keys, args=args)  # one command
+                return
+            # MULTI/EXEC: still one round trip, and no key expires between two of its commands; the
+            # script by its text (a script object in a pipeline costs a SCRIPT EXISTS round trip)
+            pipe = self.cache.client.pipeline(transaction=True)
+            pipe.eval(GIVE_BACK, len(keys), *keys, *args)
             for send, _ in lease.then:
                 send(pipe)
             pipe.execute()

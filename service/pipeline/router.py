@@ -95,10 +95,10 @@ def candidates(chat, row, fleet, tried=()) -> tuple[list, bool] | None:
     every later try."""
     routing = deployments.strategy(row)
     affinity = deployments.affinity_key(chat)
-    usable = [d for d in deployments.of(row) if d.name not in tried and fleet.usable(row, d)]
+    usable = fleet.usable_of(row, deployments.of(row), tried)
     if not usable:
         return None
-    ordered = deployments.order(usable, routing, affinity, fleet.latency(row.id))
+    ordered = deployments.order(usable, routing, affinity, fleet.latency(row.id)) if len(usable) > 1 else usable
     return ordered, routing == "least_busy" and affinity is None
 
 
