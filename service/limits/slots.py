@@ -9,6 +9,7 @@ their lease ends. Without Redis (or while it is down) each process counts its ow
 """
 from __future__ import annotations
 
+import random
 import threading
 from dataclasses import dataclass, field
 
@@ -38,18 +39,23 @@ end
 # A deployment of a model (service/pipeline/deployment_health.py), taken for a call by the
 # deployment's own script, or by the admission script (service/limits/admission.py) on a lone Redis.
 # KEYS: per candidate its calls in flight (zset), requests this minute (zset), tokens per minute
-# (hash), cool-down (string). ARGV: request id, lease seconds, mode ('first' | 'least'), then per
-# candidate max_concurrent, rpm, tpm, priority (0: no cap). Returns {index (0: none), wait ms, capped}.
+# (hash), cool-down (string). ARGV: request id, lease seconds, mode, a uniform number in [0, 1),
+# then per candidate max_concurrent, rpm, tpm (0: no cap), priority, weight; the candidates by
+# priority. Mode 'first': the first that can take the call; 'least': the one of the best
+# priority with the fewest calls in flight; 'weighted': one of those of the best priority that
+# can, by weight (drawn with the number: what the first of a weighted random order that can
+# would be, without the order made per call). Returns {index (0: none), wait ms, capped}.
 TAKE_DEPLOYMENT = """
 local now = redis.call('TIME')
 local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
 local minute = tostring(math.floor(t / 60))
 local rid, lease, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local best, fewest, level, wait, capped = 0, 0, nil, -1, 0
+local able, total = {}, 0
 local n = #KEYS / 4
 for i = 1, n do
   local live, rpm, tpm, cool = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
-  local conc, rl, tl, prio = tonumber(ARGV[4*i]), tonumber(ARGV[4*i+1]), tonumber(ARGV[4*i+2]), tonumber(ARGV[4*i+3])
+  local conc, rl, tl, prio = tonumber(ARGV[5*i]), tonumber(ARGV[5*i+1]), tonumber(ARGV[5*i+2]), tonumber(ARGV[5*i+3])
   if level ~= nil and prio > level then break end
   local ok, later = true, nil
   local cooling = redis.call('PTTL', cool)
@@ -68,14 +74,26 @@ for i = 1, n do
     ok, later, capped = false, math.ceil(((math.floor(t / 60) + 1) * 60 - t) * 1000), 1
   end
   if ok then
-    if mode ~= 'least' then best = i break end
-    if best == 0 or inflight < fewest then best, fewest, level = i, inflight, prio end
+    if mode == 'first' then best = i break end
+    if mode == 'least' then
+      if best == 0 or inflight < fewest then best, fewest, level = i, inflight, prio end
+    else
+      able[#able + 1], total, level = i, total + tonumber(ARGV[5*i+4]), prio
+    end
   elseif wait < 0 or later < wait then wait = later end
+end
+if #able > 0 then
+  local x = tonumber(ARGV[4]) * total
+  best = able[#able]
+  for _, i in ipairs(able) do
+    x = x - tonumber(ARGV[5*i+4])
+    if x < 0 then best = i break end
+  end
 end
 if best == 0 then return {0, wait, capped} end
 redis.call('ZADD', KEYS[4*best-3], t + lease, rid)
 redis.call('EXPIRE', KEYS[4*best-3], math.ceil(lease) + 60)
-if tonumber(ARGV[4*best+1]) > 0 then
+if tonumber(ARGV[5*best+1]) > 0 then
   redis.call('ZADD', KEYS[4*best-2], t, rid)
   redis.call('EXPIRE', KEYS[4*best-2], 61)
 end
@@ -134,16 +152,17 @@ return 0
 @dataclass
 class Candidates:
     """The deployments a call may take, in the order it tries them, as TAKE_DEPLOYMENT wants them:
-    per candidate its four keys, and its max_concurrent, rpm, tpm and priority (plain values:
-    service/pipeline/deployment_health.py builds them)."""
+    per candidate its four keys, and its max_concurrent, rpm, tpm, priority and weight (plain
+    values, encoded once: service/pipeline/deployment_health.py builds them), and the mode."""
 
     keys: list
     limits: list
-    least_busy: bool
+    mode: str  # first | least | weighted
     lease_seconds: float
 
     def args(self, rid: str) -> list:
-        return [rid, self.lease_seconds, "least" if self.least_busy else "first", *self.limits]
+        return [rid, self.lease_seconds, self.mode, random.random() if self.mode == "weighted" else 0,
+                *self.limits]
 
 
 class ConcurrencyLimited(RateLimited):

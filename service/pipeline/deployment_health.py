@@ -3,8 +3,8 @@ latencies; shared by every process through Redis, counted in process without it.
 
 A call takes its deployment with one script (TAKE_DEPLOYMENT, service/limits/slots.py): the
 first of the candidates it is offered (or, for `least_busy`, the one of the best priority with
-the fewest calls in flight) that is not cooling down and under its `max_concurrent`, `rpm` and
-`tpm`; it leaves a lease in the deployment's sorted set of calls in flight (member: the request
+the fewest calls in flight; for the usual weighted call, one of the best priority drawn by
+weight) that is not cooling down and under its `max_concurrent`, `rpm` and `tpm`; it leaves a lease in the deployment's sorted set of calls in flight (member: the request
 id, score: when the lease ends, in Redis's clock). On a lone Redis the call's admission script
 runs it for the call's first try (`taken`); later tries, and every try on a Redis Cluster, run
 it on its own (`take`). The process renews its leases on every maintenance tick, so a killed
@@ -35,9 +35,11 @@ from prometheus_client import Counter, Histogram
 from core.errors import RateLimited
 from service.limits.slots import GIVE_BACK, RENEW, TAKE_DEPLOYMENT as TAKE, Candidates
 from service.metrics import BUCKETS
+from service.pipeline import deployments
 
 log = logging.getLogger("tollgate")
 KEEP = 100  # latencies kept per deployment for its p50
+_KEEP = str(KEEP).encode()
 MINUTE = 60
 FAILED_LATENCY = 10.0  # seconds: what a failed call counts as in a deployment's recent latency
 
@@ -66,8 +68,8 @@ def keys(model_id: int, name: str) -> dict[str, str]:
     if found is None:
         base = f"tollgate:dep:{{m{model_id}}}:"
         found = {kind: f"{base}{kind}:{name}" for kind in ("live", "rpm", "tpm", "cool", "stats", "lat", "ttft")}
-        found["take"] = [found[kind] for kind in ("live", "rpm", "tpm", "cool")]
-        found["back"] = [found[kind] for kind in ("live", "rpm", "stats", "lat", "ttft", "tpm")]
+        found["take"] = [found[kind].encode() for kind in ("live", "rpm", "tpm", "cool")]
+        found["back"] = [found[kind].encode() for kind in ("live", "rpm", "stats", "lat", "ttft", "tpm")]
         _KEYS[(model_id, name)] = found
     return found
 
@@ -192,16 +194,23 @@ class Fleet:
                                    headers={"Retry-After": str(wait)})
         return Cooling(wait)
 
-    def candidates(self, row, ordered: list, least_busy: bool) -> Candidates:
-        """What the take script (its own, or the admission's) needs of `ordered`: plain values."""
-        ks, limits = [], []
-        for dep in ordered:
-            ks += keys(row.id, dep.name)["take"]
-            limits += (dep.max_concurrent, dep.rpm, dep.tpm, dep.priority)
-        return Candidates(ks, limits, least_busy, self.lease_seconds)
+    def candidates(self, row, ordered: list, mode: str) -> Candidates:
+        """What the take script (its own, or the admission's) needs of `ordered` (mode: first,
+        least or weighted, service/limits/slots.py), encoded once: redis-py encodes every str
+        and number it sends, a few dozen per call here."""
+        made = getattr(ordered, "take", None)
+        if made is None:
+            ks, limits = [], []
+            for dep in ordered:
+                ks += keys(row.id, dep.name)["take"]
+                limits += [str(x).encode() for x in (dep.max_concurrent, dep.rpm, dep.tpm, dep.priority, dep.weight)]
+            made = ks, limits
+            if isinstance(ordered, deployments.Ranked):
+                ordered.take = made
+        return Candidates(made[0], made[1], mode, self.lease_seconds)
 
     def _remote(self, row, ordered: list, rid: str, least_busy: bool):
-        found = self.candidates(row, ordered, least_busy)
+        found = self.candidates(row, ordered, "least" if least_busy else "first")
         return self.cache.call(lambda r: self._take(keys=found.keys, args=found.args(rid), client=r))
 
     def folds(self) -> bool:
@@ -423,8 +432,8 @@ def _part(pick: Pick, tried: bool, ok: bool = True, latency: float | None = None
     """GIVE_BACK's keys and args for one deployment's call (service/limits/slots.py)."""
     minute = int(time.time() // MINUTE) if tokens else 0
     return (keys(pick.model_id, pick.deployment.name)["back"],
-            [1 if tried else 0, 1 if ok else 0, "" if latency is None else repr(round(latency, 6)),
-             "" if ttft is None else repr(round(ttft, 6)), tokens, minute, minute - 2, KEEP])
+            [b"1" if tried else b"0", b"1" if ok else b"0", b"" if latency is None else repr(round(latency, 6)),
+             b"" if ttft is None else repr(round(ttft, 6)), tokens, minute, minute - 2, _KEEP])
 
 
 class Cooling:

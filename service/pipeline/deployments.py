@@ -88,6 +88,23 @@ def of(row) -> list[Deployment] | None:
     return found
 
 
+class Ranked(list):
+    """A row's deployments by priority (service/pipeline/deployment_health.py keeps what the
+    take script needs of them on it: `take`)."""
+
+    take = None
+
+
+def by_priority(row) -> Ranked:
+    """The row's deployments by priority (ties in the catalogue's order), once per loaded row: the
+    candidates of a call whose deployment the take script draws by weight."""
+    row = getattr(row, "row", row)
+    found = row.__dict__.get("_ranked")
+    if found is None:
+        found = row.__dict__["_ranked"] = Ranked(sorted(of(row) or (), key=lambda d: d.priority))
+    return found
+
+
 def strategy(row) -> str:
     return getattr(getattr(row, "row", row), "routing", None) or "weighted"
 
