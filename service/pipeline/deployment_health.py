@@ -4,8 +4,9 @@ latencies; shared by every process through Redis, counted in process without it.
 A call takes its deployment with one script (TAKE_DEPLOYMENT, service/limits/slots.py): the
 first of the candidates it is offered (or, for `least_busy`, the one of the best priority with
 the fewest calls in flight; for the usual weighted call, one of the best priority drawn by
-weight) that is not cooling down and under its `max_concurrent`, `rpm` and `tpm`; it leaves a lease in the deployment's sorted set of calls in flight (member: the request
-id, score: when the lease ends, in Redis's clock). On a lone Redis the call's admission script
+weight) that is not cooling down and under its `max_concurrent`, `rpm` and `tpm`; it leaves a
+lease in the deployment's sorted set of calls in flight (member: the request id, score: when
+the lease ends, in Redis's clock). On a lone Redis the call's admission script
 runs it for the call's first try (`taken`); later tries, and every try on a Redis Cluster, run
 it on its own (`take`). The process renews its leases on every maintenance tick, so a killed
 process's calls stop counting when their leases end. When the call ends the lease goes back and
@@ -82,8 +83,8 @@ def _children(model: str, name: str) -> tuple:
     checks its labels and takes a lock on every call)."""
     found = _CHILDREN.get((model, name))
     if found is None:
-        found = _CHILDREN.setdefault((model, name), (CALLS.labels(model, name, "ok"), CALLS.labels(model, name, "error"),
-                                                     SECONDS.labels(model, name)))
+        made = CALLS.labels(model, name, "ok"), CALLS.labels(model, name, "error"), SECONDS.labels(model, name)
+        found = _CHILDREN.setdefault((model, name), made)
     return found
 
 
@@ -203,7 +204,8 @@ class Fleet:
             ks, limits = [], []
             for dep in ordered:
                 ks += keys(row.id, dep.name)["take"]
-                limits += [str(x).encode() for x in (dep.max_concurrent, dep.rpm, dep.tpm, dep.priority, dep.weight)]
+                values = dep.max_concurrent, dep.rpm, dep.tpm, dep.priority, dep.weight
+                limits += [str(x).encode() for x in values]
             made = ks, limits
             if isinstance(ordered, deployments.Ranked):
                 ordered.take = made
@@ -432,8 +434,9 @@ def _part(pick: Pick, tried: bool, ok: bool = True, latency: float | None = None
     """GIVE_BACK's keys and args for one deployment's call (service/limits/slots.py)."""
     minute = int(time.time() // MINUTE) if tokens else 0
     return (keys(pick.model_id, pick.deployment.name)["back"],
-            [b"1" if tried else b"0", b"1" if ok else b"0", b"" if latency is None else repr(round(latency, 6)),
-             b"" if ttft is None else repr(round(ttft, 6)), tokens, minute, minute - 2, _KEEP])
+            [b"1" if tried else b"0", b"1" if ok else b"0",
+             b"" if latency is None else repr(round(latency, 6)), b"" if ttft is None else repr(round(ttft, 6)),
+             tokens, minute, minute - 2, _KEEP])
 
 
 class Cooling:
