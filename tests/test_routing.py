@@ -83,7 +83,8 @@ def view(client, admin_headers) -> dict:
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_weights_one_to_three_over_2000_calls(client, upstream, add_model, topup):
+@pytest.mark.parametrize("store", ["redis", "memory"], indirect=True)  # redis: the admission's script draws
+def test_weights_one_to_three_over_2000_calls(client, store, upstream, add_model, topup):
     fleet = Fleet(upstream, ["a", "b"])
     add_pool(add_model, fleet, [{"name": "a", "weight": 1}, {"name": "b", "weight": 3}])
     topup("alice", 1000)

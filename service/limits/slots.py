@@ -9,6 +9,7 @@ their lease ends. Without Redis (or while it is down) each process counts its ow
 """
 from __future__ import annotations
 
+import random
 import threading
 from dataclasses import dataclass, field
 
@@ -38,18 +39,23 @@ end
 # A deployment of a model (service/pipeline/deployment_health.py), taken for a call by the
 # deployment's own script, or by the admission script (service/limits/admission.py) on a lone Redis.
 # KEYS: per candidate its calls in flight (zset), requests this minute (zset), tokens per minute
-# (hash), cool-down (string). ARGV: request id, lease seconds, mode ('first' | 'least'), then per
-# candidate max_concurrent, rpm, tpm, priority (0: no cap). Returns {index (0: none), wait ms, capped}.
+# (hash), cool-down (string). ARGV: request id, lease seconds, mode, a uniform number in [0, 1),
+# then per candidate max_concurrent, rpm, tpm (0: no cap), priority, weight; the candidates by
+# priority. Mode 'first': the first that can take the call; 'least': the one of the best
+# priority with the fewest calls in flight; 'weighted': one of those of the best priority that
+# can, by weight (drawn with the number: what the first of a weighted random order that can
+# would be, without the order made per call). Returns {index (0: none), wait ms, capped}.
 TAKE_DEPLOYMENT = """
 local now = redis.call('TIME')
 local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
 local minute = tostring(math.floor(t / 60))
 local rid, lease, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local best, fewest, level, wait, capped = 0, 0, nil, -1, 0
+local able, total = {}, 0
 local n = #KEYS / 4
 for i = 1, n do
   local live, rpm, tpm, cool = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
-  local conc, rl, tl, prio = tonumber(ARGV[4*i]), tonumber(ARGV[4*i+1]), tonumber(ARGV[4*i+2]), tonumber(ARGV[4*i+3])
+  local conc, rl, tl, prio = tonumber(ARGV[5*i]), tonumber(ARGV[5*i+1]), tonumber(ARGV[5*i+2]), tonumber(ARGV[5*i+3])
   if level ~= nil and prio > level then break end
   local ok, later = true, nil
   local cooling = redis.call('PTTL', cool)
@@ -68,18 +74,68 @@ for i = 1, n do
     ok, later, capped = false, math.ceil(((math.floor(t / 60) + 1) * 60 - t) * 1000), 1
   end
   if ok then
-    if mode ~= 'least' then best = i break end
-    if best == 0 or inflight < fewest then best, fewest, level = i, inflight, prio end
+    if mode == 'first' then best = i break end
+    if mode == 'least' then
+      if best == 0 or inflight < fewest then best, fewest, level = i, inflight, prio end
+    else
+      able[#able + 1], total, level = i, total + tonumber(ARGV[5*i+4]), prio
+    end
   elseif wait < 0 or later < wait then wait = later end
+end
+if #able > 0 then
+  local x = tonumber(ARGV[4]) * total
+  best = able[#able]
+  for _, i in ipairs(able) do
+    x = x - tonumber(ARGV[5*i+4])
+    if x < 0 then best = i break end
+  end
 end
 if best == 0 then return {0, wait, capped} end
 redis.call('ZADD', KEYS[4*best-3], t + lease, rid)
 redis.call('EXPIRE', KEYS[4*best-3], math.ceil(lease) + 60)
-if tonumber(ARGV[4*best+1]) > 0 then
+if tonumber(ARGV[5*best+1]) > 0 then
   redis.call('ZADD', KEYS[4*best-2], t, rid)
   redis.call('EXPIRE', KEYS[4*best-2], 61)
 end
 return {best, 0, 0}
+"""
+# Gives a call's slots back and counts what its deployment's call left to count
+# (service/pipeline/deployment_health.py), in one command (as plain commands in a MULTI these were
+# eight more to send and read back). KEYS: the caps' sorted sets, then per deployment: its calls in
+# flight and requests this minute (zsets), stats (hash), latencies and times to first token
+# (lists), tokens per minute (hash). ARGV: request id, number of caps, then per deployment: tried
+# (0: never tried, its entry this minute goes too), ok (1|0), latency and time to first token
+# ('': none), tokens (0: not counted), this minute, the minute whose tokens go, latencies kept.
+GIVE_BACK = """
+local rid, ncaps = ARGV[1], tonumber(ARGV[2])
+for i = 1, ncaps do redis.call('ZREM', KEYS[i], rid) end
+local at = 3
+for k = ncaps + 1, #KEYS, 6 do
+  local tried, ok, tokens, keep = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 4]), tonumber(ARGV[at + 7])
+  redis.call('ZREM', KEYS[k], rid)
+  if tried == '0' then
+    redis.call('ZREM', KEYS[k + 1], rid)
+  else
+    redis.call('HINCRBY', KEYS[k + 2], 'requests', 1)
+    if ok == '0' then redis.call('HINCRBY', KEYS[k + 2], 'errors', 1) end
+    redis.call('EXPIRE', KEYS[k + 2], 86400)
+    for j = 1, 2 do
+      local value = ARGV[at + 1 + j]
+      if value ~= '' then
+        redis.call('LPUSH', KEYS[k + 2 + j], value)
+        redis.call('LTRIM', KEYS[k + 2 + j], 0, keep - 1)
+        redis.call('EXPIRE', KEYS[k + 2 + j], 86400)
+      end
+    end
+    if tokens > 0 then
+      redis.call('HINCRBY', KEYS[k + 5], ARGV[at + 5], tokens)
+      redis.call('HDEL', KEYS[k + 5], ARGV[at + 6])
+      redis.call('EXPIRE', KEYS[k + 5], 120)
+    end
+  end
+  at = at + 8
+end
+return 0
 """
 # KEYS: sorted sets; ARGV: lease seconds, then one request id per key: push each lease's end.
 RENEW = """
@@ -96,16 +152,17 @@ return 0
 @dataclass
 class Candidates:
     """The deployments a call may take, in the order it tries them, as TAKE_DEPLOYMENT wants them:
-    per candidate its four keys, and its max_concurrent, rpm, tpm and priority (plain values:
-    service/pipeline/deployment_health.py builds them)."""
+    per candidate its four keys, and its max_concurrent, rpm, tpm, priority and weight (plain
+    values, encoded once: service/pipeline/deployment_health.py builds them), and the mode."""
 
     keys: list
     limits: list
-    least_busy: bool
+    mode: str  # first | least | weighted
     lease_seconds: float
 
     def args(self, rid: str) -> list:
-        return [rid, self.lease_seconds, "least" if self.least_busy else "first", *self.limits]
+        return [rid, self.lease_seconds, self.mode, random.random() if self.mode == "weighted" else 0,
+                *self.limits]
 
 
 class ConcurrencyLimited(RateLimited):
@@ -129,6 +186,10 @@ class Lease:
     # Redis fails (service/limits/rates.py's token spend)
     then: list = field(default_factory=list)
     also: list = field(default_factory=list)  # send(pipeline)s needing no transaction, lost when Redis fails
+    # GIVE_BACK's deployments, lone Redis only: callables called at the give-back, each (keys, args)
+    # of one deployment, or None (nothing left to give back); Redis failing, their leases end
+    # on their own (service/pipeline/deployment_health.py)
+    parts: list = field(default_factory=list)
     returned: bool = False
     # the deployment the admission script took with the call (1-based among the candidates, 0:
     # none), and what the pipeline made of it (service/pipeline/deployment_health.py's Pick)
@@ -149,6 +210,8 @@ class Slots:
         self._open: dict[str, Lease] = {}  # this process's leases, for renewal
         client = cache.client
         self._renew = client.register_script(RENEW) if client is not None else None
+        self._give = client.register_script(GIVE_BACK) if client is not None else None
+        self.cluster = isinstance(client, redis.RedisCluster)
 
     def lease(self, rid: str, caps: list[Cap]) -> Lease | None:
         """The slots a call needs (none when no cap is set); taken by service/limits/admission.py."""
@@ -186,13 +249,32 @@ class Slots:
                         if not members:
                             del self._local[cap.key]
                 return
-        if not lease.keys and not lease.then and not lease.also:
+        parts = [part for part in (each() for each in lease.parts) if part is not None]
+        if not lease.keys and not lease.then and not parts and not lease.also:
             return  # no slot taken, nothing to count: no round trip
         try:
-            # MULTI/EXEC: still one round trip, and no key expires between two of its commands
+            if self.cluster:  # the keys of one call may lie in several slots (no parts here)
+                pipe = self.cache.client.pipeline(transaction=bool(lease.then))
+                for key in lease.keys:
+                    pipe.zrem(key, lease.rid)
+                for send, _ in lease.then:
+                    send(pipe)
+                for send in lease.also:
+                    send(pipe)
+                pipe.execute()
+                return
+            keys, args = list(lease.keys), [lease.rid, len(lease.keys)]
+            for more, values in parts:
+                keys += more
+                args += values
+            if not lease.then and not lease.also:
+                self._give(keys=keys, args=args)  # one command
+                return
+            # MULTI/EXEC when tokens are counted: still one round trip, and no key expires between
+            # two of its commands; the script by its text (a script object in a pipeline costs a
+            # SCRIPT EXISTS round trip)
             pipe = self.cache.client.pipeline(transaction=bool(lease.then))
-            for key in lease.keys:
-                pipe.zrem(key, lease.rid)
+            pipe.eval(GIVE_BACK, len(keys), *keys, *args)
             for send, _ in lease.then:
                 send(pipe)
             for send in lease.also:

@@ -53,10 +53,9 @@ class Call:
         fleet, ahead = self.ext.fleet, None
         if (not isinstance(req, EmbeddingRequest) and req.model is not None and deployments.of(req.model)
                 and fleet.folds()):
-            ahead = router.candidates(req, req.model, fleet)
+            ahead = router.ahead(req, req.model, fleet)
         lease = self.ext.admission.admit(req.request_id, self.limits.rates(req.model), self.account.name,
-                                         self.limits.caps(), self.rate_headers,
-                                         fleet.candidates(req.model, *ahead) if ahead else None, peek)
+                                         self.limits.caps(), self.rate_headers, ahead[1] if ahead else None, peek)
         if ahead and lease is not None and lease.deployment:
             fleet.taken(req.model, ahead[0], lease)
         return lease

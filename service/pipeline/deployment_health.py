@@ -3,15 +3,16 @@ latencies; shared by every process through Redis, counted in process without it.
 
 A call takes its deployment with one script (TAKE_DEPLOYMENT, service/limits/slots.py): the
 first of the candidates it is offered (or, for `least_busy`, the one of the best priority with
-the fewest calls in flight) that is not cooling down and under its `max_concurrent`, `rpm` and
-`tpm`; it leaves a lease in the deployment's sorted set of calls in flight (member: the request
-id, score: when the lease ends, in Redis's clock). On a lone Redis the call's admission script
+the fewest calls in flight; for the usual weighted call, one of the best priority drawn by
+weight) that is not cooling down and under its `max_concurrent`, `rpm` and `tpm`; it leaves a
+lease in the deployment's sorted set of calls in flight (member: the request id, score: when
+the lease ends, in Redis's clock). On a lone Redis the call's admission script
 runs it for the call's first try (`taken`); later tries, and every try on a Redis Cluster, run
 it on its own (`take`). The process renews its leases on every maintenance tick, so a killed
 process's calls stop counting when their leases end. When the call ends the lease goes back and
-the call, its error, latency, time to first token and tokens are counted, in the round trip
-that gives the call's admission lease back (its own pipelined round trip on a Cluster, or when
-the call has no such lease). Every key of one model carries the hash tag `{m<id>}`: a script's
+the call, its error, latency, time to first token and tokens are counted by one script
+(GIVE_BACK), in the command that gives the call's admission lease back (its own command on a
+Cluster, or when the call has no such lease). Every key of one model carries the hash tag `{m<id>}`: a script's
 keys share a slot on a Redis Cluster.
 
 A 429 cools the deployment (every process) for the provider's Retry-After, else
@@ -33,11 +34,13 @@ import redis
 from prometheus_client import Counter, Histogram
 
 from core.errors import RateLimited
-from service.limits.slots import RENEW, TAKE_DEPLOYMENT as TAKE, Candidates
+from service.limits.slots import GIVE_BACK, RENEW, TAKE_DEPLOYMENT as TAKE, Candidates
 from service.metrics import BUCKETS
+from service.pipeline import deployments
 
 log = logging.getLogger("tollgate")
 KEEP = 100  # latencies kept per deployment for its p50
+_KEEP = str(KEEP).encode()
 MINUTE = 60
 FAILED_LATENCY = 10.0  # seconds: what a failed call counts as in a deployment's recent latency
 
@@ -56,10 +59,33 @@ class CapacityExceeded(RateLimited):
     code = "capacity_exceeded"
 
 
+_KEYS: dict[tuple, dict] = {}
+
+
 def keys(model_id: int, name: str) -> dict[str, str]:
-    """A deployment's Redis keys, all in its model's hash slot."""
-    base = f"tollgate:dep:{{m{model_id}}}:"
-    return {kind: f"{base}{kind}:{name}" for kind in ("live", "rpm", "tpm", "cool", "stats", "lat", "ttft")}
+    """A deployment's Redis keys, all in its model's hash slot (made once per deployment; `take`
+    and `back`: TAKE_DEPLOYMENT's four and GIVE_BACK's six, service/limits/slots.py)."""
+    found = _KEYS.get((model_id, name))
+    if found is None:
+        base = f"tollgate:dep:{{m{model_id}}}:"
+        found = {kind: f"{base}{kind}:{name}" for kind in ("live", "rpm", "tpm", "cool", "stats", "lat", "ttft")}
+        found["take"] = [found[kind].encode() for kind in ("live", "rpm", "tpm", "cool")]
+        found["back"] = [found[kind].encode() for kind in ("live", "rpm", "stats", "lat", "ttft", "tpm")]
+        _KEYS[(model_id, name)] = found
+    return found
+
+
+_CHILDREN: dict[tuple, tuple] = {}
+
+
+def _children(model: str, name: str) -> tuple:
+    """A deployment's children of CALLS (ok, error) and SECONDS, looked up once (`labels()`
+    checks its labels and takes a lock on every call)."""
+    found = _CHILDREN.get((model, name))
+    if found is None:
+        made = CALLS.labels(model, name, "ok"), CALLS.labels(model, name, "error"), SECONDS.labels(model, name)
+        found = _CHILDREN.setdefault((model, name), made)
+    return found
 
 
 @dataclass
@@ -94,6 +120,7 @@ class _Local:
     lat: deque = field(default_factory=lambda: deque(maxlen=KEEP))
     ttft: deque = field(default_factory=lambda: deque(maxlen=KEEP))
     ewma: float | None = None  # recent latency, seconds (the `latency` strategy)
+    breaker: str = ""  # its breaker's key (Fleet.breaker_key)
 
 
 class Fleet:
@@ -109,6 +136,7 @@ class Fleet:
         client = cache.client
         self._take = client.register_script(TAKE) if client is not None else None
         self._renew = client.register_script(RENEW) if client is not None else None
+        self._give = client.register_script(GIVE_BACK) if client is not None else None
         self.cluster = isinstance(client, redis.RedisCluster)
 
     def local(self, model_id: int, name: str) -> _Local:
@@ -116,20 +144,28 @@ class Fleet:
         found = self._local.get(key)
         if found is None:
             with self._lock:
-                found = self._local.setdefault(key, _Local())
+                found = self._local.setdefault(key, _Local(breaker=self.breaker_key(model_id, name)))
         return found
 
     @staticmethod
     def breaker_key(model_id: int, name: str) -> str:
         return f"dep:{model_id}:{name}"
 
-    def usable(self, row, dep) -> bool:
-        """Enabled, not just disabled here, its breaker not open, not cooling in this process."""
-        if not dep.enabled or (row.id, dep.name) in self._off:
-            return False
-        if self.breakers.state(self.breaker_key(row.id, dep.name)) == "open":
-            return False
-        return self.local(row.id, dep.name).cool_until <= time.monotonic()
+    def usable_of(self, row, deps: list, tried=()) -> list:
+        """Those of `deps` not in `tried` that are usable: enabled, not just disabled here, not
+        cooling in this process, their breaker not open."""
+        out, now, state = [], None, self.breakers.state
+        for dep in deps:
+            if not dep.enabled or dep.name in tried or self._off and (row.id, dep.name) in self._off:
+                continue
+            s = self.local(row.id, dep.name)
+            if s.cool_until:
+                now = now or time.monotonic()
+                if s.cool_until > now:
+                    continue
+            if state(s.breaker) != "open":
+                out.append(dep)
+        return out
 
     def latency(self, model_id: int):
         return lambda name: self.local(model_id, name).ewma
@@ -159,17 +195,24 @@ class Fleet:
                                    headers={"Retry-After": str(wait)})
         return Cooling(wait)
 
-    def candidates(self, row, ordered: list, least_busy: bool) -> Candidates:
-        """What the take script (its own, or the admission's) needs of `ordered`: plain values."""
-        ks, limits = [], []
-        for dep in ordered:
-            k = keys(row.id, dep.name)
-            ks += [k["live"], k["rpm"], k["tpm"], k["cool"]]
-            limits += [dep.max_concurrent, dep.rpm, dep.tpm, dep.priority]
-        return Candidates(ks, limits, least_busy, self.lease_seconds)
+    def candidates(self, row, ordered: list, mode: str) -> Candidates:
+        """What the take script (its own, or the admission's) needs of `ordered` (mode: first,
+        least or weighted, service/limits/slots.py), encoded once: redis-py encodes every str
+        and number it sends, a few dozen per call here."""
+        made = getattr(ordered, "take", None)
+        if made is None:
+            ks, limits = [], []
+            for dep in ordered:
+                ks += keys(row.id, dep.name)["take"]
+                values = dep.max_concurrent, dep.rpm, dep.tpm, dep.priority, dep.weight
+                limits += [str(x).encode() for x in values]
+            made = ks, limits
+            if isinstance(ordered, deployments.Ranked):
+                ordered.take = made
+        return Candidates(made[0], made[1], mode, self.lease_seconds)
 
     def _remote(self, row, ordered: list, rid: str, least_busy: bool):
-        found = self.candidates(row, ordered, least_busy)
+        found = self.candidates(row, ordered, "least" if least_busy else "first")
         return self.cache.call(lambda r: self._take(keys=found.keys, args=found.args(rid), client=r))
 
     def folds(self) -> bool:
@@ -184,23 +227,15 @@ class Fleet:
         pick = Pick(row.id, row.name, ordered[lease.deployment - 1], lease.rid, True, usable=ordered)
         with self._lock:
             self._open[pick.rid] = pick
-        k = keys(row.id, pick.deployment.name)
 
-        def unused(pipe) -> None:
+        def unused():  # at the give-back (Redis failing, the lease ends on its own)
             with self._lock:
                 if pick.routed:
-                    return  # the router tried it: Fleet.done gives it back and counts it
+                    return None  # the router tried it: Fleet.done gives it back and counts it
                 self._open.pop(pick.rid, None)
-            pipe.zrem(k["live"], pick.rid)
-            if pick.deployment.rpm:
-                pipe.zrem(k["rpm"], pick.rid)
+            return _part(pick, False)
 
-        def instead() -> None:  # Redis gone: the lease ends on its own
-            with self._lock:
-                if not pick.routed:
-                    self._open.pop(pick.rid, None)
-
-        lease.then.append((unused, instead))
+        lease.parts.append(unused)
         lease.ahead = pick
         return pick
 
@@ -259,12 +294,12 @@ class Fleet:
         pick.done = True
         dep = pick.deployment
         s = self.local(pick.model_id, dep.name)
-        minute = int(time.time() // MINUTE)
-        CALLS.labels(pick.model, dep.name, "ok" if ok else "error").inc()
+        calls_ok, calls_error, seconds = _children(pick.model, dep.name)
+        (calls_ok if ok else calls_error).inc()
         if not ok:  # a refused connection is quick: a failure must not look fast to `latency`
             latency, s.ewma = None, max(s.ewma or 0.0, FAILED_LATENCY)
         if latency is not None:
-            SECONDS.labels(pick.model, dep.name).observe(latency)
+            seconds.observe(latency)
             s.ewma = latency if s.ewma is None else 0.7 * s.ewma + 0.3 * latency
         with self._lock:
             self._open.pop(pick.rid, None)
@@ -277,32 +312,16 @@ class Fleet:
                 if ttft is not None:
                     s.ttft.append(ttft)
                 if dep.tpm and tokens:
+                    minute = int(time.time() // MINUTE)
                     s.tpm = {minute: s.tpm.get(minute, 0) + tokens}
                 return
-        k = keys(pick.model_id, dep.name)
-
-        def send(pipe) -> None:
-            pipe.zrem(k["live"], pick.rid)
-            pipe.hincrby(k["stats"], "requests", 1)
-            if not ok:
-                pipe.hincrby(k["stats"], "errors", 1)
-            pipe.expire(k["stats"], 86400)
-            for kind, value in (("lat", latency), ("ttft", ttft)):
-                if value is not None:
-                    pipe.lpush(k[kind], round(value, 6))
-                    pipe.ltrim(k[kind], 0, KEEP - 1)
-                    pipe.expire(k[kind], 86400)
-            if dep.tpm and tokens:
-                pipe.hincrby(k["tpm"], str(minute), tokens)
-                pipe.hdel(k["tpm"], str(minute - 2))
-                pipe.expire(k["tpm"], 2 * MINUTE)
-
+        part = _part(pick, True, ok, latency, ttft, tokens if dep.tpm else 0)
         if lease is not None and lease.remote and not lease.returned and not self.cluster:
-            # in the round trip that gives the call's slots back (service/limits/slots.py): no trip of its own
+            # in the command that gives the call's slots back (service/limits/slots.py): no trip of its own
             # (on a cluster that trip is one slot's transaction, and these keys lie in another)
-            lease.then.append((send, lambda: None))  # Redis gone: the lease ends on its own
+            lease.parts.append(lambda: part)  # Redis gone: the lease ends on its own
             return
-        self.cache.call(lambda r: _run(r, send))
+        self.cache.call(lambda r: self._give(keys=part[0], args=[pick.rid, 0, *part[1]], client=r))
 
     def renew(self) -> None:
         """Extend the leases of this process's calls in flight (the maintenance tick): one script
@@ -410,10 +429,14 @@ class Fleet:
         return out
 
 
-def _run(client, send) -> list:
-    pipe = client.pipeline(transaction=False)
-    send(pipe)
-    return pipe.execute()
+def _part(pick: Pick, tried: bool, ok: bool = True, latency: float | None = None, ttft: float | None = None,
+          tokens: int = 0) -> tuple[list, list]:
+    """GIVE_BACK's keys and args for one deployment's call (service/limits/slots.py)."""
+    minute = int(time.time() // MINUTE) if tokens else 0
+    return (keys(pick.model_id, pick.deployment.name)["back"],
+            [b"1" if tried else b"0", b"1" if ok else b"0",
+             b"" if latency is None else repr(round(latency, 6)), b"" if ttft is None else repr(round(ttft, 6)),
+             tokens, minute, minute - 2, _KEEP])
 
 
 class Cooling:

@@ -45,20 +45,20 @@ class Deployment:
 
 class Target:
     """A catalogue row as one deployment serves it: the deployment's transport fields over the
-    row's (name, prices, limits and everything else stay the row's)."""
-
-    __slots__ = ("_row", "_over", "deployment")
+    row's (name, prices, limits and everything else stay the row's). A loaded row is not
+    changed (a reload makes new rows, and their deployments anew), so what is read through the
+    view is kept on it: a call reads the row's fields through it some twenty times."""
 
     def __init__(self, row, over: dict, deployment: str):
         object.__setattr__(self, "_row", row)
-        object.__setattr__(self, "_over", over)
         object.__setattr__(self, "deployment", deployment)
+        for name, value in over.items():
+            object.__setattr__(self, name, value)
 
-    def __getattr__(self, name):
-        over = object.__getattribute__(self, "_over")
-        if name in over:
-            return over[name]
-        return getattr(object.__getattribute__(self, "_row"), name)
+    def __getattr__(self, name):  # only for what is not kept yet: the row's, kept from now on
+        value = getattr(object.__getattribute__(self, "_row"), name)
+        object.__setattr__(self, name, value)
+        return value
 
     def __setattr__(self, name, value):
         raise AttributeError("a deployment's view of a row is read-only")
@@ -88,6 +88,23 @@ def of(row) -> list[Deployment] | None:
     return found
 
 
+class Ranked(list):
+    """A row's deployments by priority (service/pipeline/deployment_health.py keeps what the
+    take script needs of them on it: `take`)."""
+
+    take = None
+
+
+def by_priority(row) -> Ranked:
+    """The row's deployments by priority (ties in the catalogue's order), once per loaded row: the
+    candidates of a call whose deployment the take script draws by weight."""
+    row = getattr(row, "row", row)
+    found = row.__dict__.get("_ranked")
+    if found is None:
+        found = row.__dict__["_ranked"] = Ranked(sorted(of(row) or (), key=lambda d: d.priority))
+    return found
+
+
 def strategy(row) -> str:
     return getattr(getattr(row, "row", row), "routing", None) or "weighted"
 
@@ -98,8 +115,12 @@ def primary(row):
     deps = of(row)
     if not deps:
         return row
-    enabled = [d for d in deps if d.enabled] or deps
-    return min(enabled, key=lambda d: d.priority).target
+    row = getattr(row, "row", row)
+    found = row.__dict__.get("_primary")
+    if found is None:  # once per loaded row, as its deployments
+        enabled = [d for d in deps if d.enabled] or deps
+        found = row.__dict__["_primary"] = min(enabled, key=lambda d: d.priority).target
+    return found
 
 
 def _unit(key: str, name: str) -> float:
@@ -119,15 +140,17 @@ def order(deps: list[Deployment], routing: str, affinity: str | None, latency=No
     if affinity is not None:
         # weighted rendezvous hashing: the highest -w / ln(u) wins, stable for a key while the set
         # of deployments is, and moving only the keys of a deployment that leaves
-        score = {d.name: -d.weight / math.log(_unit(affinity, d.name)) for d in deps}
+        score = [-d.weight / math.log(_unit(affinity, d.name)) for d in deps]
     elif routing == "latency" and latency is not None and rng.random() >= EXPLORE:
-        score = {}
+        score = []
         for d in deps:
             seen = latency(d.name)
-            score[d.name] = math.inf if seen is None else -seen
+            score.append(math.inf if seen is None else -seen)
     else:  # weighted (and the tie order of least_busy): Efraimidis-Spirakis keys u ** (1 / w)
-        score = {d.name: rng.random() ** (1.0 / d.weight) for d in deps}
-    return sorted(deps, key=lambda d: (d.priority, -score[d.name]))
+        random_ = rng.random
+        score = [random_() ** (1.0 / d.weight) for d in deps]
+    ranked = sorted([(d.priority, -score[i], i) for i, d in enumerate(deps)])
+    return [deps[i] for _, _, i in ranked]
 
 
 def affinity_key(chat) -> str | None:

@@ -95,11 +95,27 @@ def candidates(chat, row, fleet, tried=()) -> tuple[list, bool] | None:
     every later try."""
     routing = deployments.strategy(row)
     affinity = deployments.affinity_key(chat)
-    usable = [d for d in deployments.of(row) if d.name not in tried and fleet.usable(row, d)]
+    usable = fleet.usable_of(row, deployments.of(row), tried)
     if not usable:
         return None
-    ordered = deployments.order(usable, routing, affinity, fleet.latency(row.id))
-    return ordered, routing == "least_busy" and affinity is None
+    if len(usable) > 1:
+        usable = deployments.order(usable, routing, affinity, fleet.latency(row.id) if routing == "latency" else None)
+    return usable, routing == "least_busy" and affinity is None
+
+
+def ahead(chat, row, fleet):
+    """What the admission script is offered (service/pipeline/call.py): (the deployments in the
+    order the script sees them, Candidates), or None when none is usable. A weighted row's call
+    without an affinity key, every deployment usable here (the usual call): the row's
+    deployments by priority, the script drawing one by weight; else candidates()'s order."""
+    if deployments.strategy(row) == "weighted" and deployments.affinity_key(chat) is None:
+        ranked = deployments.by_priority(row)
+        if len(fleet.usable_of(row, ranked)) == len(ranked):
+            return ranked, fleet.candidates(row, ranked, "weighted")
+    found = candidates(chat, row, fleet)
+    if found is None:
+        return None
+    return found[0], fleet.candidates(row, found[0], "least" if found[1] else "first")
 
 
 def _nobody(row, deps: list, fleet, last, cooling) -> GatewayError:
