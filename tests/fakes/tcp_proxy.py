@@ -15,6 +15,7 @@ class TcpProxy:
         self.port = self.listener.getsockname()[1]
         self.up = True
         self.reads = 0  # what the clients sent, read by read: their round trips (requests are small)
+        self.sent: list[bytes] = []  # and what it was (a test's proxy lives for one test)
         self.open: list[socket.socket] = []
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -40,6 +41,7 @@ class TcpProxy:
             while data := src.recv(65536):
                 if counted:  # before it is passed on: the client cannot have its answer yet
                     self.reads += 1
+                    self.sent.append(data)
                 dst.sendall(data)
         except OSError:
             pass
@@ -52,6 +54,10 @@ class TcpProxy:
                     for s in (src, dst):  # the other pump may still use it (a reused number
                         self.open.remove(s)  # would be read or written by the wrong owner)
                         s.close()
+
+    def said(self, command: bytes, since: int = 0) -> int:
+        """How often the clients sent `command` (a RESP bulk string) in their reads from `since`."""
+        return b"".join(self.sent[since:]).upper().count(b"\r\n" + command.upper() + b"\r\n")
 
     def cut(self) -> None:
         """Refuse new connections and drop the open ones (their pumps see the end and close them)."""
