@@ -146,6 +146,7 @@ class Slow:
 
     def __init__(self, first: list[str]):
         self.first, self.release, self.closed = first, threading.Event(), threading.Event()
+        self.sent = threading.Event()  # its first tokens are on the wire
 
     def handler(self, request):
         def events():
@@ -153,6 +154,7 @@ class Slow:
                 yield fake_openai.chunk({"role": "assistant", "content": ""})
                 for word in self.first:
                     yield fake_openai.chunk({"content": word})
+                self.sent.set()  # (resumed: the last chunk was written)
                 self.release.wait(30)  # longer than the answer waits for a closed call
                 for word in ["late ", "words"]:
                     yield fake_openai.chunk({"content": word})
@@ -166,8 +168,12 @@ class Slow:
 def test_first_returns_the_first_complete_answer_and_bills_the_slow_model_for_what_it_sent(client, rows):
     slow = Slow(["Dark ", "red "])
     rows.expect_request("/a/v1/chat/completions").respond_with_handler(slow.handler)
-    rows.expect_request("/b/v1/chat/completions").respond_with_handler(
-        fake_openai.Stream(["Green."], prompt_tokens=10).handler)
+    green = fake_openai.Stream(["Green."], prompt_tokens=10).handler
+
+    def after_slow(request):  # the fast model answers once the slow one has sent its two
+        slow.sent.wait(10)
+        return green(request)
+    rows.expect_request("/b/v1/chat/completions").respond_with_handler(after_slow)
     try:
         r = ask(client, parallel="first")
         assert not slow.release.is_set()  # answered while the slow model still had more to say
