@@ -13,7 +13,6 @@ import random
 import threading
 from dataclasses import dataclass, field
 
-import redis
 from redis.crc import key_slot
 
 from core.errors import RateLimited
@@ -211,7 +210,7 @@ class Slots:
         client = cache.client
         self._renew = client.register_script(RENEW) if client is not None else None
         self._give = client.register_script(GIVE_BACK) if client is not None else None
-        self.cluster = isinstance(client, redis.RedisCluster)
+        self.cluster = cache.cluster
 
     def lease(self, rid: str, caps: list[Cap]) -> Lease | None:
         """The slots a call needs (none when no cap is set); taken by service/limits/admission.py."""
@@ -253,28 +252,22 @@ class Slots:
         if not lease.keys and not lease.then and not parts and not lease.also:
             return  # no slot taken, nothing to count: no round trip
         try:
+            if not self.cluster:
+                keys, args = list(lease.keys), [lease.rid, len(lease.keys)]
+                for more, values in parts:
+                    keys += more
+                    args += values
+                if not lease.then and not lease.also:
+                    self._give(keys=keys, args=args)  # one command
+                    return
+            # MULTI/EXEC when tokens are counted: still one round trip, and no key expires between
+            # two of its commands
+            pipe = self.cache.client.pipeline(transaction=bool(lease.then))
             if self.cluster:  # the keys of one call may lie in several slots (no parts here)
-                pipe = self.cache.client.pipeline(transaction=bool(lease.then))
                 for key in lease.keys:
                     pipe.zrem(key, lease.rid)
-                for send, _ in lease.then:
-                    send(pipe)
-                for send in lease.also:
-                    send(pipe)
-                pipe.execute()
-                return
-            keys, args = list(lease.keys), [lease.rid, len(lease.keys)]
-            for more, values in parts:
-                keys += more
-                args += values
-            if not lease.then and not lease.also:
-                self._give(keys=keys, args=args)  # one command
-                return
-            # MULTI/EXEC when tokens are counted: still one round trip, and no key expires between
-            # two of its commands; the script by its text (a script object in a pipeline costs a
-            # SCRIPT EXISTS round trip)
-            pipe = self.cache.client.pipeline(transaction=bool(lease.then))
-            pipe.eval(GIVE_BACK, len(keys), *keys, *args)
+            else:  # the script by its text (a script object in a pipeline costs a SCRIPT EXISTS round trip)
+                pipe.eval(GIVE_BACK, len(keys), *keys, *args)
             for send, _ in lease.then:
                 send(pipe)
             for send in lease.also:
@@ -292,10 +285,9 @@ class Slots:
         if not remote or self._renew is None:
             return
         groups: dict = {}  # one script per Redis Cluster hash slot (one group on a lone Redis)
-        cluster = isinstance(self.cache.client, redis.RedisCluster)
         for lease in remote:
             for key in lease.keys:
-                keys, rids = groups.setdefault(key_slot(key.encode()) if cluster else 0, ([], []))
+                keys, rids = groups.setdefault(key_slot(key.encode()) if self.cluster else 0, ([], []))
                 keys.append(key)
                 rids.append(lease.rid)
         try:

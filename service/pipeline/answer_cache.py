@@ -28,7 +28,6 @@ import threading
 import time
 from collections import OrderedDict
 
-import redis
 
 from core import prices, transcript
 from core.sse import DONE
@@ -89,7 +88,7 @@ class Store:
     def __init__(self, cache, max_entry: int = MAX_ENTRY_BYTES, memory: int = MEMORY_BYTES):
         self.cache, self.max_entry = cache, max_entry
         self.memory = None if cache.enabled else Memory(memory)
-        self.lone = cache.enabled and not isinstance(cache.client, redis.RedisCluster)
+        self.lone = cache.enabled and not cache.cluster
 
     def get(self, key: str) -> bytes | None:
         if self.memory is not None:

@@ -30,7 +30,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import redis
 from prometheus_client import Counter, Histogram
 
 from core.errors import RateLimited
@@ -137,7 +136,7 @@ class Fleet:
         self._take = client.register_script(TAKE) if client is not None else None
         self._renew = client.register_script(RENEW) if client is not None else None
         self._give = client.register_script(GIVE_BACK) if client is not None else None
-        self.cluster = isinstance(client, redis.RedisCluster)
+        self.cluster = cache.cluster
 
     def local(self, model_id: int, name: str) -> _Local:
         key = (model_id, name)

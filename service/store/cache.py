@@ -68,6 +68,12 @@ class Cache:
         return self.client is not None
 
     @property
+    def cluster(self) -> bool:
+        """A Redis Cluster: a script's keys must share a slot, so what lies in other slots (an
+        account's limits, a deployment's counters, a cached answer) cannot go in one script."""
+        return isinstance(self.client, redis.RedisCluster)
+
+    @property
     def up(self) -> bool:
         return self.client is not None and self.down_since is None
 
