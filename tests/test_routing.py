@@ -465,7 +465,9 @@ def test_latency_routing_prefers_the_faster_deployment(client, store, upstream, 
     fleet = Fleet(upstream, ["slow", "fast"])
 
     def slow(request):
-        time.sleep(0.05)  # the fake provider's own latency, not a wait in the test
+        # the fake provider's own latency, not a wait in the test: well above a loaded machine's
+        # stall of a fast call (one 50 ms stall made 'fast' look the slower, and stay so)
+        time.sleep(0.25)
         return Response(json.dumps(fake_openai.completion("ok", 10, 5)), content_type="application/json")
 
     fleet.answer["slow"] = slow
