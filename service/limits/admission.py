@@ -162,7 +162,7 @@ class Admission:
         args += [lease.rid, self.slots.lease_seconds, len(lease.caps), *[cap.limit for cap in lease.caps]]
         if deployments is not None:
             keys += deployments.keys
-            args += deployments.args(lease.rid)[1:]
+            args += deployments.tail()
         verdict = self.cache.call(lambda r: self._script(keys=keys, args=args, client=r))
         if verdict is not None:
             lease.remote = verdict[0] == 0

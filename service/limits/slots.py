@@ -52,15 +52,24 @@ local rid, lease, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local best, fewest, level, wait, capped = 0, 0, nil, -1, 0
 local able, total = {}, 0
 local n = #KEYS / 4
+-- whether any candidate is cooling down, in one command (the usual answer: none)
+local cools = {}
+for i = 1, n do cools[i] = KEYS[4*i] end
+local anycool = redis.call('EXISTS', unpack(cools)) > 0
 for i = 1, n do
   local live, rpm, tpm, cool = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
   local conc, rl, tl, prio = tonumber(ARGV[5*i]), tonumber(ARGV[5*i+1]), tonumber(ARGV[5*i+2]), tonumber(ARGV[5*i+3])
   if level ~= nil and prio > level then break end
   local ok, later = true, nil
-  local cooling = redis.call('PTTL', cool)
-  if cooling > 0 then ok, later = false, cooling end
-  redis.call('ZREMRANGEBYSCORE', live, '-inf', t)
-  local inflight = redis.call('ZCARD', live)
+  if anycool then
+    local cooling = redis.call('PTTL', cool)
+    if cooling > 0 then ok, later = false, cooling end
+  end
+  local inflight = 0
+  if conc > 0 or mode == 'least' then  -- counted only where it decides (the taken one is trimmed below)
+    redis.call('ZREMRANGEBYSCORE', live, '-inf', t)
+    inflight = redis.call('ZCARD', live)
+  end
   if ok and conc > 0 and inflight >= conc then ok, later, capped = false, 1000, 1 end
   if ok and rl > 0 then
     redis.call('ZREMRANGEBYSCORE', rpm, '-inf', t - 60)
@@ -90,6 +99,7 @@ if #able > 0 then
   end
 end
 if best == 0 then return {0, wait, capped} end
+redis.call('ZREMRANGEBYSCORE', KEYS[4*best-3], '-inf', t)  -- a killed process's leases go
 redis.call('ZADD', KEYS[4*best-3], t + lease, rid)
 redis.call('EXPIRE', KEYS[4*best-3], math.ceil(lease) + 60)
 if tonumber(ARGV[5*best+1]) > 0 then
@@ -101,35 +111,34 @@ return {best, 0, 0}
 # Gives a call's slots back and counts what its deployment's call left to count
 # (service/pipeline/deployment_health.py), in one command (as plain commands in a MULTI these were
 # eight more to send and read back). KEYS: the caps' sorted sets, then per deployment: its calls in
-# flight and requests this minute (zsets), stats (hash), latencies and times to first token
-# (lists), tokens per minute (hash). ARGV: request id, number of caps, then per deployment: tried
-# (0: never tried, its entry this minute goes too), ok (1|0), latency and time to first token
-# ('': none), tokens (0: not counted), this minute, the minute whose tokens go, latencies kept.
+# flight and requests this minute (zsets), stats (hash), tokens per minute (hash). ARGV: request
+# id, number of caps, then per deployment: tried (0: never tried, its entry this minute goes too),
+# ok (1|0), latency and time to first token ('': none), tokens (0: not counted), this minute, the
+# minute whose tokens go, latencies kept. The stats hash holds `requests`, `errors` and the last
+# latencies and times to first token as rings of fields (`l<i>`, i the call's number modulo
+# those kept; `t<j>`, j counted by `tn`): one HSET where a list took LPUSH, LTRIM and EXPIRE.
 GIVE_BACK = """
 local rid, ncaps = ARGV[1], tonumber(ARGV[2])
 for i = 1, ncaps do redis.call('ZREM', KEYS[i], rid) end
 local at = 3
-for k = ncaps + 1, #KEYS, 6 do
+for k = ncaps + 1, #KEYS, 4 do
   local tried, ok, tokens, keep = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 4]), tonumber(ARGV[at + 7])
   redis.call('ZREM', KEYS[k], rid)
   if tried == '0' then
     redis.call('ZREM', KEYS[k + 1], rid)
   else
-    redis.call('HINCRBY', KEYS[k + 2], 'requests', 1)
-    if ok == '0' then redis.call('HINCRBY', KEYS[k + 2], 'errors', 1) end
-    redis.call('EXPIRE', KEYS[k + 2], 86400)
-    for j = 1, 2 do
-      local value = ARGV[at + 1 + j]
-      if value ~= '' then
-        redis.call('LPUSH', KEYS[k + 2 + j], value)
-        redis.call('LTRIM', KEYS[k + 2 + j], 0, keep - 1)
-        redis.call('EXPIRE', KEYS[k + 2 + j], 86400)
-      end
+    local stats, latency, ttft = KEYS[k + 2], ARGV[at + 2], ARGV[at + 3]
+    local n = redis.call('HINCRBY', stats, 'requests', 1)
+    if ok == '0' then redis.call('HINCRBY', stats, 'errors', 1) end
+    if latency ~= '' then redis.call('HSET', stats, 'l' .. (n % keep), latency) end
+    if ttft ~= '' then
+      redis.call('HSET', stats, 't' .. (redis.call('HINCRBY', stats, 'tn', 1) % keep), ttft)
     end
+    redis.call('EXPIRE', stats, 86400)
     if tokens > 0 then
-      redis.call('HINCRBY', KEYS[k + 5], ARGV[at + 5], tokens)
-      redis.call('HDEL', KEYS[k + 5], ARGV[at + 6])
-      redis.call('EXPIRE', KEYS[k + 5], 120)
+      redis.call('HINCRBY', KEYS[k + 3], ARGV[at + 5], tokens)
+      redis.call('HDEL', KEYS[k + 3], ARGV[at + 6])
+      redis.call('EXPIRE', KEYS[k + 3], 120)
     end
   end
   at = at + 8
@@ -160,8 +169,11 @@ class Candidates:
     lease_seconds: float
 
     def args(self, rid: str) -> list:
-        return [rid, self.lease_seconds, self.mode, random.random() if self.mode == "weighted" else 0,
-                *self.limits]
+        return [rid, *self.tail()]
+
+    def tail(self) -> list:
+        """The args after the request id (the admission script's end)."""
+        return [self.lease_seconds, self.mode, random.random() if self.mode == "weighted" else 0, *self.limits]
 
 
 class ConcurrencyLimited(RateLimited):

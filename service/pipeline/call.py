@@ -57,7 +57,7 @@ class Call:
         lease = self.ext.admission.admit(req.request_id, self.limits.rates(req.model), self.account.name,
                                          self.limits.caps(), self.rate_headers, ahead[1] if ahead else None, peek)
         if ahead and lease is not None and lease.deployment:
-            fleet.taken(req.model, ahead[0], lease)
+            fleet.taken(req.model, ahead[0], lease, ahead[2])
         return lease
 
     def _once(self, req, run, undo: list) -> Answer:

@@ -22,6 +22,7 @@ outbox; connection errors and 5xx feed its own circuit breaker (service/pipeline
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import statistics
@@ -30,7 +31,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import REGISTRY, Counter
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from core.errors import RateLimited
 from service.limits.slots import GIVE_BACK, RENEW, TAKE_DEPLOYMENT as TAKE, Candidates
@@ -43,10 +45,6 @@ _KEEP = str(KEEP).encode()
 MINUTE = 60
 FAILED_LATENCY = 10.0  # seconds: what a failed call counts as in a deployment's recent latency
 
-CALLS = Counter("tollgate_deployment_calls_total", "Calls per deployment by outcome",
-                ["model", "deployment", "outcome"])
-SECONDS = Histogram("tollgate_deployment_seconds", "Upstream latency per deployment (to the answer "
-                    "or the stream's first byte)", ["model", "deployment"], buckets=BUCKETS)
 COOLDOWNS = Counter("tollgate_deployment_cooldowns_total", "Cool-downs after a provider's 429",
                     ["model", "deployment"])
 DISABLED = Counter("tollgate_deployment_disabled_total", "Deployments disabled after a 401/403",
@@ -63,28 +61,67 @@ _KEYS: dict[tuple, dict] = {}
 
 def keys(model_id: int, name: str) -> dict[str, str]:
     """A deployment's Redis keys, all in its model's hash slot (made once per deployment; `take`
-    and `back`: TAKE_DEPLOYMENT's four and GIVE_BACK's six, service/limits/slots.py)."""
+    and `back`: TAKE_DEPLOYMENT's four and GIVE_BACK's four, service/limits/slots.py)."""
     found = _KEYS.get((model_id, name))
     if found is None:
         base = f"tollgate:dep:{{m{model_id}}}:"
-        found = {kind: f"{base}{kind}:{name}" for kind in ("live", "rpm", "tpm", "cool", "stats", "lat", "ttft")}
+        found = {kind: f"{base}{kind}:{name}" for kind in ("live", "rpm", "tpm", "cool", "stats")}
         found["take"] = [found[kind].encode() for kind in ("live", "rpm", "tpm", "cool")]
-        found["back"] = [found[kind].encode() for kind in ("live", "rpm", "stats", "lat", "ttft", "tpm")]
+        found["back"] = [found[kind].encode() for kind in ("live", "rpm", "stats", "tpm")]
         _KEYS[(model_id, name)] = found
     return found
 
 
-_CHILDREN: dict[tuple, tuple] = {}
+class Tally:
+    """One deployment's calls by outcome and upstream latencies, counted by this process for
+    Prometheus (`tollgate_deployment_calls_total`, `tollgate_deployment_seconds`): plain numbers
+    under one lock, read at scrape time (prometheus_client's own children take a lock per bucket
+    and per counter, some 10 µs of every call)."""
+
+    __slots__ = ("model", "ok", "errors", "buckets", "sum")
+
+    def __init__(self, model: str):
+        self.model = model
+        self.ok = self.errors = 0
+        self.buckets = [0] * (len(BUCKETS) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.sum = 0.0
 
 
-def _children(model: str, name: str) -> tuple:
-    """A deployment's children of CALLS (ok, error) and SECONDS, looked up once (`labels()`
-    checks its labels and takes a lock on every call)."""
-    found = _CHILDREN.get((model, name))
+_TALLIES: dict[tuple, Tally] = {}  # (model name, deployment name) -> its Tally, for this process
+_TALLY_LOCK = threading.Lock()
+
+
+def _tally(model: str, name: str) -> Tally:
+    found = _TALLIES.get((model, name))
     if found is None:
-        made = CALLS.labels(model, name, "ok"), CALLS.labels(model, name, "error"), SECONDS.labels(model, name)
-        found = _CHILDREN.setdefault((model, name), made)
+        with _TALLY_LOCK:
+            found = _TALLIES.setdefault((model, name), Tally(model))
     return found
+
+
+class _Tallies:
+    """The tallies as Prometheus metrics, at scrape time."""
+
+    def collect(self):
+        calls = CounterMetricFamily("tollgate_deployment_calls", "Calls per deployment by outcome",
+                                    labels=["model", "deployment", "outcome"])
+        seconds = HistogramMetricFamily("tollgate_deployment_seconds", "Upstream latency per deployment "
+                                        "(to the answer or the stream's first byte)", labels=["model", "deployment"])
+        with _TALLY_LOCK:
+            seen = [(key, t.ok, t.errors, list(t.buckets), t.sum) for key, t in _TALLIES.items()]
+        for (model, name), ok, errors, buckets, total in seen:
+            calls.add_metric([model, name, "ok"], ok)
+            calls.add_metric([model, name, "error"], errors)
+            running, out = 0, []
+            for bound, count in zip((*[str(float(b)) for b in BUCKETS], "+Inf"), buckets):
+                running += count
+                out.append((bound, running))
+            seconds.add_metric([model, name], out, total)
+        yield calls
+        yield seconds
+
+
+REGISTRY.register(_Tallies())
 
 
 @dataclass
@@ -100,6 +137,7 @@ class Pick:
     done: bool = False
     usable: list | None = None  # taken by the admission script: the candidates it was offered
     routed: bool = False  # taken by the admission script: the router has tried the call on it
+    state: object = None  # the deployment's _Local in this process (looked up once)
 
     @property
     def name(self) -> str:
@@ -120,6 +158,7 @@ class _Local:
     ttft: deque = field(default_factory=lambda: deque(maxlen=KEEP))
     ewma: float | None = None  # recent latency, seconds (the `latency` strategy)
     breaker: str = ""  # its breaker's key (Fleet.breaker_key)
+    tally: Tally | None = None  # its Prometheus numbers (under the model's name as last seen)
 
 
 class Fleet:
@@ -166,6 +205,28 @@ class Fleet:
                 out.append(dep)
         return out
 
+    def offer(self, row, ranked) -> tuple[Candidates, list] | None:
+        """The usual weighted call's offer to the admission script, when every one of the row's
+        deployments (`ranked`, deployments.by_priority) is usable here: (Candidates, their
+        states), made once per loaded row; None when one is not (then usable_of decides)."""
+        made = ranked.offer
+        if made is None or made[0] is not self:
+            states = [self.local(row.id, d.name) for d in ranked]
+            made = ranked.offer = (self, self.candidates(row, ranked, "weighted"), states,
+                                   all(d.enabled for d in ranked))
+        _, offer, states, enabled = made
+        if not enabled or self._off:
+            return None
+        now, state = None, self.breakers.state
+        for s in states:
+            if s.cool_until:
+                now = now or time.monotonic()
+                if s.cool_until > now:
+                    return None
+            if state(s.breaker) == "open":
+                return None
+        return offer, states
+
     def latency(self, model_id: int):
         return lambda name: self.local(model_id, name).ewma
 
@@ -183,7 +244,8 @@ class Fleet:
             verdict = self._take_local(row, ordered, rid, least_busy)
         index, wait_ms, capped = verdict
         if index:
-            pick = Pick(row.id, row.name, ordered[index - 1], rid, remote)
+            dep = ordered[index - 1]
+            pick = Pick(row.id, row.name, dep, rid, remote, state=self.local(row.id, dep.name))
             if remote:
                 with self._lock:
                     self._open[rid] = pick
@@ -219,11 +281,12 @@ class Fleet:
         on a Cluster a deployment's keys lie in another slot than the account's)."""
         return self._take is not None and not self.cluster and self.cache.up
 
-    def taken(self, row, ordered: list, lease) -> Pick:
+    def taken(self, row, ordered: list, lease, states: list | None = None) -> Pick:
         """The deployment the admission script took with the call (lease.deployment among
         `ordered`): renewed like any, and given back in the lease's round trip if the call never
         tries it (a cached answer, a replay, a refused hold)."""
-        pick = Pick(row.id, row.name, ordered[lease.deployment - 1], lease.rid, True, usable=ordered)
+        pick = Pick(row.id, row.name, ordered[lease.deployment - 1], lease.rid, True, usable=ordered,
+                    state=states[lease.deployment - 1] if states else None)
         with self._lock:
             self._open[pick.rid] = pick
 
@@ -292,14 +355,22 @@ class Fleet:
             return
         pick.done = True
         dep = pick.deployment
-        s = self.local(pick.model_id, dep.name)
-        calls_ok, calls_error, seconds = _children(pick.model, dep.name)
-        (calls_ok if ok else calls_error).inc()
+        s = pick.state or self.local(pick.model_id, dep.name)
         if not ok:  # a refused connection is quick: a failure must not look fast to `latency`
             latency, s.ewma = None, max(s.ewma or 0.0, FAILED_LATENCY)
         if latency is not None:
-            seconds.observe(latency)
             s.ewma = latency if s.ewma is None else 0.7 * s.ewma + 0.3 * latency
+        tally = s.tally
+        if tally is None or tally.model != pick.model:  # once per deployment (and after a rename)
+            tally = s.tally = _tally(pick.model, dep.name)
+        with _TALLY_LOCK:
+            if ok:
+                tally.ok += 1
+            else:
+                tally.errors += 1
+            if latency is not None:
+                tally.buckets[bisect.bisect_left(BUCKETS, latency)] += 1
+                tally.sum += latency
         with self._lock:
             self._open.pop(pick.rid, None)
             if not pick.remote:
@@ -412,8 +483,6 @@ class Fleet:
                 k = keys(row.id, dep.name)
                 pipe.zcount(k["live"], now, "+inf")
                 pipe.hgetall(k["stats"])
-                pipe.lrange(k["lat"], 0, -1)
-                pipe.lrange(k["ttft"], 0, -1)
                 pipe.pttl(k["cool"])
             return pipe.execute()
 
@@ -422,20 +491,32 @@ class Fleet:
             return None
         out = []
         for i in range(len(deps)):
-            inflight, stats, lat, ttft, cool = got[5 * i:5 * i + 5]
-            out.append((inflight, {k.decode(): v for k, v in stats.items()}, [float(x) for x in lat],
-                        [float(x) for x in ttft], max(0, cool)))
+            inflight, raw, cool = got[3 * i:3 * i + 3]
+            stats, lat, ttft = {}, [], []
+            for field_, value in raw.items():  # GIVE_BACK's rings: l<i>, t<i> (service/limits/slots.py)
+                name = field_.decode()
+                if name[0] in "lt" and name[1:].isdigit():
+                    (lat if name[0] == "l" else ttft).append(float(value))
+                else:
+                    stats[name] = value
+            out.append((inflight, stats, lat, ttft, max(0, cool)))
         return out
+
+
+_UNCOUNTED = (0, 0, -2, _KEEP)  # GIVE_BACK's tokens, minute, minute gone, kept: no tokens counted
 
 
 def _part(pick: Pick, tried: bool, ok: bool = True, latency: float | None = None, ttft: float | None = None,
           tokens: int = 0) -> tuple[list, list]:
     """GIVE_BACK's keys and args for one deployment's call (service/limits/slots.py)."""
-    minute = int(time.time() // MINUTE) if tokens else 0
+    if tokens:
+        minute = int(time.time() // MINUTE)
+        tail = (tokens, minute, minute - 2, _KEEP)
+    else:
+        tail = _UNCOUNTED
     return (keys(pick.model_id, pick.deployment.name)["back"],
             [b"1" if tried else b"0", b"1" if ok else b"0",
-             b"" if latency is None else repr(round(latency, 6)), b"" if ttft is None else repr(round(ttft, 6)),
-             tokens, minute, minute - 2, _KEEP])
+             b"" if latency is None else b"%.6f" % latency, b"" if ttft is None else b"%.6f" % ttft, *tail])
 
 
 class Cooling:

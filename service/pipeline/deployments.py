@@ -90,9 +90,10 @@ def of(row) -> list[Deployment] | None:
 
 class Ranked(list):
     """A row's deployments by priority (service/pipeline/deployment_health.py keeps what the
-    take script needs of them on it: `take`)."""
+    take script needs of them on it: `take`, and the usual call's offer: `offer`)."""
 
     take = None
+    offer = None
 
 
 def by_priority(row) -> Ranked:

@@ -69,7 +69,7 @@ def first_answer(chat, row, ctx, make_call, attempt):
         started = time.perf_counter()
         try:
             call = make_call(chat)
-            call.breaker = fleet.breaker_key(row.id, dep.name)
+            call.breaker = pick.state.breaker if pick.state is not None else fleet.breaker_key(row.id, dep.name)
             call.retries = 0 if len(usable) > 1 else None  # another deployment beats a retry here
             result = attempt(call)
         except GatewayError as err:
@@ -105,17 +105,19 @@ def candidates(chat, row, fleet, tried=()) -> tuple[list, bool] | None:
 
 def ahead(chat, row, fleet):
     """What the admission script is offered (service/pipeline/call.py): (the deployments in the
-    order the script sees them, Candidates), or None when none is usable. A weighted row's call
-    without an affinity key, every deployment usable here (the usual call): the row's
-    deployments by priority, the script drawing one by weight; else candidates()'s order."""
+    order the script sees them, Candidates, their states in this process or None), or None when
+    none is usable. A weighted row's call without an affinity key, every deployment usable here
+    (the usual call): the row's deployments by priority, the script drawing one by weight; else
+    candidates()'s order."""
     if deployments.strategy(row) == "weighted" and deployments.affinity_key(chat) is None:
         ranked = deployments.by_priority(row)
-        if len(fleet.usable_of(row, ranked)) == len(ranked):
-            return ranked, fleet.candidates(row, ranked, "weighted")
+        offer = fleet.offer(row, ranked)
+        if offer is not None:
+            return ranked, *offer
     found = candidates(chat, row, fleet)
     if found is None:
         return None
-    return found[0], fleet.candidates(row, found[0], "least" if found[1] else "first")
+    return found[0], fleet.candidates(row, found[0], "least" if found[1] else "first"), None
 
 
 def _nobody(row, deps: list, fleet, last, cooling) -> GatewayError:
