@@ -95,6 +95,7 @@ def load() -> dict:
         "CONCURRENCY_LEASE_SECONDS": float(env("CONCURRENCY_LEASE_SECONDS", "60")),
         # a deployment that answered 429 without a Retry-After is left out this long (SPEC §15)
         "DEPLOYMENT_COOLDOWN_SECONDS": float(env("DEPLOYMENT_COOLDOWN_SECONDS", "30")),
+        "DEPLOYMENT_STATS_SECONDS": float(env("DEPLOYMENT_STATS_SECONDS", "1")),
         "SHUTDOWN_GRACE_SECONDS": float(env("SHUTDOWN_GRACE_SECONDS", "30")),
         "TRUSTED_PROXIES": int(env("TRUSTED_PROXIES", "0")),
         # hostile traffic (docs/hostile-traffic.md): the peers exempt from MAX_CONNECTIONS_PER_IP

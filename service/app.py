@@ -89,6 +89,7 @@ def keep_money(ext: Tollgate, ttl: int) -> None:
     fleet = getattr(ext, "fleet", None)  # None until create_app has made it
     if fleet is not None:
         fleet.renew()
+        fleet.flush()
         fleet.forget_stale()
     ext.journal.replay(billing.apply_journalled)
     billing.extend(ext.owner, ttl)
@@ -184,7 +185,7 @@ def create_app(overrides: dict | None = None) -> Flask:
         budget, Journal(conf["DATA_DIR"], owner), owner, slots, Admission(cache, slots, budget))
     ext = app.extensions["tollgate"]
     ext.fleet = Fleet(cache, ext.transport.breakers, conf["CONCURRENCY_LEASE_SECONDS"],
-                      conf["DEPLOYMENT_COOLDOWN_SECONDS"])
+                      conf["DEPLOYMENT_COOLDOWN_SECONDS"], conf["DEPLOYMENT_STATS_SECONDS"])
 
     from service import cli
     from service.pipeline import answer_cache

@@ -508,7 +508,8 @@ def test_deployments_cost_a_call_no_redis_round_trip(make_app, redis_proxy, upst
     import service.web.calls
 
     monkeypatch.setattr(service.web.calls, "CHAT_MAX_AGE", 3600)  # no catalogue version check among the trips
-    app = make_app(REDIS_URL=redis_proxy.url, **settings)
+    # no batch of the deployments' counts among the trips either: they are sent when shown (below)
+    app = make_app(REDIS_URL=redis_proxy.url, DEPLOYMENT_STATS_SECONDS=3600, **settings)
     client = app.test_client()
     fleet = Fleet(upstream, ["a", "b", "c"])
     for name in fleet.answer:
@@ -538,9 +539,13 @@ def test_deployments_cost_a_call_no_redis_round_trip(make_app, redis_proxy, upst
         # gives the call's slots back and counts its tokens: the admission's trip, then that one
         assert trips("pool", stream) == trips("single", stream) == 2
     assert sum(fleet.counts().values()) == 8
+    assert all(r.zcard(f"tollgate:dep:{{m60}}:live:{name}") == 0 for name in "abc")  # out of flight at once
+    stats = [r.hgetall(f"tollgate:dep:{{m60}}:stats:{name}") for name in "abc"]
+    assert sum(int(s.get(b"requests", 0)) for s in stats) == 0  # counted in process, not yet sent
+    shown = client.get("/api/admin/models/60/deployments", headers=admin_headers).json["data"]
+    assert sum(d["requests"] for d in shown) == 4  # sent in one batch before they are shown
     stats = [r.hgetall(f"tollgate:dep:{{m60}}:stats:{name}") for name in "abc"]
     assert sum(int(s.get(b"requests", 0)) for s in stats) == 4
-    assert all(r.zcard(f"tollgate:dep:{{m60}}:live:{name}") == 0 for name in "abc")
 
 
 def test_a_stream_closed_unread_gives_its_deployment_back_with_its_slots(make_app, redis_proxy, upstream,
@@ -548,7 +553,7 @@ def test_a_stream_closed_unread_gives_its_deployment_back_with_its_slots(make_ap
     import service.web.calls
 
     monkeypatch.setattr(service.web.calls, "CHAT_MAX_AGE", 3600)  # no catalogue version check among the trips
-    app = make_app(REDIS_URL=redis_proxy.url)
+    app = make_app(REDIS_URL=redis_proxy.url, DEPLOYMENT_STATS_SECONDS=3600)  # no batch of counts among them
     client = app.test_client()
     gate = threading.Event()
 
@@ -651,3 +656,38 @@ def test_routing_goes_on_in_process_while_redis_is_away(make_app, redis_proxy, u
     assert not app.extensions["tollgate"].cache.up
     assert sum(fleet.counts().values()) == 11
     invariant("alice")
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_process_sends_its_deployments_counts_a_batch_at_a_time(make_app, redis_url, upstream, admin_headers):
+    """Requests, errors and latencies go to Redis a batch at a time (here only when sent: the
+    setting is an hour); what limits depend on (calls in flight) is exact at once everywhere."""
+    apps = [make_app(REDIS_URL=redis_url, DEPLOYMENT_STATS_SECONDS=3600) for _ in range(2)]
+    first, second = (app.test_client() for app in apps)
+    fleet = Fleet(upstream, ["a", "b"])
+    add_pool(lambda **row: first.post("/api/admin/models", json=row, headers=admin_headers).json, fleet,
+             [{"name": "a"}, {"name": "b"}])
+    first.post("/api/admin/accounts/alice/credits", json={"amount": 10}, headers=admin_headers)
+    assert [call(first).status_code for _ in range(5)] == [200] * 5
+    seen = view(second, admin_headers)  # the other process: nothing sent yet, nothing in flight
+    assert sum(d["requests"] for d in seen.values()) == 0 and all(d["in_flight"] == 0 for d in seen.values())
+    apps[0].extensions["tollgate"].fleet.flush()  # what its maintenance tick does
+    seen = view(second, admin_headers)
+    assert sum(d["requests"] for d in seen.values()) == 5 and sum(d["errors"] for d in seen.values()) == 0
+    assert all(d["p50_latency_ms"] is not None for d in seen.values() if d["requests"])
+    assert view(first, admin_headers) == seen  # sent once: nothing left to add
+
+
+def test_a_process_sends_its_deployments_counts_every_setting_seconds(make_app, redis_url, upstream,
+                                                                      admin_headers):
+    """With DEPLOYMENT_STATS_SECONDS 0 each call's counts are sent as it ends: another process
+    sees them at once."""
+    apps = [make_app(REDIS_URL=redis_url, DEPLOYMENT_STATS_SECONDS=0) for _ in range(2)]
+    first, second = (app.test_client() for app in apps)
+    fleet = Fleet(upstream, ["a"])
+    add_pool(lambda **row: first.post("/api/admin/models", json=row, headers=admin_headers).json, fleet,
+             [{"name": "a"}])
+    first.post("/api/admin/accounts/alice/credits", json={"amount": 10}, headers=admin_headers)
+    for n in (1, 2, 3):
+        assert call(first).status_code == 200
+        assert view(second, admin_headers)["a"]["requests"] == n

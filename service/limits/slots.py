@@ -108,40 +108,55 @@ if tonumber(ARGV[5*best+1]) > 0 then
 end
 return {best, 0, 0}
 """
-# Gives a call's slots back and counts what its deployment's call left to count
-# (service/pipeline/deployment_health.py), in one command (as plain commands in a MULTI these were
-# eight more to send and read back). KEYS: the caps' sorted sets, then per deployment: its calls in
-# flight and requests this minute (zsets), stats (hash), tokens per minute (hash). ARGV: request
-# id, number of caps, then per deployment: tried (0: never tried, its entry this minute goes too),
-# ok (1|0), latency and time to first token ('': none), tokens (0: not counted), this minute, the
-# minute whose tokens go, latencies kept. The stats hash holds `requests`, `errors` and the last
-# latencies and times to first token as rings of fields (`l<i>`, i the call's number modulo
-# those kept; `t<j>`, j counted by `tn`): one HSET where a list took LPUSH, LTRIM and EXPIRE.
+# Gives a call's slots back and its deployment's lease (service/pipeline/deployment_health.py), in
+# one command. KEYS: the caps' sorted sets, then per deployment: its calls in flight and requests
+# this minute (zsets), tokens per minute (hash). ARGV: request id, number of caps, then per
+# deployment: tried (0: never tried, its entry this minute goes too), tokens (0: not counted),
+# this minute, the minute whose tokens go. (Requests, errors and latencies are counted apart, a
+# batch at a time: STATS.)
 GIVE_BACK = """
 local rid, ncaps = ARGV[1], tonumber(ARGV[2])
 for i = 1, ncaps do redis.call('ZREM', KEYS[i], rid) end
 local at = 3
-for k = ncaps + 1, #KEYS, 4 do
-  local tried, ok, tokens, keep = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 4]), tonumber(ARGV[at + 7])
+for k = ncaps + 1, #KEYS, 3 do
   redis.call('ZREM', KEYS[k], rid)
-  if tried == '0' then
-    redis.call('ZREM', KEYS[k + 1], rid)
-  else
-    local stats, latency, ttft = KEYS[k + 2], ARGV[at + 2], ARGV[at + 3]
-    local n = redis.call('HINCRBY', stats, 'requests', 1)
-    if ok == '0' then redis.call('HINCRBY', stats, 'errors', 1) end
-    if latency ~= '' then redis.call('HSET', stats, 'l' .. (n % keep), latency) end
-    if ttft ~= '' then
-      redis.call('HSET', stats, 't' .. (redis.call('HINCRBY', stats, 'tn', 1) % keep), ttft)
-    end
-    redis.call('EXPIRE', stats, 86400)
-    if tokens > 0 then
-      redis.call('HINCRBY', KEYS[k + 3], ARGV[at + 5], tokens)
-      redis.call('HDEL', KEYS[k + 3], ARGV[at + 6])
-      redis.call('EXPIRE', KEYS[k + 3], 120)
-    end
+  if ARGV[at] == '0' then redis.call('ZREM', KEYS[k + 1], rid) end
+  local tokens = tonumber(ARGV[at + 1])
+  if tokens > 0 then
+    redis.call('HINCRBY', KEYS[k + 2], ARGV[at + 2], tokens)
+    redis.call('HDEL', KEYS[k + 2], ARGV[at + 3])
+    redis.call('EXPIRE', KEYS[k + 2], 120)
   end
-  at = at + 8
+  at = at + 4
+end
+return 0
+"""
+# Counts what calls on deployments left to count since the last batch (this process's, every
+# DEPLOYMENT_STATS_SECONDS): KEYS: one stats hash per deployment; ARGV: latencies kept, then per
+# key: requests, errors, the number of latencies and the latencies, the number of times to first
+# token and those. The hash holds `requests`, `errors` and the last latencies and times to first
+# token as rings of fields (`l<i>`, `t<j>`; i counted by `requests`, j by `tn`).
+STATS = """
+local keep, at = tonumber(ARGV[1]), 2
+for _, key in ipairs(KEYS) do
+  local n, e = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+  local seen = redis.call('HINCRBY', key, 'requests', n) - n
+  if e > 0 then redis.call('HINCRBY', key, 'errors', e) end
+  at = at + 2
+  for _, kind in ipairs({'l', 't'}) do
+    local count = tonumber(ARGV[at])
+    if count > 0 then
+      if kind == 't' then seen = redis.call('HINCRBY', key, 'tn', count) - count end
+      local fields = {}
+      for j = 1, count do
+        fields[#fields + 1] = kind .. ((seen + j) % keep)
+        fields[#fields + 1] = ARGV[at + j]
+      end
+      redis.call('HSET', key, unpack(fields))
+    end
+    at = at + 1 + count
+  end
+  redis.call('EXPIRE', key, 86400)
 end
 return 0
 """

@@ -9,11 +9,13 @@ lease in the deployment's sorted set of calls in flight (member: the request id,
 the lease ends, in Redis's clock). On a lone Redis the call's admission script
 runs it for the call's first try (`taken`); later tries, and every try on a Redis Cluster, run
 it on its own (`take`). The process renews its leases on every maintenance tick, so a killed
-process's calls stop counting when their leases end. When the call ends the lease goes back and
-the call, its error, latency, time to first token and tokens are counted by one script
-(GIVE_BACK), in the command that gives the call's admission lease back (its own command on a
-Cluster, or when the call has no such lease). Every key of one model carries the hash tag `{m<id>}`: a script's
-keys share a slot on a Redis Cluster.
+process's calls stop counting when their leases end. When the call ends the lease goes back (and
+its tokens, for a `tpm` cap) by one script (GIVE_BACK), in the command that gives the call's
+admission lease back (its own command on a Cluster, or when the call has no such lease). The
+call's request, error, latency and time to first token are counted in process and sent a batch
+at a time (STATS, `flush`: every DEPLOYMENT_STATS_SECONDS, on every maintenance tick and before
+this process shows them), off the call's own commands. Every key of one model carries the hash
+tag `{m<id>}`: a script's keys share a slot on a Redis Cluster.
 
 A 429 cools the deployment (every process) for the provider's Retry-After, else
 DEPLOYMENT_COOLDOWN_SECONDS; a 401/403 disables it in the catalogue (every process, until an
@@ -35,7 +37,7 @@ from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from core.errors import RateLimited
-from service.limits.slots import GIVE_BACK, RENEW, TAKE_DEPLOYMENT as TAKE, Candidates
+from service.limits.slots import GIVE_BACK, RENEW, STATS, TAKE_DEPLOYMENT as TAKE, Candidates
 from service.metrics import BUCKETS
 from service.pipeline import deployments
 
@@ -61,13 +63,13 @@ _KEYS: dict[tuple, dict] = {}
 
 def keys(model_id: int, name: str) -> dict[str, str]:
     """A deployment's Redis keys, all in its model's hash slot (made once per deployment; `take`
-    and `back`: TAKE_DEPLOYMENT's four and GIVE_BACK's four, service/limits/slots.py)."""
+    and `back`: TAKE_DEPLOYMENT's four and GIVE_BACK's three, service/limits/slots.py)."""
     found = _KEYS.get((model_id, name))
     if found is None:
         base = f"tollgate:dep:{{m{model_id}}}:"
         found = {kind: f"{base}{kind}:{name}" for kind in ("live", "rpm", "tpm", "cool", "stats")}
         found["take"] = [found[kind].encode() for kind in ("live", "rpm", "tpm", "cool")]
-        found["back"] = [found[kind].encode() for kind in ("live", "rpm", "stats", "tpm")]
+        found["back"] = [found[kind].encode() for kind in ("live", "rpm", "tpm")]
         _KEYS[(model_id, name)] = found
     return found
 
@@ -159,14 +161,22 @@ class _Local:
     ewma: float | None = None  # recent latency, seconds (the `latency` strategy)
     breaker: str = ""  # its breaker's key (Fleet.breaker_key)
     tally: Tally | None = None  # its Prometheus numbers (under the model's name as last seen)
+    # counted since this process's last batch to Redis (Fleet.flush): requests, errors, latencies
+    # and times to first token
+    sent_requests: int = 0
+    sent_errors: int = 0
+    sent_lat: list = field(default_factory=list)
+    sent_ttft: list = field(default_factory=list)
 
 
 class Fleet:
     """Every deployment's state as this process sees it, shared through Redis when it answers."""
 
-    def __init__(self, cache, breakers, lease_seconds: float, cooldown: float):
+    def __init__(self, cache, breakers, lease_seconds: float, cooldown: float, stats_seconds: float = 1.0):
         self.cache, self.breakers = cache, breakers
-        self.lease_seconds, self.cooldown = lease_seconds, cooldown
+        self.lease_seconds, self.cooldown, self.stats_seconds = lease_seconds, cooldown, stats_seconds
+        self._dirty: dict[tuple, _Local] = {}  # what has counts to send in the next batch
+        self._flushed = time.monotonic()
         self._lock = threading.Lock()
         self._local: dict[tuple, _Local] = {}
         self._open: dict[str, Pick] = {}  # this process's remote leases, renewed every tick
@@ -175,6 +185,7 @@ class Fleet:
         self._take = client.register_script(TAKE) if client is not None else None
         self._renew = client.register_script(RENEW) if client is not None else None
         self._give = client.register_script(GIVE_BACK) if client is not None else None
+        self._stats = client.register_script(STATS) if client is not None else None
         self.cluster = cache.cluster
 
     def local(self, model_id: int, name: str) -> _Local:
@@ -385,13 +396,48 @@ class Fleet:
                     minute = int(time.time() // MINUTE)
                     s.tpm = {minute: s.tpm.get(minute, 0) + tokens}
                 return
-        part = _part(pick, True, ok, latency, ttft, tokens if dep.tpm else 0)
+            s.sent_requests += 1
+            if not ok:
+                s.sent_errors += 1
+            if latency is not None:
+                s.sent_lat.append(latency)
+            if ttft is not None:
+                s.sent_ttft.append(ttft)
+            self._dirty[(pick.model_id, dep.name)] = s
+        part = _part(pick, True, tokens if dep.tpm else 0)
         if lease is not None and lease.remote and not lease.returned and not self.cluster:
             # in the command that gives the call's slots back (service/limits/slots.py): no trip of its own
             # (on a cluster that trip is one slot's transaction, and these keys lie in another)
             lease.parts.append(lambda: part)  # Redis gone: the lease ends on its own
+        else:
+            self.cache.call(lambda r: self._give(keys=part[0], args=[pick.rid, 0, *part[1]], client=r))
+        if time.monotonic() - self._flushed >= self.stats_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the requests, errors, latencies and times to first token counted since the last
+        batch (STATS, service/limits/slots.py): one script per model, whose keys share a slot.
+        Every DEPLOYMENT_STATS_SECONDS from a call's end (0: at each call's), on every maintenance
+        tick, and before this process shows them. Lost if Redis fails meanwhile (they are counts
+        for the operator, not limits: caps and calls in flight never wait for a batch)."""
+        with self._lock:
+            self._flushed = time.monotonic()
+            if not self._dirty:
+                return
+            dirty, self._dirty = self._dirty, {}
+            batches: dict = {}
+            for (model_id, name), s in dirty.items():
+                lat, ttft = s.sent_lat[-KEEP:], s.sent_ttft[-KEEP:]  # only the last KEEP stay
+                ks, args = batches.setdefault(model_id, ([], [_KEEP]))
+                ks.append(keys(model_id, name)["stats"])
+                args += [s.sent_requests, s.sent_errors, len(lat), *[b"%.6f" % x for x in lat],
+                         len(ttft), *[b"%.6f" % x for x in ttft]]
+                s.sent_requests = s.sent_errors = 0
+                s.sent_lat, s.sent_ttft = [], []
+        if self._stats is None:
             return
-        self.cache.call(lambda r: self._give(keys=part[0], args=[pick.rid, 0, *part[1]], client=r))
+        for ks, args in batches.values():
+            self.cache.call(lambda r, ks=ks, args=args: self._stats(keys=ks, args=args, client=r))
 
     def renew(self) -> None:
         """Extend the leases of this process's calls in flight (the maintenance tick): one script
@@ -445,6 +491,8 @@ class Fleet:
 
     def view(self, row, deps: list) -> list[dict]:
         """Each deployment's state, calls in flight, requests, errors, p50s and cool-down end."""
+        if self.cache.up:
+            self.flush()  # what this process counted, in before it is read
         remote = self._read(row, deps) if self.cache.up else None
         out = []
         for i, dep in enumerate(deps):
@@ -503,20 +551,14 @@ class Fleet:
         return out
 
 
-_UNCOUNTED = (0, 0, -2, _KEEP)  # GIVE_BACK's tokens, minute, minute gone, kept: no tokens counted
-
-
-def _part(pick: Pick, tried: bool, ok: bool = True, latency: float | None = None, ttft: float | None = None,
-          tokens: int = 0) -> tuple[list, list]:
+def _part(pick: Pick, tried: bool, tokens: int = 0) -> tuple[list, list]:
     """GIVE_BACK's keys and args for one deployment's call (service/limits/slots.py)."""
     if tokens:
         minute = int(time.time() // MINUTE)
-        tail = (tokens, minute, minute - 2, _KEEP)
+        tail = [b"1" if tried else b"0", tokens, minute, minute - 2]
     else:
-        tail = _UNCOUNTED
-    return (keys(pick.model_id, pick.deployment.name)["back"],
-            [b"1" if tried else b"0", b"1" if ok else b"0",
-             b"" if latency is None else b"%.6f" % latency, b"" if ttft is None else b"%.6f" % ttft, *tail])
+        tail = [b"1" if tried else b"0", 0, 0, 0]
+    return keys(pick.model_id, pick.deployment.name)["back"], tail
 
 
 class Cooling:

@@ -190,6 +190,9 @@ def serve(sock: socket.socket | None = None) -> None:
     request_log = app.extensions.get("tollgate_log")
     if request_log is not None:  # the rows of the last calls, before a forked worker's os._exit (no atexit)
         request_log.close()
+    fleet = getattr(app.extensions.get("tollgate"), "fleet", None)
+    if fleet is not None:  # the deployments' counts of the last calls (service/pipeline/deployment_health.py)
+        fleet.flush()
     log.warning("tollgate worker %d stopped", os.getpid())
 
 
