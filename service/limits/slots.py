@@ -99,7 +99,7 @@ if #able > 0 then
   end
 end
 if best == 0 then return {0, wait, capped} end
-redis.call('ZREMRANGEBYSCORE', KEYS[4*best-3], '-inf', t)  -- a killed process's leases go
+-- (a killed process's leases left where nothing counted them go on every renewal: RENEW)
 redis.call('ZADD', KEYS[4*best-3], t + lease, rid)
 redis.call('EXPIRE', KEYS[4*best-3], math.ceil(lease) + 60)
 if tonumber(ARGV[5*best+1]) > 0 then
@@ -160,11 +160,17 @@ for _, key in ipairs(KEYS) do
 end
 return 0
 """
-# KEYS: sorted sets; ARGV: lease seconds, then one request id per key: push each lease's end.
+# KEYS: sorted sets; ARGV: lease seconds, then one request id per key: push each lease's end
+# (and drop the leases that ended: a killed process's).
 RENEW = """
 local now = redis.call('TIME')
 local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+local trimmed = {}
 for i, key in ipairs(KEYS) do
+  if not trimmed[key] then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', t)
+    trimmed[key] = true
+  end
   redis.call('ZADD', key, 'XX', t + tonumber(ARGV[1]), ARGV[1 + i])
   redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[1])) + 60)
 end

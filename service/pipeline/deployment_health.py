@@ -140,6 +140,7 @@ class Pick:
     usable: list | None = None  # taken by the admission script: the candidates it was offered
     routed: bool = False  # taken by the admission script: the router has tried the call on it
     state: object = None  # the deployment's _Local in this process (looked up once)
+    riding: bool = False  # its lease in flight rides on the call's admission lease (Fleet.taken)
 
     @property
     def name(self) -> str:
@@ -294,10 +295,19 @@ class Fleet:
 
     def taken(self, row, ordered: list, lease, states: list | None = None) -> Pick:
         """The deployment the admission script took with the call (lease.deployment among
-        `ordered`): renewed like any, and given back in the lease's round trip if the call never
-        tries it (a cached answer, a replay, a refused hold)."""
-        pick = Pick(row.id, row.name, ordered[lease.deployment - 1], lease.rid, True, usable=ordered,
+        `ordered`): renewed like any, and given back in the lease's round trip whether the call
+        tried it or not (a cached answer, a replay, a refused hold). Its lease in flight is a
+        member of the deployment's sorted set named by the request id, as a cap's slot is: without
+        an `rpm` cap it joins the admission lease's keys (Slots renews and removes it with them);
+        with one, an untried call's entry this minute must go too (`unused`)."""
+        dep = ordered[lease.deployment - 1]
+        pick = Pick(row.id, row.name, dep, lease.rid, True, usable=ordered,
                     state=states[lease.deployment - 1] if states else None)
+        lease.ahead = pick
+        if not dep.rpm:
+            pick.riding = True
+            lease.keys.append(keys(row.id, dep.name)["live"])
+            return pick
         with self._lock:
             self._open[pick.rid] = pick
 
@@ -404,12 +414,16 @@ class Fleet:
             if ttft is not None:
                 s.sent_ttft.append(ttft)
             self._dirty[(pick.model_id, dep.name)] = s
-        part = _part(pick, True, tokens if dep.tpm else 0)
-        if lease is not None and lease.remote and not lease.returned and not self.cluster:
+        tokens = tokens if dep.tpm else 0
+        if pick.riding and not tokens and lease is not None and lease.remote and not lease.returned:
+            pass  # the admission lease's give-back takes it out of flight (Fleet.taken)
+        elif lease is not None and lease.remote and not lease.returned and not self.cluster:
             # in the command that gives the call's slots back (service/limits/slots.py): no trip of its own
             # (on a cluster that trip is one slot's transaction, and these keys lie in another)
+            part = _part(pick, True, tokens)
             lease.parts.append(lambda: part)  # Redis gone: the lease ends on its own
         else:
+            part = _part(pick, True, tokens)
             self.cache.call(lambda r: self._give(keys=part[0], args=[pick.rid, 0, *part[1]], client=r))
         if time.monotonic() - self._flushed >= self.stats_seconds:
             self.flush()
