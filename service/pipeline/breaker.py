@@ -32,6 +32,15 @@ class Breakers:
             return "closed"
         return "half_open" if self.clock() - s.opened_at >= self.cooldown else "open"
 
+    def any_open(self, keys: list) -> bool:
+        """Whether any of these breakers is open (one call for a row's deployments)."""
+        found = self._states.get
+        for key in keys:
+            s = found(key)
+            if s is not None and s.opened_at is not None and self.clock() - s.opened_at < self.cooldown:
+                return True
+        return False
+
     def states(self) -> dict[str, str]:
         return {key: self.state(key) for key in list(self._states)}
 

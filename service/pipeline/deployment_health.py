@@ -77,7 +77,7 @@ def keys(model_id: int, name: str) -> dict[str, str]:
 class Tally:
     """One deployment's calls by outcome and upstream latencies, counted by this process for
     Prometheus (`tollgate_deployment_calls_total`, `tollgate_deployment_seconds`): plain numbers
-    under one lock, read at scrape time (prometheus_client's own children take a lock per bucket
+    under the Fleet's lock, read at scrape time (prometheus_client's own children take a lock per bucket
     and per counter, some 10 µs of every call)."""
 
     __slots__ = ("model", "ok", "errors", "buckets", "sum")
@@ -109,8 +109,8 @@ class _Tallies:
                                     labels=["model", "deployment", "outcome"])
         seconds = HistogramMetricFamily("tollgate_deployment_seconds", "Upstream latency per deployment "
                                         "(to the answer or the stream's first byte)", labels=["model", "deployment"])
-        with _TALLY_LOCK:
-            seen = [(key, t.ok, t.errors, list(t.buckets), t.sum) for key, t in _TALLIES.items()]
+        with _TALLY_LOCK:  # the dict; each count (an int, a float) is read whole
+            seen = [(key, t.ok, t.errors, list(t.buckets), t.sum) for key, t in list(_TALLIES.items())]
         for (model, name), ok, errors, buckets, total in seen:
             calls.add_metric([model, name, "ok"], ok)
             calls.add_metric([model, name, "error"], errors)
@@ -225,18 +225,18 @@ class Fleet:
         if made is None or made[0] is not self:
             states = [self.local(row.id, d.name) for d in ranked]
             made = ranked.offer = (self, self.candidates(row, ranked, "weighted"), states,
-                                   all(d.enabled for d in ranked))
-        _, offer, states, enabled = made
+                                   all(d.enabled for d in ranked), [s.breaker for s in states])
+        _, offer, states, enabled, breakers = made
         if not enabled or self._off:
             return None
-        now, state = None, self.breakers.state
+        now = None
         for s in states:
             if s.cool_until:
                 now = now or time.monotonic()
                 if s.cool_until > now:
                     return None
-            if state(s.breaker) == "open":
-                return None
+        if self.breakers.any_open(breakers):
+            return None
         return offer, states
 
     def latency(self, model_id: int):
@@ -323,12 +323,12 @@ class Fleet:
         return pick
 
     def routes(self, pick: Pick) -> bool:
-        """The router takes the admission's pick for its first try (once; False if already)."""
-        with self._lock:
-            if pick.routed:
-                return False
-            pick.routed = True
-            return True
+        """The router takes the admission's pick for its first try (once; False if already: only
+        the call's own thread routes it)."""
+        if pick.routed:
+            return False
+        pick.routed = True
+        return True
 
     def _take_local(self, row, ordered: list, rid: str, least_busy: bool):
         now = time.monotonic()
@@ -384,7 +384,7 @@ class Fleet:
         tally = s.tally
         if tally is None or tally.model != pick.model:  # once per deployment (and after a rename)
             tally = s.tally = _tally(pick.model, dep.name)
-        with _TALLY_LOCK:
+        with self._lock:  # (a process has one Fleet: its lock guards its deployments' tallies)
             if ok:
                 tally.ok += 1
             else:
@@ -392,7 +392,6 @@ class Fleet:
             if latency is not None:
                 tally.buckets[bisect.bisect_left(BUCKETS, latency)] += 1
                 tally.sum += latency
-        with self._lock:
             self._open.pop(pick.rid, None)
             if not pick.remote:
                 s.live.pop(pick.rid, None)
