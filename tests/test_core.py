@@ -44,3 +44,21 @@ def test_processes_starting_at_once_agree_on_one_generated_jwt_key(tmp_path):
     assert len(keys) == 1 and (tmp_path / "jwt-secret").read_text() == keys.pop()
     assert oct((tmp_path / "jwt-secret").stat().st_mode & 0o777) == "0o600"
     assert [p.name for p in tmp_path.iterdir()] == ["jwt-secret"]  # no draft left behind
+
+
+def test_breakers_any_open_follows_each_breakers_state():
+    from service.pipeline.breaker import Breakers
+
+    now = [100.0]
+    breakers = Breakers(threshold=2, cooldown=30, clock=lambda: now[0])
+    keys = ["dep:1:a", "dep:1:b"]
+    assert not breakers.any_open(keys)  # never seen
+    breakers.failure("dep:1:b")
+    assert not breakers.any_open(keys) and breakers.state("dep:1:b") == "closed"
+    breakers.failure("dep:1:b")
+    assert breakers.any_open(keys) and breakers.state("dep:1:b") == "open"
+    assert not breakers.any_open(["dep:1:a"])
+    now[0] += 30  # the cool-down passed: half-open lets a probe through, so it is usable again
+    assert not breakers.any_open(keys) and breakers.state("dep:1:b") == "half_open"
+    breakers.success("dep:1:b")
+    assert not breakers.any_open(keys) and breakers.state("dep:1:b") == "closed"
