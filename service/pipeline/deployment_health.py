@@ -126,7 +126,7 @@ class _Tallies:
 REGISTRY.register(_Tallies())
 
 
-@dataclass
+@dataclass(slots=True)
 class Pick:
     """A call's deployment, taken: given back once when the call ends."""
 

@@ -94,6 +94,7 @@ class Ranked(list):
 
     take = None
     offer = None
+    weighted = True  # the row's routing is `weighted`
 
 
 def by_priority(row) -> Ranked:
@@ -103,6 +104,7 @@ def by_priority(row) -> Ranked:
     found = row.__dict__.get("_ranked")
     if found is None:
         found = row.__dict__["_ranked"] = Ranked(sorted(of(row) or (), key=lambda d: d.priority))
+        found.weighted = strategy(row) == "weighted"
     return found
 
 

@@ -109,8 +109,8 @@ def ahead(chat, row, fleet):
     none is usable. A weighted row's call without an affinity key, every deployment usable here
     (the usual call): the row's deployments by priority, the script drawing one by weight; else
     candidates()'s order."""
-    if deployments.strategy(row) == "weighted" and deployments.affinity_key(chat) is None:
-        ranked = deployments.by_priority(row)
+    ranked = deployments.by_priority(row)
+    if ranked.weighted and deployments.affinity_key(chat) is None:
         offer = fleet.offer(row, ranked)
         if offer is not None:
             return ranked, *offer
