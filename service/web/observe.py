@@ -65,21 +65,31 @@ def _start() -> None:
     g.started = time.perf_counter()
 
 
+_CHILDREN: dict = {}  # (metric, labels) -> its child: labels() checks its labels and takes a lock each time
+
+
+def _child(metric, *labels):
+    found = _CHILDREN.get((metric, labels))
+    if found is None:
+        found = _CHILDREN.setdefault((metric, labels), metric.labels(*labels))
+    return found
+
+
 def _emit(record: dict, started: float, status: int, endpoint: str, streamed: bool) -> None:
     latency = time.perf_counter() - started
     model = record.get("model", "")
-    LATENCY.labels(endpoint).observe(latency)
-    REQUESTS.labels(endpoint, model, str(status)).inc()
+    _child(LATENCY, endpoint).observe(latency)
+    _child(REQUESTS, endpoint, model, str(status)).inc()
     if status == 429 and not record.get("upstream_status"):
-        REFUSED.labels(endpoint).inc()
+        _child(REFUSED, endpoint).inc()
     if record.get("upstream_seconds") is not None:
-        UPSTREAM.labels(model).observe(record["upstream_seconds"])
+        _child(UPSTREAM, model).observe(record["upstream_seconds"])
     if record.get("ttft_seconds") is not None:
-        TTFT.labels(model).observe(record["ttft_seconds"])
+        _child(TTFT, model).observe(record["ttft_seconds"])
     if "prompt_tokens" in record:
-        TOKENS.labels(model, "prompt").inc(record["prompt_tokens"])
-        TOKENS.labels(model, "completion").inc(record["completion_tokens"])
-        CHARGED.labels(model).inc(record.get("cost_micro", 0))
+        _child(TOKENS, model, "prompt").inc(record["prompt_tokens"])
+        _child(TOKENS, model, "completion").inc(record["completion_tokens"])
+        _child(CHARGED, model).inc(record.get("cost_micro", 0))
     line = {"ts": round(time.time(), 3), "request_id": record.get("request_id"), "method": record["method"],
             "path": record["path"], "status": status, "account": record.get("account"), "model": model or None,
             "latency_ms": round(latency * 1000, 2), "streamed": streamed,
