@@ -17,7 +17,7 @@ from limits.strategies import MovingWindowRateLimiter
 
 from core.errors import RateLimited
 from service.limits.rates import STORAGE_PREFIX, Rate
-from service.limits.slots import TAKE_DEPLOYMENT, TAKE_SLOTS, Candidates, Cap, ConcurrencyLimited, Lease
+from service.limits.slots import TAKE_FUNCTION, TAKE_SLOTS, Candidates, Cap, ConcurrencyLimited, Lease
 
 
 def _on_key(script: bytes) -> str:
@@ -45,10 +45,7 @@ local function window(key, ARGV)
 {_on_key(RedisStorage.SCRIPT_MOVING_WINDOW)}
 end
 {TAKE_SLOTS}
-local function take_deployment(KEYS, ARGV)
-{TAKE_DEPLOYMENT}
-end
-local now, rates, tokens, peek = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+{TAKE_FUNCTION}local now, rates, tokens, peek = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local at, oldest, count = 5, false, 0
 for i = 1, rates do
   local amount, expiry = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
@@ -81,11 +78,9 @@ if full > 0 then return {{3, full, oldest, count, 0}} end
 local answer = peek == 1 and redis.call('GET', KEYS[1])
 local first = peek + rates + tokens + ncaps + 1
 if #KEYS < first then return {{0, 0, oldest, count, 0, 0, answer}} end
--- the call's deployment, by the deployment's own rules, now that nothing refused the call
-local dk, da = {{}}, {{rid}}
-for i = first, #KEYS do dk[#dk + 1] = KEYS[i] end
-for i = at + 3 + ncaps, #ARGV do da[#da + 1] = ARGV[i] end
-return {{0, 0, oldest, count, 0, take_deployment(dk, da)[1], answer}}
+-- the call's deployment, by the deployment's own rules, now that nothing refused the call (its
+-- keys from `first`, its args after the caps' limits, read in place)
+return {{0, 0, oldest, count, 0, take_deployment(KEYS, first - 1, ARGV, at + 2 + ncaps, rid)[1], answer}}
 """
 
 

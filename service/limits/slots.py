@@ -36,7 +36,8 @@ local function take_slots(keys, rid, lease, limits)
 end
 """
 # A deployment of a model (service/pipeline/deployment_health.py), taken for a call by the
-# deployment's own script, or by the admission script (service/limits/admission.py) on a lone Redis.
+# deployment's own script, or by the admission script (service/limits/admission.py) on a lone Redis
+# (TAKE_FUNCTION reads its keys and args in place: K from ko + 1, A from ao + 1, the request id apart).
 # KEYS: per candidate its calls in flight (zset), requests this minute (zset), tokens per minute
 # (hash), cool-down (string). ARGV: request id, lease seconds, mode, a uniform number in [0, 1),
 # then per candidate max_concurrent, rpm, tpm (0: no cap), priority, weight; the candidates by
@@ -44,70 +45,74 @@ end
 # priority with the fewest calls in flight; 'weighted': one of those of the best priority that
 # can, by weight (drawn with the number: what the first of a weighted random order that can
 # would be, without the order made per call). Returns {index (0: none), wait ms, capped}.
-TAKE_DEPLOYMENT = """
-local now = redis.call('TIME')
-local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
-local minute = tostring(math.floor(t / 60))
-local rid, lease, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local best, fewest, level, wait, capped = 0, 0, nil, -1, 0
-local able, total = {}, 0
-local n = #KEYS / 4
--- whether any candidate is cooling down, in one command (the usual answer: none)
-local cools = {}
-for i = 1, n do cools[i] = KEYS[4*i] end
-local anycool = redis.call('EXISTS', unpack(cools)) > 0
-for i = 1, n do
-  local live, rpm, tpm, cool = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
-  local conc, rl, tl, prio = tonumber(ARGV[5*i]), tonumber(ARGV[5*i+1]), tonumber(ARGV[5*i+2]), tonumber(ARGV[5*i+3])
-  if level ~= nil and prio > level then break end
-  local ok, later = true, nil
-  if anycool then
-    local cooling = redis.call('PTTL', cool)
-    if cooling > 0 then ok, later = false, cooling end
+TAKE_FUNCTION = """
+local function take_deployment(K, ko, A, ao, rid)
+  local now = redis.call('TIME')
+  local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+  local minute = tostring(math.floor(t / 60))
+  local lease, mode = tonumber(A[ao + 1]), A[ao + 2]
+  local best, fewest, level, wait, capped = 0, 0, nil, -1, 0
+  local able, total = {}, 0
+  local n = (#K - ko) / 4
+  -- whether any candidate is cooling down, in one command (the usual answer: none)
+  local cools = {}
+  for i = 1, n do cools[i] = K[ko + 4*i] end
+  local anycool = redis.call('EXISTS', unpack(cools)) > 0
+  for i = 1, n do
+    local live, rpm, tpm, cool = K[ko + 4*i-3], K[ko + 4*i-2], K[ko + 4*i-1], K[ko + 4*i]
+    local conc, rl, tl, prio = tonumber(A[ao + 5*i-1]), tonumber(A[ao + 5*i]), tonumber(A[ao + 5*i+1]), tonumber(A[ao + 5*i+2])
+    if level ~= nil and prio > level then break end
+    local ok, later = true, nil
+    if anycool then
+      local cooling = redis.call('PTTL', cool)
+      if cooling > 0 then ok, later = false, cooling end
+    end
+    local inflight = 0
+    if conc > 0 or mode == 'least' then  -- counted only where it decides (the taken one is trimmed below)
+      redis.call('ZREMRANGEBYSCORE', live, '-inf', t)
+      inflight = redis.call('ZCARD', live)
+    end
+    if ok and conc > 0 and inflight >= conc then ok, later, capped = false, 1000, 1 end
+    if ok and rl > 0 then
+      redis.call('ZREMRANGEBYSCORE', rpm, '-inf', t - 60)
+      if redis.call('ZCARD', rpm) >= rl then
+        local oldest = redis.call('ZRANGE', rpm, 0, 0, 'WITHSCORES')
+        ok, later, capped = false, math.ceil((tonumber(oldest[2]) + 60 - t) * 1000), 1
+      end
+    end
+    if ok and tl > 0 and tonumber(redis.call('HGET', tpm, minute) or '0') >= tl then
+      ok, later, capped = false, math.ceil(((math.floor(t / 60) + 1) * 60 - t) * 1000), 1
+    end
+    if ok then
+      if mode == 'first' then best = i break end
+      if mode == 'least' then
+        if best == 0 or inflight < fewest then best, fewest, level = i, inflight, prio end
+      else
+        able[#able + 1], total, level = i, total + tonumber(A[ao + 5*i+3]), prio
+      end
+    elseif wait < 0 or later < wait then wait = later end
   end
-  local inflight = 0
-  if conc > 0 or mode == 'least' then  -- counted only where it decides (the taken one is trimmed below)
-    redis.call('ZREMRANGEBYSCORE', live, '-inf', t)
-    inflight = redis.call('ZCARD', live)
-  end
-  if ok and conc > 0 and inflight >= conc then ok, later, capped = false, 1000, 1 end
-  if ok and rl > 0 then
-    redis.call('ZREMRANGEBYSCORE', rpm, '-inf', t - 60)
-    if redis.call('ZCARD', rpm) >= rl then
-      local oldest = redis.call('ZRANGE', rpm, 0, 0, 'WITHSCORES')
-      ok, later, capped = false, math.ceil((tonumber(oldest[2]) + 60 - t) * 1000), 1
+  if #able > 0 then
+    local x = tonumber(A[ao + 3]) * total
+    best = able[#able]
+    for _, i in ipairs(able) do
+      x = x - tonumber(A[ao + 5*i+3])
+      if x < 0 then best = i break end
     end
   end
-  if ok and tl > 0 and tonumber(redis.call('HGET', tpm, minute) or '0') >= tl then
-    ok, later, capped = false, math.ceil(((math.floor(t / 60) + 1) * 60 - t) * 1000), 1
+  if best == 0 then return {0, wait, capped} end
+  -- (a killed process's leases left where nothing counted them go on every renewal: RENEW)
+  redis.call('ZADD', K[ko + 4*best-3], t + lease, rid)
+  redis.call('EXPIRE', K[ko + 4*best-3], math.ceil(lease) + 60)
+  if tonumber(A[ao + 5*best]) > 0 then
+    redis.call('ZADD', K[ko + 4*best-2], t, rid)
+    redis.call('EXPIRE', K[ko + 4*best-2], 61)
   end
-  if ok then
-    if mode == 'first' then best = i break end
-    if mode == 'least' then
-      if best == 0 or inflight < fewest then best, fewest, level = i, inflight, prio end
-    else
-      able[#able + 1], total, level = i, total + tonumber(ARGV[5*i+4]), prio
-    end
-  elseif wait < 0 or later < wait then wait = later end
+  return {best, 0, 0}
 end
-if #able > 0 then
-  local x = tonumber(ARGV[4]) * total
-  best = able[#able]
-  for _, i in ipairs(able) do
-    x = x - tonumber(ARGV[5*i+4])
-    if x < 0 then best = i break end
-  end
-end
-if best == 0 then return {0, wait, capped} end
--- (a killed process's leases left where nothing counted them go on every renewal: RENEW)
-redis.call('ZADD', KEYS[4*best-3], t + lease, rid)
-redis.call('EXPIRE', KEYS[4*best-3], math.ceil(lease) + 60)
-if tonumber(ARGV[5*best+1]) > 0 then
-  redis.call('ZADD', KEYS[4*best-2], t, rid)
-  redis.call('EXPIRE', KEYS[4*best-2], 61)
-end
-return {best, 0, 0}
 """
+# the script on its own: KEYS and ARGV as above
+TAKE_DEPLOYMENT = TAKE_FUNCTION + "return take_deployment(KEYS, 0, ARGV, 1, ARGV[1])\n"
 # Gives a call's slots back and its deployment's lease (service/pipeline/deployment_health.py), in
 # one command. KEYS: the caps' sorted sets, then per deployment: its calls in flight and requests
 # this minute (zsets), tokens per minute (hash). ARGV: request id, number of caps, then per
