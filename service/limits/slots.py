@@ -68,7 +68,7 @@ local function take_deployment(K, ko, A, ao, rid)
       if cooling > 0 then ok, later = false, cooling end
     end
     local inflight = 0
-    if conc > 0 or mode == 'least' then  -- counted only where it decides (the taken one is trimmed below)
+    if conc > 0 or mode == 'least' then  -- counted only where it decides
       redis.call('ZREMRANGEBYSCORE', live, '-inf', t)
       inflight = redis.call('ZCARD', live)
     end

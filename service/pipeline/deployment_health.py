@@ -414,16 +414,15 @@ class Fleet:
                 s.sent_ttft.append(ttft)
             self._dirty[(pick.model_id, dep.name)] = s
         tokens = tokens if dep.tpm else 0
-        if pick.riding and not tokens and lease is not None and lease.remote and not lease.returned:
-            pass  # the admission lease's give-back takes it out of flight (Fleet.taken)
-        elif lease is not None and lease.remote and not lease.returned and not self.cluster:
-            # in the command that gives the call's slots back (service/limits/slots.py): no trip of its own
-            # (on a cluster that trip is one slot's transaction, and these keys lie in another)
+        out = lease is not None and lease.remote and not lease.returned
+        if not (pick.riding and out and not tokens):  # riding: the lease's give-back takes it (Fleet.taken)
             part = _part(pick, True, tokens)
-            lease.parts.append(lambda: part)  # Redis gone: the lease ends on its own
-        else:
-            part = _part(pick, True, tokens)
-            self.cache.call(lambda r: self._give(keys=part[0], args=[pick.rid, 0, *part[1]], client=r))
+            if out and not self.cluster:
+                # in the command that gives the call's slots back (service/limits/slots.py): no trip of
+                # its own (on a cluster that trip is one slot's transaction, and these keys lie in another)
+                lease.parts.append(lambda: part)  # Redis gone: the lease ends on its own
+            else:
+                self.cache.call(lambda r: self._give(keys=part[0], args=[pick.rid, 0, *part[1]], client=r))
         if time.monotonic() - self._flushed >= self.stats_seconds:
             self.flush()
 
@@ -554,7 +553,7 @@ class Fleet:
         for i in range(len(deps)):
             inflight, raw, cool = got[3 * i:3 * i + 3]
             stats, lat, ttft = {}, [], []
-            for field_, value in raw.items():  # GIVE_BACK's rings: l<i>, t<i> (service/limits/slots.py)
+            for field_, value in raw.items():  # STATS's rings: l<i>, t<i> (service/limits/slots.py)
                 name = field_.decode()
                 if name[0] in "lt" and name[1:].isdigit():
                     (lat if name[0] == "l" else ttft).append(float(value))
