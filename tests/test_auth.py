@@ -117,6 +117,27 @@ def test_api_key_lifecycle(client, admin_headers, add_model, upstream, topup):
     unauthorized(client.get("/api/v1/account", headers=headers), "invalid_token")
 
 
+def test_a_key_read_by_its_prepared_query_is_the_key_peewee_reads(app, client, admin_headers):
+    """The key lookup of every call (service/store/prepared.py) reads the same key and account,
+    every field converted, as peewee's own query, on SQLite and PostgreSQL; a parent by id too."""
+    from service.web import auth as authn
+
+    expires = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)).isoformat()
+    r = client.post("/api/admin/keys", headers=admin_headers, json={
+        "account": "fay", "name": "ci", "models": ["m1", "m2"], "rpm": 7, "max_concurrent": 3,
+        "expires_at": expires, "budget": 2, "budget_period": "day"})
+    assert r.status_code == 201
+    digest = hashlib.sha256(r.json["key"].encode()).hexdigest()
+    with app.app_context():
+        ours = authn._BY_HASH.first(digest)
+        theirs = ApiKey.select(ApiKey, Account).join(Account).where(ApiKey.key_hash == digest).first()
+        assert ours.__data__ == theirs.__data__ and ours.account.__data__ == theirs.account.__data__
+        assert ours.models == ["m1", "m2"] and isinstance(ours.expires_at, dt.datetime) and ours.account.name == "fay"
+        assert not ours._dirty and not ours.account._dirty
+        assert authn._BY_ID.first(ours.id).__data__ == ours.__data__
+        assert authn._BY_HASH.first("0" * 64) is None and authn._BY_ID.first(ours.id + 1) is None
+
+
 def test_expired_api_key(client, admin_headers):
     past = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).isoformat()
     r = client.post("/api/admin/keys", json={"account": "erin", "expires_at": past}, headers=admin_headers)

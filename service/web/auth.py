@@ -14,6 +14,7 @@ from flask_jwt_extended.exceptions import JWTExtendedException
 
 from service.money import billing
 from service.store.db import Account, ApiKey, utcnow
+from service.store.prepared import Prepared
 from service.web.errors import AuthenticationFailed, Forbidden
 
 LOCAL_ACCOUNT = "local"
@@ -104,9 +105,13 @@ def _account_named(name: str) -> Caller:
     return caller
 
 
+_BY_HASH = Prepared(lambda digest: ApiKey.select(ApiKey, Account).join(Account)
+                    .where(ApiKey.key_hash == digest).limit(1))
+_BY_ID = Prepared(lambda key_id: ApiKey.select().where(ApiKey.id == key_id).limit(1))
+
+
 def _from_key(token: str) -> tuple[Account, ApiKey]:
-    key = (ApiKey.select(ApiKey, Account).join(Account)
-           .where(ApiKey.key_hash == key_hash(token)).first())
+    key = _BY_HASH.first(key_hash(token))
     _check_live(key)
     key.ancestors = _ancestors(key)
     return key.account, key
@@ -127,7 +132,7 @@ def _ancestors(key: ApiKey) -> list[ApiKey]:
     lives only while they do, and their limits bind it too (service/web/console/keys.py)."""
     found, parent_id = [], key.parent_id
     while parent_id is not None and len(found) < LINEAGE_MAX:
-        parent = ApiKey.get_or_none(ApiKey.id == parent_id)
+        parent = _BY_ID.first(parent_id)
         if parent is None or parent.revoked_at is not None or (
                 parent.expires_at is not None and parent.expires_at <= utcnow()):
             raise AuthenticationFailed("Invalid API key (the key it was made from is revoked or expired)")
