@@ -48,6 +48,9 @@ class Breakers:
         """Fail fast while open; let one probe through once the cool-down has passed."""
         if self.threshold <= 0:
             return
+        s = self._states.get(key)
+        if s is None or s.opened_at is None:
+            return  # closed (the usual case): no lock, nothing made
         with self._lock:
             s = self._states.setdefault(key, _State())
             if s.opened_at is None:
@@ -58,6 +61,9 @@ class Breakers:
             s.probing = True
 
     def success(self, key: str) -> None:
+        s = self._states.get(key)
+        if s is None or (not s.failures and s.opened_at is None and not s.probing):
+            return  # nothing to reset (the usual case): ordered before any failure racing it
         with self._lock:
             self._states[key] = _State()
 
