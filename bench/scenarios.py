@@ -1,5 +1,5 @@
 """The same-run comparisons of issues 34, 35 and 36 (part of `make bench`; alone with
-`BENCH_ONLY=routing,log,logs_page,cache make bench`, any subset).
+`BENCH_ONLY=routing,log,logs_page,cache,api_key make bench`, any subset).
 
 Each comparison runs its variants interleaved: round after round, every variant for a short wrk
 run (BENCH_ROUND_SECONDS, 3 s), the order reversed every other round (A B, B A, A B ...), and
@@ -28,6 +28,8 @@ to ±0.015 ms in 40 s.
   on every call) against the same new prompts on an uncached row (target: ≤ 0.2 ms more; the
   verdict by alternating pairs; the hit's ratio stays wrk's, as a Python client's own time per
   call would shrink a ratio).
+* api_key: the same call with an API key and with a JWT, alternating pairs: what a key's
+  lookup in the database adds to a call (no target; SPEC §5 wants a revoked key refused at once).
 * against (issue 37): this checkout's gateway against the one at the git revision BENCH_AGAINST
   (required: `BENCH_ONLY=against BENCH_AGAINST=f8551c4 make bench`), side by side on the same
   static upstream: non-streamed calls at c=1 (p50) and c=32 (req/s) and the CPU per call.
@@ -52,7 +54,7 @@ from pathlib import Path
 
 import requests
 
-NAMES = ("routing", "log", "cache", "against", "logs_page")  # a million log rows come last
+NAMES = ("routing", "log", "cache", "api_key", "against", "logs_page")  # a million log rows come last
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SECONDS = int(os.environ.get("BENCH_ROUND_SECONDS", "3"))
 ALTERNATE_SECONDS = int(os.environ.get("BENCH_ALTERNATE_SECONDS", "40"))
@@ -185,24 +187,25 @@ def paired(res: dict, a: str, b: str, value) -> float:
 
 
 def alternate(url: str, auth: str, bodies: dict, compare: dict | None = None,
-              seconds: float = ALTERNATE_SECONDS) -> dict:
+              seconds: float = ALTERNATE_SECONDS, auths: dict | None = None) -> dict:
     """c=1 over one kept connection, the variants' calls alternating (A B, B A, ...) for `seconds`:
     each variant's p50, and the median over the pairs of its latency less the first variant's in
     the same pair, with a distribution-free 95% interval (order statistics of the binomial). Two
     calls a few ms apart see the same machine, so its drift falls out; rounds of wrk 3 s apart do
     not (on this 2-core VM a round's p50 moves 0.2–1 ms with the machine). bodies: label ->
     body(i) -> bytes (the i-th call's); compare: name -> (label, label) of the differences wanted
-    (default: each variant less the first)."""
+    (default: each variant less the first); auths: label -> its Authorization, where not `auth`."""
     session = requests.Session()
-    headers = {"Authorization": auth, "Content-Type": "application/json"}
     labels = list(bodies)
+    headers = {label: {"Authorization": (auths or {}).get(label, auth), "Content-Type": "application/json"}
+               for label in labels}
     lat, errors, i = {label: [] for label in labels}, 0, 0
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         for label in (labels if i % 2 == 0 else labels[::-1]):
             data = bodies[label](i)
             started = time.perf_counter()
-            r = session.post(url, data=data, headers=headers, timeout=30)
+            r = session.post(url, data=data, headers=headers[label], timeout=30)
             lat[label].append((time.perf_counter() - started) * 1000)
             errors += r.status_code != 200
         i += 1
@@ -422,6 +425,18 @@ def cache(ctx) -> dict:
             "load": load_average()}
 
 
+def api_key(ctx) -> dict:
+    """The same call with an API key (a database lookup per call: SPEC §5 wants a revoked key
+    refused at once, in every process) and with a JWT (verified once, then remembered), by
+    alternating pairs."""
+    url = ctx["urls"]["gateway"]
+    found = re.match(r"id (\d+): (\S+)", ctx["flask"](ctx["env"], "keys", "create", "bench", "--label", "bench-auth"))
+    key = f"Bearer {found.group(2)}"
+    ctx["fire"](url, key, 300, body=body("bench"))
+    alt = alternate(url, ctx["auth"], {"JWT": _bytes("bench"), "API key": _bytes("bench")}, auths={"API key": key})
+    return {"alternating": alt, "load": load_average()}
+
+
 # Started as `python -c BOOT <root> <packages> serve|check` with cwd=<root> and PYTHONPATH=<root>: it
 # prints where each of the project's packages was imported from and stops if any came from
 # outside <root> (the package is installed in editable mode, pointing at another checkout);
@@ -567,7 +582,8 @@ def against(ctx) -> dict:
     return out
 
 
-RUNNERS = {"routing": routing, "log": request_log, "logs_page": logs_page, "cache": cache, "against": against}
+RUNNERS = {"routing": routing, "log": request_log, "logs_page": logs_page, "cache": cache, "against": against,
+           "api_key": api_key}
 
 
 def run(names: list[str], ctx: dict) -> dict:
@@ -685,6 +701,15 @@ def lines(found: dict | None) -> str:
                       f"ms; {a['errors']} non-200): a miss adds **{d['median']:+.3f} ms** (median of the pairs' "
                       f"differences; 95% interval {d['low']:+.3f} … {d['high']:+.3f}); target ≤ 0.2 ms: "
                       f"{_ok(r['met_miss'])}"]
+    if "api_key" in found:
+        a = found["api_key"]["alternating"]
+        d = a["paired"]["API key"]
+        parts += ["", f"### An API key against a JWT, c=1 ({found['api_key']['when']}, load "
+                  f"{found['api_key']['load_before']} → {found['api_key']['load']})", "",
+                  f"* {a['pairs']} pairs of the same call, with a JWT and with an API key, alternating over one "
+                  f"kept connection ({a['seconds']} s; p50 {a['p50']['JWT']:.3f} / {a['p50']['API key']:.3f} ms; "
+                  f"{a['errors']} non-200): the key's lookup adds **{d['median']:+.3f} ms** per call (median of the "
+                  f"pairs' differences; 95% interval {d['low']:+.3f} … {d['high']:+.3f})"]
     if "against" in found:
         r = found["against"]
         new, was = r["sides"]
