@@ -634,14 +634,16 @@ def main() -> None:
     results = measure()
     name = "results-peer" if PEER else "results"
     out, raw = ROOT / "bench" / f"{name}.md", ROOT / "bench" / f"{name}.json"
+    # the scenarios not run this time stay as they were (each shows when it ran)
+    kept = json.loads(raw.read_text()) if raw.exists() else {}
+    found = {**kept.get("scenarios", {}), **results.get("scenarios", {})}
     if "load" in results:
-        out.write_text(report(results) + "\n" + scenarios.lines(results.get("scenarios")))
-    else:  # BENCH_ONLY without the standard scenarios: theirs stay, the chosen ones are replaced
-        kept = json.loads(raw.read_text()) if raw.exists() else {}
-        kept.setdefault("scenarios", {}).update(results.get("scenarios", {}))
-        results = {**kept, "scenarios": kept["scenarios"]}
+        results["scenarios"] = found
+        out.write_text(report(results) + "\n" + scenarios.lines(found))
+    else:  # BENCH_ONLY without the standard scenarios: theirs stay too
+        results = {**kept, "scenarios": found}
         out.write_text(scenarios.merge_markdown(out.read_text() if out.exists() else "# Benchmark results\n",
-                                                scenarios.lines(results["scenarios"])))
+                                                scenarios.lines(found)))
     raw.write_text(json.dumps(results, indent=1, default=str))
     print(out.read_text())
 
