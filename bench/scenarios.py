@@ -630,7 +630,7 @@ def lines(found: dict | None) -> str:
              "other round; medians over the rounds. The gateway's CPU per call (all its threads, from "
              "/proc around each run) moves far less with the machine's load than latency does. Load "
              "average (1, 5, 15 min) before and after each scenario. "
-             "`BENCH_ONLY=routing,log,cache,logs_page make bench` re-runs them alone "
+             "`BENCH_ONLY=routing,log,cache,api_key,logs_page make bench` re-runs them alone "
              "(`against` with `BENCH_AGAINST=<git revision>`)."]
     if "routing" in found:
         r = found["routing"]
