@@ -146,6 +146,11 @@ def _warn_of_connection_budget(conf: dict) -> None:
 class _Flask(Flask):
     json_provider_class = ExactJSONProvider  # credits beyond a float's 15 digits stay exact
 
+    def ensure_sync(self, func):
+        """Every view and hook here (and in the extensions) is a plain function: Flask's check of
+        each for a coroutine, ten a request, is skipped."""
+        return func
+
 
 def create_app(overrides: dict | None = None) -> Flask:
     """Build the app; `overrides` replaces settings (tests)."""

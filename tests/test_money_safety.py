@@ -277,6 +277,15 @@ def test_bad_input_is_a_400_never_a_500(client, paid, body):
     assert not paid.log and account("alice").held == 0 and len(ledger("alice")) == 1
 
 
+@pytest.mark.parametrize("path, headers, where", [
+    ("/api/v1/usage?from=%00", {}, "query"), ("/api/v1/usage?a=1&b%00=2", {}, "query"),
+    ("/api/v1/usage", {"X-Note": "a\x00b"}, "header"), ("/api/v1/usage", {"Idempotency-Key": "\x00"}, "header"),
+], ids=["query-value", "query-name", "header", "idempotency-key"])
+def test_a_nul_in_the_query_or_a_header_is_a_400(client, path, headers, where):
+    r = client.get(path, headers={**auth(), **headers})
+    assert r.status_code == 400 and r.json["error"]["message"] == f"The request's {where} contains a NUL character"
+
+
 def test_nul_bytes_and_long_notes_are_refused(client, admin_headers, topup):
     topup("carl", 1)
     bad_sub = {"Authorization": "Bearer " + token("ev\x00il")}

@@ -74,17 +74,22 @@ def json_object() -> dict:
     return body
 
 
+HEADER_KEYS = ("HTTP_", "CONTENT_TYPE", "CONTENT_LENGTH")  # a request's headers in the WSGI environ
+
+
 def no_nul_characters() -> None:
     """400 for a NUL character (U+0000) in the path, a query parameter or a header value, before
     any view: no legitimate request carries one, and no stored text may hold one (PostgreSQL
     refuses it, which would otherwise be a 500 wherever the value reaches a query)."""
-    where = None
+    environ, where = request.environ, None
+    query = environ.get("QUERY_STRING", "")
     if "\x00" in request.path:
         where = "path"
-    elif any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
+    elif ("%00" in query or "\x00" in query) and any(
+            "\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
         where = "query"
-    elif any("\x00" in v for v in request.headers.values()):
-        where = "header"
+    elif any("\x00" in v for k, v in environ.items() if k.startswith(HEADER_KEYS) and isinstance(v, str)):
+        where = "header"  # (the headers as the server read them: no header object made)
     if where:
         raise InvalidRequest(f"The request's {where} contains a NUL character", code="invalid_request")
 
