@@ -202,6 +202,23 @@ def test_provider_429_is_its_limit_never_a_breaker_failure(gw, upstream):
     nothing_charged()
 
 
+def test_a_call_counts_once_against_the_breaker_however_many_tries(gw, upstream):
+    """One call retried on 500s used to count each try as a failure: with two retries, one
+    caller's single bad call opened a breaker of threshold 3 for everyone (llama.cpp's server
+    answers its own request validation with a 500)."""
+    app, client = gw(BREAKER_THRESHOLD=2, BREAKER_COOLDOWN=30, UPSTREAM_RETRIES=2)
+    upstream.expect_request("/bad/chat/completions").respond_with_handler(failing(500))
+    client.patch("/api/admin/models/3", json={"base_url": upstream.url_for("/bad")}, headers=auth("root", True))
+    assert chat(client, "dead").status_code == 502
+    assert len([x for x in upstream.log if x[0].path == "/bad/chat/completions"]) == 3  # tried three times
+    assert client.get("/readyz").json["checks"]["breakers"] == {}  # counted once: still closed
+    assert chat(client, "dead").status_code == 502
+    assert list(client.get("/readyz").json["checks"]["breakers"].values()) == ["open"]  # the second call opens it
+    r = chat(client, "dead")
+    assert r.status_code == 503 and r.json["error"]["code"] == "circuit_open"
+    nothing_charged()
+
+
 def test_breaker_fails_fast_then_recovers(gw, upstream):
     app, client = gw(BREAKER_THRESHOLD=2, BREAKER_COOLDOWN=0.3, UPSTREAM_RETRIES=0)
     broken = threading.Event()

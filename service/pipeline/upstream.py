@@ -148,7 +148,9 @@ class Transport:
 
     def _post(self, call: Call, stream: bool) -> urllib3.BaseHTTPResponse:
         """POST with up to `retries` more tries on retryable failures (jittered backoff,
-        honouring Retry-After), behind the upstream's circuit breaker."""
+        honouring Retry-After), behind the upstream's circuit breaker: a call whose every try
+        failed counts once against it, however many tries it made (so one caller's few calls
+        cannot open it for everyone)."""
         key = call.breaker or f"{call.base}|{call.chat.model.upstream_model}"
         self.breakers.before(key, call.chat.model.provider)
         retries = self.retries if call.retries is None else call.retries
@@ -156,16 +158,17 @@ class Transport:
             try:
                 resp = self._post_once(call, stream)
             except GatewayError as err:
-                if not retryable(err) or isinstance(err, UpstreamRateLimited):
+                failed = retryable(err) and not isinstance(err, UpstreamRateLimited)
+                if not failed:
                     # the upstream answered: the request was at fault, or the provider's limit was
                     # reached (its limit, not its failure: a 429 never opens the breaker)
                     self.breakers.success(key)
                     if not retryable(err):
                         raise
-                else:
-                    self.breakers.failure(key)
                 wait = self._wait(err, attempt)
                 if attempt == retries or wait is None:
+                    if failed:
+                        self.breakers.failure(key)
                     raise
                 time.sleep(wait)
                 continue
