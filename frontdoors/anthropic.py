@@ -32,11 +32,20 @@ DELTA_USAGE = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_
 STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "function_call": "tool_use",
         "content_filter": "refusal"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
-               403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-               429: "rate_limit_error", 503: "overloaded_error", 504: "timeout_error", 529: "overloaded_error"}
+               403: "permission_error", 404: "not_found_error", 405: "invalid_request_error",
+               409: "invalid_request_error", 413: "request_too_large", 415: "invalid_request_error",
+               422: "invalid_request_error", 429: "rate_limit_error", 431: "invalid_request_error",
+               503: "overloaded_error", 504: "timeout_error", 529: "overloaded_error"}
+PATHS = ("/v1/messages", "/api/v1/messages")  # the Messages door (and count_tokens under it)
 # a stream's error event: the gateway's error type as Anthropic's (a provider that failed: api_error)
 STREAM_ERRORS = {"rate_limit_error": "rate_limit_error", "service_unavailable": "overloaded_error",
                  "timeout_error": "timeout_error", "invalid_request_error": "invalid_request_error"}
+
+
+def at_door(path: str) -> bool:
+    """Whether a request path is the Messages door's: its errors are Anthropic's, even those
+    raised before its view runs (a method not allowed, a body refused by the server)."""
+    return any(path == p or path.startswith(p + "/") for p in PATHS)
 
 
 def error_body(err: GatewayError, request_id: str | None = None) -> dict:

@@ -156,6 +156,20 @@ def test_a_declared_gigabyte_is_refused_before_its_body_is_read(guarded):
         contract_413(answer)
 
 
+def test_the_messages_doors_413_is_in_anthropics_shape(guarded):
+    """The server's own refusal of an oversized body on the Messages door is an Anthropic error,
+    as every other error of that door is: `request_too_large`, Anthropic's documented type for a
+    413 (the SDK's typed union of error objects leaves it out, so the shape is checked here)."""
+    live = guarded()
+    with connect(live) as sock:
+        sock.sendall(HEAD.replace(b"/api/v1/chat/completions", b"/v1/messages") + b"Content-Length: 999999999\r\n\r\n")
+        head, _, body = read_answer(sock).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), head
+    error = json.loads(body)
+    assert error == {"type": "error", "error": {"type": "request_too_large", "message": error["error"]["message"]}}
+    assert "larger than the limit" in error["error"]["message"]
+
+
 def test_the_413_is_the_contract_body_when_the_client_waits(guarded):
     live = guarded()
     with connect(live) as sock:

@@ -135,6 +135,24 @@ def test_errors_come_in_anthropics_shape(sdk, gateway):
     assert not charges("alice") and holds() == 0
 
 
+def test_errors_before_the_doors_view_are_in_anthropics_shape_too(gateway):
+    """A method the door does not serve and a body that is not JSON are refused before the door's
+    own hook runs; they are still Anthropic errors, typed as the client's fault."""
+    r = gateway.get("/v1/messages", headers=auth())
+    assert r.status_code == 405 and r.headers["Allow"]
+    anthropic_shape("error", r.json)
+    assert r.json["error"]["type"] == "invalid_request_error"
+    r = gateway.post("/v1/messages", headers=auth(), data="hi", content_type="text/plain")
+    assert r.status_code == 415
+    anthropic_shape("error", r.json)
+    assert r.json["error"]["type"] == "invalid_request_error"
+    r = gateway.get("/v1/messages/nothing-here", headers=auth())
+    assert r.status_code == 404 and r.json["error"]["type"] == "not_found_error"
+    r = gateway.get("/v1/messagesx", headers=auth())  # not the door: the gateway's own shape
+    assert r.status_code == 404 and r.json["success"] is False
+    assert not charges("alice") and holds() == 0
+
+
 @pytest.mark.parametrize("api", ["gemini", "anthropic"])
 def test_count_tokens(sdk, api):
     counted = sdk.messages.count_tokens(model=f"m-{api}", messages=[{"role": "user", "content": "x" * 400}])

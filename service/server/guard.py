@@ -28,6 +28,7 @@ from waitress.parser import HTTPRequestParser
 from waitress.task import ErrorTask
 
 from core.errors import GatewayError
+from frontdoors import anthropic
 from service.server.eventloop import Channel
 
 log = logging.getLogger("tollgate")
@@ -49,8 +50,9 @@ class ContractErrorTask(ErrorTask):
         kind, name, message = WAITRESS_ERRORS.get(code, ("invalid_request_error", "invalid_request",
                                                          "Malformed HTTP request"))
         err = GatewayError(message, code=name)
-        err.type = kind
-        body = json.dumps(err.body()).encode()
+        err.type, err.status = kind, code
+        path = getattr(self.request, "path", None) or ""
+        body = json.dumps(anthropic.error_body(err) if anthropic.at_door(path) else err.body()).encode()
         self.status = f"{code} {getattr(self.request.error, 'reason', 'Bad Request')}"
         self.response_headers.extend([("Content-Type", "application/json"), ("x-should-retry", "false")])
         self.set_close_on_finish()

@@ -13,6 +13,7 @@ from core.errors import (  # noqa: F401 - re-exported: the web layer's names for
     InvalidRequest, ModelNotFound, NotFound, NotImplementedByProvider, ProviderError,
     ProviderUnavailable, RateLimited, UpstreamRateLimited, UpstreamRejected, UpstreamTimeout, scrub,
 )
+from frontdoors import anthropic
 
 __all__ = ["ZH", "AuthenticationFailed", "DatabaseUnavailable", "Forbidden", "GatewayError", "InsufficientCredits",
            "InvalidRequest", "ModelNotFound", "NotFound", "NotImplementedByProvider", "ProviderError",
@@ -30,6 +31,8 @@ def language() -> str:
 def render(err: GatewayError):
     scrub(err, current_app.config["PROVIDER_KEYS"].values())
     shape = g.get("error_body")  # a front door with its own error shape (Anthropic's)
+    if shape is None and anthropic.at_door(request.path):  # refused before the door's own hook ran
+        shape = anthropic.error_body
     response = jsonify(shape(err) if shape else err.body(language()))
     response.status_code = err.status
     for key, value in err.headers.items():
