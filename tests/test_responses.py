@@ -9,7 +9,7 @@ import openai
 import pytest
 from werkzeug import Response
 
-from tests.conftest import token
+from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
 from tests.helpers import charges, holds, invariant, json_answer
 from tests.providers import fixture
@@ -123,6 +123,29 @@ def test_conversation_state_retrieve_items_delete(sdk, upstream, api):
         sdk.responses.retrieve(first.id)
     with pytest.raises(openai.NotFoundError):
         sdk.responses.create(model=f"m-{api}", input="x", previous_response_id=first.id)
+
+
+def test_input_items_are_paged_as_openais(sdk, gateway, upstream):
+    """Newest first by default, `limit` and `after` page them (the SDK's auto-paging follows
+    `after` = the last id while `has_more`), `order=asc` reverses; bad values are 400s by name."""
+    upstream.expect_request(PATHS["openai"]).respond_with_handler(_json(fake_openai.completion("ok", 9, 1)))
+    made = sdk.responses.create(model="m-openai", input=[
+        {"role": "user", "content": word} for word in ("one", "two", "three")])
+
+    def words(items):
+        return [item.content[0].text for item in items]
+
+    assert words(sdk.responses.input_items.list(made.id).data) == ["three", "two", "one"]
+    page = sdk.responses.input_items.list(made.id, limit=2)
+    assert words(page.data) == ["three", "two"] and page.has_more and page.last_id == page.data[-1].id
+    assert words(sdk.responses.input_items.list(made.id, limit=1)) == ["three", "two", "one"]  # auto-paged
+    assert words(sdk.responses.input_items.list(made.id, order="asc", limit=2)) == ["one", "two", "three"]
+    last = sdk.responses.input_items.list(made.id, order="asc", after=page.data[0].id)
+    assert words(last.data) == [] and not last.has_more and last.first_id is None
+    for query, param in (("order=sideways", "order"), ("limit=0", "limit"), ("limit=101", "limit"),
+                         ("limit=x", "limit"), ("after=nope", "after")):
+        r = gateway.get(f"/v1/responses/{made.id}/input_items?{query}", headers=auth())
+        assert r.status_code == 400 and r.json["error"]["param"] == param, (query, r.json)
 
 
 def test_structured_output_and_store_false(sdk, upstream):

@@ -128,6 +128,21 @@ def delete(response_id: str):
 @bp.get("/v1/responses/<response_id>/input_items")
 @bp.get("/api/v1/responses/<response_id>/input_items")
 def input_items(response_id: str):
-    items = _stored(response_id).input_items
-    return {"object": "list", "data": items, "first_id": items[0]["id"] if items else None,
-            "last_id": items[-1]["id"] if items else None, "has_more": False}
+    """A page of the response's input items, as OpenAI's: `order` desc (the default: newest
+    first) or asc, `limit` 1–100 (20), `after` an item id (the page starts after it)."""
+    items = list(_stored(response_id).input_items)
+    order, limit, after = request.args.get("order", "desc"), request.args.get("limit", "20"), request.args.get("after")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest(f"'order' must be 'asc' or 'desc', got {clip(order)!r}", param="order")
+    if not limit.isdigit() or not 1 <= int(limit) <= 100:
+        raise InvalidRequest(f"'limit' must be an integer from 1 to 100, got {clip(limit)!r}", param="limit")
+    if order == "desc":
+        items.reverse()
+    if after is not None:
+        ids = [item.get("id") for item in items]
+        if after not in ids:
+            raise InvalidRequest(f"'after' names no input item of this response: {clip(after)!r}", param="after")
+        items = items[ids.index(after) + 1:]
+    page = items[:int(limit)]
+    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None, "has_more": len(items) > len(page)}
