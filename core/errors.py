@@ -116,7 +116,16 @@ class UpstreamRateLimited(GatewayError):
 
 
 class NotImplementedByProvider(GatewayError):
+    """What the gateway cannot do on a row at all (its protocol, embeddings on a provider without
+    them): the catalogue's limit, not the request's."""
     status, type, code = 501, "not_implemented", "not_implemented"
+
+
+class UnsupportedParameter(InvalidRequest):
+    """A parameter (or value) the chosen row's provider cannot honour: a 400 naming it (SPEC §7:
+    a translated row maps each field or answers 400 naming it), with OpenAI's code for it. A
+    fallback row that cannot honour it is passed over."""
+    code = "unsupported_parameter"
 
 
 class DatabaseUnavailable(GatewayError):

@@ -25,7 +25,7 @@ from providers.base import (
 )
 from providers.parts import Part, parts_of, refuse
 from core.chat import PassThrough
-from core.errors import InvalidRequest, NotImplementedByProvider, ProviderError, clip
+from core.errors import InvalidRequest, ProviderError, UnsupportedParameter, clip
 
 VERSION = "2023-06-01"
 THINKING = {"none": 0, "minimal": 1024, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32000}
@@ -56,7 +56,7 @@ class AnthropicAdapter(Adapter):
                                  param="max_tokens")
         fmt = (chat.params.get("response_format") or {}).get("type", "text")
         if fmt != "text":
-            raise NotImplementedByProvider(f"response_format '{clip(fmt)}' is not supported by the "
+            raise UnsupportedParameter(f"response_format '{clip(fmt)}' is not supported by the "
                                            "anthropic provider", param="response_format")
 
     def url(self, base: str, model, stream: bool) -> str:

@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Iterable, Iterator
 
 from core.errors import (
-    GatewayError, InvalidRequest, NotImplementedByProvider, ProviderError, ProviderUnavailable,
+    GatewayError, InvalidRequest, NotImplementedByProvider, ProviderError, ProviderUnavailable, UnsupportedParameter,
     UpstreamRateLimited, UpstreamRejected, clip,
 )
 from core.types import Completion, Delta, StreamState  # noqa: F401 - the adapters' vocabulary
@@ -127,16 +127,17 @@ class Adapter(ABC):
 
     name = "base"
     native_n = True
-    unsupported: tuple[str, ...] = ()  # OpenAI features this provider lacks: 501
+    unsupported: tuple[str, ...] = ()  # OpenAI features this provider lacks: 400 unsupported_parameter
     mapped: frozenset = frozenset()  # parameters this adapter translates; any other is a 400
     stream_format = "sse"  # or "ndjson"
 
     def check(self, chat) -> None:
-        """Refuse what this provider cannot honour, never drop it: a feature it lacks is 501,
-        a parameter with no equivalent there is 400 naming it."""
+        """Refuse what this provider cannot honour, never drop it: a feature it lacks is 400
+        `unsupported_parameter`, a parameter with no equivalent there 400 `invalid_parameter`,
+        each naming it."""
         for param in chat.params:
             if param in self.unsupported:
-                raise NotImplementedByProvider(
+                raise UnsupportedParameter(
                     f"Parameter '{clip(param)}' is not supported by the {self.name} provider", param=param)
             if param not in self.mapped:
                 raise InvalidRequest(f"Parameter '{clip(param)}' has no equivalent on the {self.name} "

@@ -18,7 +18,7 @@ from providers.base import (
     turns,
 )
 from providers.parts import Part, parts_of, refuse
-from core.errors import NotImplementedByProvider, ProviderError
+from core.errors import ProviderError, UnsupportedParameter
 
 CONFIG = {"temperature": "temperature", "top_p": "topP", "top_k": "topK", "max_tokens": "maxOutputTokens",
           "max_completion_tokens": "maxOutputTokens", "n": "candidateCount", "seed": "seed",
@@ -42,7 +42,7 @@ class GeminiAdapter(Adapter):
         super().check(chat)
         _contents(chat.messages)  # every part has a Gemini shape, or a 400 now
         if chat.params.get("parallel_tool_calls") is False:
-            raise NotImplementedByProvider("Parameter 'parallel_tool_calls' = false is not supported "
+            raise UnsupportedParameter("Parameter 'parallel_tool_calls' = false is not supported "
                                            "by the gemini provider", param="parallel_tool_calls")
 
     def url(self, base: str, model, stream: bool) -> str:

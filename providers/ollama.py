@@ -14,7 +14,7 @@ from providers.base import (
     Adapter, Completion, Delta, StreamState, as_function_call, capped, choice, legacy,
 )
 from providers.parts import parts_of, refuse
-from core.errors import NotImplementedByProvider, ProviderError, ProviderUnavailable
+from core.errors import ProviderError, ProviderUnavailable, UnsupportedParameter
 
 OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "seed": "seed",
            "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
@@ -36,7 +36,7 @@ class OllamaAdapter(Adapter):
             _message(m, i)  # every part has an Ollama shape, or a 400 now
         choice_ = chat.params.get("tool_choice")
         if choice_ not in (None, "auto", "none"):
-            raise NotImplementedByProvider(
+            raise UnsupportedParameter(
                 "Parameter 'tool_choice' other than auto/none is not supported by the ollama provider",
                 param="tool_choice")
 

@@ -210,11 +210,12 @@ def sdk_gateway(make_app, live_factory, upstream, add_model):
 HI = [{"role": "user", "content": "hi"}]
 
 
-def test_sdk_raises_501_and_400_at_once(sdk_gateway, upstream):
+def test_sdk_raises_refused_parameters_at_once(sdk_gateway, upstream):
     started = time.monotonic()
-    with pytest.raises(openai.APIStatusError) as caught:
+    with pytest.raises(openai.BadRequestError) as caught:
         sdk_gateway.chat.completions.create(model="m-gemini", messages=HI, logprobs=True)
-    assert caught.value.status_code == 501 and "retry-after" not in caught.value.response.headers
+    assert caught.value.code == "unsupported_parameter" and caught.value.param == "logprobs"
+    assert "retry-after" not in caught.value.response.headers
     with pytest.raises(openai.BadRequestError):
         sdk_gateway.chat.completions.create(model="m-gemini", messages=HI, extra_body={"verbosity": "low"})
     assert time.monotonic() - started < 2 and not upstream.log

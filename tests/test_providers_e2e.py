@@ -205,10 +205,13 @@ def test_provider_errors(gateway, upstream, api, status, expect, code):
 
 @pytest.mark.parametrize("api,param,value", [("anthropic", "logprobs", True), ("gemini", "logit_bias", {"1": 2}),
                                              ("ollama", "top_logprobs", 2), ("anthropic", "seed", 3)])
-def test_parameters_a_provider_cannot_honour_are_501(gateway, upstream, api, param, value):
+def test_parameters_a_provider_cannot_honour_are_400_naming_them(gateway, upstream, api, param, value):
+    """SPEC §7: a translated row answers 400 naming the field (a 501 made the OpenAI SDK raise
+    InternalServerError for the client's own choice of parameter); OpenAI's code for it."""
     r = call(gateway, api, **{param: value})
-    assert r.status_code == 501 and r.json["error"]["param"] == param
-    assert r.json["error"]["type"] == "not_implemented" and not upstream.log
+    assert r.status_code == 400 and r.json["error"]["param"] == param
+    assert r.json["error"]["type"] == "invalid_request_error" and r.json["error"]["code"] == "unsupported_parameter"
+    assert r.headers["x-should-retry"] == "false" and not upstream.log
 
 
 def test_shipped_gemini_and_anthropic_rows_need_only_a_key(make_app, upstream):

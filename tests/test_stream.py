@@ -155,7 +155,8 @@ def test_error_before_first_byte_is_plain_json(models, live):
     assert holds() == 0 and not charges("alice")
 
 
-def test_stream_n2_on_ollama_is_501(client, models):
+def test_stream_n2_on_ollama_is_a_400_naming_n(client, models):
     r = client.post("/api/v1/chat/completions", headers={"Authorization": f"Bearer {token()}"},
                     json={"model": "fake-llama", "messages": MSGS, "stream": True, "n": 2})
-    assert r.status_code == 501 and r.json["error"]["param"] == "n"
+    assert r.status_code == 400 and r.json["error"]["param"] == "n"
+    assert r.json["error"]["code"] == "unsupported_parameter"

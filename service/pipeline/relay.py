@@ -15,7 +15,8 @@ from service.money import billing, budgets
 from service.pipeline import deployments, router, traces
 from service.store.db import give_back, utcnow
 from core.errors import (
-    GatewayError, ModelNotFound, NotImplementedByProvider, ProviderError, ProviderUnavailable, scrub,
+    GatewayError, ModelNotFound, NotImplementedByProvider, ProviderError, ProviderUnavailable, UnsupportedParameter,
+    scrub,
 )
 from service.metrics import OVERRUNS
 from service.pipeline.deployment_health import CapacityExceeded
@@ -236,7 +237,7 @@ def _first_answer(chat, rows: list, ctx: Context, attempt):
         last = i == len(rows) - 1
         try:
             return router.first_answer(chat, row, ctx, lambda c: _call(c, ctx.conf), attempt)
-        except NotImplementedByProvider:
+        except (NotImplementedByProvider, UnsupportedParameter):  # this row cannot: the next may
             if i == 0 or last:
                 raise
         except GatewayError as err:
@@ -296,7 +297,7 @@ def _completion(chat, result: Completion, bill: Bill) -> dict:
 
 def _streamable(call: Call) -> Call:
     if call.chat.n > 1 and not call.adapter.native_n:
-        raise NotImplementedByProvider(f"Streaming with n > 1 is not supported by the "
+        raise UnsupportedParameter(f"Streaming with n > 1 is not supported by the "
                                        f"{call.adapter.name} provider", param="n")
     return call
 
