@@ -173,7 +173,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     jwt.init_app(app)
     # the API's CORS; never on console pages (their forms and cookies are for this site only)
     cors.init_app(app, resources={r"^/(?!console(/|$)).*": {}}, origins=conf["CORS_ORIGINS"], expose_headers=[
-        "X-Request-ID", "X-Cache", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"])
+        "X-Request-ID", "X-Cache", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After",
+        "request-id", "x-should-retry"])  # (the last two: Anthropic's SDK reads them)
     limiter.init_app(app)
     if not conf["REDIS_URL"]:
         log.warning("REDIS_URL is not set: rate limits and caches are per process (in memory)")

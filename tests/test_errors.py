@@ -154,6 +154,9 @@ def test_cors_preflight_and_allow_list(make_app):
         "Access-Control-Request-Headers": "authorization,content-type"})
     assert r.status_code == 200
     assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    r = client.get("/api/v1/models", headers={"Origin": "https://app.example"})
+    exposed = {h.strip().lower() for h in r.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"x-request-id", "request-id", "x-should-retry", "retry-after", "x-ratelimit-remaining"} <= exposed
     r = client.options("/api/v1/chat/completions", headers={
         "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
     assert "Access-Control-Allow-Origin" not in r.headers

@@ -68,6 +68,18 @@ def test_wrong_content_type(gw, content_type):
     assert error["code"] == "invalid_content_type"
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+def test_a_compressed_body_is_a_415_saying_so(gw, upstream, encoding):
+    """A compressed body (gzip shown; the others alike) used to be read as text and refused as
+    'not a JSON object'; it is refused by what it is, and never reaches the upstream."""
+    import gzip
+
+    body = gzip.compress(json.dumps({"model": "m", "messages": [MSG]}).encode())
+    error = refused(post_raw(gw, body, **{"Content-Encoding": encoding}), 415)
+    assert error["code"] == "unsupported_content_encoding" and encoding in error["message"]
+    assert not upstream.log and holds() == 0
+
+
 def test_ten_thousand_messages(gw, upstream):
     body = json.dumps({"model": "m", "messages": [MSG] * 10_000}).encode()
     error = refused(post_raw(gw, body))

@@ -55,11 +55,15 @@ def check_tree(body) -> None:
 
 
 def json_object() -> dict:
-    """The body as a JSON object, or 415/400: wrong Content-Type, invalid UTF-8, NaN/Infinity,
+    """The body as a JSON object, or 415/400: wrong Content-Type or a compressed body, invalid UTF-8, NaN/Infinity,
     duplicate keys, nesting too deep to parse, or anything but an object."""
     mimetype = request.mimetype
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
         raise UnsupportedMediaType(f"Content-Type must be application/json, got {clip(mimetype)}")
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaType(f"Content-Encoding {clip(encoding)} is not accepted; send the body uncompressed",
+                                   code="unsupported_content_encoding")
     raw = request.get_data(cache=True)
     try:
         body = json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
