@@ -96,13 +96,31 @@ def _logprobs(choice: dict) -> list:
     return ((choice.get("logprobs") or {}).get("content") or []) if isinstance(choice, dict) else []
 
 
+def _thought(message: dict) -> str | None:
+    """The reasoning text a provider sent beside the answer (DeepSeek's and llama.cpp's
+    `reasoning_content`, others' `reasoning`)."""
+    thought = message.get("reasoning_content") or message.get("reasoning")
+    return thought if isinstance(thought, str) and thought else None
+
+
+def _reasoning(item_id: str, text: str, status: str) -> dict:
+    return {"type": "reasoning", "id": item_id, "summary": [], "status": status,
+            "content": [{"type": "reasoning_text", "text": text}]}
+
+
+def _message(item_id: str, text: str, logprobs: list, status: str) -> dict:
+    return {"type": "message", "id": item_id, "status": status, "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}]}
+
+
 def _items(choice: dict, meta: Meta) -> list[dict]:
     message, out = choice.get("message") or {}, []
+    thought = _thought(message)
+    if thought:
+        out.append(_reasoning(meta.ids.setdefault("reasoning", new_id("rs")), thought, "completed"))
     if message.get("content"):
-        out.append({"type": "message", "id": meta.ids.setdefault("message", new_id("msg")), "status": "completed",
-                    "role": "assistant",
-                    "content": [{"type": "output_text", "text": message["content"], "annotations": [],
-                                 "logprobs": _logprobs(choice)}]})
+        out.append(_message(meta.ids.setdefault("message", new_id("msg")), message["content"], _logprobs(choice),
+                            "completed"))
     for i, call in enumerate(message.get("tool_calls") or []):
         fn = call.get("function") or {}
         out.append({"type": "function_call", "id": meta.ids.setdefault(f"fc{i}", new_id("fc")), "call_id": call.get("id"),
@@ -153,55 +171,115 @@ def frame(payload: dict) -> bytes:
 
 
 class _Output:
-    """The output items a chat stream has opened so far, and their indexes."""
+    """The output items of a chat stream, one open at a time as OpenAI streams them: an item's
+    `.done` events come before the next item is added. The reasoning text, the answer's text and
+    each tool call are items, keyed as Meta.ids keys them ("reasoning", "message", "fc<i>"). A
+    piece for an item already done (a provider that went back to it) is not streamed; the
+    final response has it."""
 
     def __init__(self, meta: Meta, emit: Emitter):
         self.meta, self.emit = meta, emit
-        self.text_index, self.calls, self.next = None, {}, 0
+        self.index: dict[str, int] = {}  # item key -> output_index, in the order items were added
+        self.open: str | None = None
+        self.texts = {"reasoning": "", "message": ""}
+        self.calls: dict[str, dict] = {}  # key -> {"call_id", "name", "arguments"}
         self.logprobs: list = []
 
+    def _enter(self, key: str, added):
+        """Make `key` the open item (closing the one before): False if it was done already."""
+        if key == self.open:
+            return True
+        if key in self.index:
+            return False
+        yield from self._close(None)
+        self.index[key], self.open = len(self.index), key
+        yield from added(self.meta.ids.setdefault(key, new_id(PREFIXES.get(key[:2], "fc"))), self.index[key])
+        return True
+
+    def reasoning(self, delta: str):
+        def added(item_id, index):
+            yield self.emit("response.output_item.added", output_index=index,
+                            item={"type": "reasoning", "id": item_id, "summary": [], "content": [],
+                                  "status": "in_progress"})
+            yield self.emit("response.content_part.added", item_id=item_id, output_index=index, content_index=0,
+                            part={"type": "reasoning_text", "text": ""})
+
+        self.texts["reasoning"] += delta
+        if (yield from self._enter("reasoning", added)):
+            yield self.emit("response.reasoning_text.delta", item_id=self.meta.ids["reasoning"],
+                            output_index=self.index["reasoning"], content_index=0, delta=delta)
+
     def text(self, delta: str, logprobs: list):
-        meta, emit = self.meta, self.emit
-        if self.text_index is None:
-            self.text_index, self.next = self.next, self.next + 1
-            item_id = meta.ids.setdefault("message", new_id("msg"))
-            yield emit("response.output_item.added", output_index=self.text_index, item={
+        def added(item_id, index):
+            yield self.emit("response.output_item.added", output_index=index, item={
                 "type": "message", "id": item_id, "status": "in_progress", "role": "assistant", "content": []})
-            yield emit("response.content_part.added", item_id=item_id, output_index=self.text_index,
-                       content_index=0, part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
+            yield self.emit("response.content_part.added", item_id=item_id, output_index=index, content_index=0,
+                            part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
+
+        self.texts["message"] += delta
         self.logprobs.extend(logprobs)
-        yield emit("response.output_text.delta", item_id=meta.ids["message"], output_index=self.text_index,
-                   content_index=0, delta=delta, logprobs=logprobs)
+        if (yield from self._enter("message", added)):
+            yield self.emit("response.output_text.delta", item_id=self.meta.ids["message"],
+                            output_index=self.index["message"], content_index=0, delta=delta, logprobs=logprobs)
 
     def call(self, call: dict):
-        i, fn = call.get("index", 0), call.get("function") or {}
-        key = f"fc{i}"
-        if i not in self.calls:
-            self.calls[i], self.next = self.next, self.next + 1
-            yield self.emit("response.output_item.added", output_index=self.calls[i], item={
-                "type": "function_call", "id": self.meta.ids.setdefault(key, new_id("fc")),
-                "call_id": call.get("id"), **self.meta.call_names(fn.get("name")), "arguments": "",
-                "status": "in_progress"})
-        if fn.get("arguments"):
-            yield self.emit("response.function_call_arguments.delta", item_id=self.meta.ids[key],
-                            output_index=self.calls[i], delta=fn["arguments"])
+        fn = call.get("function") or {}
+        key = f"fc{call.get('index', 0)}"
+        seen = self.calls.setdefault(key, {"call_id": None, "name": "", "arguments": ""})
+        seen["call_id"] = call.get("id") or seen["call_id"]
+        seen["name"] += fn.get("name") or ""
+        seen["arguments"] += fn.get("arguments") or ""
 
-    def done(self, items: list[dict]):
-        emit = self.emit
-        for item in items:
-            if item["type"] == "message":
-                index = self.text_index
-                part = item["content"][0]
-                part["logprobs"] = self.logprobs
-                yield emit("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                           text=part["text"], logprobs=self.logprobs)
-                yield emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
-                           part=part)
-            else:
-                index = self.calls[next(int(k[2:]) for k, v in self.meta.ids.items() if v == item["id"])]
-                yield emit("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                           arguments=item["arguments"], name=item["name"])
-            yield emit("response.output_item.done", output_index=index, item=item)
+        def added(item_id, index):
+            yield self.emit("response.output_item.added", output_index=index, item={
+                "type": "function_call", "id": item_id, "call_id": seen["call_id"],
+                **self.meta.call_names(seen["name"] or None), "arguments": "", "status": "in_progress"})
+
+        if (yield from self._enter(key, added)) and fn.get("arguments"):
+            yield self.emit("response.function_call_arguments.delta", item_id=self.meta.ids[key],
+                            output_index=self.index[key], delta=fn["arguments"])
+
+    def _close(self, final: dict | None):
+        """The open item's `.done` events: `final` is its object in the finished response, else
+        (another item begins) it as streamed, completed."""
+        key, self.open = self.open, None
+        if key is None:
+            return
+        emit, item_id, index = self.emit, self.meta.ids[key], self.index[key]
+        if key == "reasoning":
+            item = final or _reasoning(item_id, self.texts["reasoning"], "completed")
+            part = item["content"][0]
+            yield emit("response.reasoning_text.done", item_id=item_id, output_index=index, content_index=0,
+                       text=part["text"])
+            yield emit("response.content_part.done", item_id=item_id, output_index=index, content_index=0, part=part)
+        elif key == "message":
+            item = final or _message(item_id, self.texts["message"], self.logprobs, "completed")
+            part = item["content"][0]
+            part["logprobs"] = self.logprobs
+            yield emit("response.output_text.done", item_id=item_id, output_index=index, content_index=0,
+                       text=part["text"], logprobs=self.logprobs)
+            yield emit("response.content_part.done", item_id=item_id, output_index=index, content_index=0, part=part)
+        else:
+            seen = self.calls[key]
+            item = final or {"type": "function_call", "id": item_id, "call_id": seen["call_id"],
+                             **self.meta.call_names(seen["name"] or None), "arguments": seen["arguments"],
+                             "status": "completed"}
+            yield emit("response.function_call_arguments.done", item_id=item_id, output_index=index,
+                       arguments=item["arguments"], name=item["name"])
+        yield emit("response.output_item.done", output_index=index, item=item)
+
+    def done(self, response: dict):
+        """Close the last item with its final object, and order the response's output as the
+        items were streamed (any never streamed after them)."""
+        items = response["output"]
+        by_id = {item["id"]: item for item in items}
+        if self.open is not None:
+            yield from self._close(by_id.get(self.meta.ids[self.open]))
+        place = {self.meta.ids[key]: i for key, i in self.index.items()}
+        response["output"] = sorted(items, key=lambda item: place.get(item["id"], len(place)))
+
+
+PREFIXES = {"re": "rs", "me": "msg"}  # an item key's id prefix (a tool call's: fc)
 
 
 def events(chunks, meta: Meta, on_done=None):
@@ -224,6 +302,9 @@ def events(chunks, meta: Meta, on_done=None):
                 if c.get("index", 0) != 0:
                     continue
                 delta = c.get("delta") or {}
+                thought = _thought(delta)
+                if thought:
+                    yield from out.reasoning(thought)
                 if delta.get("content"):
                     yield from out.text(delta["content"], _logprobs(c))
                 for call in delta.get("tool_calls") or ():
@@ -231,7 +312,7 @@ def events(chunks, meta: Meta, on_done=None):
         if not heard.finished:
             return
         done = response(heard.body() | {"id": "x"}, meta)
-        yield from out.done(done["output"])
+        yield from out.done(done)
         if on_done:
             on_done(done)
         yield emit(TERMINAL[done["status"]], response=done)

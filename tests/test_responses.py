@@ -69,6 +69,24 @@ def test_responses_stream(sdk, upstream, api):
     assert again.output_text == text
 
 
+def test_the_sdks_stream_helper_keeps_the_reasoning_text(sdk, upstream):
+    """A provider's reasoning text (`reasoning_content`) streams as a reasoning item the SDK's
+    helper assembles (its typed events, its final response), before the answer's text."""
+    body = [fake_openai.chunk({"role": "assistant", "content": ""}), fake_openai.chunk({"reasoning_content": "Hmm, "}),
+            fake_openai.chunk({"reasoning_content": "hello."}), fake_openai.chunk({"content": "Hi!"}),
+            fake_openai.chunk({}, finish="stop"),
+            fake_openai.chunk({}, usage={"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}, choices=False),
+            b"data: [DONE]\n\n"]
+    upstream.expect_request(PATHS["openai"]).respond_with_handler(lambda request: Response(body, mimetype="text/event-stream"))
+    with sdk.responses.stream(model="m-openai", input="Hi") as stream:
+        thought = "".join(e.delta for e in stream if e.type == "response.reasoning_text.delta")
+        final = stream.get_final_response()
+    assert thought == "Hmm, hello." and final.output_text == "Hi!"
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert final.output[0].content[0].text == "Hmm, hello."
+    _charged_matches(final.usage)
+
+
 SECOND = {"openai": (fake_openai.completion("It is 18 degrees.", 30, 6), "It is 18 degrees."),
           "gemini": (json.loads(fixture("gemini", "generate.json")), "AI learns patterns from data.")}
 CALLS = {"openai": ("openai", "tool_call.json"), "gemini": ("gemini", "function_call.json")}

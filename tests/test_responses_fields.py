@@ -170,6 +170,62 @@ def test_a_stream_ends_completed_or_incomplete_and_every_event_is_published_shap
     _charged(found[-1]["response"]["usage"])
 
 
+def _streamed(*deltas):
+    body = [fake_openai.chunk({"role": "assistant", "content": ""})]
+    body += [fake_openai.chunk(d) for d in deltas]
+    body += [fake_openai.chunk({}, finish="tool_calls"),
+             fake_openai.chunk({}, usage={"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15,
+                                          "completion_tokens_details": {"reasoning_tokens": 3}}, choices=False),
+             b"data: [DONE]\n\n"]
+    return lambda request: Response(body, mimetype="text/event-stream")
+
+
+def _call(i, id_=None, name=None, args=""):
+    return {"tool_calls": [{"index": i, **({"id": id_, "type": "function"} if id_ else {}),
+                            "function": {**({"name": name} if name else {}), "arguments": args}}]}
+
+
+def test_reasoning_text_then_the_answer_then_two_calls_stream_one_item_after_another(gateway, upstream):
+    """The reasoning a provider sends (`reasoning_content`) is a reasoning item, and each output
+    item is done before the next is added, as OpenAI streams them (they used to overlap: every
+    `.done` came at the end); the final response lists them in the same order."""
+    upstream.expect_request(CHAT).respond_with_handler(_streamed(
+        {"reasoning_content": "Think"}, {"reasoning_content": "ing."}, {"content": "Let me look."},
+        _call(0, "call_a", "get_weather", '{"city":'), _call(0, args='"Paris"}'),
+        _call(1, "call_b", "get_weather", '{"city":"Rome"}')))
+    r = post(gateway, {"model": "m-openai", "input": "Weather?", "stream": True, "tools": [TOOL]})
+    found = events_of(r.data)
+    opened, order = set(), []
+    for e in found:
+        if e["type"] == "response.output_item.added":
+            assert not opened, f"item {e['output_index']} added while {opened} open"
+            opened.add(e["output_index"])
+            order.append(e["item"]["type"])
+        elif e["type"] == "response.output_item.done":
+            assert opened == {e["output_index"]}
+            opened.clear()
+    assert order == ["reasoning", "message", "function_call", "function_call"] and not opened
+    assert "".join(e["delta"] for e in found if e["type"] == "response.reasoning_text.delta") == "Thinking."
+    done = found[-1]["response"]
+    assert [i["type"] for i in done["output"]] == order
+    assert done["output"][0]["content"] == [{"type": "reasoning_text", "text": "Thinking."}]
+    assert [i.get("arguments") for i in done["output"][2:]] == ['{"city":"Paris"}', '{"city":"Rome"}']
+    streamed = [e["item"] for e in found if e["type"] == "response.output_item.done"]
+    assert [i["id"] for i in streamed] == [i["id"] for i in done["output"]]
+    assert done["usage"]["output_tokens_details"]["reasoning_tokens"] == 3
+
+
+def test_reasoning_text_is_a_reasoning_item_unstreamed_too(gateway, upstream):
+    answer = fake_openai.completion("Paris.", 9, 4)
+    answer["choices"][0]["message"]["reasoning_content"] = "The capital of France."
+    upstream.expect_request(CHAT).respond_with_handler(json_answer(answer))
+    r = post(gateway, {"model": "m-openai", "input": "Capital of France?"})
+    check_responses("Response", r.json)
+    assert [i["type"] for i in r.json["output"]] == ["reasoning", "message"]
+    assert r.json["output"][0]["content"][0]["text"] == "The capital of France."
+    assert r.json["output"][1]["content"][0]["text"] == "Paris."
+
+
 def test_a_cap_cut_answer_is_incomplete_unstreamed_too(gateway, upstream):
     upstream.expect_request(CHAT).respond_with_handler(json_answer(fake_openai.completion("Hel", 9, 2, "length")))
     r = post(gateway, {"model": "m-openai", "input": "Hi", "max_output_tokens": 2})
