@@ -135,6 +135,26 @@ def test_errors_come_in_anthropics_shape(sdk, gateway):
     assert not charges("alice") and holds() == 0
 
 
+def test_the_sdks_model_list_and_retrieve_get_anthropics_shape(sdk, gateway):
+    """Anthropic's SDK (`anthropic-version`, its key as `x-api-key`) gets ModelInfo objects and
+    its list's paging fields; an unknown model is its NotFoundError. Without the header the list
+    is OpenAI's."""
+    from anthropic.types import ModelInfo
+
+    listed = sdk.models.list()
+    names = [m.id for m in listed.data]
+    assert {"m-openai", "m-anthropic"} <= set(names) and listed.has_more is False
+    assert listed.first_id == names[0] and listed.last_id == names[-1]
+    for m in listed.data:
+        ModelInfo.model_validate(m.model_dump(), strict=True)
+        assert m.type == "model" and m.display_name == m.id and m.created_at.tzinfo is not None
+    assert sdk.models.retrieve("m-openai").id == "m-openai"
+    with pytest.raises(anthropic.NotFoundError) as err:
+        sdk.models.retrieve("nope")
+    assert err.value.body["error"]["type"] == "not_found_error"
+    assert gateway.get("/v1/models", headers=auth()).json["object"] == "list"
+
+
 def test_errors_before_the_doors_view_are_in_anthropics_shape_too(gateway):
     """A method the door does not serve and a body that is not JSON are refused before the door's
     own hook runs; they are still Anthropic errors, typed as the client's fault."""

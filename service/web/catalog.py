@@ -1,26 +1,52 @@
-"""Model lists: OpenAI's `/api/v1/models` and the seed's `/api/ai-models/enabled`."""
+"""Model lists: OpenAI's `/api/v1/models` (Anthropic's shape to a client that sends
+`anthropic-version`, as Anthropic's SDKs do) and the seed's `/api/ai-models/enabled`."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, g, request
 
 from service.money import billing
 from service.pipeline.readiness import ready
+from frontdoors import anthropic
 from service.store.db import epoch
 from service.web.auth import authenticate
 from service.web.errors import ModelNotFound
+from service.web.messages import anthropic_auth
 
 bp = Blueprint("catalog", __name__)
-bp.before_request(authenticate)
 LIST_TTL = 300
+
+
+def _anthropic() -> bool:
+    return "anthropic-version" in request.headers
+
+
+@bp.before_request
+def prepare() -> None:
+    """An Anthropic SDK's call: its key as `x-api-key`, its errors in Anthropic's shape."""
+    if _anthropic():
+        anthropic_auth()
+        g.error_body = anthropic.error_body
+    authenticate()
 
 
 def openai_model(row, ready: bool) -> dict:
     """OpenAI's model object, with `ready`: whether the row can answer now (service/pipeline/readiness.py)."""
     return {"id": row.name, "object": "model", "created": epoch(row.updated), "owned_by": row.provider,
             "ready": ready}
+
+
+def anthropic_model(row) -> dict:
+    """Anthropic's model object (ModelInfo)."""
+    made = dt.datetime.fromtimestamp(epoch(row.updated), dt.timezone.utc)
+    out = {"type": "model", "id": row.name, "display_name": row.name,
+           "created_at": made.isoformat().replace("+00:00", "Z"), "lifecycle": "active"}  # (enabled rows only)
+    if row.max_output_tokens:
+        out["max_tokens"] = row.max_output_tokens
+    return out
 
 
 def _ready(rows) -> list[bool]:
@@ -45,6 +71,10 @@ def _cached(kind: str, build) -> Response:
 @bp.get("/api/v1/models")
 @bp.get("/v1/models")
 def list_models():
+    if _anthropic():  # every row on one page
+        return _cached("anthropic", lambda rows, flags: {
+            "data": [anthropic_model(r) for r in rows], "has_more": False,
+            "first_id": rows[0].name if rows else None, "last_id": rows[-1].name if rows else None})
     return _cached("openai", lambda rows, flags: {
         "object": "list", "data": [openai_model(r, f) for r, f in zip(rows, flags)]})
 
@@ -55,7 +85,7 @@ def get_model(name: str):
     row = current_app.extensions["tollgate"].registry.find(name)
     if row.name != name and name not in (row.aliases or []):
         raise ModelNotFound(name)
-    return openai_model(row, _ready([row])[0])
+    return anthropic_model(row) if _anthropic() else openai_model(row, _ready([row])[0])
 
 
 def _enabled_rows(rows, flags) -> list:
