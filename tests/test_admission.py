@@ -48,7 +48,9 @@ def test_a_chat_calls_limits_budget_and_caps_take_one_script_call(limited, redis
     # round trip after it: its slots given back and its tokens counted together
     assert redis_proxy.said(b"EVALSHA", reads) == 1  # this gateway's own (Redis's stats are server-wide)
     assert trips == 2
-    assert (second.headers["X-RateLimit-Limit"], second.headers["X-RateLimit-Remaining"]) == ("5", "3")
+    # the headers show the limit with the fewest calls left: m1's rpm (2, none left), not the
+    # default (5, three left) nor the key's (3, one left)
+    assert (second.headers["X-RateLimit-Limit"], second.headers["X-RateLimit-Remaining"]) == ("2", "0")
     caller = "{acct:kay}"
     assert (window(r, caller, 5), window(r, f"{caller}:model:1", 2), window(r, f"{caller}:key:{made['id']}", 3)) \
         == (2, 2, 2)

@@ -69,6 +69,27 @@ def test_api_key_rpm(limited):
 
 
 @BOTH_STORES
+def test_an_answers_rate_headers_show_the_limit_with_the_fewest_calls_left(limited):
+    """A key's rpm of 2 under the account's 10000/minute: its answers show the key's limit (they
+    showed the account's, 9999 left, and the next call was a 429); a model's rpm when it is the
+    tighter one; the account's while it is."""
+    _, client = limited()
+    key = client.post("/api/admin/keys", json={"account": "kay", "rpm": 2}, headers=auth("root", True)).json
+    headers = {"Authorization": f"Bearer {key['key']}"}
+    r = chat(client, "m2", headers=headers)
+    assert (r.headers["X-RateLimit-Limit"], r.headers["X-RateLimit-Remaining"]) == ("2", "1")
+    r = chat(client, "m1", headers=headers)  # m1's rpm is 2 too: one left under each
+    assert (r.headers["X-RateLimit-Limit"], r.headers["X-RateLimit-Remaining"]) == ("2", "0")
+    r = chat(client, "m2", headers=headers)
+    assert_429(r)
+    assert (r.headers["X-RateLimit-Limit"], r.headers["X-RateLimit-Remaining"]) == ("2", "0")
+    r = chat(client, "m1")  # another account (a JWT's): m1's rpm, one left, is the tighter
+    assert (r.headers["X-RateLimit-Limit"], r.headers["X-RateLimit-Remaining"]) == ("2", "1")
+    r = chat(client, "m2")  # no model limit: the account's own
+    assert r.headers["X-RateLimit-Limit"] == "10000" and int(r.headers["X-RateLimit-Remaining"]) == 10000 - 2
+
+
+@BOTH_STORES
 def test_tokens_per_minute_limit(limited):
     _, client = limited(TOKEN_LIMIT_PER_MINUTE=20)
     assert chat(client).status_code == 200  # spends 25 tokens (10 + 15)

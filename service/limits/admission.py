@@ -34,9 +34,11 @@ def _on_key(script: bytes) -> str:
 # Returns {verdict, index, oldest, count, ttl[, deployment, answer]}: verdict 0 admitted (with
 # the 1-based candidate deployment taken, 0: none could take it, and the cached answer read, or
 # false), 1 rate limit `index` breached, 2 tokens spent (the counter ends in `ttl` s), 3 cap
-# `index` full; oldest/count: the window of the limit the headers show (the breached one, else
-# the first). A refused call takes nothing past the limit that refused it: no slot, no
-# deployment, no answer.
+# `index` full; oldest/count: the window of the limit the headers show: the breached one, else
+# the one with the fewest calls left (`index` for 0 and 2, a sixth element for 3). A window is
+# searched only where it may be that one: the first limit's, and another's whose length in
+# entries leaves fewer than the fewest so far. A refused call takes nothing past the limit that
+# refused it: no slot, no deployment, no answer.
 ADMIT = f"""
 local function acquire(key, ARGV)
 {_on_key(RedisStorage.SCRIPT_ACQUIRE_MOVING_WINDOW)}
@@ -46,23 +48,26 @@ local function window(key, ARGV)
 end
 {TAKE_SLOTS}
 {TAKE_FUNCTION}local now, rates, tokens, peek = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local at, oldest, count = 5, false, 0
+local at, oldest, count, shown, left = 5, false, 0, 0, math.huge
 for i = 1, rates do
   local amount, expiry = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
   at = at + 2
   local taken = acquire(KEYS[peek + i], {{now, amount, expiry, 1}})
-  if i == 1 or not taken then
+  local len = redis.call('llen', KEYS[peek + i])
+  if i == 1 or not taken or amount - len < left then
     -- limits' search for the window's oldest entry, over the entries there are (not the limit's
     -- amount: a large limit cost ~log2(amount) LINDEX calls for a short list)
-    local seen = window(KEYS[peek + i], {{now - expiry, math.min(amount, redis.call('llen', KEYS[peek + i]))}})
-    if seen then oldest, count = seen[1], seen[2] else oldest, count = false, 0 end
+    local seen = window(KEYS[peek + i], {{now - expiry, math.min(amount, len)}})
+    local o, c = false, 0
+    if seen then o, c = seen[1], seen[2] end
+    if i == 1 or not taken or amount - c < left then oldest, count, shown, left = o, c, i, amount - c end
   end
   if not taken then return {{1, i, oldest, count, 0}} end
 end
 if tokens == 1 then
   local key = KEYS[peek + rates + 1]
   if tonumber(redis.call('get', key) or '0') >= tonumber(ARGV[at]) then
-    return {{2, 0, oldest, count, redis.call('ttl', key)}}
+    return {{2, shown, oldest, count, redis.call('ttl', key)}}
   end
   at = at + 1
 end
@@ -73,14 +78,14 @@ for i = 1, ncaps do
   limits[i] = ARGV[at + 2 + i]
 end
 local full = take_slots(caps, rid, lease, limits)
-if full > 0 then return {{3, full, oldest, count, 0}} end
+if full > 0 then return {{3, full, oldest, count, 0, shown}} end
 -- the cached answer of the call (service/pipeline/answer_cache.py), read in the same round trip
 local answer = peek == 1 and redis.call('GET', KEYS[1])
 local first = peek + rates + tokens + ncaps + 1
-if #KEYS < first then return {{0, 0, oldest, count, 0, 0, answer}} end
+if #KEYS < first then return {{0, shown, oldest, count, 0, 0, answer}} end
 -- the call's deployment, by the deployment's own rules, now that nothing refused the call (its
 -- keys from `first`, its args after the caps' limits, read in place)
-return {{0, 0, oldest, count, 0, take_deployment(KEYS, first - 1, ARGV, at + 2 + ncaps, rid)[1], answer}}
+return {{0, shown, oldest, count, 0, take_deployment(KEYS, first - 1, ARGV, at + 2 + ncaps, rid)[1], answer}}
 """
 
 
@@ -116,7 +121,8 @@ class Admission:
         if verdict is None:
             verdict = self._local(rates, account, lease)
         kind, index, oldest, count, ttl = verdict[:5]
-        shown = rates[index - 1 if kind == 1 else 0] if rates else None
+        at = (verdict[5] if len(verdict) > 5 else 1) if kind == 3 else index  # the limit shown (1-based)
+        shown = rates[int(at or 1) - 1] if rates else None
         reset = None
         if shown is not None:
             expiry = shown.item.get_expiry()
@@ -165,17 +171,17 @@ class Admission:
 
     def _local(self, rates: list[Rate], account: str, lease: Lease | None):
         """The same verdict from this process's own counts."""
+        shown, oldest, count, left = 0, False, 0, math.inf
         for i, rate in enumerate(rates, 1):
             taken = self.local.hit(rate.item, *rate.ids)
-            if i == 1 or not taken:
-                oldest, count = self.local.storage.get_moving_window(rate.key, rate.item.amount,
-                                                                     rate.item.get_expiry())
+            o, c = self.local.storage.get_moving_window(rate.key, rate.item.amount, rate.item.get_expiry())
+            if i == 1 or not taken or rate.item.amount - c < left:
+                shown, oldest, count, left = i, o, c, rate.item.amount - c
             if not taken:
                 return 1, i, oldest, count, 0
-        first = (oldest, count) if rates else (False, 0)
         wait = self.budget.local_wait(account)
         if wait:
-            return 2, 0, *first, wait
+            return 2, shown, oldest, count, wait
         full = self.slots.take_local(lease) if lease is not None else 0
-        return (3 if full else 0), full, *first, 0
+        return (3, full, oldest, count, 0, shown) if full else (0, shown, oldest, count, 0)
 
