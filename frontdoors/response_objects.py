@@ -137,8 +137,8 @@ def response(completion: dict, meta: Meta) -> dict:
     reason = INCOMPLETE.get(choice.get("finish_reason"))
     if reason:
         out["status"], out["incomplete_details"] = "incomplete", {"reason": reason}
-        for item in out["output"]:
-            item["status"] = "incomplete"
+        if out["output"]:  # the item the cap cut (those before it were complete)
+            out["output"][-1]["status"] = "incomplete"
     else:
         out["completed_at"] = int(time.time())
     out["usage"] = usage(completion.get("usage"))
@@ -173,113 +173,129 @@ def frame(payload: dict) -> bytes:
 class _Output:
     """The output items of a chat stream, one open at a time as OpenAI streams them: an item's
     `.done` events come before the next item is added. The reasoning text, the answer's text and
-    each tool call are items, keyed as Meta.ids keys them ("reasoning", "message", "fc<i>"). A
-    piece for an item already done (a provider that went back to it) is not streamed; the
-    final response has it."""
+    each tool call are items. Text of a kind whose item is done already (a provider that went
+    back to it) opens a new item of that kind; a tool call's item is added once its name is
+    known. The finished response's output is these items, as streamed."""
 
     def __init__(self, meta: Meta, emit: Emitter):
         self.meta, self.emit = meta, emit
-        self.index: dict[str, int] = {}  # item key -> output_index, in the order items were added
-        self.open: str | None = None
-        self.texts = {"reasoning": "", "message": ""}
-        self.calls: dict[str, dict] = {}  # key -> {"call_id", "name", "arguments"}
-        self.logprobs: list = []
+        self.items: list[dict] = []  # as streamed: {"kind", "id", "text" | call fields, ...}
+        self.open: dict | None = None
+        self.latest: dict[str, dict] = {}  # "reasoning" / "message" / "fc<upstream index>" -> its item
+        self.calls = 0
 
-    def _enter(self, key: str, added):
-        """Make `key` the open item (closing the one before): False if it was done already."""
-        if key == self.open:
-            return True
-        if key in self.index:
-            return False
-        yield from self._close(None)
-        self.index[key], self.open = len(self.index), key
-        yield from added(self.meta.ids.setdefault(key, new_id(PREFIXES.get(key[:2], "fc"))), self.index[key])
-        return True
+    def _begin(self, item: dict):
+        """Close the open item, then add `item` (its `output_index` the next)."""
+        yield from self._close("completed")
+        item["index"] = len(self.items)
+        self.items.append(item)
+        self.open = item
+        emit, index, item_id = self.emit, item["index"], item["id"]
+        if item["kind"] == "reasoning":
+            yield emit("response.output_item.added", output_index=index, item={
+                "type": "reasoning", "id": item_id, "summary": [], "content": [], "status": "in_progress"})
+            yield emit("response.content_part.added", item_id=item_id, output_index=index, content_index=0,
+                       part={"type": "reasoning_text", "text": ""})
+        elif item["kind"] == "message":
+            yield emit("response.output_item.added", output_index=index, item={
+                "type": "message", "id": item_id, "status": "in_progress", "role": "assistant", "content": []})
+            yield emit("response.content_part.added", item_id=item_id, output_index=index, content_index=0,
+                       part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
+        else:
+            yield emit("response.output_item.added", output_index=index, item={**self._call(item, "in_progress"),
+                                                                                "arguments": ""})
+            if item["arguments"]:  # what came before its name was known
+                yield emit("response.function_call_arguments.delta", item_id=item_id, output_index=index,
+                           delta=item["arguments"])
+
+    def _text_item(self, kind: str):
+        """The item that takes `kind`'s next text: the open one, else a new one."""
+        item = self.latest.get(kind)
+        if item is None or item is not self.open:
+            first = item is None
+            item = {"kind": kind, "text": "", "logprobs": [],
+                    "id": self.meta.ids.setdefault(kind, new_id("rs" if kind == "reasoning" else "msg")) if first
+                    else new_id("rs" if kind == "reasoning" else "msg")}
+            self.latest[kind] = item
+            yield from self._begin(item)
+        return item
 
     def reasoning(self, delta: str):
-        def added(item_id, index):
-            yield self.emit("response.output_item.added", output_index=index,
-                            item={"type": "reasoning", "id": item_id, "summary": [], "content": [],
-                                  "status": "in_progress"})
-            yield self.emit("response.content_part.added", item_id=item_id, output_index=index, content_index=0,
-                            part={"type": "reasoning_text", "text": ""})
-
-        self.texts["reasoning"] += delta
-        if (yield from self._enter("reasoning", added)):
-            yield self.emit("response.reasoning_text.delta", item_id=self.meta.ids["reasoning"],
-                            output_index=self.index["reasoning"], content_index=0, delta=delta)
+        item = yield from self._text_item("reasoning")
+        item["text"] += delta
+        yield self.emit("response.reasoning_text.delta", item_id=item["id"], output_index=item["index"],
+                        content_index=0, delta=delta)
 
     def text(self, delta: str, logprobs: list):
-        def added(item_id, index):
-            yield self.emit("response.output_item.added", output_index=index, item={
-                "type": "message", "id": item_id, "status": "in_progress", "role": "assistant", "content": []})
-            yield self.emit("response.content_part.added", item_id=item_id, output_index=index, content_index=0,
-                            part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
-
-        self.texts["message"] += delta
-        self.logprobs.extend(logprobs)
-        if (yield from self._enter("message", added)):
-            yield self.emit("response.output_text.delta", item_id=self.meta.ids["message"],
-                            output_index=self.index["message"], content_index=0, delta=delta, logprobs=logprobs)
+        item = yield from self._text_item("message")
+        item["text"] += delta
+        item["logprobs"].extend(logprobs)
+        yield self.emit("response.output_text.delta", item_id=item["id"], output_index=item["index"],
+                        content_index=0, delta=delta, logprobs=logprobs)
 
     def call(self, call: dict):
-        fn = call.get("function") or {}
-        key = f"fc{call.get('index', 0)}"
-        seen = self.calls.setdefault(key, {"call_id": None, "name": "", "arguments": ""})
-        seen["call_id"] = call.get("id") or seen["call_id"]
-        seen["name"] += fn.get("name") or ""
-        seen["arguments"] += fn.get("arguments") or ""
+        fn, key = call.get("function") or {}, f"fc{call.get('index', 0)}"
+        item = self.latest.get(key)
+        if item is None:
+            item = self.latest[key] = {"kind": "call", "id": self.meta.ids.setdefault(f"fc{self.calls}", new_id("fc")),
+                                       "call_id": None, "name": "", "arguments": "", "index": None}
+            self.calls += 1
+        item["call_id"] = call.get("id") or item["call_id"]
+        item["name"] += fn.get("name") or ""
+        item["arguments"] += fn.get("arguments") or ""
+        if item["index"] is None:
+            if item["name"]:
+                yield from self._begin(item)
+        elif fn.get("arguments") and item is self.open:
+            yield self.emit("response.function_call_arguments.delta", item_id=item["id"],
+                            output_index=item["index"], delta=fn["arguments"])
 
-        def added(item_id, index):
-            yield self.emit("response.output_item.added", output_index=index, item={
-                "type": "function_call", "id": item_id, "call_id": seen["call_id"],
-                **self.meta.call_names(seen["name"] or None), "arguments": "", "status": "in_progress"})
+    def _call(self, item: dict, status: str) -> dict:
+        if item["call_id"] is None:  # a provider that sent none: the answer's own, for its output
+            item["call_id"] = "call_" + uuid.uuid4().hex[:24]
+        return {"type": "function_call", "id": item["id"], "call_id": item["call_id"],
+                **self.meta.call_names(item["name"]), "arguments": item["arguments"], "status": status}
 
-        if (yield from self._enter(key, added)) and fn.get("arguments"):
-            yield self.emit("response.function_call_arguments.delta", item_id=self.meta.ids[key],
-                            output_index=self.index[key], delta=fn["arguments"])
+    def _object(self, item: dict, status: str) -> dict:
+        if item["kind"] == "reasoning":
+            return _reasoning(item["id"], item["text"], status)
+        if item["kind"] == "message":
+            return _message(item["id"], item["text"], item["logprobs"], status)
+        return self._call(item, status)
 
-    def _close(self, final: dict | None):
-        """The open item's `.done` events: `final` is its object in the finished response, else
-        (another item begins) it as streamed, completed."""
-        key, self.open = self.open, None
-        if key is None:
+    def _close(self, status: str):
+        """The open item's `.done` events, with `status`."""
+        item, self.open = self.open, None
+        if item is None:
             return
-        emit, item_id, index = self.emit, self.meta.ids[key], self.index[key]
-        if key == "reasoning":
-            item = final or _reasoning(item_id, self.texts["reasoning"], "completed")
-            part = item["content"][0]
+        emit, item_id, index = self.emit, item["id"], item["index"]
+        made = item["made"] = self._object(item, status)
+        if item["kind"] == "reasoning":
+            part = made["content"][0]
             yield emit("response.reasoning_text.done", item_id=item_id, output_index=index, content_index=0,
                        text=part["text"])
             yield emit("response.content_part.done", item_id=item_id, output_index=index, content_index=0, part=part)
-        elif key == "message":
-            item = final or _message(item_id, self.texts["message"], self.logprobs, "completed")
-            part = item["content"][0]
-            part["logprobs"] = self.logprobs
+        elif item["kind"] == "message":
+            part = made["content"][0]
             yield emit("response.output_text.done", item_id=item_id, output_index=index, content_index=0,
-                       text=part["text"], logprobs=self.logprobs)
+                       text=part["text"], logprobs=part["logprobs"])
             yield emit("response.content_part.done", item_id=item_id, output_index=index, content_index=0, part=part)
         else:
-            seen = self.calls[key]
-            item = final or {"type": "function_call", "id": item_id, "call_id": seen["call_id"],
-                             **self.meta.call_names(seen["name"] or None), "arguments": seen["arguments"],
-                             "status": "completed"}
             yield emit("response.function_call_arguments.done", item_id=item_id, output_index=index,
-                       arguments=item["arguments"], name=item["name"])
-        yield emit("response.output_item.done", output_index=index, item=item)
+                       arguments=made["arguments"], name=made["name"])
+        yield emit("response.output_item.done", output_index=index, item=made)
 
     def done(self, response: dict):
-        """Close the last item with its final object, and order the response's output as the
-        items were streamed (any never streamed after them)."""
-        items = response["output"]
-        by_id = {item["id"]: item for item in items}
-        if self.open is not None:
-            yield from self._close(by_id.get(self.meta.ids[self.open]))
-        place = {self.meta.ids[key]: i for key, i in self.index.items()}
-        response["output"] = sorted(items, key=lambda item: place.get(item["id"], len(place)))
-
-
-PREFIXES = {"re": "rs", "me": "msg"}  # an item key's id prefix (a tool call's: fc)
+        """Add the calls still unnamed, close the last item (`incomplete` when the answer was
+        cut), and make the response's output the items as streamed."""
+        for item in list(self.latest.values()):
+            if item["kind"] == "call" and item["index"] is None:
+                yield from self._begin(item)
+        yield from self._close("incomplete" if response["status"] == "incomplete" else "completed")
+        for item in self.items:
+            if item["kind"] == "call":  # (a piece after its item was done: the whole call here)
+                item["made"]["arguments"] = item["arguments"]
+        response["output"] = [item["made"] for item in self.items]
 
 
 def events(chunks, meta: Meta, on_done=None):

@@ -94,6 +94,22 @@ def test_500_forever_falls_back_and_bills_the_fallback(gw, upstream):
     assert len(rows) == 1 and rows[0].model == "backup" and rows[0].delta == -40_000 and holds() == 0
 
 
+def test_a_fallback_that_cannot_take_a_parameter_leaves_the_first_rows_error(gw, upstream):
+    """The main row fails (500s); its only fallback is an Anthropic row, which has no `logprobs`.
+    The caller gets the main row's 502, which a retry may fix, not a 400 blaming its own
+    parameter on a row it never chose."""
+    _, client = gw()
+    admin = auth("root", True)
+    r = client.patch("/api/admin/models/2", json={"api": "anthropic", "base_url": upstream.url_for("/b")}, headers=admin)
+    assert r.status_code == 200, r.json
+    upstream.expect_request("/v1/chat/completions").respond_with_handler(failing(500))
+    r = chat(client, logprobs=True)
+    assert r.status_code == 502 and r.json["error"]["type"] != "invalid_request_error", r.json
+    assert r.headers.get("x-should-retry") != "false"
+    assert not [x for x in upstream.log if x[0].path.startswith("/b")]  # the fallback was never called
+    nothing_charged()
+
+
 def test_each_candidate_is_sent_its_own_cap_and_the_hold_covers_the_largest(gw, upstream):
     _, client = gw()
     admin = auth("root", True)

@@ -215,6 +215,41 @@ def test_reasoning_text_then_the_answer_then_two_calls_stream_one_item_after_ano
     assert done["usage"]["output_tokens_details"]["reasoning_tokens"] == 3
 
 
+ODD_STREAMS = {  # what providers may send, and the items it becomes (type, text or arguments)
+    "text after a call": ([{"content": "hi"}, _call(0, "a", "get_weather", "{}"), {"content": " more"}],
+                          [("message", "hi"), ("function_call", "{}"), ("message", " more")]),
+    "a call numbered 1": ([_call(1, "a", "get_weather", "{}")], [("function_call", "{}")]),
+    "the name after the id": ([_call(0, "c1", None, '{"city":'), _call(0, None, "get_weather", '"Oslo"}')],
+                              [("function_call", '{"city":"Oslo"}')]),
+    "no call id": ([_call(0, None, "get_weather", "{}")], [("function_call", "{}")]),
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_STREAMS))
+def test_odd_streams_still_stream_whole_items_and_answer_what_they_streamed(gateway, upstream, case):
+    """Every event is of a published shape, one item open at a time, and the finished response's
+    output is the items the stream finished, same ids, same contents."""
+    deltas, expected = ODD_STREAMS[case]
+    upstream.expect_request(CHAT).respond_with_handler(_streamed(*deltas))
+    found = events_of(post(gateway, {"model": "m-openai", "input": "Hi", "stream": True, "tools": [TOOL]}).data)
+    streamed = [e["item"] for e in found if e["type"] == "response.output_item.done"]
+    final = found[-1]["response"]["output"]
+    assert streamed == final
+    assert [(i["type"], i.get("arguments", (i.get("content") or [{}])[0].get("text"))) for i in final] == expected
+    assert all(i["call_id"] and i["name"] == "get_weather" for i in final if i["type"] == "function_call")
+
+
+def test_a_cut_stream_marks_only_its_last_item_incomplete(gateway, upstream):
+    body = [fake_openai.chunk({"role": "assistant", "content": ""}), fake_openai.chunk({"content": "Let me"}),
+            fake_openai.chunk(_call(0, "a", "get_weather", '{"ci')), fake_openai.chunk({}, finish="length"),
+            fake_openai.chunk({}, usage={"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}, choices=False),
+            b"data: [DONE]\n\n"]
+    upstream.expect_request(CHAT).respond_with_handler(lambda request: Response(body, mimetype="text/event-stream"))
+    found = events_of(post(gateway, {"model": "m-openai", "input": "Hi", "stream": True, "tools": [TOOL]}).data)
+    assert found[-1]["type"] == "response.incomplete"
+    assert [i["status"] for i in found[-1]["response"]["output"]] == ["completed", "incomplete"]
+
+
 def test_reasoning_text_is_a_reasoning_item_unstreamed_too(gateway, upstream):
     answer = fake_openai.completion("Paris.", 9, 4)
     answer["choices"][0]["message"]["reasoning_content"] = "The capital of France."

@@ -233,16 +233,20 @@ def _hold(chat, rows: list, ctx: Context) -> None:
 def _first_answer(chat, rows: list, ctx: Context, attempt):
     """attempt(call) on each candidate (on its deployments, service/pipeline/router.py) until one answers;
     chat.model is left at the one that did."""
+    failure = None  # what moved the call off the first row
     for i, row in enumerate(rows):
         last = i == len(rows) - 1
         try:
             return router.first_answer(chat, row, ctx, lambda c: _call(c, ctx.conf), attempt)
-        except (NotImplementedByProvider, UnsupportedParameter):  # this row cannot: the next may
-            if i == 0 or last:
+        except (NotImplementedByProvider, UnsupportedParameter):  # this fallback cannot: the next may
+            if i == 0:
                 raise
+            if last:
+                raise failure from None  # the first row's outage, not a fallback's limit the client never chose
         except GatewayError as err:
             if last or not (retryable(err) or isinstance(err, CapacityExceeded)):
                 raise
+            failure = failure or err
     raise AssertionError("unreachable")
 
 
