@@ -7,7 +7,8 @@ import pytest
 from core.chat import PassThrough
 from providers.anthropic import AnthropicAdapter
 from providers.base import StreamState
-from service.web.errors import InvalidRequest, NotImplementedByProvider, ProviderError, UpstreamRejected
+from core.errors import UnsupportedParameter
+from service.web.errors import InvalidRequest, ProviderError, UpstreamRejected
 from tests.providers import ROUND_TRIP, TOOLS, chat, fixture, lines
 
 A = AnthropicAdapter()
@@ -87,9 +88,9 @@ def test_error_body_and_unsupported():
     err = A.error(400, fixture("anthropic", "error_400.json").decode(), "anthropic")
     assert isinstance(err, UpstreamRejected) and err.message == "max_tokens: Field required"
     for param, value in [("logprobs", True), ("seed", 1), ("presence_penalty", 0.5)]:
-        with pytest.raises(NotImplementedByProvider) as exc:
+        with pytest.raises(UnsupportedParameter) as exc:
             A.check(chat([{"role": "user", "content": "x"}], **{param: value}))
-        assert exc.value.param == param
+        assert exc.value.param == param and exc.value.status == 400
     with pytest.raises(InvalidRequest):  # neither a data URL nor an https URL
         A.check(chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]))
 

@@ -6,7 +6,8 @@ import pytest
 
 from providers.base import StreamState
 from providers.gemini import GeminiAdapter
-from service.web.errors import NotImplementedByProvider, UpstreamRejected
+from core.errors import UnsupportedParameter
+from service.web.errors import UpstreamRejected
 from tests.providers import ROUND_TRIP, TOOLS, chat, fixture, lines
 
 A = GeminiAdapter()
@@ -81,6 +82,6 @@ def test_stream():
 def test_error_body_and_unsupported():
     err = A.error(400, fixture("gemini", "error_400.json").decode(), "Google")
     assert isinstance(err, UpstreamRejected) and err.message.startswith("API key not valid")
-    with pytest.raises(NotImplementedByProvider) as exc:
+    with pytest.raises(UnsupportedParameter) as exc:
         A.check(chat([{"role": "user", "content": "x"}], logprobs=True))
-    assert exc.value.param == "logprobs"
+    assert exc.value.param == "logprobs" and exc.value.status == 400
