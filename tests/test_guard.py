@@ -166,7 +166,9 @@ def test_the_messages_doors_413_is_in_anthropics_shape(guarded):
         head, _, body = read_answer(sock).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413"), head
     error = json.loads(body)
-    assert error == {"type": "error", "error": {"type": "request_too_large", "message": error["error"]["message"]}}
+    assert error == {"type": "error", "error": {"type": "request_too_large", "message": error["error"]["message"]},
+                     "request_id": error["request_id"]}
+    assert error["request_id"].startswith("req_") and f"request-id: {error['request_id']}".encode() in head.lower()
     assert "larger than the limit" in error["error"]["message"]
 
 

@@ -161,6 +161,7 @@ def test_errors_before_the_doors_view_are_in_anthropics_shape_too(gateway):
     r = gateway.get("/v1/messages", headers=auth())
     assert r.status_code == 405 and r.headers["Allow"]
     anthropic_shape("error", r.json)
+    assert r.json["request_id"].startswith("req_") and r.headers["request-id"] == r.json["request_id"]
     assert r.json["error"]["type"] == "invalid_request_error"
     r = gateway.post("/v1/messages", headers=auth(), data="hi", content_type="text/plain")
     assert r.status_code == 415

@@ -23,6 +23,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 
 from waitress.parser import HTTPRequestParser
 from waitress.task import ErrorTask
@@ -52,7 +53,12 @@ class ContractErrorTask(ErrorTask):
         err = GatewayError(message, code=name)
         err.type, err.status = kind, code
         path = getattr(self.request, "path", None) or ""
-        body = json.dumps(anthropic.error_body(err) if anthropic.at_door(path) else err.body()).encode()
+        if anthropic.at_door(path):
+            rid = f"req_{uuid.uuid4().hex}"
+            body = json.dumps(anthropic.error_body(err, rid)).encode()
+            self.response_headers.append(("request-id", rid))
+        else:
+            body = json.dumps(err.body()).encode()
         self.status = f"{code} {getattr(self.request.error, 'reason', 'Bad Request')}"
         self.response_headers.extend([("Content-Type", "application/json"), ("x-should-retry", "false")])
         self.set_close_on_finish()

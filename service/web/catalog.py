@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+import uuid
 
 from flask import Blueprint, Response, current_app, g, request
 
@@ -29,7 +30,8 @@ def prepare() -> None:
     """An Anthropic SDK's call: its key as `x-api-key`, its errors in Anthropic's shape."""
     if _anthropic():
         anthropic_auth()
-        g.error_body = anthropic.error_body
+        rid = f"req_{uuid.uuid4().hex}"
+        g.error_body = lambda err: anthropic.error_body(err, rid)
     authenticate()
 
 

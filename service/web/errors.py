@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
 from flask import current_app, g, jsonify, request
 from peewee import InterfaceError, OperationalError
@@ -32,7 +33,11 @@ def render(err: GatewayError):
     scrub(err, current_app.config["PROVIDER_KEYS"].values())
     shape = g.get("error_body")  # a front door with its own error shape (Anthropic's)
     if shape is None and anthropic.at_door(request.path):  # refused before the door's own hook ran
-        shape = anthropic.error_body
+        rid = f"req_{uuid.uuid4().hex}"
+        err.headers.setdefault("request-id", rid)  # (the door's own hook sets it on its answers)
+
+        def shape(e):
+            return anthropic.error_body(e, rid)
     response = jsonify(shape(err) if shape else err.body(language()))
     response.status_code = err.status
     for key, value in err.headers.items():
