@@ -13,6 +13,7 @@ row's own events back, `Heard` and `replay` keep and replay them for an idempote
 from __future__ import annotations
 
 import json
+import uuid
 
 from core.errors import GatewayError, InvalidRequest, clip
 from frontdoors.common import bad, function_tools
@@ -46,6 +47,11 @@ def at_door(path: str) -> bool:
     """Whether a request path is the Messages door's: its errors are Anthropic's, even those
     raised before its view runs (a method not allowed, a body refused by the server)."""
     return any(path == p or path.startswith(p + "/") for p in PATHS)
+
+
+def request_id(hex_id: str | None = None) -> str:
+    """An id in Anthropic's `req_…` form (the `request-id` header, an error body's `request_id`)."""
+    return f"req_{hex_id or uuid.uuid4().hex}"
 
 
 def error_body(err: GatewayError, request_id: str | None = None) -> dict:

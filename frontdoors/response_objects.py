@@ -182,7 +182,6 @@ class _Output:
         self.items: list[dict] = []  # as streamed: {"kind", "id", "text" | call fields, ...}
         self.open: dict | None = None
         self.latest: dict[str, dict] = {}  # "reasoning" / "message" / "fc<upstream index>" -> its item
-        self.calls = 0
 
     def _begin(self, item: dict):
         """Close the open item, then add `item` (its `output_index` the next)."""
@@ -212,11 +211,8 @@ class _Output:
         """The item that takes `kind`'s next text: the open one, else a new one."""
         item = self.latest.get(kind)
         if item is None or item is not self.open:
-            first = item is None
-            item = {"kind": kind, "text": "", "logprobs": [],
-                    "id": self.meta.ids.setdefault(kind, new_id("rs" if kind == "reasoning" else "msg")) if first
-                    else new_id("rs" if kind == "reasoning" else "msg")}
-            self.latest[kind] = item
+            item = self.latest[kind] = {"kind": kind, "text": "", "logprobs": [],
+                                        "id": new_id("rs" if kind == "reasoning" else "msg")}
             yield from self._begin(item)
         return item
 
@@ -237,9 +233,8 @@ class _Output:
         fn, key = call.get("function") or {}, f"fc{call.get('index', 0)}"
         item = self.latest.get(key)
         if item is None:
-            item = self.latest[key] = {"kind": "call", "id": self.meta.ids.setdefault(f"fc{self.calls}", new_id("fc")),
-                                       "call_id": None, "name": "", "arguments": "", "index": None}
-            self.calls += 1
+            item = self.latest[key] = {"kind": "call", "id": new_id("fc"), "call_id": None, "name": "",
+                                       "arguments": "", "index": None}
         item["call_id"] = call.get("id") or item["call_id"]
         item["name"] += fn.get("name") or ""
         item["arguments"] += fn.get("arguments") or ""

@@ -23,7 +23,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 
 from waitress.parser import HTTPRequestParser
 from waitress.task import ErrorTask
@@ -54,7 +53,7 @@ class ContractErrorTask(ErrorTask):
         err.type, err.status = kind, code
         path = getattr(self.request, "path", None) or ""
         if anthropic.at_door(path):
-            rid = f"req_{uuid.uuid4().hex}"
+            rid = anthropic.request_id()
             body = json.dumps(anthropic.error_body(err, rid)).encode()
             self.response_headers.append(("request-id", rid))
         else:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-import uuid
 
 from flask import Blueprint, Response, current_app, g, request
 
+from frontdoors import anthropic
 from service.money import billing
 from service.pipeline.readiness import ready
-from frontdoors import anthropic
 from service.store.db import epoch
 from service.web.auth import authenticate
 from service.web.errors import ModelNotFound
@@ -30,7 +29,7 @@ def prepare() -> None:
     """An Anthropic SDK's call: its key as `x-api-key`, its errors in Anthropic's shape."""
     if _anthropic():
         anthropic_auth()
-        rid = f"req_{uuid.uuid4().hex}"
+        rid = anthropic.request_id()
         g.error_body = lambda err: anthropic.error_body(err, rid)
     authenticate()
 

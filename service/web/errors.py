@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 
 from flask import current_app, g, jsonify, request
 from peewee import InterfaceError, OperationalError
@@ -33,7 +32,7 @@ def render(err: GatewayError):
     scrub(err, current_app.config["PROVIDER_KEYS"].values())
     shape = g.get("error_body")  # a front door with its own error shape (Anthropic's)
     if shape is None and anthropic.at_door(request.path):  # refused before the door's own hook ran
-        rid = f"req_{uuid.uuid4().hex}"
+        rid = anthropic.request_id()
         err.headers.setdefault("request-id", rid)  # (the door's own hook sets it on its answers)
 
         def shape(e):

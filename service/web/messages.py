@@ -32,7 +32,7 @@ def prepare() -> None:
     if request.method == "OPTIONS":
         return
     g.request_hex = uuid.uuid4().hex
-    g.error_body = lambda err: anthropic.error_body(err, f"req_{g.request_hex}")
+    g.error_body = lambda err: anthropic.error_body(err, anthropic.request_id(g.request_hex))
     anthropic_auth()
     authenticate()
     counting = request.path.endswith("/count_tokens")
@@ -65,7 +65,7 @@ def request_id(response):
     if request.method != "OPTIONS":
         ours = response.headers.get("X-Request-ID", "")  # the call's id (a replay's: the first call's)
         hex_id = ours.removeprefix("chatcmpl-") if ours.startswith("chatcmpl-") else g.get("request_hex")
-        response.headers["request-id"] = f"req_{hex_id or uuid.uuid4().hex}"
+        response.headers["request-id"] = anthropic.request_id(hex_id)
     return response
 
 
