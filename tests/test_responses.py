@@ -161,7 +161,7 @@ def test_input_items_are_paged_as_openais(sdk, gateway, upstream):
     last = sdk.responses.input_items.list(made.id, order="asc", after=page.data[0].id)
     assert words(last.data) == [] and not last.has_more and last.first_id is None
     for query, param in (("order=sideways", "order"), ("limit=0", "limit"), ("limit=101", "limit"),
-                         ("limit=x", "limit"), ("after=nope", "after")):
+                         ("limit=x", "limit"), ("limit=%C2%B2", "limit"), ("after=nope", "after")):
         r = gateway.get(f"/v1/responses/{made.id}/input_items?{query}", headers=auth())
         assert r.status_code == 400 and r.json["error"]["param"] == param, (query, r.json)
 

@@ -1,14 +1,14 @@
 """The caller's own account: balance and ledger."""
 from __future__ import annotations
 
-from flask import Blueprint, g, request
+from flask import Blueprint, g
 
 from core import prices
 from service.money.billing import to_credits
 from service.store.db import Account, LedgerEntry, epoch
 from service.web import reports
 from service.web.auth import authenticate
-from service.web.errors import InvalidRequest
+from service.web.body import int_arg
 
 bp = Blueprint("account", __name__)
 bp.before_request(authenticate)
@@ -54,15 +54,6 @@ def ledger_page(account_id: int, limit: int, before: int | None) -> dict:
     return {"data": data, "has_more": len(rows) > limit}
 
 
-def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
-        raise InvalidRequest(f"'{name}' must be an integer between {low} and {high}", param=name)
-    return int(raw)
-
-
 @bp.get("/api/v1/account")
 def account():
     return account_body(Account.get_by_id(g.account.id))
@@ -70,8 +61,8 @@ def account():
 
 @bp.get("/api/v1/usage")
 def usage():
-    limit = _int_arg("limit", 20, 1, 100)
-    before = _int_arg("before", None, 1, 2 ** 62)
+    limit = int_arg("limit", 20, 1, 100)
+    before = int_arg("before", None, 1, 2 ** 62)
     return ledger_page(g.account.id, limit, before)
 
 

@@ -16,7 +16,7 @@ from flask import Blueprint, g, has_request_context, request
 
 from service.store.db import AuditEntry, epoch
 from service.web.auth import require_admin
-from service.web.errors import InvalidRequest
+from service.web.body import int_arg
 
 log = logging.getLogger("tollgate")
 bp = Blueprint("audit", __name__, url_prefix="/api/admin")
@@ -53,19 +53,10 @@ def entry_body(e: AuditEntry) -> dict:
             "target": e.target, "detail": e.detail, "ip": e.ip}
 
 
-def _int(name: str, default: int | None, high: int) -> int | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= high:
-        raise InvalidRequest(f"'{name}' must be an integer between 1 and {high}", param=name)
-    return int(raw)
-
-
 @bp.get("/audit")
 def audit_log():
     """Newest first; `before` is the `id` of the last row seen; filters by actor and action."""
-    rows, more = entries(_int("limit", 50, 500), _int("before", None, 2 ** 62),
+    rows, more = entries(int_arg("limit", 50, 1, 500), int_arg("before", None, 1, 2 ** 62),
                          request.args.get("actor"), request.args.get("action"))
     return {"data": [entry_body(e) for e in rows], "has_more": more}
 

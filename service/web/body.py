@@ -78,6 +78,17 @@ def json_object() -> dict:
     return body
 
 
+def int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
+    """A query parameter as an integer from `low` to `high` (ASCII digits only: int() takes
+    others, and some it refuses with a ValueError), `default` when absent, else 400 naming it."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise InvalidRequest(f"'{name}' must be an integer between {low} and {high}", param=name)
+    return int(raw)
+
+
 HEADER_KEYS = ("HTTP_", "CONTENT_TYPE", "CONTENT_LENGTH")  # a request's headers in the WSGI environ
 
 

@@ -12,7 +12,7 @@ from service.pipeline import deployments
 from service.store.db import StoredResponse, give_back
 from service.web import calls
 from service.web.auth import authenticate
-from service.web.body import json_object
+from service.web.body import int_arg, json_object
 from core.chat import PassThrough
 from core.errors import InvalidRequest, NotImplementedByProvider, clip
 from service.web.errors import NotFound
@@ -131,11 +131,9 @@ def input_items(response_id: str):
     """A page of the response's input items, as OpenAI's: `order` desc (the default: newest
     first) or asc, `limit` 1–100 (20), `after` an item id (the page starts after it)."""
     items = list(_stored(response_id).input_items)
-    order, limit, after = request.args.get("order", "desc"), request.args.get("limit", "20"), request.args.get("after")
+    order, limit, after = request.args.get("order", "desc"), int_arg("limit", 20, 1, 100), request.args.get("after")
     if order not in ("asc", "desc"):
         raise InvalidRequest(f"'order' must be 'asc' or 'desc', got {clip(order)!r}", param="order")
-    if not limit.isdigit() or not 1 <= int(limit) <= 100:
-        raise InvalidRequest(f"'limit' must be an integer from 1 to 100, got {clip(limit)!r}", param="limit")
     if order == "desc":
         items.reverse()
     if after is not None:
@@ -143,6 +141,6 @@ def input_items(response_id: str):
         if after not in ids:
             raise InvalidRequest(f"'after' names no input item of this response: {clip(after)!r}", param="after")
         items = items[ids.index(after) + 1:]
-    page = items[:int(limit)]
+    page = items[:limit]
     return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
             "last_id": page[-1]["id"] if page else None, "has_more": len(items) > len(page)}
