@@ -11,9 +11,10 @@ import json
 import re
 import uuid
 
-from peewee import IntegrityError, InterfaceError, OperationalError, PostgresqlDatabase, __exception_wrapper__
+from peewee import IntegrityError, PostgresqlDatabase, __exception_wrapper__
 
 from service.store.db import Account, AlertOutbox, Hold, LedgerEntry, db, is_postgres, utcnow
+from service.store.db import DB_ERRORS, reconnect  # noqa: F401 - billing's callers use them as billing's
 from core.errors import InsufficientCredits, InvalidRequest
 from service.money import budgets
 from service.money import credits
@@ -69,7 +70,6 @@ PG_HOLD_FIELDS = ("rid", "account", "amount", "expires", "owner", "model", "now"
 PG_SETTLE_FIELDS = ("rid", "account", "model", "prompt", "completion", "charge", "estimated", "now",
                     "overrun", "cached", "cache_write_5m", "cache_write_1h", "reasoning", "prices",
                     "threshold", "deployment", "key_id", "period")
-DB_ERRORS = (OperationalError, InterfaceError)  # the database is unreachable or the link broke
 
 
 class _BatchLink:
@@ -151,17 +151,6 @@ def account(name: str, new_credits: int = 0) -> Account:
         return Account.get_by_id(created.id)
     except IntegrityError:  # another request created it first
         return Account.get(Account.name == name)
-
-
-def reconnect() -> None:
-    """After a database error: discard this thread's connection, and the pool's idle ones (a
-    database that went away leaves every pooled link dead, though none knows it before its next
-    query); the next query opens a new one."""
-    db.discard()
-    try:
-        db.close_idle()
-    except Exception:  # noqa: BLE001 - a dead link that fails to close is dropped all the same
-        pass
 
 
 def retrying(fn, *args, **kwargs):

@@ -8,8 +8,8 @@ import datetime as dt
 import json
 
 from peewee import (
-    Check, DatabaseProxy, PostgresqlDatabase, BigIntegerField, BooleanField, CharField, DateTimeField, ForeignKeyField,
-    IntegerField, Model, SQL, TextField,
+    Check, DatabaseProxy, InterfaceError, OperationalError, PostgresqlDatabase, BigIntegerField, BooleanField,
+    CharField, DateTimeField, ForeignKeyField, IntegerField, Model, SQL, TextField,
 )
 from playhouse.db_url import parse
 
@@ -17,6 +17,7 @@ from core.usage import Usage
 from service.store.pool import WakingPostgresqlDatabase, WakingSqliteDatabase
 
 db = DatabaseProxy()  # bound to a pooled database by create_app (service/app.py)
+DB_ERRORS = (OperationalError, InterfaceError)  # the database is unreachable or the link broke
 
 
 def utcnow() -> dt.datetime:
@@ -346,6 +347,17 @@ def give_back() -> None:
     stream's body, which runs later, after each write it makes)."""
     if not db.is_closed():
         db.close()
+
+
+def reconnect() -> None:
+    """After a database error: discard this thread's connection, and the pool's idle ones (a
+    database that went away leaves every pooled link dead, though none knows it before its next
+    query); the next query opens a new one."""
+    db.discard()
+    try:
+        db.close_idle()
+    except Exception:  # noqa: BLE001 - a dead link that fails to close is dropped all the same
+        pass
 
 
 def is_postgres(database) -> bool:

@@ -4,13 +4,10 @@ doors whose account is known, answered, failed or refused.
 The row is built from what service/web/observe.py's access line is built from (`g.outcome`, which
 the relay fills) when the response is done (a stream: when its body closes): one tuple in the
 table's column order, appended to a bounded deque. A call takes no lock and wakes no thread for
-it; a writer thread per process wakes every LOG_WRITE_SECONDS, takes what gathered and writes it
-in one transaction (one COPY on PostgreSQL), so the per-batch cost of a transaction is shared by
-a few hundred calls, and the writer takes the interpreter from the calls a few times a second,
-not once per call. A call never waits for the database here: a full deque drops the row and
-counts it (`tollgate_request_log_dropped_total`). While the database is away the writer keeps
-its batch and retries it; rows are unique by request id (service/store/bulk.py leaves out a row
-that is there), so a batch whose commit was not acknowledged and is written again adds nothing.
+it; a writer thread per process (service/store/batches.py) wakes every LOG_WRITE_SECONDS and
+writes what gathered in one transaction (one COPY on PostgreSQL). A full deque drops the row and
+counts it (`tollgate_request_log_dropped_total`). Rows are unique by request id, so a batch
+written again after a lost commit adds nothing.
 Bodies, when the account or key asks for them, are redacted and cut by the writer, off the path
 (whether they are kept is decided when the call ends: the key's flag is on its row, the
 account's is read at most once per FLAG_SECONDS per process).
@@ -18,12 +15,10 @@ account's is read at most once per FLAG_SECONDS per process).
 from __future__ import annotations
 
 import atexit
-import collections
 import datetime as dt
 import json
 import logging
 import re
-import threading
 import time
 import uuid
 import weakref
@@ -31,8 +26,8 @@ import weakref
 from flask import current_app, g, request
 from prometheus_client import Counter, Gauge
 
-from service.store import bulk, redact
-from service.store.db import Account, RequestBody, RequestLog, db, utcnow
+from service.store import batches, bulk, redact
+from service.store.db import Account, RequestBody, RequestLog, utcnow
 
 log = logging.getLogger("tollgate")
 DROPPED = Counter("tollgate_request_log_dropped_total", "Request log rows dropped because the queue was full")
@@ -48,110 +43,32 @@ PRUNE_BATCH = 5000
 SLACK = 1024  # bytes kept beyond the bound until redaction has run
 
 
-class Writer:
-    """A bounded deque of rows and the thread that writes what gathered on it every `interval`."""
+class Writer(batches.Batches):
+    """The request log's rows on a bounded deque (service/store/batches.py), written every
+    `interval`, old rows pruned every `prune_every` seconds."""
+
+    name = "request log"
 
     def __init__(self, size: int = 10_000, batch: int = 500, retry: float = 1.0,
                  prune_every: float = 3600.0, retention: tuple[int, int] = (30, 7), interval: float = 0.5):
-        self.pending: collections.deque = collections.deque()  # (row, bodies) and flush() marks
-        self.size, self.batch, self.retry, self.prune_every, self.retention = size, batch, retry, prune_every, retention
-        self.interval = interval
-        self.stop = threading.Event()
-        self.wake = threading.Event()  # write now (flush, close), not at the next interval
+        super().__init__(size, batch, retry, interval)
+        self.prune_every, self.retention = prune_every, retention
         self.flags: dict[int, tuple[bool, float]] = {}  # account id -> (log_bodies, read at)
         self.known: tuple = ()  # secrets redacted wherever they appear (the provider keys)
-        self._thread: threading.Thread | None = None
-        self._pid = None
+        self._pruned = time.monotonic()
         _writers.add(self)
 
-    def start(self) -> None:
-        import os
-
-        if self._thread is None or self._pid != os.getpid():  # a forked child starts its own
-            self._pid = os.getpid()
-            self._thread = threading.Thread(target=self._loop, name="request-log", daemon=True)
-            self._thread.start()
-
     def submit(self, row: tuple, bodies: dict | None = None) -> bool:
-        """Queue a row (and its bodies); False, counted, when the deque is full. No lock: a
-        deque's append is atomic, and the bound is checked without one (a few rows over it, at
-        worst, when many calls end at once)."""
-        if len(self.pending) >= self.size:
-            DROPPED.inc()
-            return False
-        self.pending.append((row, bodies))
-        return True
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every row queued so far is written (tests, shutdown); whether it happened in
-        time. A mark queued behind them is set once the batch that holds it is done."""
-        if self._thread is None or not self._thread.is_alive():
-            return not self.pending  # no writer (not started, or stopped): nothing will be written
-        done = threading.Event()
-        self.pending.append(done)
-        self.wake.set()
-        return done.wait(timeout)
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Write what is queued (within `timeout`), then stop the thread."""
-        self.flush(timeout)
-        self.stop.set()
-        self.wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        last_prune = time.monotonic()
-        while True:
-            self.wake.wait(self.interval)
-            self.wake.clear()  # before taking rows: a mark queued after this is seen now or next time
-            stopping = self.stop.is_set()
-            left = len(self.pending)  # what gathered; rows that come while it is written wait their turn
-            while left > 0:
-                items, marks = self._take(min(left, self.batch))
-                left -= len(items) + len(marks)
-                if not self._write_until_done(items, marks):
-                    break  # stopped while the database is away: what is left stays unwritten
-            if stopping:
-                break
-            if time.monotonic() - last_prune >= self.prune_every:
-                last_prune = time.monotonic()
-                self._quietly(lambda: prune(*self.retention))
-
-    def _take(self, count: int) -> tuple[list, list]:
-        """The first `count` entries of the deque: rows, and the flush marks among them."""
-        items, marks, popleft = [], [], self.pending.popleft
-        for _ in range(count):
-            item = popleft()
-            (marks if item.__class__ is threading.Event else items).append(item)
-        return items, marks
-
-    def _write_until_done(self, items: list, marks: list) -> bool:
-        """Write a batch, retrying while the database is away (the deque meanwhile fills and
-        drops what does not fit: a call never waits on it); False when stopped meanwhile."""
-        try:
-            while items and not self._quietly(lambda: self.write(items)):
-                if self.stop.wait(self.retry):
-                    return False
+        """Queue a row (and its bodies); False, counted, when the deque is full."""
+        if super().submit((row, bodies)):
             return True
-        finally:
-            for mark in marks:
-                mark.set()
-
-    def _quietly(self, fn) -> bool:
-        from service.money.billing import DB_ERRORS, reconnect
-
-        try:
-            with db.connection_context():
-                fn()
-            return True
-        except DB_ERRORS:
-            log.warning("request log: database unavailable; the batch is kept and retried")
-            reconnect()
-        except Exception:  # noqa: BLE001 - a bad row must not stop the writer
-            log.exception("request log: writing failed")
-            return True  # not retried: the same rows would fail again
+        DROPPED.inc()
         return False
+
+    def tick(self) -> None:
+        if time.monotonic() - self._pruned >= self.prune_every:
+            self._pruned = time.monotonic()
+            self.quietly(lambda: prune(*self.retention))
 
     def write(self, items: list) -> None:
         """Insert rows (and the bodies of accounts or keys that keep them) in one transaction."""
