@@ -54,6 +54,7 @@ class Tollgate:
     verified: dict = field(default_factory=dict)  # JWT -> its verified claims
     reach: Reachability = field(default_factory=Reachability)  # upstreams' last TCP probes
     fleet: Fleet | None = None  # the state of every deployment (service/pipeline/deployment_health.py)
+    free_charges: object = None  # free cache hits' ledger rows, after the answer (service/money/free_charges.py)
 
 
 def limit_storage_uri(redis_url: str | None) -> str:
@@ -194,6 +195,7 @@ def create_app(overrides: dict | None = None) -> Flask:
                       conf["DEPLOYMENT_COOLDOWN_SECONDS"], conf["DEPLOYMENT_STATS_SECONDS"])
 
     from service import cli
+    from service.money import free_charges
     from service.pipeline import answer_cache
     from service.web import (
         account, admin, audit, catalog, chat, deployment_admin, embeddings, health, key_admin, logs_api, messages,
@@ -201,6 +203,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     )
 
     answer_cache.init_app(app)
+    ext.free_charges = free_charges.start(conf)  # a free cache hit's ledger row, written after its answer
 
     observe.init_app(app)
     request_log.init_app(app)  # after observe's: its hook runs first and names the request id

@@ -112,6 +112,7 @@ def make_app(tmp_path, db_url):
         app.extensions["tollgate_alerts"].stop.set()
         if "tollgate_log" in app.extensions:  # its last rows written before the tables go
             app.extensions["tollgate_log"].close()
+        app.extensions["tollgate"].free_charges.close()
     if made or db_url.startswith("postgres"):
         _drop_all()
         db.close()

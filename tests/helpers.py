@@ -5,12 +5,13 @@ import json
 import sqlite3
 import time
 
-from service.money import billing
+from service.money import billing, free_charges
 from service.store.db import Account, Hold, LedgerEntry, db, open_database
 from tests.fakes.tcp_proxy import TcpProxy
 
 
 def ledger(name: str) -> list[LedgerEntry]:
+    free_charges.flush_all()  # free cache hits' rows are written after their answers
     acct = Account.get(Account.name == name)
     return list(LedgerEntry.select().where(LedgerEntry.account == acct.id).order_by(LedgerEntry.id))
 

@@ -7,13 +7,14 @@ import pytest
 import requests
 from werkzeug import Response
 
-from service.money import billing, budgets
+from core.usage import CLASSES
+from service.money import billing, budgets, free_charges
 from service.pipeline.answer_cache import Memory, policy
 from service.store.db import AlertOutbox, KeySpend, LedgerEntry
 from tests import schemas
 from tests.conftest import SECRET, auth, token
 from tests.fakes import openai as fake_openai
-from tests.helpers import account, charges, events, holds, invariant, ledger
+from tests.helpers import Outage, account, charges, events, holds, invariant, ledger
 from tests.process import Gateway
 
 MSGS = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -223,6 +224,90 @@ def test_a_free_hit_writes_a_zero_charge_row(client, cached):
     rows = charges("alice")
     assert [(r.delta, r.cache_hit) for r in rows] == [(-12_000, False), (0, True)]
     invariant("alice")
+
+
+def test_a_free_hit_answers_before_its_row_is_written(make_app, cached):
+    """A free hit's row moves nothing, so its answer does not wait for it: the writer
+    (service/money/free_charges.py) writes it after. Held here, the hit still answers."""
+    app = make_app()
+    ext = app.extensions["tollgate"]
+    ext.free_charges.close()
+    ext.free_charges = held = free_charges.FreeCharges()  # not started: nothing writes yet
+    client = app.test_client()
+    answer_with(cached, "Four.")
+    ask(client)
+    hit = ask(client)
+    assert hit.status_code == 200 and hit.headers["X-Cache"] == "HIT" and hit.json["usage"]["cost"] == 0
+    assert [r.cache_hit for r in LedgerEntry.select().where(LedgerEntry.kind == "charge")] == [False]  # the miss's
+    held.start()
+    assert held.flush()
+    [row] = LedgerEntry.select().where(LedgerEntry.cache_hit == True)  # noqa: E712 - peewee's comparison
+    assert (row.request_id, row.delta, row.kind, row.prompt_tokens, row.completion_tokens, row.key_id) == \
+        (hit.json["id"], 0, "charge", 9, 3, None)
+    assert row.prices == {c: 0 for c in CLASSES}
+    held.close()
+    invariant("alice")
+
+
+def test_a_free_hit_is_charged_on_its_own_path_when_the_writer_is_full(make_app, cached):
+    app = make_app()
+    ext = app.extensions["tollgate"]
+    ext.free_charges.close()
+    ext.free_charges = free_charges.FreeCharges(size=0)  # full: takes no row
+    client = app.test_client()
+    answer_with(cached, "Four.")
+    ask(client)
+    hit = ask(client)
+    assert hit.status_code == 200 and hit.headers["X-Cache"] == "HIT"
+    [row] = LedgerEntry.select().where(LedgerEntry.cache_hit == True)  # noqa: E712 - written before it answered
+    assert (row.request_id, row.delta) == (hit.json["id"], 0)
+
+
+def test_free_hits_are_answered_while_the_database_is_away_and_their_rows_written_once_back(
+        make_app, cached, outage):
+    app = make_app(DATABASE_URL=outage.url, LOG_RETRY_SECONDS=0.02)
+    client = app.test_client()
+    answer_with(cached, "Four.")
+    ask(client)
+    writer = app.extensions["tollgate"].free_charges
+    outage.cut()
+    try:
+        hits = [ask(client) for _ in range(3)]
+        assert [(h.status_code, h.headers["X-Cache"]) for h in hits] == [(200, "HIT")] * 3
+        assert not writer.flush(0.3)  # waiting: the database is away
+    finally:
+        outage.restore()
+    assert writer.flush()
+    assert sorted(r.request_id for r in charges("alice") if r.cache_hit) == sorted(h.json["id"] for h in hits)
+    invariant("alice")
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_worker_that_stops_writes_the_free_hits_rows_it_holds(make_app, cached, db_url, redis_url, tmp_path):
+    """Free hits' rows wait in a process up to LOG_WRITE_SECONDS (here longer than the test); a
+    forked worker, which ends without running atexit, writes them when SIGTERM stops it."""
+    answer_with(cached, "Four.")
+    gw = Gateway({"DATABASE_URL": db_url, "REDIS_URL": redis_url, "JWT_SECRET_KEY": SECRET, "DATA_DIR": str(tmp_path),
+                  "WORKERS": "2", "PIN_WORKERS": "false", "LOG_WRITE_SECONDS": "3600",
+                  "SHUTDOWN_GRACE_SECONDS": "0.5"}, tmp_path / "gw.log")
+    try:
+        answers = [requests.post(f"{gw.url}/v1/chat/completions", json={"model": "cached", "messages": MSGS},
+                                 headers={"Authorization": f"Bearer {token()}"}, timeout=30) for _ in range(6)]
+        assert [a.headers["X-Cache"] for a in answers] == ["MISS"] + ["HIT"] * 5
+        assert LedgerEntry.select().where(LedgerEntry.cache_hit == True).count() == 0  # noqa: E712 - held
+    finally:
+        gw.stop()
+    assert gw.proc.returncode == 0
+    hits = LedgerEntry.select().where(LedgerEntry.cache_hit == True)  # noqa: E712 - peewee's comparison
+    assert sorted(r.request_id for r in hits) == sorted(a.json()["id"] for a in answers[1:])
+    invariant("alice")
+
+
+@pytest.fixture
+def outage(db_url, tmp_path):
+    found = Outage(db_url, tmp_path)
+    yield found
+    found.close()
 
 
 def test_a_hit_needs_the_balance_for_its_price(client, cached, topup):
@@ -464,6 +549,54 @@ def test_an_entry_that_is_not_one_is_a_miss(make_app, cached, redis_url):
     assert again.status_code == 200 and again.headers["X-Cache"] == "MISS"
 
 
+CAP = "tollgate:inflight:{acct:alice}"  # the account's cap on calls in flight (service/limits/rates.py)
+
+
+def test_a_hit_is_held_to_the_caps_in_flight_but_takes_no_slot(make_app, cached, redis_url):
+    """A hit ends as it starts: the admission script checks its caps and takes no slot, so it
+    gives nothing back (one round trip: test_on_a_lone_redis_…); a full cap refuses it all the same."""
+    import redis
+
+    client = make_app(REDIS_URL=redis_url, MAX_CONCURRENT_PER_ACCOUNT=1).test_client()
+    real = redis.Redis.from_url(redis_url)
+    seen = []
+    cached.expect_request("/v1/chat/completions").respond_with_handler(
+        lambda request: seen.append(real.zrange(CAP, 0, -1)) or Response(
+            json.dumps(fake_openai.completion("Four.", 9, 3)), content_type="application/json"))
+    assert ask(client).headers["X-Cache"] == "MISS" and len(seen[0]) == 1  # the miss held its slot
+    hit = ask(client)
+    assert hit.headers["X-Cache"] == "HIT" and real.zcard(CAP) == 0
+    real.zadd(CAP, {"chatcmpl-another-call": real.time()[0] + 60})  # another call in flight fills the cap
+    refused = ask(client)
+    assert refused.status_code == 429 and refused.json["error"]["code"] == "concurrency_limit_exceeded"
+    assert real.zrange(CAP, 0, -1) == [b"chatcmpl-another-call"] and len(charges("alice")) == 2
+
+
+def test_an_entry_that_is_not_one_takes_its_slots_before_it_calls(make_app, cached, redis_url):
+    import redis
+
+    client = make_app(REDIS_URL=redis_url, MAX_CONCURRENT_PER_ACCOUNT=1).test_client()
+    real = redis.Redis.from_url(redis_url)
+    answer_with(cached, "Four.")
+    ask(client)
+    for key in real.keys("tollgate:answer:*"):
+        real.set(key, b"not json", ex=60)
+    seen = []
+    cached.clear()
+    cached.expect_request("/v1/chat/completions").respond_with_handler(
+        lambda request: seen.append(real.zrange(CAP, 0, -1)) or Response(
+            json.dumps(fake_openai.completion("Four.", 9, 3)), content_type="application/json"))
+    again = ask(client)
+    assert again.status_code == 200 and again.headers["X-Cache"] == "MISS"
+    assert seen == [[again.json["id"].encode()]] and real.zcard(CAP) == 0  # held while it called, given back
+    for key in real.keys("tollgate:answer:*"):
+        real.set(key, b"not json", ex=60)
+    real.zadd(CAP, {"chatcmpl-another-call": real.time()[0] + 60})  # filled meanwhile: refused, nothing taken
+    refused = ask(client)
+    assert refused.status_code == 429 and refused.json["error"]["code"] == "concurrency_limit_exceeded"
+    assert real.zrange(CAP, 0, -1) == [b"chatcmpl-another-call"] and len(cached.log) == 1  # since the clear
+
+
 def test_a_hit_counts_against_the_rate_limit(make_app, cached):
     client = make_app(RATE_LIMIT_DEFAULT="2/minute").test_client()
     answer_with(cached, "Four.")
@@ -535,6 +668,6 @@ def test_on_a_lone_redis_the_cache_takes_no_round_trip_of_its_own(make_app, cach
     assert uncached == (None, 2)  # the admission script, the lease given back
     assert trips() == ("MISS", 2)
     assert len(redis.Redis.from_url(redis_url).keys("tollgate:answer:*")) == 1  # stored before it answered
-    assert trips() == ("HIT", 2)
+    assert trips() == ("HIT", 1)  # the admission script alone: a hit takes no slot to give back
     assert trips(messages=[{"role": "user", "content": "And 3 + 3?"}]) == ("MISS", 2)
     assert len(cached.log) == 4

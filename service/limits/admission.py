@@ -38,7 +38,10 @@ def _on_key(script: bytes) -> str:
 # the one with the fewest calls left (`index` for 0 and 2, a sixth element for 3). A window is
 # searched only where it may be that one: the first limit's, and another's whose length in
 # entries leaves fewer than the fewest so far. A refused call takes nothing past the limit that
-# refused it: no slot, no deployment, no answer.
+# refused it: no slot, no deployment, no answer. A call whose answer was read takes no slot
+# and no deployment (its caps are checked).
+# TAKE: the caps' slots of a call whose answer read proved no answer (Admission.take_waived).
+# KEYS: one sorted set per cap; ARGV: the request id, the lease seconds, each cap's limit.
 ADMIT = f"""
 local function acquire(key, ARGV)
 {_on_key(RedisStorage.SCRIPT_ACQUIRE_MOVING_WINDOW)}
@@ -77,15 +80,20 @@ for i = 1, ncaps do
   caps[i] = KEYS[peek + rates + tokens + i]
   limits[i] = ARGV[at + 2 + i]
 end
-local full = take_slots(caps, rid, lease, limits)
-if full > 0 then return {{3, full, oldest, count, 0, shown}} end
--- the cached answer of the call (service/pipeline/answer_cache.py), read in the same round trip
+-- the cached answer of the call (service/pipeline/answer_cache.py), read in the same round trip:
+-- a call that has it ends as it starts, so it is held to its caps but takes no slot under them,
+-- and no deployment
 local answer = peek == 1 and redis.call('GET', KEYS[1])
+local full = take_slots(caps, rid, lease, limits, answer)
+if full > 0 then return {{3, full, oldest, count, 0, shown}} end
 local first = peek + rates + tokens + ncaps + 1
-if #KEYS < first then return {{0, shown, oldest, count, 0, 0, answer}} end
+if #KEYS < first or answer then return {{0, shown, oldest, count, 0, 0, answer}} end
 -- the call's deployment, by the deployment's own rules, now that nothing refused the call (its
 -- keys from `first`, its args after the caps' limits, read in place)
 return {{0, shown, oldest, count, 0, take_deployment(KEYS, first - 1, ARGV, at + 2 + ncaps, rid)[1], answer}}
+"""
+TAKE = f"""{TAKE_SLOTS}
+return take_slots(KEYS, ARGV[1], tonumber(ARGV[2]), {{unpack(ARGV, 3)}})
 """
 
 
@@ -96,6 +104,7 @@ class Admission:
         self.cache, self.slots, self.budget = cache, slots, budget
         self.local = MovingWindowRateLimiter(MemoryStorage())
         self._script = cache.client.register_script(ADMIT) if cache.client is not None else None
+        self._take = cache.client.register_script(TAKE) if cache.client is not None else None
 
     def admit(self, rid: str, rates: list[Rate], account: str, caps: list[Cap],
               headers: dict | None = None, deployments: Candidates | None = None,
@@ -137,15 +146,30 @@ class Admission:
         if kind == 2:
             raise self.budget.refusal(max(1, math.ceil(ttl)))
         if kind == 3:
-            cap = lease.caps[index - 1]
-            raise ConcurrencyLimited(f"Too many calls in flight for {cap.label}: at most {cap.limit} "
-                                     "at once; retry when one finishes", headers={"Retry-After": "1"})
+            raise _full(lease.caps[index - 1])
         if len(verdict) > 5:
             lease.deployment = int(verdict[5])
         if peek is not None and len(verdict) > 6:
             lease.peeked = (verdict[6] or None,)
+            if lease.peeked[0] is not None:  # the script took no slot: nothing to give back
+                lease.waived, lease.keys = lease.keys, []
         self.slots.opened(lease)
         return lease
+
+    def take_waived(self, lease: Lease | None) -> None:
+        """The slots of a call admitted with its cached answer that proved no answer (a miss
+        after all, service/pipeline/call.py), taken now, or 429 when a cap filled meanwhile;
+        Redis failing, the call goes on without them (as a lease that ends on its own)."""
+        if lease is None or not lease.waived:
+            return
+        keys, lease.waived = lease.waived, []
+        limits = [cap.limit for cap in lease.caps]
+        full = self.cache.call(lambda r: self._take(keys=keys, args=[lease.rid, self.slots.lease_seconds, *limits],
+                                                     client=r))
+        if full:
+            raise _full(lease.caps[int(full) - 1])
+        if full is not None:
+            lease.keys = keys
 
     def _remote(self, rates: list[Rate], account: str, lease: Lease, deployments: Candidates | None = None,
                 peek: str | None = None):
@@ -185,3 +209,7 @@ class Admission:
         full = self.slots.take_local(lease) if lease is not None else 0
         return (3, full, oldest, count, 0, shown) if full else (0, shown, oldest, count, 0)
 
+
+def _full(cap: Cap) -> ConcurrencyLimited:
+    return ConcurrencyLimited(f"Too many calls in flight for {cap.label}: at most {cap.limit} at once; "
+                              "retry when one finishes", headers={"Retry-After": "1"})

@@ -17,10 +17,11 @@ from redis.crc import key_slot
 
 from core.errors import RateLimited
 
-# Takes a slot under every cap or none: 0, else the 1-based index of the cap that is full.
-# (service/limits/admission.py runs it in the same script as the call's rate limits.)
+# Takes a slot under every cap or none: 0, else the 1-based index of the cap that is full; with
+# `only_check`, checks that none is full and takes nothing (a cached answer's call, which ends as
+# it starts). (service/limits/admission.py runs it in the same script as the call's rate limits.)
 TAKE_SLOTS = """
-local function take_slots(keys, rid, lease, limits)
+local function take_slots(keys, rid, lease, limits, only_check)
   if #keys == 0 then return 0 end
   local now = redis.call('TIME')
   local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
@@ -28,6 +29,7 @@ local function take_slots(keys, rid, lease, limits)
     redis.call('ZREMRANGEBYSCORE', key, '-inf', t)
     if redis.call('ZCARD', key) >= tonumber(limits[i]) then return i end
   end
+  if only_check then return 0 end
   for _, key in ipairs(keys) do
     redis.call('ZADD', key, t + lease, rid)
     redis.call('EXPIRE', key, math.ceil(lease) + 60)
@@ -235,6 +237,9 @@ class Lease:
     # what the admission script read with the call (service/limits/admission.py's `peek`): a
     # 1-tuple of the value (None: nothing there); None when it read nothing
     peeked: tuple | None = None
+    # the caps' keys the script checked but took no slot under, the call having its answer (a
+    # cache hit): taken by Admission.take_waived if the answer proves no answer after all
+    waived: list = field(default_factory=list)
 
 
 class Slots:

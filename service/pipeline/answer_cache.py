@@ -34,7 +34,7 @@ from core.sse import DONE
 from core.errors import GatewayError
 from core.usage import CLASSES, from_openai
 from service.metrics import CACHE_HITS, CACHE_MISSES, CACHE_SAVED
-from service.money import billing, budgets
+from service.money import billing, budgets, free_charges
 from service.pipeline.relay import Bill
 from service.store.db import give_back
 
@@ -161,10 +161,12 @@ class Lookup:
     """One call's dealings with the cache: what it found (`status`, the `X-Cache` header), then
     the answer, from the cache or from `answer`/`open_stream`, stored when it is complete."""
 
-    def __init__(self, store: Store, req, account_id: int, cache_control: str | None, read: bool = True):
+    def __init__(self, store: Store, req, account_id: int, cache_control: str | None, read: bool = True,
+                 free=None):
         """The call's key; the entry read now, or (read=False) by read() once the call is admitted
-        (its admission script may have read it along: peek())."""
-        self.store, self.req, self.row = store, req, req.model
+        (its admission script may have read it along: peek()). `free`: the writer that takes a
+        free hit's ledger row off the call's path (service/money/free_charges.py), if any."""
+        self.store, self.req, self.row, self.free = store, req, req.model, free
         self.status, self.key, self.entry, self.keep, self.look, self.lease = None, None, None, False, False, None
         if not getattr(self.row, "cache_ttl", None):
             return  # not a cached row: no header, no work
@@ -271,7 +273,7 @@ class Lookup:
         unit = {c: row.cost_per_1k_cache_hit_tokens or 0 for c in CLASSES}
         costs = prices.costs(unit, tokens)
         charge = sum(costs.values())
-        _charge(req, ctx, tokens, unit, charge)
+        _charge(req, ctx, tokens, unit, charge, self.free)
         CACHE_SAVED.labels(row.name).inc(max(prices.charge(ctx.prices_of(row), tokens) - charge, 0))
         if body.get("object") == "list":  # embeddings
             body["usage"] = {**body.get("usage", {}), "cost": billing.to_credits(charge)}
@@ -292,23 +294,31 @@ def _entry(found: bytes | None) -> dict | None:
     return entry if isinstance(entry, dict) and isinstance(entry.get("body"), dict) else None
 
 
-def _charge(req, ctx, tokens, unit: dict, charge: int) -> None:
+def _charge(req, ctx, tokens, unit: dict, charge: int, free=None) -> None:
     """Pay the hit: its price is known before it is answered, so one guarded statement debits it
     (402 when the balance or the key's budget cannot cover it, and nothing changes) and writes
     its `charge` row with `cache_hit` and the key; no hold, no settle (service/money/billing.charge).
     The database away: the call fails as a hold would, and the journal gives the charge back in
-    case its commit went through unanswered."""
+    case its commit went through unanswered. A free hit moves nothing: its row goes to `free`, the
+    writer that writes it after the answer (service/money/free_charges.py), while it has room."""
+    key_id = getattr(ctx.key, "id", None)
+    if charge or free is None or not free.submit(free_charges.row(ctx.account_id, req.request_id, req.model.name,
+                                                                  tokens, unit, key_id)):
+        _pay(req, ctx, tokens, unit, charge, key_id)
+    ctx.record.update(model=req.model.name, prompt_tokens=tokens.prompt, completion_tokens=tokens.completion,
+                      cost=billing.to_credits(charge), cost_micro=charge, estimated=False, cache_hit=True)
+
+
+def _pay(req, ctx, tokens, unit: dict, charge: int, key_id: int | None) -> None:
     conf = ctx.conf
     ctx.reserved = budgets.reservation(ctx.key)  # a hit counts against its key's budget like any call
     try:
         billing.retrying(billing.charge, ctx.account_id, req.request_id, req.model.name, tokens.prompt,
                          tokens.completion, charge, tokens.detail, unit, conf.get("LOW_BALANCE_ALERTS_MICRO", -1),
-                         ctx.reserved, getattr(ctx.key, "id", None))
+                         ctx.reserved, key_id)
     except billing.DB_ERRORS:
         ctx.ext.journal.append({"op": "void", "rid": req.request_id,
                                 "period": budgets.iso(ctx.reserved.period) if ctx.reserved else None})
         raise
     finally:
         give_back()
-    ctx.record.update(model=req.model.name, prompt_tokens=tokens.prompt, completion_tokens=tokens.completion,
-                      cost=billing.to_credits(charge), cost_micro=charge, estimated=False, cache_hit=True)

@@ -40,7 +40,8 @@ class Call:
         if isinstance(self.request, parallel.Plan):
             return self._plan(self.request)
         req = self.request
-        cached = answer_cache.Lookup(self.answers, req, self.account.id, self.cache_control, read=False)
+        cached = answer_cache.Lookup(self.answers, req, self.account.id, self.cache_control, read=False,
+                                     free=self.ext.free_charges)
         with traces.step(self.record, "admission"):
             lease = self._admit(req, cached.peek())
         return self._once(req, lambda: self._answer(req, lease, cached), [lambda: self.ext.slots.give_back(lease)])
@@ -89,8 +90,14 @@ class Call:
         given back when its response closes)."""
         slots = self.ext.slots
         self.record.update(request_id=req.request_id, model=req.model.name)
-        ctx = self._context(lease, self.record)
         cached.read(lease)
+        if cached.entry is None:  # an answer read along that proved none: a call after all
+            try:
+                self.ext.admission.take_waived(lease)
+            except BaseException:
+                slots.give_back(lease)
+                raise
+        ctx = self._context(lease, self.record)
         headers = {"X-Request-ID": req.request_id, **cached.headers}
         if not req.stream:
             complete = relay.embed if isinstance(req, EmbeddingRequest) else relay.complete
