@@ -604,6 +604,9 @@ def test_a_hit_counts_against_the_rate_limit(make_app, cached):
     assert ask(client).headers["X-Cache"] == "HIT"
     refused = ask(client)
     assert refused.status_code == 429 and len(charges("alice")) == 2
+    assert refused.headers["X-Cache"] == "MISS"  # every answer of a cached row says it: not from the cache
+    bypassed = ask(client, headers={"Cache-Control": "no-store"})
+    assert bypassed.status_code == 429 and bypassed.headers["X-Cache"] == "BYPASS"
 
 
 def test_a_streamed_messages_call_is_kept_and_replayed(client, cached):

@@ -171,6 +171,7 @@ class Lookup:
         if not getattr(self.row, "cache_ttl", None):
             return  # not a cached row: no header, no work
         self.look, self.keep = policy(cache_control)
+        self.status = MISS if self.look else BYPASS  # until read(): a call refused first is not served from the cache
         self.key = key_of(req, self.row, account_id)
         if read:
             self.read()
@@ -197,7 +198,7 @@ class Lookup:
 
     def complete(self, ctx, answer) -> dict:
         """The answer body: the cached one, or answer(req, ctx)'s, then kept."""
-        with self._said():
+        with self.said():
             if self.entry is not None:
                 return self._hit(ctx)
             body = answer(self.req, ctx)
@@ -208,12 +209,13 @@ class Lookup:
     def stream(self, ctx, open_stream):
         """The stream's events: the cached answer replayed, or open_stream(req, ctx)'s, gathered
         and kept once it ended normally."""
-        with self._said():
+        with self.said():
             return self._stream(ctx, open_stream)
 
     @contextlib.contextmanager
-    def _said(self):
-        """An error answer of a cached row says X-Cache too."""
+    def said(self):
+        """An error answer of a cached row says X-Cache too (a refusal before the lookup: MISS, or
+        BYPASS for the client's no-cache or no-store)."""
         try:
             yield
         except GatewayError as err:

@@ -42,9 +42,11 @@ class Call:
         req = self.request
         cached = answer_cache.Lookup(self.answers, req, self.account.id, self.cache_control, read=False,
                                      free=self.ext.free_charges)
-        with traces.step(self.record, "admission"):
-            lease = self._admit(req, cached.peek())
-        return self._once(req, lambda: self._answer(req, lease, cached), [lambda: self.ext.slots.give_back(lease)])
+        with cached.said():
+            with traces.step(self.record, "admission"):
+                lease = self._admit(req, cached.peek())
+            return self._once(req, lambda: self._answer(req, lease, cached),
+                              [lambda: self.ext.slots.give_back(lease)])
 
     def _admit(self, req, peek: str | None = None):
         """Take the call's limits for its model (its rpm), or 429; on a lone Redis, a routed row's
