@@ -232,14 +232,14 @@ def test_a_free_hit_answers_before_its_row_is_written(make_app, cached):
     app = make_app()
     ext = app.extensions["tollgate"]
     ext.free_charges.close()
-    ext.free_charges = held = free_charges.FreeCharges()  # not started: nothing writes yet
+    ext.free_charges = held = free_charges.FreeCharges(interval=3600)  # writes only when flushed
+    held.start()
     client = app.test_client()
     answer_with(cached, "Four.")
     ask(client)
     hit = ask(client)
     assert hit.status_code == 200 and hit.headers["X-Cache"] == "HIT" and hit.json["usage"]["cost"] == 0
     assert [r.cache_hit for r in LedgerEntry.select().where(LedgerEntry.kind == "charge")] == [False]  # the miss's
-    held.start()
     assert held.flush()
     [row] = LedgerEntry.select().where(LedgerEntry.cache_hit == True)  # noqa: E712 - peewee's comparison
     assert (row.request_id, row.delta, row.kind, row.prompt_tokens, row.completion_tokens, row.key_id) == \
@@ -253,7 +253,8 @@ def test_a_free_hit_is_charged_on_its_own_path_when_the_writer_is_full(make_app,
     app = make_app()
     ext = app.extensions["tollgate"]
     ext.free_charges.close()
-    ext.free_charges = free_charges.FreeCharges(size=0)  # full: takes no row
+    ext.free_charges = full = free_charges.FreeCharges(size=0)  # full: takes no row
+    full.start()
     client = app.test_client()
     answer_with(cached, "Four.")
     ask(client)
@@ -261,6 +262,49 @@ def test_a_free_hit_is_charged_on_its_own_path_when_the_writer_is_full(make_app,
     assert hit.status_code == 200 and hit.headers["X-Cache"] == "HIT"
     [row] = LedgerEntry.select().where(LedgerEntry.cache_hit == True)  # noqa: E712 - written before it answered
     assert (row.request_id, row.delta) == (hit.json["id"], 0)
+
+
+def test_a_free_hit_pays_on_its_own_path_when_no_writer_runs(make_app, cached):
+    """A writer whose thread is not running here (a forked child's inherited one) takes no row."""
+    app = make_app()
+    ext = app.extensions["tollgate"]
+    ext.free_charges.close()
+    ext.free_charges = free_charges.FreeCharges()  # never started
+    client = app.test_client()
+    answer_with(cached, "Four.")
+    ask(client)
+    hit = ask(client)
+    [row] = LedgerEntry.select().where(LedgerEntry.cache_hit == True)  # noqa: E712 - written before it answered
+    assert row.request_id == hit.json["id"] and not ext.free_charges.pending
+
+
+def test_a_row_the_database_refuses_leaves_the_rest_of_its_batch_written(app, topup):
+    from core.usage import Usage
+
+    topup("alice", 1)
+    alice = account("alice").id
+    good = [free_charges.row(alice, f"chatcmpl-free-{i}", "cached", Usage(9, 3), None, None) for i in range(3)]
+    bad = (None, *good[0][1:])  # no request id: NOT NULL
+    free_charges.FreeCharges().write([good[0], bad, good[1], good[2]])
+    assert sorted(e.request_id for e in charges("alice")) == [f"chatcmpl-free-{i}" for i in range(3)]
+    invariant("alice")
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_streamed_hit_holds_its_slot_while_it_is_replayed(make_app, cached, redis_url):
+    import redis
+
+    client = make_app(REDIS_URL=redis_url, MAX_CONCURRENT_PER_ACCOUNT=1).test_client()
+    real = redis.Redis.from_url(redis_url)
+    answer_with(cached, "Four.")
+    ask(client)
+    replay = ask(client, stream=True)
+    assert replay.headers["X-Cache"] == "HIT"
+    first = next(replay.response)  # the replay has begun, not ended
+    assert first and real.zrange(CAP, 0, -1) == [replay.headers["X-Request-ID"].encode()]
+    b"".join(replay.response)
+    replay.close()
+    assert real.zcard(CAP) == 0
 
 
 def test_free_hits_are_answered_while_the_database_is_away_and_their_rows_written_once_back(
@@ -572,7 +616,8 @@ def test_a_hit_is_held_to_the_caps_in_flight_but_takes_no_slot(make_app, cached,
     assert real.zrange(CAP, 0, -1) == [b"chatcmpl-another-call"] and len(charges("alice")) == 2
 
 
-def test_an_entry_that_is_not_one_takes_its_slots_before_it_calls(make_app, cached, redis_url):
+@pytest.mark.parametrize("bad", [b"not json", b""])
+def test_an_entry_that_is_not_one_takes_its_slots_before_it_calls(make_app, cached, redis_url, bad):
     import redis
 
     client = make_app(REDIS_URL=redis_url, MAX_CONCURRENT_PER_ACCOUNT=1).test_client()
@@ -580,7 +625,7 @@ def test_an_entry_that_is_not_one_takes_its_slots_before_it_calls(make_app, cach
     answer_with(cached, "Four.")
     ask(client)
     for key in real.keys("tollgate:answer:*"):
-        real.set(key, b"not json", ex=60)
+        real.set(key, bad, ex=60)
     seen = []
     cached.clear()
     cached.expect_request("/v1/chat/completions").respond_with_handler(
@@ -590,7 +635,7 @@ def test_an_entry_that_is_not_one_takes_its_slots_before_it_calls(make_app, cach
     assert again.status_code == 200 and again.headers["X-Cache"] == "MISS"
     assert seen == [[again.json["id"].encode()]] and real.zcard(CAP) == 0  # held while it called, given back
     for key in real.keys("tollgate:answer:*"):
-        real.set(key, b"not json", ex=60)
+        real.set(key, bad, ex=60)
     real.zadd(CAP, {"chatcmpl-another-call": real.time()[0] + 60})  # filled meanwhile: refused, nothing taken
     refused = ask(client)
     assert refused.status_code == 429 and refused.json["error"]["code"] == "concurrency_limit_exceeded"
@@ -671,6 +716,8 @@ def test_on_a_lone_redis_the_cache_takes_no_round_trip_of_its_own(make_app, cach
     assert uncached == (None, 2)  # the admission script, the lease given back
     assert trips() == ("MISS", 2)
     assert len(redis.Redis.from_url(redis_url).keys("tollgate:answer:*")) == 1  # stored before it answered
-    assert trips() == ("HIT", 1)  # the admission script alone: a hit takes no slot to give back
+    assert trips() == ("HIT", 1)  # the admission script alone: a free hit takes no slot to give back
+    assert trips(model="global") == ("MISS", 2)
+    assert trips(model="global") == ("HIT", 2)  # a priced hit holds its slot while it pays
     assert trips(messages=[{"role": "user", "content": "And 3 + 3?"}]) == ("MISS", 2)
-    assert len(cached.log) == 4
+    assert len(cached.log) == 5

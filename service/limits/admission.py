@@ -27,7 +27,8 @@ def _on_key(script: bytes) -> str:
 
 # KEYS: the cached answer to read (with peek 1), one list per rate limit, the token counter when
 # there is a token limit, one sorted set per cap, then four keys per candidate deployment
-# (TAKE_DEPLOYMENT's). ARGV: now, rate limits, 1|0 (token limit), 1|0 (peek), each rate limit's
+# (TAKE_DEPLOYMENT's). ARGV: now, rate limits, 1|0 (token limit), 0|1|2 (peek; 2: peek, and an
+# answer found waives the caps' slots), each rate limit's
 # amount and window seconds, the token limit, then the request id, the lease seconds, the number
 # of caps and each cap's limit, then (with candidate deployments) TAKE_DEPLOYMENT's ARGV after
 # its request id.
@@ -51,6 +52,8 @@ local function window(key, ARGV)
 end
 {TAKE_SLOTS}
 {TAKE_FUNCTION}local now, rates, tokens, peek = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local waive = peek == 2
+if waive then peek = 1 end
 local at, oldest, count, shown, left = 5, false, 0, 0, math.huge
 for i = 1, rates do
   local amount, expiry = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
@@ -81,10 +84,10 @@ for i = 1, ncaps do
   limits[i] = ARGV[at + 2 + i]
 end
 -- the cached answer of the call (service/pipeline/answer_cache.py), read in the same round trip:
--- a call that has it ends as it starts, so it is held to its caps but takes no slot under them,
--- and no deployment
+-- a free plain hit (waive) ends as it starts, so it is held to its caps but takes no slot under
+-- them; no hit takes a deployment
 local answer = peek == 1 and redis.call('GET', KEYS[1])
-local full = take_slots(caps, rid, lease, limits, answer)
+local full = take_slots(caps, rid, lease, limits, waive and answer)
 if full > 0 then return {{3, full, oldest, count, 0, shown}} end
 local first = peek + rates + tokens + ncaps + 1
 if #KEYS < first or answer then return {{0, shown, oldest, count, 0, 0, answer}} end
@@ -108,14 +111,15 @@ class Admission:
 
     def admit(self, rid: str, rates: list[Rate], account: str, caps: list[Cap],
               headers: dict | None = None, deployments: Candidates | None = None,
-              peek: str | None = None) -> Lease | None:
+              peek: str | None = None, waive: bool = False) -> Lease | None:
         """Take an entry under each rate limit, check the account's tokens this minute, take a slot
         under each cap and, with candidate `deployments` (a lone Redis only: their keys lie in
         another Cluster slot), the first of them that can take the call (lease.deployment, 0:
         none could, or Redis did not answer); the rate-limit headers, which every answer carries
         (a refusal too), go into `headers`. `peek` (a lone Redis only): a key read in the same
         round trip once the call is admitted (lease.peeked: (its value or None,); None when the
-        script did not run), the call's cached answer."""
+        script did not run), the call's cached answer; with `waive`, an answer found takes no slot
+        under the caps (they are checked): a free plain hit, which ends as it starts."""
         lease = self.slots.lease(rid, caps)
         if not rates and lease is None and self.budget.item is None:
             return None  # nothing to take: no round trip
@@ -124,7 +128,7 @@ class Admission:
             # a call admitted by the script holds a remote lease even without caps: what ends
             # with the call (its tokens, its deployment) rides on that lease's give-back
             remote = lease if lease is not None else Lease(rid, [])
-            verdict = self._remote(rates, account, remote, deployments, peek)
+            verdict = self._remote(rates, account, remote, deployments, peek, waive)
             if verdict is not None:
                 lease = remote
         if verdict is None:
@@ -151,7 +155,7 @@ class Admission:
             lease.deployment = int(verdict[5])
         if peek is not None and len(verdict) > 6:
             lease.peeked = (verdict[6] or None,)
-            if lease.peeked[0] is not None:  # the script took no slot: nothing to give back
+            if waive and verdict[6] is not None:  # the script took no slot: nothing to give back
                 lease.waived, lease.keys = lease.keys, []
         self.slots.opened(lease)
         return lease
@@ -168,16 +172,15 @@ class Admission:
                                                      client=r))
         if full:
             raise _full(lease.caps[int(full) - 1])
-        if full is not None:
-            lease.keys = keys
+        lease.keys = keys  # taken (or, Redis failing, perhaps taken): given back and renewed as any
 
     def _remote(self, rates: list[Rate], account: str, lease: Lease, deployments: Candidates | None = None,
-                peek: str | None = None):
+                peek: str | None = None, waive: bool = False):
         """The script's verdict, or None while Redis is down (the caller counts in process)."""
         tokens = self.budget.item is not None
         keys = [] if peek is None else [peek]
         keys += [f"{STORAGE_PREFIX}:{rate.key}" for rate in rates]
-        args = [time.time(), len(rates), int(tokens), int(peek is not None)]
+        args = [time.time(), len(rates), int(tokens), 0 if peek is None else 2 if waive else 1]
         for rate in rates:
             args += [rate.item.amount, rate.item.get_expiry()]
         if tokens:

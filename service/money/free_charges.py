@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
+import os
 import weakref
 
 from service.money.billing import write_tx
 from service.store import batches, bulk
-from service.store.db import LedgerEntry, utcnow
+from service.store.db import DB_ERRORS, LedgerEntry, utcnow
+
+log = logging.getLogger("tollgate")
 
 COLUMNS = ("request_id", "account_id", "model", "prompt_tokens", "completion_tokens", "delta", "kind",
            "estimated", "cached_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "reasoning_tokens",
@@ -32,9 +36,28 @@ class FreeCharges(batches.Batches):
         super().__init__(*args, **kwargs)
         _writers.add(self)
 
+    def submit(self, item) -> bool:
+        """Queue a row, only while this process's writer runs (else the hit pays on its own path:
+        a forked child's inherited writer has no thread)."""
+        thread = self._thread
+        if thread is None or self._pid != os.getpid() or not thread.is_alive() or self.stop.is_set():
+            return False
+        return super().submit(item)
+
     def write(self, items: list) -> None:
-        with write_tx():
-            bulk.append(LedgerEntry, COLUMNS, items)
+        """The batch in one transaction; a row the database refuses for itself (not for being
+        away) is left out, named in the log, and the others written one by one."""
+        try:
+            with write_tx():
+                bulk.append(LedgerEntry, COLUMNS, items)
+        except DB_ERRORS:
+            raise  # away: the batch is kept and retried
+        except Exception:
+            if len(items) == 1:
+                log.exception("free charges: the row of %s could not be written", items[0][0])
+                return
+            for item in items:
+                self.write([item])
 
 
 def row(account_id: int, request_id: str, model: str, tokens, unit_prices: dict | None, key_id: int | None) -> tuple:

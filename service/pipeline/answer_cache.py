@@ -180,6 +180,11 @@ class Lookup:
         """The Redis key for the admission script to read with the call's limits, if any."""
         return self.store.peek(self.key) if self.look else None
 
+    def instant(self) -> bool:
+        """Whether a hit of this call ends as it starts: free (nothing to charge) and not streamed
+        (a replay to a slow reader takes a thread); its admission then takes no slot under the caps."""
+        return not self.req.stream and not getattr(self.row, "cost_per_1k_cache_hit_tokens", None)
+
     def read(self, lease=None) -> None:
         """Look the entry up (what the admission script read with `lease`, else the store), once
         the call is admitted; an entry kept later rides on the lease's give-back (Store.put)."""

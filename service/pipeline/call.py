@@ -44,11 +44,11 @@ class Call:
                                      free=self.ext.free_charges)
         with cached.said():
             with traces.step(self.record, "admission"):
-                lease = self._admit(req, cached.peek())
+                lease = self._admit(req, cached.peek(), cached.instant())
             return self._once(req, lambda: self._answer(req, lease, cached),
                               [lambda: self.ext.slots.give_back(lease)])
 
-    def _admit(self, req, peek: str | None = None):
+    def _admit(self, req, peek: str | None = None, waive: bool = False):
         """Take the call's limits for its model (its rpm), or 429; on a lone Redis, a routed row's
         first deployment and the call's cached answer (`peek`) in the same script
         (service/pipeline/router.py tries the call on that deployment first)."""
@@ -58,7 +58,8 @@ class Call:
                 and fleet.folds()):
             ahead = router.ahead(req, req.model, fleet)
         lease = self.ext.admission.admit(req.request_id, self.limits.rates(req.model), self.account.name,
-                                         self.limits.caps(), self.rate_headers, ahead[1] if ahead else None, peek)
+                                         self.limits.caps(), self.rate_headers, ahead[1] if ahead else None, peek,
+                                         waive)
         if ahead and lease is not None and lease.deployment:
             fleet.taken(req.model, ahead[0], lease, ahead[2])
         return lease

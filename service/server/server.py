@@ -187,8 +187,15 @@ def serve(sock: socket.socket | None = None) -> None:
         server.run()
     except KeyboardInterrupt:
         pass
+    finally:  # (a loop that failed too: its worker then ends by os._exit, which runs no atexit)
+        _write_what_is_held(app)
+    log.warning("tollgate worker %d stopped", os.getpid())
+
+
+def _write_what_is_held(app) -> None:
+    """What this worker holds for the database and Redis, written before it ends."""
     request_log = app.extensions.get("tollgate_log")
-    if request_log is not None:  # the rows of the last calls, before a forked worker's os._exit (no atexit)
+    if request_log is not None:  # the rows of the last calls
         request_log.close()
     free = getattr(app.extensions.get("tollgate"), "free_charges", None)
     if free is not None:  # the ledger rows of the last free cache hits (service/money/free_charges.py)
@@ -196,7 +203,6 @@ def serve(sock: socket.socket | None = None) -> None:
     fleet = getattr(app.extensions.get("tollgate"), "fleet", None)
     if fleet is not None:  # the deployments' counts of the last calls (service/pipeline/deployment_health.py)
         fleet.flush()
-    log.warning("tollgate worker %d stopped", os.getpid())
 
 
 def _fork(sock: socket.socket, others=()) -> tuple[int, int]:
