@@ -305,3 +305,13 @@ def browser(tmp_path):
     driver = chromium(tmp_path / "chromium")
     yield driver
     driver.quit()
+
+
+@pytest.fixture
+def outage(db_url, tmp_path):
+    """The database made unreachable and brought back (tests/helpers.py's Outage)."""
+    from tests.helpers import Outage
+
+    found = Outage(db_url, tmp_path)
+    yield found
+    found.close()

@@ -14,7 +14,7 @@ from service.store.db import AlertOutbox, KeySpend, LedgerEntry
 from tests import schemas
 from tests.conftest import SECRET, auth, token
 from tests.fakes import openai as fake_openai
-from tests.helpers import Outage, account, charges, events, holds, invariant, ledger
+from tests.helpers import account, charges, events, holds, invariant, ledger
 from tests.process import Gateway
 
 MSGS = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -345,13 +345,6 @@ def test_a_worker_that_stops_writes_the_free_hits_rows_it_holds(make_app, cached
     hits = LedgerEntry.select().where(LedgerEntry.cache_hit == True)  # noqa: E712 - peewee's comparison
     assert sorted(r.request_id for r in hits) == sorted(a.json()["id"] for a in answers[1:])
     invariant("alice")
-
-
-@pytest.fixture
-def outage(db_url, tmp_path):
-    found = Outage(db_url, tmp_path)
-    yield found
-    found.close()
 
 
 def test_a_hit_needs_the_balance_for_its_price(client, cached, topup):

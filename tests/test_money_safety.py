@@ -14,7 +14,7 @@ from service.money import billing
 from service.store.db import Hold
 from tests.conftest import auth, token
 from tests.fakes import openai as fake_openai
-from tests.helpers import Outage, account, charges, holds, invariant, ledger, wait_for
+from tests.helpers import account, charges, holds, invariant, ledger, wait_for
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -164,13 +164,6 @@ def test_a_call_longer_than_the_ttl_keeps_its_hold(make_app, live_factory, add_m
 
 
 # --- the database going away ----------------------------------------------------------------
-
-@pytest.fixture
-def outage(db_url, tmp_path):
-    found = Outage(db_url, tmp_path)
-    yield found
-    found.close()
-
 
 def test_calls_get_503_while_the_database_is_away(make_app, outage, add_model, upstream, topup):
     app = make_app(DATABASE_URL=outage.url)

@@ -12,7 +12,7 @@ from service.store.db import LedgerEntry, RequestBody, RequestLog, utcnow
 from service.web import request_log
 from tests.conftest import PROVIDER_KEY, SECRET, auth, token
 from tests.fakes import openai as fake_openai
-from tests.helpers import Outage, invariant
+from tests.helpers import invariant
 from tests.process import Gateway
 
 HI = [{"role": "user", "content": "hi"}]
@@ -243,13 +243,6 @@ def test_a_batch_keeps_text_as_it_was_and_leaves_out_a_row_already_there(gateway
         assert (r.model, r.error_code, r.upstream_ms, r.ttft_ms, r.estimated, r.cache_hit) == (odd, odd, None, 3,
                                                                                                True, False)
         assert r.created == fields["created"]
-
-
-@pytest.fixture
-def outage(db_url, tmp_path):
-    found = Outage(db_url, tmp_path)
-    yield found
-    found.close()
 
 
 def test_a_database_outage_never_fails_a_call_because_of_the_log(make_app, outage, add_model, upstream):
