@@ -39,8 +39,8 @@ def _on_key(script: bytes) -> str:
 # the one with the fewest calls left (`index` for 0 and 2, a sixth element for 3). A window is
 # searched only where it may be that one: the first limit's, and another's whose length in
 # entries leaves fewer than the fewest so far. A refused call takes nothing past the limit that
-# refused it: no slot, no deployment, no answer. A call whose answer was read takes no slot
-# and no deployment (its caps are checked).
+# refused it: no slot, no deployment, no answer. A call whose answer was read takes no
+# deployment, and with peek 2 no slot either (its caps are checked).
 # TAKE: the caps' slots of a call whose answer read proved no answer (Admission.take_waived).
 # KEYS: one sorted set per cap; ARGV: the request id, the lease seconds, each cap's limit.
 ADMIT = f"""

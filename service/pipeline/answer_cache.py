@@ -10,12 +10,14 @@ field a front door adds to its request object is part of the key by default.
 
 A hit is answered after admission, limits and idempotency, like any call, and paid in one
 guarded statement (its price is known before it is answered): the balance and the key's budget
-checked and debited and its `charge` row, marked `cache_hit`, written together. Flask-free: the
-Call passes the client's `Cache-Control`.
+checked and debited and its `charge` row, marked `cache_hit`, written together; a free hit's row
+is written after its answer (service/money/free_charges.py). Flask-free: the Call passes the
+client's `Cache-Control`.
 
 On a lone Redis the cache adds no round trip to a call: the admission script reads the entry
 (Lookup.peek, then read with the lease), and a plain answer is stored by the pipeline that gives
-the call's slots back before it answers (Store.put with the lease).
+the call's slots back before it answers (Store.put with the lease). A free plain hit takes no slot
+there (Lookup.instant), so it makes that one round trip only.
 """
 from __future__ import annotations
 
