@@ -18,6 +18,9 @@ def hello(environ, start_response):
     if environ["PATH_INFO"] == "/big":
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return (b"x" * 65536 for _ in range(64))
+    if environ["PATH_INFO"] == "/empty":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "0")])
+        return []
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
     return [b"hello"]
 
@@ -85,6 +88,29 @@ def test_pipelined_requests_are_answered_in_order(serve):
         assert read_response(reader) == b"hello"
         get(sock)  # the connection is still served after both
         assert read_response(reader) == b"hello"
+
+
+def test_a_response_head_leaves_with_the_first_piece_of_its_body(serve, monkeypatch):
+    """One send (one segment, one wake-up of the client) where waitress made two: the head, then
+    the body; a response with no body still sends its head, and later pieces go as they come."""
+    sent = []
+    send = HTTPChannel.send
+    monkeypatch.setattr(HTTPChannel, "send", lambda self, data, *a, **k: sent.append(bytes(data)) or send(
+        self, data, *a, **k))
+    port = serve()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock, sock.makefile("rb") as reader:
+        get(sock)
+        assert read_response(reader) == b"hello"
+        assert len(sent) == 1 and sent[0].startswith(b"HTTP/1.1 200") and sent[0].endswith(b"\r\n\r\nhello")
+        get(sock, "/empty")
+        assert read_response(reader) == b""
+        assert len(sent) == 2 and sent[1].startswith(b"HTTP/1.1 200") and sent[1].endswith(b"\r\n\r\n")
+        get(sock, "/big")
+        data = b""
+        while not data.endswith(b"0\r\n\r\n"):
+            data += sock.recv(65536)
+        assert data.count(b"x") == 64 * 65536
+        assert sent[2].startswith(b"HTTP/1.1 200") and b"\r\n\r\n10000\r\nxxx" in sent[2]
 
 
 def test_a_slow_reader_gets_a_body_larger_than_the_buffer_bound(serve, monkeypatch):

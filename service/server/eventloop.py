@@ -11,6 +11,8 @@ every connection once after waitress's maintenance (which closes idle ones). The
 the trigger, a handful, are asked on every wake-up as before: a listener's readable() runs the
 maintenance and the connection limit. What is registered for a connection is what poll2 would
 register for it at that moment; events are handled by wasyncore's own readwrite().
+
+A response's head leaves with the first piece of its body, in one send (`Task`).
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import select
 import types
 
 from waitress import wasyncore
-from waitress.channel import HTTPChannel
+from waitress.channel import ClientDisconnected, HTTPChannel
+from waitress.task import WSGITask
 
 READ, WRITE = select.POLLIN | select.POLLPRI, select.POLLOUT
 
@@ -129,9 +132,29 @@ class Loop:
             pass  # closed already: epoll forgot it with its last descriptor
 
 
+class Task(WSGITask):
+    """waitress's WSGI task, sending a response's head with the first piece of its body: one send
+    and one segment where waitress makes two (and the client wakes once, not twice)."""
+
+    def write(self, data):
+        if self.wrote_header or not data:  # (an empty first piece sends the head at once, as before)
+            return super().write(data)
+        channel, pieces = self.channel, []
+        channel.gathering = pieces
+        try:
+            super().write(data)
+        finally:
+            channel.gathering = None
+            if pieces:
+                channel.write_soon(b"".join(pieces))
+
+
 class Channel(HTTPChannel):
     """waitress's connection, telling its loop when a worker thread may have changed what the
     connection waits for (before waitress wakes the loop, where it does)."""
+
+    task_class = Task
+    gathering = None  # the pieces Task.write sends as one, while it gathers them
 
     def __init__(self, server, sock, addr, adj, map=None):
         super().__init__(server, sock, addr, adj, map=map)
@@ -139,6 +162,11 @@ class Channel(HTTPChannel):
         self.server.event_loop.touch(self)
 
     def write_soon(self, data):
+        if self.gathering is not None:
+            if not self.connected:
+                raise ClientDisconnected
+            self.gathering.append(data)
+            return len(data)
         try:
             return super().write_soon(data)
         finally:
