@@ -89,6 +89,24 @@ def test_an_answers_rate_headers_show_the_limit_with_the_fewest_calls_left(limit
     assert r.headers["X-RateLimit-Limit"] == "10000" and int(r.headers["X-RateLimit-Remaining"]) == 10000 - 2
 
 
+def test_a_window_drops_its_aged_entries_and_counts_the_rest(limited):
+    """limits keeps a window's entries until the list holds the limit's amount, so a long list was
+    searched on every call; the admission drops the entries older than the window (a few one by
+    one, many at once) and the headers count what is left."""
+    app, client = limited(RATE_LIMIT_DEFAULT="20/minute")
+    store = redis.Redis.from_url(app.config["REDIS_URL"])
+    assert chat(client).headers["X-RateLimit-Remaining"] == "19"
+    [key] = [k for k in store.keys("LIMITS:*") if b"acct:alice" in k]
+    aged = float(store.lindex(key, 0)) - 120
+    for many, remaining in ((3, "18"), (10, "17")):
+        store.rpush(key, *[aged - i for i in range(many)])  # the tail holds the oldest
+        r = chat(client)
+        assert r.headers["X-RateLimit-Remaining"] == remaining
+        assert store.llen(key) == 20 - int(remaining)
+        assert float(store.lindex(key, -1)) > aged + 60
+        assert 0 < int(r.headers["X-RateLimit-Reset"]) - float(store.lindex(key, -1)) <= 62
+
+
 @BOTH_STORES
 def test_tokens_per_minute_limit(limited):
     _, client = limited(TOKEN_LIMIT_PER_MINUTE=20)
