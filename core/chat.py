@@ -106,6 +106,16 @@ def bad(param: str, message: str) -> InvalidRequest:
     return InvalidRequest(message, param=param)
 
 
+def model_name(body: dict) -> str:
+    """A body's `model` as a door reads it: a non-empty string, or a 400 saying which it is not."""
+    ref = body.get("model")
+    if ref is None or ref == "":
+        raise bad("model", "'model' is required")
+    if not isinstance(ref, str):
+        raise bad("model", f"'model' must be a string (a model's name or id), got {type(ref).__name__}")
+    return ref
+
+
 def _number(body: dict, name: str, low: float, high: float) -> None:
     value = body[name]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -191,7 +201,29 @@ def messages_of(body: dict) -> list[dict]:
         if m["role"] == "tool" and not isinstance(m.get("tool_call_id"), str):
             raise InvalidRequest(f"{where} (role tool) needs a tool_call_id", param=where,
                                  code="invalid_messages")
+        if m.get("tool_calls") is not None:
+            _tool_calls(m["tool_calls"], f"{where}.tool_calls")
     return messages
+
+
+def _tool_calls(calls, where: str) -> None:
+    """An assistant message's tool calls as OpenAI's schema has them (a list of calls, each with an
+    id and a function's name and arguments, or a custom tool's name and input), or a 400 naming
+    the call: every adapter and upstream reads them."""
+    if not isinstance(calls, list):
+        raise InvalidRequest(f"{where} must be a list of tool calls", param=where, code="invalid_messages")
+    for j, call in enumerate(calls):
+        at = f"{where}[{j}]"
+        kind = call.get("type", "function") if isinstance(call, dict) else None
+        body = call.get(kind) if kind in ("function", "custom") else None
+        if not (isinstance(call.get("id") if kind else None, str) and isinstance(body, dict)
+                and isinstance(body.get("name"), str)):
+            raise InvalidRequest(f"{at} must be an object with a string id, a type (function or custom) "
+                                 "and that object with a string name", param=at, code="invalid_messages")
+        value = body.get("arguments" if kind == "function" else "input")
+        if value is not None and not isinstance(value, (str, dict) if kind == "function" else str):
+            field = f"{at}.{kind}.{'arguments' if kind == 'function' else 'input'}"
+            raise InvalidRequest(f"{field} must be a string", param=field, code="invalid_messages")
 
 
 def params_of(body: dict) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import uuid
 
+from core.chat import model_name
 from core.errors import GatewayError, InvalidRequest, clip
 from frontdoors.common import bad, function_tools
 
@@ -311,8 +312,7 @@ def to_chat(body: dict, counting: bool = False) -> dict:
     if unknown:
         why = REFUSED.get(unknown[0])
         raise bad(unknown[0], f"'{clip(unknown[0])}' is not supported on this model" + (f": {why}" if why else ""))
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise bad("model", "'model' is required")
+    model_name(body)
     _accepted(body)
     chat = {"model": body["model"], "messages": _messages(body)}
     if not counting:
@@ -352,8 +352,7 @@ def to_chat(body: dict, counting: bool = False) -> dict:
 def native_chat(body: dict) -> dict:
     """What the gateway itself reads of any Messages body: the model, the messages, the output
     cap and the stream flag (checked as far as the gateway needs them)."""
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise bad("model", "'model' is required")
+    model_name(body)
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         raise InvalidRequest("'messages' must be a non-empty array", param="messages", code="invalid_messages")
     cap, stream = body.get("max_tokens"), body.get("stream")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from frontdoors.common import bad
 from frontdoors.response_objects import Heard, Meta, NativeEvents, events, new_id, passed, replay, response
 
+from core.chat import model_name
 from core.errors import clip
 __all__ = ["Heard", "Meta", "NativeEvents", "events", "new_id", "passed", "replay", "response", "check", "native", "to_chat",
            "items_of", "messages_of", "renamed"]
@@ -59,8 +60,7 @@ def check(body: dict, native: bool = False) -> None:
     unknown = sorted(set(body) - FIELDS)
     if unknown and not native:
         raise bad(unknown[0], f"'{clip(unknown[0])}' is not supported by this gateway's Responses API")
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise bad("model", "'model' is required")
+    model_name(body)
     for name, why in REFUSED.items():
         if body.get(name) is not None and not (native and name == "moderation"):
             raise bad(name, f"'{name}' is not supported: {why}")

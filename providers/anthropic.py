@@ -23,7 +23,7 @@ from core.usage import Usage, count
 from providers.base import (
     Adapter, Completion, Delta, StreamState, as_function_call, choice, legacy, sse_data, text_of, turns,
 )
-from providers.parts import Part, parts_of, refuse
+from providers.parts import Part, parts_of, refuse, tool_call
 from core.chat import PassThrough
 from core.errors import InvalidRequest, ProviderError, UnsupportedParameter, clip
 
@@ -248,10 +248,9 @@ def _blocks(m: dict, index: int) -> list[dict]:
     if m["role"] == "tool":
         return [{"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": text_of(m.get("content"))}]
     blocks = [_block(p) for p in parts_of(m, index) if p.kind != "text" or p.text]
-    for call in m.get("tool_calls") or []:
-        args = call["function"].get("arguments") or "{}"
-        blocks.append({"type": "tool_use", "id": call["id"], "name": call["function"]["name"],
-                       "input": json.loads(args) if isinstance(args, str) else args})
+    for j, call in enumerate(m.get("tool_calls") or []):
+        name, arguments = tool_call(call, f"messages[{index}].tool_calls[{j}]")
+        blocks.append({"type": "tool_use", "id": call["id"], "name": name, "input": arguments})
     return blocks
 
 

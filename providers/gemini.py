@@ -17,7 +17,7 @@ from providers.base import (
     Adapter, Completion, Delta, StreamState, as_function_call, capped, choice, legacy, sse_data, text_of,
     turns,
 )
-from providers.parts import Part, parts_of, refuse
+from providers.parts import Part, parts_of, refuse, tool_call
 from core.errors import ProviderError, UnsupportedParameter
 
 CONFIG = {"temperature": "temperature", "top_p": "topP", "top_k": "topK", "max_tokens": "maxOutputTokens",
@@ -133,7 +133,7 @@ class GeminiAdapter(Adapter):
 
 def _contents(messages: list[dict]) -> tuple[list[str], list[dict]]:
     """System texts and Gemini contents, same-role turns merged (Gemini wants alternation)."""
-    names = {c["id"]: c["function"]["name"] for m in messages for c in m.get("tool_calls") or []}
+    names = {c["id"]: (c.get("function") or c.get("custom"))["name"] for m in messages for c in m.get("tool_calls") or []}
     return turns(messages, "model", lambda m, i: _message_parts(m, i, names), "parts")
 
 
@@ -158,10 +158,9 @@ def _message_parts(m: dict, index: int, names: dict) -> list[dict]:
         return [{"functionResponse": {"name": names.get(m["tool_call_id"], m.get("name", "")),
                                       "response": result}}]
     parts = [_part(p) for p in parts_of(m, index)]
-    for call in m.get("tool_calls") or []:
-        args = call["function"].get("arguments") or "{}"
-        parts.append({"functionCall": {"name": call["function"]["name"],
-                                       "args": json.loads(args) if isinstance(args, str) else args}})
+    for j, call in enumerate(m.get("tool_calls") or []):
+        name, arguments = tool_call(call, f"messages[{index}].tool_calls[{j}]")
+        parts.append({"functionCall": {"name": name, "args": arguments}})
     return parts or [{"text": ""}]
 
 

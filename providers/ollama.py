@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 from providers.base import (
     Adapter, Completion, Delta, StreamState, as_function_call, capped, choice, legacy,
 )
-from providers.parts import parts_of, refuse
+from providers.parts import parts_of, refuse, tool_call
 from core.errors import ProviderError, ProviderUnavailable, UnsupportedParameter
 
 OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "seed": "seed",
@@ -146,21 +146,11 @@ def _message(m: dict, index: int) -> dict:
     if images:
         out["images"] = images
     if m.get("tool_calls"):
-        out["tool_calls"] = [{"function": {"name": c["function"]["name"],
-                                           "arguments": _loads(c["function"].get("arguments"))}}
-                             for c in m["tool_calls"]]
+        calls = [tool_call(c, f"messages[{index}].tool_calls[{j}]") for j, c in enumerate(m["tool_calls"])]
+        out["tool_calls"] = [{"function": {"name": name, "arguments": arguments}} for name, arguments in calls]
     if m["role"] == "tool" and m.get("name"):
         out["tool_name"] = m["name"]
     return out
-
-
-def _loads(arguments):
-    if isinstance(arguments, str):
-        try:
-            return json.loads(arguments or "{}")
-        except ValueError:
-            return {}
-    return arguments or {}
 
 
 def _tool_calls(calls, offset: int = 0) -> list:

@@ -6,6 +6,7 @@ does not fetch URLs on a caller's behalf.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -84,3 +85,25 @@ def parts_of(message: dict, index: int) -> list[Part]:
         part.where = f"{where}[{i}]"
         found.append(part)
     return found
+
+
+def tool_call(call: dict, where: str) -> tuple[str, dict]:
+    """An assistant message's tool call (checked by core.chat) as its function's name and its
+    arguments as an object, which is how a translating provider takes them; a custom tool's call,
+    or arguments that are not a JSON object, is a 400 naming it."""
+    function = call.get("function")
+    if call.get("type", "function") != "function" or not isinstance(function, dict):
+        raise refuse(where, f"{where}: tool calls of type '{call.get('type')}' are OpenAI's own; "
+                            "this model's provider takes function calls only")
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments or "{}")
+        except ValueError:
+            arguments = None
+    elif arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        raise refuse(f"{where}.function.arguments", f"{where}.function.arguments must be a JSON object: this "
+                                                     "model's provider takes a call's arguments as an object")
+    return function["name"], arguments

@@ -233,3 +233,56 @@ def test_shipped_gemini_and_anthropic_rows_need_only_a_key(make_app, upstream):
         assert r.json["model"] == model
     assert upstream.log[0][0].headers["x-goog-api-key"] == KEY
     assert upstream.log[1][0].get_json()["model"] == "claude-3-5-haiku-latest"
+
+
+def _history(*calls) -> list:
+    return [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": list(calls)},
+            {"role": "tool", "tool_call_id": "a", "content": "r"}]
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("calls,param", [
+    ([{"id": "a", "type": "function"}], "messages[1].tool_calls[0]"),
+    ([[], -1], "messages[1].tool_calls[0]"),
+    ([{"type": "function", "function": {"name": "f", "arguments": "{}"}}], "messages[1].tool_calls[0]"),
+    ([{"id": "a", "type": "function", "function": {"name": "f", "arguments": 5}}],
+     "messages[1].tool_calls[0].function.arguments"),
+    ("not a list", "messages[1].tool_calls")])
+def test_a_malformed_tool_call_in_the_history_is_a_400_naming_it_on_every_row(gateway, upstream, api, calls, param):
+    """SPEC §8: no bad input is a 5xx. An assistant message's tool call missing its function (or
+    not an object) was a 500 on the translated rows (the adapters read it) and went upstream on
+    OpenAI's; OpenAI's schema decides its shape."""
+    r = call(gateway, api, messages=_history(*calls) if isinstance(calls, list) else [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "tool_calls": calls}])
+    assert r.status_code == 400, r.json
+    assert r.json["error"]["param"] == param and r.json["error"]["code"] == "invalid_messages"
+    schemas.check("ErrorResponse", r.json)
+    assert not upstream.log and holds() == 0 and not charges("alice")
+
+
+@pytest.mark.parametrize("api", ["anthropic", "gemini", "ollama"])
+@pytest.mark.parametrize("arguments", ["not json", "[1, 2]"])
+def test_tool_call_arguments_a_translating_provider_cannot_take_are_a_400(gateway, upstream, api, arguments):
+    """A translating provider takes a call's arguments as an object: text that is not a JSON
+    object (a model's broken JSON sent back) was a 500 on Anthropic and Gemini rows and was
+    silently sent as {} to Ollama; it is a 400 naming the field."""
+    r = call(gateway, api, messages=_history({"id": "a", "type": "function",
+                                              "function": {"name": "f", "arguments": arguments}}))
+    assert r.status_code == 400, r.json
+    assert r.json["error"]["param"] == "messages[1].tool_calls[0].function.arguments"
+    assert not upstream.log and holds() == 0 and not charges("alice")
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_custom_tool_call_goes_to_openai_and_is_a_400_elsewhere(gateway, upstream, api):
+    """OpenAI's schema has custom tool calls (type custom, a name and a text input): an OpenAI row
+    sends them on; a translating provider has no such call."""
+    spec = SPECS[api]
+    upstream.expect_request(spec["path"]).respond_with_handler(spec["length"])
+    r = call(gateway, api, messages=_history({"id": "a", "type": "custom", "custom": {"name": "f", "input": "x"}}))
+    if api == "openai":
+        assert r.status_code == 200, r.json
+        assert received(upstream)[1]["messages"][1]["tool_calls"][0]["custom"] == {"name": "f", "input": "x"}
+    else:
+        assert r.status_code == 400 and r.json["error"]["param"] == "messages[1].tool_calls[0]"
+        assert not upstream.log

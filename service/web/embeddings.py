@@ -7,12 +7,12 @@ import uuid
 
 from flask import Blueprint, g, request
 
+from core.chat import model_name
 from core.embedding import embedding_request
 from service.limits.rates import EMBEDDINGS_SCOPE
 from service.web import calls
 from service.web.auth import authenticate
 from service.web.body import json_object
-from service.web.errors import InvalidRequest
 
 bp = Blueprint("embeddings", __name__)
 
@@ -23,10 +23,7 @@ def prepare() -> None:
         return
     authenticate()
     body = json_object()
-    ref = body.get("model")
-    if not isinstance(ref, str) or not ref:
-        raise InvalidRequest("'model' is required", param="model")
-    g.model = calls.usable(ref, kind="embedding")
+    g.model = calls.usable(model_name(body), kind="embedding")
     g.chat = embedding_request(body, g.model, f"embd-{uuid.uuid4().hex}")
 
 
