@@ -95,6 +95,20 @@ def test_unknown_path_and_wrong_method(client):
     assert "POST" in r.headers["Allow"]
 
 
+@pytest.mark.parametrize("status,code", [(415, "unsupported_media_type"), (416, "requested_range_not_satisfiable"),
+                                         (431, "request_header_fields_too_large")])
+def test_a_client_error_flask_raises_is_the_callers_fault_not_the_servers(make_app, status, code):
+    """An HTTP error of the 4xx range the gateway has no case for was typed internal_error (a 415
+    from Flask's get_json on the Responses door); it is invalid_request_error with its name."""
+    from flask import abort
+
+    app = make_app()
+    app.add_url_rule("/api/v1/teapot", "teapot", lambda: abort(status))
+    r = app.test_client().get("/api/v1/teapot", headers=auth())
+    contract(r, status, code)
+    assert r.json["error"]["type"] == "invalid_request_error"
+
+
 def test_upstream_refusing_connections_is_503_with_seed_message(client, add_model, topup):
     add_model(id=20, name="dead-llama", api="ollama", base_url="http://127.0.0.1:9")
     topup("alice", 1)

@@ -506,3 +506,33 @@ def test_a_refusal_from_the_provider_adapter_names_the_responses_field(gateway, 
     r = post(gateway, {"model": "m-anthropic", "input": "Hi", "reasoning": {"effort": "high"}, "max_output_tokens": 100})
     assert r.status_code == 400 and r.json["error"]["param"] == "max_output_tokens", r.json
     assert not upstream.log and holds() == 0
+
+
+def test_a_chat_range_check_names_the_responses_field(gateway, upstream):
+    """The chat body's own checks run while the request is translated: their refusals name the
+    Responses field too (a huge max_output_tokens said 'max_tokens')."""
+    r = post(gateway, {"model": "m-openai", "input": "Hi", "max_output_tokens": 10 ** 12})
+    assert r.status_code == 400 and r.json["error"]["param"] == "max_output_tokens", r.json
+    assert "max_tokens" not in r.json["error"]["message"].replace("max_output_tokens", "")
+    assert not upstream.log and holds() == 0
+
+
+def test_a_body_without_a_content_type_is_read_as_every_door_reads_it(gateway, upstream):
+    """No Content-Type: the other doors read the JSON body; this one answered 415 typed
+    internal_error (Flask's get_json refused it, and an unknown HTTP error was a server fault)."""
+    upstream.expect_request(CHAT).respond_with_handler(json_answer(fake_openai.completion("Hi", 9, 3)))
+    r = gateway.post("/v1/responses", data=json.dumps({"model": "m-openai", "input": "Hi"}), headers=auth())
+    assert r.status_code == 200, r.json
+    assert r.json["output"][0]["content"][0]["text"] == "Hi"
+
+
+@pytest.mark.parametrize("value", [123, ["a"], {"name": "m-openai"}])
+def test_a_model_that_is_not_a_string_is_named_as_such(gateway, value):
+    r = post(gateway, {"model": value, "input": "Hi"})
+    assert r.status_code == 400 and r.json["error"]["param"] == "model"
+    assert "must be a string" in r.json["error"]["message"]
+    r = gateway.post("/v1/messages", json={"model": value, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+                     headers=auth())
+    assert r.status_code == 400 and "must be a string" in r.json["error"]["message"]
+    r = gateway.post("/v1/embeddings", json={"model": value, "input": "x"}, headers=auth())
+    assert r.status_code == 400 and "must be a string" in r.json["error"]["message"]

@@ -76,7 +76,8 @@ HTTP_CASES = {
 
 
 def _http_error(exc: HTTPException):
-    cls, code, message = HTTP_CASES.get(exc.code, (GatewayError, "internal_error", exc.name))
+    cls, code, message = HTTP_CASES.get(exc.code, (InvalidRequest, exc.name.lower().replace(" ", "_"), exc.name)
+                                        if 400 <= (exc.code or 500) < 500 else (GatewayError, "internal_error", exc.name))
     if exc.code == 429 and exc.description:
         message = f"Rate limit exceeded: {exc.description}"
     err = cls(message, code=code)

@@ -36,7 +36,7 @@ def prepare() -> None:
     authenticate()
     if request.method != "POST":
         return
-    body = json_object()
+    body = g.response_body = json_object()
     door.check(body, native=True)
     history = []
     if body.get("previous_response_id") is not None:
@@ -47,7 +47,10 @@ def prepare() -> None:
         return
     chat_body, items, names = door.to_chat(body, history, model.api)
     g.conversation = history + items
-    calls.parse_chat(chat_body)
+    try:
+        calls.parse_chat(chat_body)
+    except InvalidRequest as err:  # the chat body's checks, named in the Responses API's terms
+        raise door.renamed(err, body)
     g.chat.affinity = deployments.conversation_key(history)  # a conversation stays on one deployment
     g.response_meta = door.Meta(body, g.chat.model.name, names)
 
@@ -85,7 +88,7 @@ def _keeper(body: dict, account_id: int, conversation: list[dict], meta: door.Me
 @bp.post("/v1/responses")
 @bp.post("/api/v1/responses")
 def create():
-    body, meta = request.get_json(), g.response_meta
+    body, meta = g.response_body, g.response_meta
     keep = _keeper(body, g.account.id, g.conversation, meta)
 
     def stored(done):
