@@ -56,9 +56,7 @@ class _LiveState:
 
 def outcome() -> dict:
     """The current request's record; the relay adds to it."""
-    if "outcome" not in g:
-        g.outcome = {}
-    return g.outcome
+    return g.setdefault("outcome", {})
 
 
 def _start() -> None:
