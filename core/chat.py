@@ -12,7 +12,7 @@ ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 RANGES = {"temperature": (0, 2), "top_p": (0, 1),
           "presence_penalty": (-2, 2), "frequency_penalty": (-2, 2)}
 INTS = {"max_tokens": (1, 2 ** 31 - 1), "max_completion_tokens": (1, 2 ** 31 - 1), "n": (1, 8),
-        "top_logprobs": (0, 20), "seed": (-(2 ** 63), 2 ** 63 - 1)}
+        "top_logprobs": (0, 20), "seed": (-(2 ** 63), 2 ** 63 - 1), "top_k": (0, 2 ** 31 - 1)}
 # what the gateway itself decides; every other field the client sends is a parameter that an
 # OpenAI-compatible row receives as sent and a translated row maps or refuses (SPEC §7)
 OWN = ("model", "id", "messages", "stream", "stream_options")
@@ -156,7 +156,6 @@ SHAPES = {
     "function_call": lambda v: v in ("none", "auto") or (isinstance(v, dict) and isinstance(v.get("name"), str)),
     "reasoning_effort": lambda v: v in ("none", "minimal", "low", "medium", "high", "xhigh"),
     "metadata": lambda v: isinstance(v, dict),
-    "top_k": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
 }
 
 

@@ -59,7 +59,7 @@ def test_bad_messages(client, gpt, body):
     ("stop", ["a", "b", "c", "d", "e"]), ("stop", []), ("max_tokens", 0), ("max_tokens", "ten"),
     ("max_completion_tokens", -5), ("presence_penalty", 3), ("frequency_penalty", -2.1),
     ("temperature", True), ("stream", "yes"), ("response_format", {"type": "xml"}),
-    ("tool_choice", "sometimes"), ("seed", 1.5),
+    ("tool_choice", "sometimes"), ("seed", 1.5), ("top_k", -1), ("top_k", 2 ** 64 + 5), ("top_k", "ten"),
 ])
 def test_parameter_out_of_range(client, gpt, field, value):
     body = contract(post(client, {"model": "fake-gpt", "messages": MSGS, field: value}),
