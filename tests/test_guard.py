@@ -345,6 +345,7 @@ def test_waitress_refusals_have_the_contract_body(guarded):
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 300_000 + b"\r\n\r\n")
         head, _, body = read_answer(sock).partition(b"\r\n\r\n")
     assert head.split(b" ")[1] == b"431" and json.loads(body)["error"]["code"] == "request_header_fields_too_large"
+    assert head.startswith(b"HTTP/1.1 ") and b"\r\nConnection: close" in head  # (the head's version was never read)
     with connect(live) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n")
         head, _, body = read_answer(sock).partition(b"\r\n\r\n")

@@ -59,6 +59,9 @@ class ContractErrorTask(ErrorTask):
         else:
             body = json.dumps(err.body()).encode()
         self.status = f"{code} {getattr(self.request.error, 'reason', 'Bad Request')}"
+        # HTTP/1.1 whatever the request said (a head refused for its size was never read, so
+        # waitress took it for HTTP/1.0); the connection closes after it either way
+        self.version = "1.1"
         self.response_headers.extend([("Content-Type", "application/json"), ("x-should-retry", "false")])
         self.set_close_on_finish()
         self.content_length = len(body)
