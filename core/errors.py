@@ -2,6 +2,8 @@
 Chinese. No web framework here: the web layer renders them (service/web/errors.py)."""
 from __future__ import annotations
 
+from core.secrets import hide_secrets
+
 # Chinese wording per code; `{}` takes the same argument as the English message.
 ZH = {
     "invalid_json": "请求体必须是 JSON 对象",
@@ -133,9 +135,11 @@ class DatabaseUnavailable(GatewayError):
 
 
 def scrub(err: GatewayError, secrets) -> GatewayError:
-    """Never echo a provider key back to a client: each of `secrets` found in the message is
-    replaced (HTTP error bodies and in-stream error events alike)."""
+    """Never echo a secret back to a client (HTTP error bodies and in-stream error events alike):
+    each of `secrets` (the provider keys) found in the message is replaced, then whatever looks
+    like one (an upstream may quote a key, a bearer token or a JWT it was sent)."""
     for secret in secrets:
         if secret and len(secret) >= 8 and secret in err.message:
             err.message = err.message.replace(secret, "[redacted]")
+    err.message = hide_secrets(err.message)
     return err
