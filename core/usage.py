@@ -44,8 +44,15 @@ class Usage:
         """OpenAI's usage object, details filled for every provider."""
         return {"prompt_tokens": self.prompt, "completion_tokens": self.completion,
                 "total_tokens": self.prompt + self.completion,
-                "prompt_tokens_details": {"cached_tokens": self.cached},
+                "prompt_tokens_details": self.prompt_details(),
                 "completion_tokens_details": {"reasoning_tokens": self.reasoning}}
+
+    def prompt_details(self) -> dict:
+        """OpenAI's `prompt_tokens_details`: cached tokens, and the tokens written to a cache
+        (5m + 1h, billed apart) as OpenAI's schema names them, only when there were some, so a
+        provider that writes no cache keeps OpenAI's usual shape."""
+        written = self.cache_write_5m + self.cache_write_1h
+        return {"cached_tokens": self.cached, **({"cache_write_tokens": written} if written else {})}
 
 
 def count(value) -> int:
