@@ -133,7 +133,8 @@ class GeminiAdapter(Adapter):
 
 def _contents(messages: list[dict]) -> tuple[list[str], list[dict]]:
     """System texts and Gemini contents, same-role turns merged (Gemini wants alternation)."""
-    names = {c["id"]: (c.get("function") or c.get("custom"))["name"] for m in messages for c in m.get("tool_calls") or []}
+    names = {c["id"]: (c.get("function") or c.get("custom"))["name"]
+             for m in messages for c in m.get("tool_calls") or []}
     return turns(messages, "model", lambda m, i: _message_parts(m, i, names), "parts")
 
 

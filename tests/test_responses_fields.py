@@ -531,8 +531,8 @@ def test_a_model_that_is_not_a_string_is_named_as_such(gateway, value):
     r = post(gateway, {"model": value, "input": "Hi"})
     assert r.status_code == 400 and r.json["error"]["param"] == "model"
     assert "must be a string" in r.json["error"]["message"]
-    r = gateway.post("/v1/messages", json={"model": value, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
-                     headers=auth())
+    r = gateway.post("/v1/messages", headers=auth(),
+                     json={"model": value, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 400 and "must be a string" in r.json["error"]["message"]
     r = gateway.post("/v1/embeddings", json={"model": value, "input": "x"}, headers=auth())
     assert r.status_code == 400 and "must be a string" in r.json["error"]["message"]

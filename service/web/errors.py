@@ -76,8 +76,9 @@ HTTP_CASES = {
 
 
 def _http_error(exc: HTTPException):
-    cls, code, message = HTTP_CASES.get(exc.code, (InvalidRequest, exc.name.lower().replace(" ", "_"), exc.name)
-                                        if 400 <= (exc.code or 500) < 500 else (GatewayError, "internal_error", exc.name))
+    other = ((InvalidRequest, exc.name.lower().replace(" ", "_"), exc.name) if 400 <= (exc.code or 500) < 500
+             else (GatewayError, "internal_error", exc.name))  # a client's fault, or the server's
+    cls, code, message = HTTP_CASES.get(exc.code, other)
     if exc.code == 429 and exc.description:
         message = f"Rate limit exceeded: {exc.description}"
     err = cls(message, code=code)
