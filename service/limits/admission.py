@@ -5,8 +5,8 @@ The rate limits are flask-limiter's moving windows, with its keys and its order 
 window length, the first breach stops the rest; entries taken before a breach stay taken): the
 script runs limits' own acquire script for each, and reads a window as the entries newer than it
 after dropping those that aged out (limits keeps them until the list holds the limit's amount: a
-window searched entry by entry cost ~17 LINDEX calls in a list of 160 000). The tokens-per-minute check reads
-TokenBudget's fixed window; the caps take leases as service/limits/slots.py describes. While Redis is
+window searched entry by entry cost ~17 LINDEX calls in a list of 160 000). The tokens-per-minute
+check reads TokenBudget's fixed window; the caps take leases as service/limits/slots.py describes. While Redis is
 down (or without it) the same checks run in process.
 """
 from __future__ import annotations
@@ -39,10 +39,10 @@ def _on_key(script: bytes) -> str:
 # false), 1 rate limit `index` breached, 2 tokens spent (the counter ends in `ttl` s), 3 cap
 # `index` full; oldest/count: the window of the limit the headers show: the breached one, else
 # the one with the fewest calls left (`index` for 0 and 2, a sixth element for 3). A window is
-# read (and its aged entries dropped) only where it may be that one: the first limit's, and another's whose length in
-# entries leaves fewer than the fewest so far. A refused call takes nothing past the limit that
-# refused it: no slot, no deployment, no answer. A call whose answer was read takes no
-# deployment, and with peek 2 no slot either (its caps are checked).
+# read (and its aged entries dropped) only where it may be that one: the first limit's, and
+# another's whose length in entries leaves fewer than the fewest so far. A refused call takes
+# nothing past the limit that refused it: no slot, no deployment, no answer. A call whose answer
+# was read takes no deployment, and with peek 2 no slot either (its caps are checked).
 # TAKE: the caps' slots of a call whose answer read proved no answer (Admission.take_waived).
 # KEYS: one sorted set per cap; ARGV: the request id, the lease seconds, each cap's limit.
 ADMIT = f"""
