@@ -226,7 +226,7 @@ def _tools(tools) -> list[dict]:
                           "on this model)")
 
 
-def _tool_choice(choice) -> str | dict:
+def _tool_choice(choice, tools: list) -> str | dict:
     kind = choice.get("type") if isinstance(choice, dict) else None
     if kind == "auto":
         return "auto"
@@ -235,8 +235,21 @@ def _tool_choice(choice) -> str | dict:
     if kind == "none":
         return "none"
     if kind == "tool" and isinstance(choice.get("name"), str):
+        if not any(isinstance(t, dict) and t.get("name") == choice["name"] for t in tools):
+            raise bad("tool_choice.name", f"'tool_choice.name' {clip(choice['name'])!r} is not a tool in 'tools'")
         return {"type": "function", "function": {"name": choice["name"]}}
     raise bad("tool_choice", "'tool_choice' must be auto, any, none or a named tool")
+
+
+def _sampling(name: str, value):
+    """Anthropic's ranges for its sampling fields: temperature and top_p from 0 to 1, top_k a
+    count (the chat call's own checks bound it after)."""
+    if name == "top_k":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise bad(name, "'top_k' must be a non-negative integer")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise bad(name, f"'{name}' must be a number from 0 to 1")
+    return value
 
 
 def effort(budget) -> str:
@@ -321,7 +334,7 @@ def to_chat(body: dict, counting: bool = False) -> dict:
         chat["max_tokens"] = body["max_tokens"]
     for name in ("temperature", "top_p", "top_k"):
         if body.get(name) is not None:
-            chat[name] = body[name]
+            chat[name] = _sampling(name, body[name])
     stops = body.get("stop_sequences")
     if stops is not None:
         if not isinstance(stops, list) or not all(isinstance(x, str) for x in stops) or len(stops) > 4:
@@ -331,7 +344,7 @@ def to_chat(body: dict, counting: bool = False) -> dict:
     if body.get("tools"):
         chat["tools"] = _tools(body["tools"])
     if body.get("tool_choice") is not None:
-        chat["tool_choice"] = _tool_choice(body["tool_choice"])
+        chat["tool_choice"] = _tool_choice(body["tool_choice"], body.get("tools") or [])
         if isinstance(body["tool_choice"], dict) and body["tool_choice"].get("disable_parallel_tool_use"):
             chat["parallel_tool_calls"] = False
     fmt = _output_format(body)

@@ -288,6 +288,11 @@ def test_output_config_format_is_a_json_schema_response_format(gateway, upstream
     ("tools", [{**TOOL, "allowed_callers": ["code_execution_20250825"]}], "tools[0].allowed_callers"),
     ("tools", [TOOL, {**TOOL, "input_examples": {"city": "Paris"}}], "tools[1].input_examples"),
     ("tools", [{**TOOL, "search_hint": "weather"}], "tools[0].search_hint"),
+    ("temperature", 1.5, "temperature"),  # Anthropic's ranges: 0 to 1 (a translated row took up to 2)
+    ("top_p", -0.1, "top_p"),
+    ("top_k", -1, "top_k"),
+    ("top_k", 2 ** 64 + 5, "top_k"),
+    ("tool_choice", {"type": "tool", "name": "Nope"}, "tool_choice.name"),  # not among the tools
 ])
 def test_what_would_change_the_answer_is_refused_by_name(gateway, upstream, field, value, param):
     r = _post(gateway, {"model": "m-openai", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}],
