@@ -101,3 +101,19 @@ def test_embedding_rows_are_listed_and_kept_apart_from_chat(embedders, upstream)
 def test_no_credits_no_call(embedders, upstream):
     r = embedders.post("/v1/embeddings", headers=auth("poor"), json={"model": "e-openai", "input": "x" * 100})
     assert r.status_code == 402 and not upstream.log
+
+
+def test_a_retried_embeddings_call_with_its_idempotency_key_gets_the_stored_answer(embedders, upstream):
+    """SPEC §13: every door takes an Idempotency-Key. An embeddings list has no `id`: its replay
+    was a 500 (the replay named the answer by its id), every time for a day."""
+    upstream.expect_request(PATHS["openai"]).respond_with_handler(
+        lambda request: Response(json.dumps(ANSWERS["openai"]), content_type="application/json"))
+    body = {"model": "e-openai", "input": INPUTS, "encoding_format": "base64"}
+    headers = {**auth(), "Idempotency-Key": "embed-1"}
+    first = embedders.post("/v1/embeddings", json=body, headers=headers)
+    again = embedders.post("/v1/embeddings", json=body, headers=headers)
+    assert first.status_code == again.status_code == 200, again.json
+    assert again.json == first.json and again.headers["Idempotent-Replayed"] == "true"
+    assert again.headers["X-Request-ID"]
+    assert len(upstream.log) == 1 and len(charges("alice")) == 1 and holds() == 0
+    invariant("alice")

@@ -25,7 +25,7 @@ HEADER = "Idempotency-Key"
 
 
 class KeyInUse(GatewayError):
-    status, type, code = 409, "invalid_request_error", "idempotency_key_in_use"
+    status, type, code = 409, "invalid_request_error", "idempotency_key_in_flight"
 
     def __init__(self):
         super().__init__("A call with this Idempotency-Key is still running; retry shortly to get its "
@@ -128,7 +128,8 @@ def once(req, account_id: int, key: str | None, fingerprint: str | None, owner: 
 
 def _replayed(req, stored: dict) -> Answer:
     """The stored answer of an earlier call with the same key and body; nothing is charged."""
-    headers = {"X-Request-ID": stored["id"], "Idempotent-Replayed": "true"}
+    # (an embeddings list has no id of its own: the retry's request id names it)
+    headers = {"X-Request-ID": stored.get("id") or req.request_id, "Idempotent-Replayed": "true"}
     if not req.stream:
         return Answer(stored, headers=headers)
     replay = getattr(req, "replay", None) or transcript.replay  # a pass-through call's own format
