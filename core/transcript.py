@@ -53,6 +53,11 @@ class Transcript:
                 msg["message"][key] = (msg["message"].get(key) or "") + value
             else:
                 msg["message"][key] = value
+        if isinstance(c.get("logprobs"), dict):  # each chunk's tokens, content and refusal
+            kept = msg.setdefault("logprobs", {"content": None, "refusal": None})
+            for key, tokens in c["logprobs"].items():
+                if isinstance(tokens, list):
+                    kept[key] = (kept.get(key) or []) + tokens
         if c.get("finish_reason"):
             msg["finish_reason"] = c["finish_reason"]
 
@@ -63,7 +68,7 @@ class Transcript:
             message = {"refusal": None, **msg["message"]}
             if msg["calls"]:
                 message["tool_calls"] = [msg["calls"][i] for i in sorted(msg["calls"])]
-            choices.append({"index": index, "message": message, "logprobs": None,
+            choices.append({"index": index, "message": message, "logprobs": msg.get("logprobs"),
                             "finish_reason": msg["finish_reason"]})
         return {**self.head, "object": "chat.completion", "choices": choices,
                 **({"usage": self.usage} if self.usage else {})}
@@ -71,7 +76,7 @@ class Transcript:
 
 def replay(body: dict, include_usage: bool):
     """A stored `chat.completion` as the events of a stream: the role, each choice's content and
-    tool calls, the finish, the usage (when the call asked for it), [DONE]."""
+    tool calls (with its logprobs), the finish, the usage (when the call asked for it), [DONE]."""
     rid, model = body["id"], body["model"]
     created = body.get("created") or int(time.time())
     choices = body.get("choices") or []
@@ -83,7 +88,10 @@ def replay(body: dict, include_usage: bool):
         if message.get("tool_calls"):
             delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
         if delta:
-            yield sse.chunk(rid, created, model, [sse.delta_choice(c["index"], delta)])
+            choice = sse.delta_choice(c["index"], delta)
+            if c.get("logprobs"):
+                choice["logprobs"] = c["logprobs"]
+            yield sse.chunk(rid, created, model, [choice])
         yield sse.chunk(rid, created, model, [sse.delta_choice(c["index"], {}, c.get("finish_reason"))])
     if include_usage and body.get("usage"):
         yield sse.chunk(rid, created, model, [], usage=body["usage"])

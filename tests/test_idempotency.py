@@ -67,7 +67,7 @@ def test_a_duplicate_while_the_first_runs_is_409(gateway, upstream):
     first.start()
     assert arrived.wait(10)
     r = _post(gateway)
-    assert r.status_code == 409 and r.json["error"]["code"] == "idempotency_key_in_use"
+    assert r.status_code == 409 and r.json["error"]["code"] == "idempotency_key_in_flight"
     assert r.headers["x-should-retry"] == "true" and "Retry-After" not in r.headers
     release.set()
     first.join(10)
@@ -146,3 +146,32 @@ def test_keys_hold_across_two_processes(make_app, db_url, tmp_path, upstream, ad
         assert b'"content":"AB"' in answers[1].content
     assert len(upstream.log) == 1 and len(charges("kim")) == 1
     invariant("kim")
+
+
+def _with_logprobs(token: str) -> bytes:
+    body = json.loads(fake_openai.chunk({"content": token})[6:])
+    body["choices"][0]["logprobs"] = {"content": [{"token": token, "logprob": -0.5, "bytes": list(token.encode()),
+                                                   "top_logprobs": []}], "refusal": None}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def test_a_streamed_answer_is_replayed_with_its_logprobs(gateway, upstream):
+    """SPEC §7 keeps every field a provider sends, and a replay is the stored answer: a streamed
+    retry (and a streamed cache hit, the same replay) dropped the logprobs the first stream carried."""
+    stream = b"".join([fake_openai.chunk({"role": "assistant", "content": ""}), _with_logprobs("Hel"),
+                       _with_logprobs("lo"), fake_openai.chunk({}, finish="stop"),
+                       fake_openai.chunk({}, usage={"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
+                                         choices=False), b"data: [DONE]\n\n"])
+    upstream.expect_request("/v1/chat/completions").respond_with_handler(
+        lambda request: Response(stream, mimetype="text/event-stream"))
+    body = {**BODY, "stream": True, "logprobs": True}
+    first = _post(gateway, body)
+    first.get_data()  # (the stream read to its end: its answer is stored)
+    again = _post(gateway, body)
+    assert again.headers["Idempotent-Replayed"] == "true" and len(upstream.log) == 1
+
+    def tokens(r):
+        return [t["token"] for e in _events(r) for c in e["choices"] for t in ((c.get("logprobs") or {})
+                                                                               .get("content") or [])]
+    assert tokens(first) == tokens(again) == ["Hel", "lo"]
+    assert len(charges("alice")) == 1 and holds() == 0
