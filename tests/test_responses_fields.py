@@ -536,3 +536,32 @@ def test_a_model_that_is_not_a_string_is_named_as_such(gateway, value):
     assert r.status_code == 400 and "must be a string" in r.json["error"]["message"]
     r = gateway.post("/v1/embeddings", json={"model": value, "input": "x"}, headers=auth())
     assert r.status_code == 400 and "must be a string" in r.json["error"]["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_retried_call_with_its_idempotency_key_is_the_same_response(gateway, upstream, stream):
+    """A replay answered a new Response id (and stored a second copy of the conversation under it):
+    a client chaining previous_response_id after a retry forked its conversation."""
+    upstream.expect_request(CHAT).respond_with_handler(json_answer(fake_openai.completion("Hi", 9, 3)))
+    if stream:
+        upstream.clear()
+        chunks = b"".join([fake_openai.chunk({"role": "assistant", "content": "Hi"}), fake_openai.chunk({}, "stop"),
+                           fake_openai.chunk({}, usage={"prompt_tokens": 9, "completion_tokens": 3,
+                                                        "total_tokens": 12}, choices=False), b"data: [DONE]\n\n"])
+        upstream.expect_request(CHAT).respond_with_handler(lambda r: Response(chunks, mimetype="text/event-stream"))
+    body = {"model": "m-openai", "input": "Hi", "stream": stream}
+    first = post(gateway, body, **{"Idempotency-Key": "r-1"})
+    first.get_data()  # (a stream read to its end: its answer is stored)
+    again = post(gateway, body, **{"Idempotency-Key": "r-1"})
+    assert again.headers["Idempotent-Replayed"] == "true" and len(upstream.log) == 1
+
+    def answered(r):
+        return [e for e in events_of(r.get_data()) if e["type"] == "response.completed"][0]["response"] \
+            if stream else r.json
+    assert answered(again)["id"] == answered(first)["id"]
+    if not stream:
+        assert again.json == first.json
+    assert gateway.get(f"/v1/responses/{answered(first)['id']}", headers=auth()).status_code == 200
+    listed = gateway.get(f"/v1/responses/{answered(first)['id']}/input_items", headers=auth())
+    assert listed.status_code == 200
+    assert len(charges("alice")) == 1 and holds() == 0

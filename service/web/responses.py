@@ -53,6 +53,7 @@ def prepare() -> None:
         raise door.renamed(err, body)
     g.chat.affinity = deployments.conversation_key(history)  # a conversation stays on one deployment
     g.response_meta = door.Meta(body, g.chat.model.name, names)
+    g.response_meta.id = response_id(g.chat.request_id)  # a replay of this call finds it by its chat id
 
 
 def _pass_through(body: dict, model, history: list[dict]) -> None:
@@ -102,17 +103,28 @@ def create():
         answer = calls.run(g.get("parallel") or g.chat)
     except (InvalidRequest, NotImplementedByProvider) as err:
         raise door.renamed(err, body)
+    replayed = answer.headers.get("Idempotent-Replayed")  # a replay's Response is stored already (or never)
+    if replayed and not isinstance(g.chat, PassThrough):  # the Response of the call replayed, not a new one
+        meta.id = response_id(answer.headers["X-Request-ID"])
+        kept = StoredResponse.get_or_none((StoredResponse.account == g.account.id)
+                                          & (StoredResponse.response_id == meta.id))
+        if kept is not None and not answer.streamed:
+            answer.body = kept.body
+            return calls.respond(answer)
     if answer.streamed:
         if not isinstance(g.chat, PassThrough):
-            answer.events = door.events(answer.events, meta, stored)
+            answer.events = door.events(answer.events, meta, (lambda done: give_back()) if replayed else stored)
         return calls.respond(answer)
-    if isinstance(g.chat, PassThrough):
-        if not answer.headers.get("Idempotent-Replayed"):  # a replay is the Response already stored
-            keep(answer.body)
-        return calls.respond(answer)
-    answer.body = door.response(answer.body, meta)
-    keep(answer.body)
+    if not isinstance(g.chat, PassThrough):
+        answer.body = door.response(answer.body, meta)
+    if not replayed:
+        keep(answer.body)
     return calls.respond(answer)
+
+
+def response_id(chat_id: str) -> str:
+    """A translated call's Response id, from its chat request's id (a replay names the call it replays)."""
+    return "resp_" + chat_id.split("-", 1)[-1]
 
 
 @bp.get("/v1/responses/<response_id>")
