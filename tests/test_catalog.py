@@ -118,3 +118,20 @@ def test_the_model_list_says_which_models_can_answer(client, admin_headers, upst
     assert listed == {"up": True, "refused": False, "keyless": False}
     assert client.get("/v1/models/refused", headers=auth()).json["ready"] is False
     assert client.get("/v1/models/up", headers=auth()).json["ready"] is True
+
+
+def test_a_key_restricted_to_some_models_lists_and_retrieves_only_those(client, admin_headers, upstream):
+    """SPEC §14: a key can do no more than its models allow; its model list showed every row (and
+    retrieving one it cannot call was a 200) while its calls on them were 403."""
+    for name in ("one", "two", "three"):
+        row = {"name": name, "api": "openai", "base_url": upstream.url_for("/v1")}
+        assert client.post("/api/admin/models", json=row, headers=admin_headers).status_code == 201
+    key = client.post("/api/admin/keys", json={"account": "kay", "models": ["one", "two"]},
+                      headers=admin_headers).json["key"]
+    as_key = {"Authorization": f"Bearer {key}"}
+    for headers in (as_key, as_key, auth()):  # (the second from the cache)
+        listed = [m["id"] for m in client.get("/v1/models", headers=headers).json["data"]]
+        assert listed == (["one", "two"] if headers is as_key else ["one", "two", "three"])
+    assert client.get("/v1/models/one", headers=as_key).status_code == 200
+    r = client.get("/v1/models/three", headers=as_key)
+    assert r.status_code == 404 and r.json["error"]["code"] == "model_not_found"
