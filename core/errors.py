@@ -10,7 +10,7 @@ ZH = {
     "invalid_messages": "messages 必须是非空数组",
     "model_not_found": "不支持的模型: {}",
     "insufficient_credits": "积分余额不足，请充值",
-    "key_budget_exceeded": "该 API 密钥本周期的预算已用完",
+    "key_budget_exceeded": "该 API 密钥本周期的剩余预算不足以支付本次调用",
     "missing_token": "未认证，请提供 token",
     "invalid_token": "token 无效",
     "token_expired": "token 已过期",

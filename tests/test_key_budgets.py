@@ -57,6 +57,7 @@ def test_a_call_past_the_keys_budget_is_402_and_the_account_still_pays_nothing_m
         assert spend_row(made["id"]).spent <= 200_000
     assert r.status_code == 402, r.json
     assert r.json["error"]["code"] == "key_budget_exceeded" and r.json["error"]["type"] == "insufficient_credits"
+    assert "cannot cover this call" in r.json["error"]["message"]  # (it said "spent" of a budget partly left)
     assert r.headers["x-should-retry"] == "false"
     assert answered >= 1
     row = spend_row(made["id"])

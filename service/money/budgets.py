@@ -25,7 +25,8 @@ class KeyBudgetExceeded(InsufficientCredits):
     code = "key_budget_exceeded"
 
     def __init__(self):
-        GatewayError.__init__(self, "This API key's budget for its period is spent")
+        GatewayError.__init__(self, "This API key's budget for its period cannot cover this call: what is "
+                                    "left after its spend and the calls in flight is less than the call's hold")
 
 
 def period_start(period: str, now: dt.datetime | None = None) -> dt.datetime:
