@@ -157,6 +157,15 @@ def lineage(key: ApiKey | None) -> list[ApiKey]:
     return [] if key is None else [key, *getattr(key, "ancestors", [])]
 
 
+def allowed_models(key: ApiKey | None) -> set | None:
+    """The model names a key (and every key it was minted under) may use; None: any."""
+    allowed = None
+    for each in lineage(key):
+        if each.models:
+            allowed = set(each.models) if allowed is None else allowed & set(each.models)
+    return allowed
+
+
 def authenticate() -> None:
     """Set g.account, g.admin and g.api_key for this request, or answer 401."""
     if request.method == "OPTIONS":  # CORS preflight carries no credentials

@@ -15,7 +15,7 @@ from service.pipeline.answer import Answer
 from service.pipeline.call import Call
 from service.store.registry import CHAT_MAX_AGE
 from service.web import observe
-from service.web.auth import lineage
+from service.web.auth import allowed_models, lineage
 from service.web.errors import Forbidden, InvalidRequest
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -28,9 +28,9 @@ def usable(ref, param: str = "model", kind: str = "chat"):
     other = getattr(model, "kind", "chat") != kind
     if other and kind == "embedding":
         raise InvalidRequest(f"{model.name} is not an embedding model", param=param)
-    for key in lineage(g.api_key):
-        if key.models and model.name not in key.models:
-            raise Forbidden(f"This API key may not use model {model.name}", param=param)
+    allowed = allowed_models(g.api_key)
+    if allowed is not None and model.name not in allowed:
+        raise Forbidden(f"This API key may not use model {model.name}", param=param)
     if other:
         raise InvalidRequest(f"{model.name} is an embedding model; call /v1/embeddings", param=param)
     return model

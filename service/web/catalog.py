@@ -13,7 +13,7 @@ from frontdoors import anthropic
 from service.money import billing
 from service.pipeline.readiness import ready
 from service.store.db import epoch
-from service.web.auth import authenticate, lineage
+from service.web.auth import allowed_models, authenticate
 from service.web.errors import ModelNotFound
 from service.web.messages import anthropic_auth
 
@@ -56,20 +56,11 @@ def _ready(rows) -> list[bool]:
     return [ready(row, current_app.config, ext.reach, ext.transport.breakers) for row in rows]
 
 
-def _allowed() -> set | None:
-    """The model names the caller's API key (and every key it was minted from) may use; None: any."""
-    allowed = None
-    for key in lineage(g.get("api_key")):
-        if key.models:
-            allowed = set(key.models) if allowed is None else allowed & set(key.models)
-    return allowed
-
-
 def _cached(kind: str, build) -> Response:
     """The JSON list from Redis when it holds this catalogue version's copy (with these readiness
     flags, of the rows the caller's key may use), else built and stored."""
     ext = current_app.extensions["tollgate"]
-    allowed = _allowed()
+    allowed = allowed_models(g.get("api_key"))
     rows = [r for r in ext.registry.enabled() if allowed is None or r.name in allowed]
     flags = _ready(rows)
     key = f"tollgate:models:{kind}:{ext.registry.version}:{''.join('1' if f else '0' for f in flags)}"
@@ -97,7 +88,7 @@ def list_models():
 @bp.get("/v1/models/<path:name>")
 def get_model(name: str):
     row = current_app.extensions["tollgate"].registry.find(name)
-    allowed = _allowed()
+    allowed = allowed_models(g.get("api_key"))
     if (row.name != name and name not in (row.aliases or [])) or (allowed is not None and row.name not in allowed):
         raise ModelNotFound(name)  # (as OpenAI answers a model the key cannot use)
     return anthropic_model(row) if _anthropic() else openai_model(row, _ready([row])[0])
